@@ -1,0 +1,13 @@
+//! Pure domain logic for MpegFlow. No I/O, no async runtime, no database, no network.
+//!
+//! * [`token`]: API keys and worker tokens (random 256-bit secrets, stored as SHA-256 hashes).
+//! * [`command`]: FFmpeg command templates: parsing, validation, rendering, re-checking.
+//! * [`job`]: the job state machine.
+//! * [`backoff`]: retry delays.
+//! * [`names`]: aliases, file names and object keys.
+
+pub mod backoff;
+pub mod command;
+pub mod job;
+pub mod names;
+pub mod token;

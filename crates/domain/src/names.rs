@@ -1,0 +1,91 @@
+//! Aliases, user file names and object keys.
+
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("alias {0:?} must be 1-32 characters of a-z, 0-9 and _, starting with a letter")]
+    BadAlias(String),
+    #[error("file name {0:?} must be 1-128 characters of A-Z a-z 0-9 . _ - and must not start with '.'")]
+    BadFileName(String),
+}
+
+/// Checks an input/output alias (`in`, `out_720p`).
+pub fn check_alias(s: &str) -> Result<(), NameError> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::BadAlias(s.to_owned()))
+    }
+}
+
+/// Checks a plain file name (no directories): what outputs are called inside the job directory.
+pub fn check_file_name(s: &str) -> Result<(), NameError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::BadFileName(s.to_owned()))
+    }
+}
+
+/// The extension of a user-supplied file name, lowercased, if it is a short plain one.
+/// FFmpeg uses it as a hint when probing; anything odd is dropped.
+pub fn safe_extension(filename: &str) -> Option<String> {
+    let (_, ext) = filename.rsplit_once('.')?;
+    (1..=8)
+        .contains(&ext.len())
+        .then(|| ext.to_ascii_lowercase())
+        .filter(|e| e.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Object key of an uploaded asset. Every key lives under its org's prefix.
+pub fn asset_key(org: Uuid, asset: Uuid) -> String {
+    format!("orgs/{org}/assets/{asset}")
+}
+
+/// Object key of one file a job attempt produced. Attempt-scoped, so a fenced-off attempt can
+/// never overwrite the objects of the attempt that won.
+pub fn output_key(org: Uuid, job: Uuid, attempt: u32, rel_path: &str) -> String {
+    format!("orgs/{org}/jobs/{job}/attempts/{attempt}/{rel_path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases() {
+        for ok in ["in", "out_720p", "a", "x9"] {
+            assert!(check_alias(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "In", "9x", "a-b", "a/b", "{{a}}", &"a".repeat(33)] {
+            assert!(check_alias(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_names() {
+        for ok in ["out.mp4", "seg_%03d.ts", "index.m3u8", "A-b_c.mkv"] {
+            assert!(check_file_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "a/b", "..", "../x", "a b", "x\0", "c:d"] {
+            assert!(check_file_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn extensions() {
+        assert_eq!(safe_extension("clip.MOV").as_deref(), Some("mov"));
+        assert_eq!(safe_extension("noext"), None);
+        assert_eq!(safe_extension("x.a/b"), None);
+        assert_eq!(safe_extension("x.verylongext"), None);
+    }
+}

@@ -1,0 +1,225 @@
+//! The embedded S3 endpoint for single-machine deployments.
+//!
+//! `s3s-fs` serves a directory as S3 and `s3s` verifies SigV4. s3s 0.14 lacks protections that
+//! later versions and real stores have, so [`check_request`] runs in front of it and refuses,
+//! before s3s sees the request:
+//! * anything that is not a SigV4 *presigned* request (no header auth, no SigV2, no anonymous);
+//! * `X-Amz-Expires` above 3600 s;
+//! * any `x-amz-*` header the signature does not cover (an unsigned `x-amz-copy-source` would
+//!   otherwise turn a presigned PUT into a server-side copy of any object);
+//! * any query parameter besides the SigV4 ones (no sub-resources: ACLs, multipart, tagging…);
+//! * any method but GET, HEAD and PUT, and any path that is not an object in the bucket.
+//!
+//! The method and the key are covered by the signature (s3s checks it), so a URL authorizes
+//! exactly one method on exactly one key. `s3s-fs` verifies a signed `x-amz-checksum-sha256`
+//! against the body before the object becomes visible.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// SigV4 query parameters; nothing else may appear in a query string.
+const SIGV4_PARAMS: &[&str] = &[
+    "x-amz-algorithm",
+    "x-amz-credential",
+    "x-amz-date",
+    "x-amz-expires",
+    "x-amz-signedheaders",
+    "x-amz-signature",
+    "x-amz-security-token",
+];
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// Directory holding the bucket directory. Created with mode 0700.
+    pub root: PathBuf,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("only SigV4 presigned requests are accepted")]
+    NotPresigned,
+    #[error("X-Amz-Expires must be an integer between 1 and 3600")]
+    ExpiryTooLong,
+    #[error("header {0} is not covered by the signature")]
+    UnsignedHeader(String),
+    #[error("query parameter {0} is not allowed")]
+    QueryParam(String),
+    #[error("method {0} is not allowed")]
+    Method(String),
+    #[error("only objects in bucket {0} can be addressed")]
+    Path(String),
+}
+
+/// The guard, as a pure function of the request line and headers.
+pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::PUT) {
+        return Err(Refusal::Method(req.method().to_string()));
+    }
+    let path = req.uri().path();
+    let object = path.strip_prefix('/').and_then(|p| p.strip_prefix(bucket)).and_then(|p| p.strip_prefix('/'));
+    if object.is_none_or(str::is_empty) {
+        return Err(Refusal::Path(bucket.to_owned()));
+    }
+    if req.headers().contains_key(http::header::AUTHORIZATION) {
+        return Err(Refusal::NotPresigned);
+    }
+    let mut algorithm = None;
+    let mut expires = None;
+    let mut signed = BTreeSet::new();
+    for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        let key = k.to_ascii_lowercase();
+        if !SIGV4_PARAMS.contains(&key.as_str()) {
+            return Err(Refusal::QueryParam(k.into_owned()));
+        }
+        match key.as_str() {
+            "x-amz-algorithm" => algorithm = Some(v.into_owned()),
+            "x-amz-expires" => expires = Some(v.into_owned()),
+            "x-amz-signedheaders" => signed.extend(v.split(';').map(str::to_ascii_lowercase)),
+            _ => {}
+        }
+    }
+    if algorithm.as_deref() != Some("AWS4-HMAC-SHA256") {
+        return Err(Refusal::NotPresigned);
+    }
+    match expires.as_deref().map(str::parse::<u64>) {
+        Some(Ok(1..=3600)) => {}
+        _ => return Err(Refusal::ExpiryTooLong),
+    }
+    for name in req.headers().keys() {
+        let name = name.as_str();
+        if (name.starts_with("x-amz-") || name == "content-md5") && !signed.contains(name) {
+            return Err(Refusal::UnsignedHeader(name.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+fn refuse(r: &Refusal) -> Response<s3s::Body> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>{}</Message></Error>",
+        r.to_string().replace('&', "&amp;").replace('<', "&lt;")
+    );
+    let mut resp = Response::new(s3s::Body::from(body));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    resp
+}
+
+#[derive(Clone)]
+struct Guarded {
+    inner: S3Service,
+    bucket: String,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Guarded {
+    type Response = Response<s3s::Body>;
+    type Error = s3s::HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if let Err(r) = check_request(&req, &self.bucket) {
+            tracing::warn!(method = %req.method(), path = req.uri().path(), refusal = %r, "object store refused request");
+            return Box::pin(std::future::ready(Ok(refuse(&r))));
+        }
+        let inner = self.inner.clone();
+        Box::pin(async move { hyper::service::Service::call(&inner, req).await })
+    }
+}
+
+/// Prepares the store's directory (mode 0700, readable by this process's uid only).
+pub fn prepare(cfg: &EmbeddedConfig) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let bucket_dir = cfg.root.join(&cfg.bucket);
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&bucket_dir)?;
+    std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// Serves the store on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, cfg: EmbeddedConfig, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    prepare(&cfg)?;
+    let fs = s3s_fs::FileSystem::new(&cfg.root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    let mut builder = S3ServiceBuilder::new(fs);
+    builder.set_auth(SimpleAuth::from_single(cfg.access_key.clone(), cfg.secret_key.clone()));
+    let service = Guarded { inner: builder.build(), bucket: cfg.bucket.clone() };
+
+    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let socket = tokio::select! {
+            res = listener.accept() => match res {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    tracing::warn!("object store accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.as_mut() => break,
+        };
+        let conn = http.serve_connection(TokioIo::new(socket), service.clone());
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    const Q: &str = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host%3Bx-amz-checksum-sha256&X-Amz-Signature=00";
+
+    #[test]
+    fn table() {
+        let ok = format!("/b/orgs/x/assets/y?{Q}");
+        let cases: Vec<(&str, String, Vec<(&str, &str)>, Result<(), Refusal>)> = vec![
+            ("GET", ok.clone(), vec![], Ok(())),
+            ("PUT", ok.clone(), vec![("x-amz-checksum-sha256", "abc")], Ok(())),
+            ("PUT", ok.clone(), vec![("x-amz-copy-source", "/b/other")], Err(Refusal::UnsignedHeader("x-amz-copy-source".into()))),
+            ("PUT", ok.clone(), vec![("content-md5", "x")], Err(Refusal::UnsignedHeader("content-md5".into()))),
+            ("DELETE", ok.clone(), vec![], Err(Refusal::Method("DELETE".into()))),
+            ("POST", ok.clone(), vec![], Err(Refusal::Method("POST".into()))),
+            ("GET", format!("/b?{Q}"), vec![], Err(Refusal::Path("b".into()))),
+            ("GET", format!("/b/?{Q}"), vec![], Err(Refusal::Path("b".into()))),
+            ("GET", format!("/other/k?{Q}"), vec![], Err(Refusal::Path("b".into()))),
+            ("GET", "/b/k".into(), vec![], Err(Refusal::NotPresigned)),
+            ("GET", "/b/k".into(), vec![("authorization", "AWS4-HMAC-SHA256 ...")], Err(Refusal::NotPresigned)),
+            ("GET", "/b/k?AWSAccessKeyId=a&Expires=1&Signature=x".into(), vec![], Err(Refusal::QueryParam("AWSAccessKeyId".into()))),
+            ("GET", format!("/b/k?{Q}&acl"), vec![], Err(Refusal::QueryParam("acl".into()))),
+            ("GET", format!("/b/k?{Q}&uploads"), vec![], Err(Refusal::QueryParam("uploads".into()))),
+            ("GET", format!("/b/k?{}", Q.replace("Expires=3600", "Expires=3601")), vec![], Err(Refusal::ExpiryTooLong)),
+            ("GET", format!("/b/k?{}", Q.replace("Expires=3600", "Expires=x")), vec![], Err(Refusal::ExpiryTooLong)),
+        ];
+        for (m, uri, h, want) in cases {
+            assert_eq!(check_request(&req(m, &uri, &h), "b"), want, "{m} {uri} {h:?}");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Orgs, API keys, pools and worker tokens.
+
+use crate::audit::insert_audit;
+use crate::{unique_violation, AuditEntry, Result, Store, StoreError};
+use mpegflow_domain::token::{Secret, TokenHash, TokenKind};
+use serde_json::json;
+use uuid::Uuid;
+
+pub const DEFAULT_POOL_ID: Uuid = Uuid::from_u128(1);
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Pool {
+    pub id: Uuid,
+    pub name: String,
+    pub org_id: Option<Uuid>,
+}
+
+/// What a valid worker token stands for.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WorkerTokenInfo {
+    pub token_id: Uuid,
+    pub pool_id: Uuid,
+    pub pool_name: String,
+}
+
+fn admin(action: &str, org_id: Option<Uuid>, subject: String, details: serde_json::Value) -> AuditEntry<'_> {
+    AuditEntry { org_id, actor: "admin".into(), action, job_id: None, subject: Some(subject), details }
+}
+
+impl Store {
+    /// Creates an org and its first API key. The key is returned once and stored only as a hash.
+    pub async fn create_org(&self, name: &str) -> Result<(Uuid, Secret)> {
+        let mut tx = self.pool.begin().await?;
+        let org_id = Uuid::now_v7();
+        sqlx::query("INSERT INTO orgs (id, name) VALUES ($1, $2)")
+            .bind(org_id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| if unique_violation(&e) { StoreError::Conflict(format!("org {name:?} exists")) } else { e.into() })?;
+        insert_audit(&mut *tx, &admin("org.created", Some(org_id), org_id.to_string(), json!({ "name": name }))).await?;
+        let key = create_api_key_tx(&mut tx, org_id, "initial").await?;
+        tx.commit().await?;
+        Ok((org_id, key.1))
+    }
+
+    pub async fn org_by_name(&self, name: &str) -> Result<Uuid> {
+        sqlx::query_scalar("SELECT id FROM orgs WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Resolves an org given by id or name.
+    pub async fn resolve_org(&self, id_or_name: &str) -> Result<Uuid> {
+        match Uuid::parse_str(id_or_name) {
+            Ok(id) => sqlx::query_scalar("SELECT id FROM orgs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound),
+            Err(_) => self.org_by_name(id_or_name).await,
+        }
+    }
+
+    pub async fn create_api_key(&self, org_id: Uuid, label: &str) -> Result<(Uuid, Secret)> {
+        let mut tx = self.pool.begin().await?;
+        let key = create_api_key_tx(&mut tx, org_id, label).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    pub async fn revoke_api_key(&self, key_id: Uuid) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let org: Option<Uuid> =
+            sqlx::query_scalar("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING org_id")
+                .bind(key_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let org = org.ok_or(StoreError::NotFound)?;
+        insert_audit(&mut *tx, &admin("api_key.revoked", Some(org), key_id.to_string(), json!({}))).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The org of a live API key, with the key's id.
+    pub async fn authenticate_api_key(&self, hash: &TokenHash) -> Result<Option<(Uuid, Uuid)>> {
+        Ok(sqlx::query_as("SELECT org_id, id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL")
+            .bind(hash.as_bytes())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn create_pool(&self, name: &str, org_id: Option<Uuid>) -> Result<Pool> {
+        let mut tx = self.pool.begin().await?;
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO pools (id, name, org_id) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(name)
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| if unique_violation(&e) { StoreError::Conflict(format!("pool {name:?} exists")) } else { e.into() })?;
+        insert_audit(&mut *tx, &admin("pool.created", org_id, id.to_string(), json!({ "name": name }))).await?;
+        tx.commit().await?;
+        Ok(Pool { id, name: name.to_owned(), org_id })
+    }
+
+    pub async fn pool_by_name(&self, name: &str) -> Result<Pool> {
+        sqlx::query_as("SELECT id, name, org_id FROM pools WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn create_worker_token(&self, pool_name: &str, label: &str) -> Result<(Uuid, Secret)> {
+        let pool = self.pool_by_name(pool_name).await?;
+        let secret = Secret::generate(TokenKind::WorkerToken);
+        let id = Uuid::now_v7();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO worker_tokens (id, pool_id, label, hash) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(pool.id)
+            .bind(label)
+            .bind(secret.hash().as_bytes())
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(
+            &mut *tx,
+            &admin("worker_token.created", pool.org_id, id.to_string(), json!({ "pool": pool.name, "label": label })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((id, secret))
+    }
+
+    pub async fn revoke_worker_token(&self, token_id: Uuid) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("UPDATE worker_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        insert_audit(&mut *tx, &admin("worker_token.revoked", None, token_id.to_string(), json!({}))).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn authenticate_worker_token(&self, hash: &TokenHash) -> Result<Option<WorkerTokenInfo>> {
+        Ok(sqlx::query_as(
+            "SELECT t.id AS token_id, t.pool_id, p.name AS pool_name FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
+             WHERE t.hash = $1 AND t.revoked_at IS NULL",
+        )
+        .bind(hash.as_bytes())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
+
+async fn create_api_key_tx(tx: &mut sqlx::PgTransaction<'_>, org_id: Uuid, label: &str) -> Result<(Uuid, Secret)> {
+    let secret = Secret::generate(TokenKind::ApiKey);
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO api_keys (id, org_id, label, hash) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(org_id)
+        .bind(label)
+        .bind(secret.hash().as_bytes())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| if matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23503")) { StoreError::NotFound } else { e.into() })?;
+    insert_audit(
+        &mut **tx,
+        &admin("api_key.created", Some(org_id), id.to_string(), json!({ "label": label, "prefix": secret.display_prefix() })),
+    )
+    .await?;
+    Ok((id, secret))
+}

@@ -1,0 +1,538 @@
+//! Jobs: submission, claiming with `FOR UPDATE SKIP LOCKED`, fenced heartbeats and reports,
+//! cancellation and the lease reaper.
+
+use crate::audit::insert_audit;
+use crate::{AuditEntry, Result, Store, StoreError};
+use mpegflow_domain::job::{transition, Event, Failure, JobState, RetryPolicy, Transition};
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub workflow_id: Uuid,
+    pub pool_id: Uuid,
+    pub state: String,
+    pub command: String,
+    pub argv: Value,
+    pub inputs: Value,
+    pub outputs: Value,
+    pub timeout_seconds: i32,
+    pub max_attempts: i32,
+    pub metadata: Value,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<Vec<u8>>,
+    pub attempts: i32,
+    pub progress: Option<f32>,
+    pub run_after: OffsetDateTime,
+    pub lease_worker_id: Option<Uuid>,
+    pub lease_expires_at: Option<OffsetDateTime>,
+    pub fencing_token: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub stderr_tail: Option<String>,
+    pub result: Option<Value>,
+    pub created_at: OffsetDateTime,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl Job {
+    pub fn state(&self) -> JobState {
+        self.state.parse().unwrap_or(JobState::Failed)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub worker_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub assigned_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    pub outcome: Option<String>,
+    pub exit_code: Option<i32>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub ffmpeg_version: Option<String>,
+    pub stages: Option<Value>,
+    pub input_hashes: Option<Value>,
+    pub output_hashes: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub pool_id: Uuid,
+    pub command: String,
+    pub argv: Value,
+    pub inputs: Value,
+    pub outputs: Value,
+    pub timeout_seconds: i32,
+    pub max_attempts: i32,
+    pub metadata: Value,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Vec<u8>,
+    pub actor: String,
+}
+
+#[derive(Debug)]
+pub enum Submitted {
+    Created(Job),
+    /// Same `Idempotency-Key`, same request: the job created the first time.
+    Replayed(Job),
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    pub fencing_token: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeartbeatResult {
+    Extended,
+    Canceled,
+    /// The caller no longer holds the lease (expired and reassigned, finished, or never held).
+    Lost,
+}
+
+/// What a worker says about how its attempt ended.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Succeeded { result: Value, outputs: Vec<OutputObject> },
+    Failed(Failure),
+    Canceled,
+}
+
+/// One object a successful attempt produced; becomes an asset of the job's org.
+#[derive(Debug, Clone)]
+pub struct OutputObject {
+    pub asset_id: Uuid,
+    pub object_key: String,
+    pub filename: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
+/// Provenance of one attempt, written whatever its outcome.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptRecord {
+    pub exit_code: Option<i32>,
+    pub stderr_zstd: Option<Vec<u8>>,
+    pub stderr_tail: Option<String>,
+    pub ffmpeg_version: Option<String>,
+    pub stages: Value,
+    pub input_hashes: Value,
+    pub output_hashes: Value,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReportResult {
+    /// The report moved the job to this state.
+    Applied(JobState),
+    /// The job was cancelled while running; the attempt was recorded, the state stays.
+    RecordedCanceled,
+    /// Stale or foreign fencing token: nothing changed.
+    Refused,
+}
+
+const JOB_COLUMNS: &str = "*";
+
+fn to_offset(t: SystemTime) -> OffsetDateTime {
+    OffsetDateTime::from(t)
+}
+
+impl Store {
+    pub async fn submit_job(&self, new: NewJob) -> Result<Submitted> {
+        let mut tx = self.pool.begin().await?;
+        let inserted: Option<Job> = sqlx::query_as(&format!(
+            "INSERT INTO jobs (id, org_id, workflow_id, pool_id, state, command, argv, inputs, outputs, timeout_seconds,
+                               max_attempts, metadata, idempotency_key, request_hash)
+             VALUES ($1,$2,$1,$3,'queued',$4,$5,$6,$7,$8,$9,$10,$11,$12)
+             ON CONFLICT (org_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(new.id)
+        .bind(new.org_id)
+        .bind(new.pool_id)
+        .bind(&new.command)
+        .bind(&new.argv)
+        .bind(&new.inputs)
+        .bind(&new.outputs)
+        .bind(new.timeout_seconds)
+        .bind(new.max_attempts)
+        .bind(&new.metadata)
+        .bind(&new.idempotency_key)
+        .bind(&new.request_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = inserted else {
+            let existing: Job = sqlx::query_as("SELECT * FROM jobs WHERE org_id = $1 AND idempotency_key = $2")
+                .bind(new.org_id)
+                .bind(&new.idempotency_key)
+                .fetch_one(&mut *tx)
+                .await?;
+            return if existing.request_hash.as_deref() == Some(&new.request_hash[..]) {
+                Ok(Submitted::Replayed(existing))
+            } else {
+                Err(StoreError::Conflict("Idempotency-Key was already used with a different request".into()))
+            };
+        };
+        insert_audit(
+            &mut *tx,
+            &AuditEntry {
+                org_id: Some(job.org_id),
+                actor: new.actor,
+                action: "job.submitted",
+                job_id: Some(job.id),
+                subject: None,
+                details: json!({ "command": job.command, "argv": job.argv, "inputs": job.inputs, "outputs": job.outputs,
+                                 "pool_id": job.pool_id, "workflow_id": job.workflow_id }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Submitted::Created(job))
+    }
+
+    pub async fn get_job(&self, org_id: Uuid, id: Uuid) -> Result<Job> {
+        sqlx::query_as("SELECT * FROM jobs WHERE id = $1 AND org_id = $2")
+            .bind(id)
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Newest first; `before` is the last id of the previous page.
+    pub async fn list_jobs(&self, org_id: Uuid, state: Option<JobState>, before: Option<Uuid>, limit: i64) -> Result<Vec<Job>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM jobs WHERE org_id = $1 AND ($2::text IS NULL OR state = $2) AND ($3::uuid IS NULL OR id < $3)
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(org_id)
+        .bind(state.map(JobState::as_str))
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn job_attempts(&self, job_id: Uuid) -> Result<Vec<Attempt>> {
+        Ok(sqlx::query_as(
+            "SELECT attempt, worker_id, assigned_at, finished_at, outcome, exit_code, error_code, error_message,
+                    ffmpeg_version, stages, input_hashes, output_hashes
+             FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Full stderr of one attempt, zstd-compressed.
+    pub async fn attempt_stderr(&self, job_id: Uuid, attempt: i32) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT stderr_zstd FROM job_attempts WHERE job_id = $1 AND attempt = $2")
+            .bind(job_id)
+            .bind(attempt)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
+    }
+
+    pub async fn cancel_job(&self, org_id: Uuid, id: Uuid, actor: String) -> Result<Job> {
+        let mut tx = self.pool.begin().await?;
+        let job: Job = sqlx::query_as("SELECT * FROM jobs WHERE id = $1 AND org_id = $2 FOR UPDATE")
+            .bind(id)
+            .bind(org_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let t = transition(job.state(), &Event::Cancel, job.attempts as u32, &RetryPolicy::default(), SystemTime::now(), 0.0)
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        debug_assert!(matches!(t, Transition::Finish { state: JobState::Canceled, .. }));
+        // The fencing token stays, so the worker's next heartbeat learns of the cancellation.
+        let job: Job = sqlx::query_as(
+            "UPDATE jobs SET state = 'canceled', finished_at = now(), lease_expires_at = NULL WHERE id = $1 RETURNING *",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        insert_audit(&mut *tx, &AuditEntry { org_id: Some(org_id), actor, action: "job.canceled", job_id: Some(id), subject: None, details: json!({}) }).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// The job `worker_id` currently holds a live lease on, if any.
+    pub async fn lease_held_by(&self, worker_id: Uuid) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar("SELECT id FROM jobs WHERE lease_worker_id = $1 AND state = 'running' LIMIT 1")
+            .bind(worker_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Claims the oldest runnable job of `pool_id` for `worker_id`, or `None`.
+    pub async fn claim_job(&self, pool_id: Uuid, worker_id: Uuid, lease: Duration, fencing_token: &str) -> Result<Option<Claimed>> {
+        let mut tx = self.pool.begin().await?;
+        let candidate: Option<(Uuid, String, i32)> = sqlx::query_as(
+            "SELECT id, state, attempts FROM jobs WHERE pool_id = $1 AND state = 'queued' AND run_after <= now()
+             ORDER BY run_after, created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(pool_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, state, attempts)) = candidate else { return Ok(None) };
+        let state: JobState = state.parse().map_err(|e: mpegflow_domain::job::UnknownState| StoreError::Conflict(e.to_string()))?;
+        transition(state, &Event::Assign, attempts as u32, &RetryPolicy::default(), SystemTime::now(), 0.0)
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let job: Job = sqlx::query_as(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_worker_id = $2,
+                    lease_expires_at = now() + make_interval(secs => $3), fencing_token = $4,
+                    started_at = COALESCE(started_at, now()), progress = 0
+             WHERE id = $1 RETURNING *",
+        )
+        .bind(id)
+        .bind(worker_id)
+        .bind(lease.as_secs_f64())
+        .bind(fencing_token)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO job_attempts (job_id, attempt, worker_id) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(job.attempts)
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(
+            &mut *tx,
+            &AuditEntry {
+                org_id: Some(job.org_id),
+                actor: format!("worker:{worker_id}"),
+                action: "job.assigned",
+                job_id: Some(id),
+                subject: Some(worker_id.to_string()),
+                details: json!({ "attempt": job.attempts, "lease_seconds": lease.as_secs() }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Claimed { job, fencing_token: fencing_token.to_owned() }))
+    }
+
+    /// The job a worker holds under `fencing_token`, if it still holds it.
+    pub async fn leased_job(&self, job_id: Uuid, worker_id: Uuid, fencing_token: &str) -> Result<Option<Job>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(worker_id)
+        .bind(fencing_token)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn heartbeat(&self, job_id: Uuid, worker_id: Uuid, fencing_token: &str, progress: Option<f32>, lease: Duration) -> Result<HeartbeatResult> {
+        let row: Option<String> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_at = CASE WHEN state = 'running' THEN now() + make_interval(secs => $4) ELSE lease_expires_at END,
+                    progress = CASE WHEN state = 'running' THEN COALESCE($5, progress) ELSE progress END
+             WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state IN ('running', 'canceled')
+             RETURNING state",
+        )
+        .bind(job_id)
+        .bind(worker_id)
+        .bind(fencing_token)
+        .bind(lease.as_secs_f64())
+        .bind(progress)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row.as_deref() {
+            Some("running") => HeartbeatResult::Extended,
+            Some(_) => HeartbeatResult::Canceled,
+            None => HeartbeatResult::Lost,
+        })
+    }
+
+    /// Applies a worker's report, fenced: only the current lease holder moves the job.
+    pub async fn report(
+        &self,
+        job_id: Uuid,
+        worker_id: Uuid,
+        fencing_token: &str,
+        report: Report,
+        record: AttemptRecord,
+        policy: RetryPolicy,
+        jitter: f64,
+    ) -> Result<ReportResult> {
+        let mut tx = self.pool.begin().await?;
+        let job: Option<Job> = sqlx::query_as(
+            "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state IN ('running', 'canceled') FOR UPDATE",
+        )
+        .bind(job_id)
+        .bind(worker_id)
+        .bind(fencing_token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = job else { return Ok(ReportResult::Refused) };
+        let (outcome, failure) = match &report {
+            Report::Succeeded { .. } => ("succeeded", None),
+            Report::Failed(f) => ("failed", Some(f.clone())),
+            Report::Canceled => ("canceled", None),
+        };
+        sqlx::query(
+            "UPDATE job_attempts SET finished_at = now(), outcome = $3, exit_code = $4, error_code = $5, error_message = $6,
+                    stderr_zstd = $7, ffmpeg_version = $8, stages = $9, input_hashes = $10, output_hashes = $11
+             WHERE job_id = $1 AND attempt = $2",
+        )
+        .bind(job_id)
+        .bind(job.attempts)
+        .bind(outcome)
+        .bind(record.exit_code)
+        .bind(failure.as_ref().map(|f| f.code.as_str()))
+        .bind(failure.as_ref().map(|f| f.message.as_str()))
+        .bind(&record.stderr_zstd)
+        .bind(&record.ffmpeg_version)
+        .bind(&record.stages)
+        .bind(&record.input_hashes)
+        .bind(&record.output_hashes)
+        .execute(&mut *tx)
+        .await?;
+        let actor = format!("worker:{worker_id}");
+        if job.state() == JobState::Canceled {
+            insert_audit(&mut *tx, &AuditEntry { org_id: Some(job.org_id), actor, action: "job.attempt_ended", job_id: Some(job_id), subject: None,
+                details: json!({ "attempt": job.attempts, "outcome": outcome, "job_state": "canceled" }) }).await?;
+            tx.commit().await?;
+            return Ok(ReportResult::RecordedCanceled);
+        }
+        let event = match &report {
+            Report::Succeeded { .. } => Event::Succeed,
+            Report::Failed(f) => Event::Fail(f.clone()),
+            Report::Canceled => Event::Fail(Failure {
+                code: mpegflow_domain::job::error_code::WORKER_ERROR.into(),
+                message: "worker reported a cancellation the coordinator did not ask for".into(),
+                retryable: true,
+            }),
+        };
+        let policy = RetryPolicy { max_attempts: job.max_attempts as u32, ..policy };
+        let t = transition(JobState::Running, &event, job.attempts as u32, &policy, SystemTime::now(), jitter)
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let new_state = self.apply(&mut tx, &job, &t, record.stderr_tail.as_deref()).await?;
+        if let Report::Succeeded { result, outputs } = &report {
+            sqlx::query("UPDATE jobs SET result = $2, progress = 1 WHERE id = $1").bind(job_id).bind(result).execute(&mut *tx).await?;
+            for o in outputs {
+                sqlx::query(
+                    "INSERT INTO assets (id, org_id, object_key, filename, size, sha256, state, source_job_id, completed_at)
+                     VALUES ($1,$2,$3,$4,$5,$6,'ready',$7, now())",
+                )
+                .bind(o.asset_id)
+                .bind(job.org_id)
+                .bind(&o.object_key)
+                .bind(&o.filename)
+                .bind(o.size)
+                .bind(&o.sha256)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        insert_audit(
+            &mut *tx,
+            &AuditEntry {
+                org_id: Some(job.org_id),
+                actor,
+                action: if new_state.is_terminal() { "job.finished" } else { "job.requeued" },
+                job_id: Some(job_id),
+                subject: None,
+                details: json!({ "attempt": job.attempts, "outcome": outcome, "state": new_state,
+                                 "error_code": failure.as_ref().map(|f| &f.code), "exit_code": record.exit_code,
+                                 "ffmpeg_version": record.ffmpeg_version, "inputs": record.input_hashes,
+                                 "outputs": record.output_hashes, "stages": record.stages }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ReportResult::Applied(new_state))
+    }
+
+    /// Writes a transition of a running job; clears the lease so the old holder is fenced off.
+    async fn apply(&self, tx: &mut sqlx::PgTransaction<'_>, job: &Job, t: &Transition, stderr_tail: Option<&str>) -> Result<JobState> {
+        match t {
+            Transition::Requeue { not_before, failure } => {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'queued', lease_worker_id = NULL, lease_expires_at = NULL, fencing_token = NULL,
+                            run_after = $2, error_code = $3, error_message = $4, progress = NULL WHERE id = $1",
+                )
+                .bind(job.id)
+                .bind(to_offset(*not_before))
+                .bind(&failure.code)
+                .bind(&failure.message)
+                .execute(&mut **tx)
+                .await?;
+                Ok(JobState::Queued)
+            }
+            Transition::Finish { state, failure } => {
+                sqlx::query(
+                    "UPDATE jobs SET state = $2, lease_worker_id = NULL, lease_expires_at = NULL, fencing_token = NULL,
+                            finished_at = now(), error_code = $3, error_message = $4, stderr_tail = COALESCE($5, stderr_tail)
+                     WHERE id = $1",
+                )
+                .bind(job.id)
+                .bind(state.as_str())
+                .bind(failure.as_ref().map(|f| &f.code))
+                .bind(failure.as_ref().map(|f| &f.message))
+                .bind(stderr_tail)
+                .execute(&mut **tx)
+                .await?;
+                Ok(*state)
+            }
+            Transition::StartAttempt => Err(StoreError::Conflict("unexpected transition".into())),
+        }
+    }
+
+    /// Requeues (or fails, when out of attempts) jobs whose lease ran out. Safe to run from
+    /// several control-plane replicas at once: rows are locked with SKIP LOCKED.
+    pub async fn reap_expired_leases(&self, limit: i64, policy: RetryPolicy, jitter: f64) -> Result<Vec<(Uuid, JobState)>> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<Job> = sqlx::query_as(
+            "SELECT * FROM jobs WHERE state = 'running' AND lease_expires_at < now()
+             ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(expired.len());
+        for job in expired {
+            let policy = RetryPolicy { max_attempts: job.max_attempts as u32, ..policy };
+            let t = transition(JobState::Running, &Event::LeaseExpired, job.attempts as u32, &policy, SystemTime::now(), jitter)
+                .map_err(|e| StoreError::Conflict(e.to_string()))?;
+            sqlx::query(
+                "UPDATE job_attempts SET finished_at = now(), outcome = 'lease_expired', error_code = 'lease_expired'
+                 WHERE job_id = $1 AND attempt = $2 AND finished_at IS NULL",
+            )
+            .bind(job.id)
+            .bind(job.attempts)
+            .execute(&mut *tx)
+            .await?;
+            let state = self.apply(&mut tx, &job, &t, None).await?;
+            insert_audit(
+                &mut *tx,
+                &AuditEntry {
+                    org_id: Some(job.org_id),
+                    actor: "system:reaper".into(),
+                    action: "job.lease_expired",
+                    job_id: Some(job.id),
+                    subject: job.lease_worker_id.map(|w| w.to_string()),
+                    details: json!({ "attempt": job.attempts, "state": state }),
+                },
+            )
+            .await?;
+            out.push((job.id, state));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
