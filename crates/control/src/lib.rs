@@ -1,1 +1,155 @@
+//! The MpegFlow control plane: the tenant REST API, the gRPC coordinator and the lease reaper.
+//!
+//! It is the only component that holds the database and the S3 signing key. Workers reach it
+//! over gRPC with a worker token and receive presigned URLs for exactly one job at a time.
 
+pub mod api;
+pub mod coordinator;
+pub mod error;
+mod outputs;
+
+use mpegflow_domain::job::RetryPolicy;
+use mpegflow_objstore::Presigner;
+use mpegflow_store::Store;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Tunables of the control plane. Defaults suit production; tests shorten the timings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ControlConfig {
+    /// How long a lease lasts without a heartbeat.
+    pub lease_seconds: u32,
+    /// How often workers heartbeat.
+    pub heartbeat_seconds: u32,
+    /// TTL of presigned URLs (capped at 3600).
+    pub presign_ttl_seconds: u32,
+    /// Attempts per job before it fails for good.
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub default_timeout_seconds: u32,
+    pub max_timeout_seconds: u32,
+    pub max_output_bytes: u64,
+    pub max_output_files: u32,
+    pub max_upload_bytes: u64,
+    pub reaper_interval_ms: u64,
+    /// Longest a GetWorkAssignment call is held open.
+    pub max_poll_seconds: u32,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            lease_seconds: 30,
+            heartbeat_seconds: 5,
+            presign_ttl_seconds: 3600,
+            max_attempts: 3,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            default_timeout_seconds: 3_600,
+            max_timeout_seconds: 6 * 3_600,
+            max_output_bytes: 10 * 1024 * 1024 * 1024,
+            max_output_files: 10_000,
+            max_upload_bytes: 5 * 1024 * 1024 * 1024,
+            reaper_interval_ms: 2_000,
+            max_poll_seconds: 20,
+        }
+    }
+}
+
+impl ControlConfig {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            base_delay: Duration::from_millis(self.retry_base_ms),
+            max_delay: Duration::from_millis(self.retry_max_ms),
+        }
+    }
+    pub fn presign_ttl(&self) -> Duration {
+        Duration::from_secs(self.presign_ttl_seconds.clamp(1, 3600).into())
+    }
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds.into())
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub presigner: Presigner,
+    pub config: Arc<ControlConfig>,
+    /// Woken when a job is queued, so long-polling workers on this replica claim at once.
+    pub job_queued: Arc<Notify>,
+    /// For HEAD requests against the object store (through presigned URLs too).
+    pub http: reqwest::Client,
+}
+
+impl AppState {
+    pub fn new(store: Store, presigner: Presigner, config: ControlConfig) -> Self {
+        AppState {
+            store,
+            presigner,
+            config: Arc::new(config),
+            job_queued: Arc::new(Notify::new()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .no_proxy()
+                .build()
+                .expect("a default reqwest client builds"),
+        }
+    }
+}
+
+/// Serves the REST API and the coordinator on the given listeners and runs the reaper, until
+/// `shutdown` is cancelled.
+pub async fn run(state: AppState, api: TcpListener, grpc: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let reaper = tokio::spawn(reap_loop(state.clone(), shutdown.clone()));
+    let api_server = {
+        let app = api::router(state.clone());
+        let shutdown = shutdown.clone();
+        async move { axum::serve(api, app).with_graceful_shutdown(shutdown.cancelled_owned()).await }
+    };
+    let grpc_server = {
+        let svc = mpegflow_proto::CoordinatorServer::new(coordinator::CoordinatorService::new(state.clone()));
+        let shutdown = shutdown.clone();
+        async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown.cancelled_owned())
+                .await
+                .map_err(std::io::Error::other)
+        }
+    };
+    let (a, g) = tokio::join!(api_server, grpc_server);
+    shutdown.cancel();
+    let _ = reaper.await;
+    a?;
+    g
+}
+
+async fn reap_loop(state: AppState, shutdown: CancellationToken) {
+    let interval = Duration::from_millis(state.config.reaper_interval_ms.max(100));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match state.store.reap_expired_leases(100, state.config.retry_policy(), rand::random()).await {
+            Ok(reaped) => {
+                for (job_id, new_state) in &reaped {
+                    tracing::warn!(%job_id, %new_state, "lease expired");
+                }
+                if !reaped.is_empty() {
+                    state.job_queued.notify_waiters();
+                }
+            }
+            Err(e) => tracing::error!("reaper: {e}"),
+        }
+    }
+}

@@ -115,6 +115,14 @@ impl Store {
             .ok_or(StoreError::NotFound)
     }
 
+    pub async fn pool_name(&self, id: Uuid) -> Result<String> {
+        sqlx::query_scalar("SELECT name FROM pools WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
     pub async fn create_worker_token(&self, pool_name: &str, label: &str) -> Result<(Uuid, Secret)> {
         let pool = self.pool_by_name(pool_name).await?;
         let secret = Secret::generate(TokenKind::WorkerToken);

@@ -1,1 +1,155 @@
+//! The MpegFlow worker. It holds no credentials but its worker token: it asks the coordinator for
+//! work over gRPC, fetches inputs and stores outputs through presigned URLs only, and runs FFmpeg
+//! on files in a per-job directory. This crate links no database driver and no S3 signing code;
+//! CI checks that from `cargo tree`.
 
+pub mod ffmpeg;
+mod job;
+pub mod transfer;
+
+use mpegflow_proto as pb;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+pub type Client = pb::CoordinatorClient<InterceptedService<Channel, AuthInterceptor>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0} not found (looked for it at start)")]
+    BinaryMissing(String),
+    #[error("invalid coordinator URL {0:?}: {1}")]
+    Endpoint(String, String),
+    #[error("the worker token is missing or malformed")]
+    Token,
+    #[error("coordinator refused: {0}")]
+    Refused(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub coordinator: String,
+    pub work_dir: PathBuf,
+    pub ffmpeg: PathBuf,
+    pub ffprobe: PathBuf,
+    pub hostname: String,
+    pub image_hash: String,
+    pub max_input_bytes: u64,
+    /// How long one GetWorkAssignment call may wait.
+    pub poll_seconds: u32,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    value: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert(pb::AUTHORIZATION, self.value.clone());
+        Ok(req)
+    }
+}
+
+/// What a running worker knows about itself.
+pub struct Worker {
+    pub config: WorkerConfig,
+    pub worker_id: String,
+    pub ffmpeg: PathBuf,
+    pub ffprobe: PathBuf,
+    pub ffmpeg_version: String,
+    pub heartbeat_seconds: u32,
+    pub http: reqwest::Client,
+}
+
+pub fn connect(coordinator: &str, token: &str) -> Result<Client, WorkerError> {
+    let mut value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| WorkerError::Token)?;
+    value.set_sensitive(true);
+    let endpoint = Endpoint::from_shared(coordinator.to_owned())
+        .map_err(|e| WorkerError::Endpoint(coordinator.to_owned(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(pb::CoordinatorClient::with_interceptor(endpoint.connect_lazy(), AuthInterceptor { value }))
+}
+
+/// Registers, then takes jobs one at a time until `shutdown` is cancelled (finishing the job at
+/// hand) or `shutdown_hard` is (handing the job back).
+pub async fn run(config: WorkerConfig, token: String, shutdown: CancellationToken, shutdown_hard: CancellationToken) -> Result<(), WorkerError> {
+    let ffmpeg = ffmpeg::resolve(&config.ffmpeg).ok_or_else(|| WorkerError::BinaryMissing(config.ffmpeg.display().to_string()))?;
+    let ffprobe = ffmpeg::resolve(&config.ffprobe).ok_or_else(|| WorkerError::BinaryMissing(config.ffprobe.display().to_string()))?;
+    let ffmpeg_version = ffmpeg::version(&ffmpeg).await?;
+    std::fs::create_dir_all(&config.work_dir)?;
+    let mut client = connect(&config.coordinator, &token)?;
+    drop(token);
+
+    let registered = loop {
+        let req = pb::RegisterWorkerRequest {
+            hostname: config.hostname.clone(),
+            worker_version: env!("CARGO_PKG_VERSION").into(),
+            ffmpeg_version: ffmpeg_version.clone(),
+            image_hash: config.image_hash.clone(),
+        };
+        match client.register_worker(req).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tracing::warn!("coordinator unavailable, retrying: {}", s.message());
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(s) => return Err(WorkerError::Refused(format!("{}: {}", s.code(), s.message()))),
+        }
+    };
+    tracing::info!(worker_id = %registered.worker_id, pool = %registered.pool, %ffmpeg_version, "worker registered");
+    let worker = Worker {
+        worker_id: registered.worker_id,
+        heartbeat_seconds: registered.heartbeat_seconds,
+        ffmpeg,
+        ffprobe,
+        ffmpeg_version,
+        http: reqwest::Client::builder().no_proxy().connect_timeout(Duration::from_secs(10)).build().map_err(|e| WorkerError::Io(std::io::Error::other(e)))?,
+        config,
+    };
+    let span = tracing::info_span!("worker", worker_id = %worker.worker_id);
+    let _g = span.enter();
+
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let req = pb::GetWorkAssignmentRequest { worker_id: worker.worker_id.clone(), wait_seconds: worker.config.poll_seconds };
+        let resp = tokio::select! {
+            r = client.get_work_assignment(req) => r,
+            () = shutdown.cancelled() => break,
+        };
+        match resp {
+            Ok(r) => {
+                backoff = Duration::from_millis(200);
+                if let Some(a) = r.into_inner().assignment {
+                    let span = tracing::info_span!("job", job_id = %a.job_id, attempt = a.attempt);
+                    let _g = span.enter();
+                    tracing::info!("job started");
+                    job::execute(&worker, &mut client, a, shutdown_hard.clone()).await;
+                }
+            }
+            Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                return Err(WorkerError::Refused(format!("{}: {}", s.code(), s.message())));
+            }
+            Err(s) => {
+                tracing::warn!("get work failed: {}: {}", s.code(), s.message());
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! The `mpegflow` command's library: starting the platform on one machine, the tenant API
+//! client, and a private PostgreSQL cluster helper.
+
+pub mod client;
+pub mod pg;
+pub mod platform;
+pub mod sample;

@@ -1,0 +1,324 @@
+//! The whole platform on one machine: PostgreSQL (a private cluster or `DATABASE_URL`), the
+//! object store (embedded on loopback, or any S3 endpoint), the control plane, and worker
+//! processes. `mpegflow up` and the integration tests both start it through [`Platform::start`].
+
+use crate::pg::{self, Cluster};
+use anyhow::{bail, Context, Result};
+use mpegflow_control::{AppState, ControlConfig};
+use mpegflow_objstore::embedded::EmbeddedConfig;
+use mpegflow_objstore::{Presigner, S3Config};
+use mpegflow_store::Store;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The user workers run as when the platform is started as root.
+pub const WORKER_USER: &str = "mpegflow-worker";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlatformConfig {
+    pub data_dir: PathBuf,
+    /// Use this database instead of a private cluster.
+    pub database_url: Option<String>,
+    pub api_addr: String,
+    pub grpc_addr: String,
+    pub s3_addr: String,
+    /// Use this S3 endpoint instead of the embedded store.
+    pub s3: Option<S3Config>,
+    pub workers: usize,
+    pub worker_bin: Option<PathBuf>,
+    pub control: ControlConfig,
+    /// Tune the private cluster for tests (no fsync).
+    pub pg_for_tests: bool,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            data_dir: PathBuf::from("mpegflow-data"),
+            database_url: None,
+            api_addr: "127.0.0.1:8080".into(),
+            grpc_addr: "127.0.0.1:7070".into(),
+            s3_addr: "127.0.0.1:9000".into(),
+            s3: None,
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            worker_bin: None,
+            control: ControlConfig::default(),
+            pg_for_tests: false,
+        }
+    }
+}
+
+impl PlatformConfig {
+    /// Defaults, then a TOML file, then `MPEGFLOW_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut cfg = match file {
+            Some(f) => toml::from_str(&std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)
+                .with_context(|| format!("parsing {}", f.display()))?,
+            None => PlatformConfig::default(),
+        };
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(v) = env("DATABASE_URL") {
+            cfg.database_url = Some(v);
+        }
+        if let Some(v) = env("MPEGFLOW_API_ADDR") {
+            cfg.api_addr = v;
+        }
+        if let Some(v) = env("MPEGFLOW_GRPC_ADDR") {
+            cfg.grpc_addr = v;
+        }
+        if let Some(v) = env("MPEGFLOW_S3_ADDR") {
+            cfg.s3_addr = v;
+        }
+        if let Some(v) = env("MPEGFLOW_WORKERS") {
+            cfg.workers = v.parse().context("MPEGFLOW_WORKERS must be a number")?;
+        }
+        if let Some(endpoint) = env("MPEGFLOW_S3_ENDPOINT") {
+            cfg.s3 = Some(S3Config {
+                endpoint,
+                region: env("MPEGFLOW_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                bucket: env("MPEGFLOW_S3_BUCKET").context("MPEGFLOW_S3_BUCKET is required with MPEGFLOW_S3_ENDPOINT")?,
+                path_style: env("MPEGFLOW_S3_PATH_STYLE").is_none_or(|v| v != "false"),
+                access_key: env("MPEGFLOW_S3_ACCESS_KEY").context("MPEGFLOW_S3_ACCESS_KEY is required")?,
+                secret_key: env("MPEGFLOW_S3_SECRET_KEY").context("MPEGFLOW_S3_SECRET_KEY is required")?,
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+/// A started platform.
+pub struct Platform {
+    pub api_url: String,
+    pub coordinator_url: String,
+    pub database_url: String,
+    pub s3_endpoint: String,
+    pub state: AppState,
+    pub data_dir: PathBuf,
+    cluster: Option<Cluster>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    workers: Vec<tokio::process::Child>,
+    worker_bin: PathBuf,
+    worker_uid: Option<(u32, u32)>,
+}
+
+fn random_hex(n: usize) -> String {
+    (0..n).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+/// The worker binary: next to this executable (or its parent, for test binaries in deps/).
+pub fn default_worker_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MPEGFLOW_WORKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no directory")?;
+    for candidate in [dir.join("mpegflow-worker"), dir.join("..").join("mpegflow-worker")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("mpegflow-worker not found next to {} (build it with `cargo build -p mpegflow-worker`)", exe.display())
+}
+
+/// The unprivileged user workers run as, created on first use when we are root.
+fn worker_user() -> Result<(u32, u32)> {
+    if let Some(ids) = pg::lookup_user(WORKER_USER) {
+        return Ok(ids);
+    }
+    let status = std::process::Command::new("useradd")
+        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", WORKER_USER])
+        .status();
+    match (status, pg::lookup_user(WORKER_USER)) {
+        (_, Some(ids)) => Ok(ids),
+        _ => pg::lookup_user("nobody").context("no unprivileged user to run workers as"),
+    }
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+impl Platform {
+    pub async fn start(cfg: PlatformConfig) -> Result<Platform> {
+        let data_dir = std::path::absolute(&cfg.data_dir)?;
+        // 0711: other users (postgres, workers) may pass through to their own directories only.
+        mkdir(&data_dir, 0o711)?;
+        mkdir(&data_dir.join("logs"), 0o700)?;
+
+        let (cluster, database_url) = match &cfg.database_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let dir = data_dir.join("pg");
+                mkdir(&dir, 0o711)?;
+                let c = tokio::task::block_in_place(|| Cluster::start(&dir, None, cfg.pg_for_tests))?;
+                let url = c.database_url("postgres");
+                (Some(c), url)
+            }
+        };
+        let store = match Store::connect(&database_url, 32).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(c) = &cluster {
+                    c.stop();
+                }
+                return Err(e).context("connecting to PostgreSQL");
+            }
+        };
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let s3 = match &cfg.s3 {
+            Some(s3) => s3.clone(),
+            None => {
+                let listener = TcpListener::bind(&cfg.s3_addr).await.with_context(|| format!("binding the object store to {}", cfg.s3_addr))?;
+                let endpoint = format!("http://{}", listener.local_addr()?);
+                let embedded = EmbeddedConfig {
+                    root: data_dir.join("s3"),
+                    bucket: "mpegflow".into(),
+                    access_key: format!("MF{}", random_hex(8)),
+                    secret_key: random_hex(32),
+                };
+                let s3 = S3Config {
+                    endpoint,
+                    region: "us-east-1".into(),
+                    bucket: embedded.bucket.clone(),
+                    path_style: true,
+                    access_key: embedded.access_key.clone(),
+                    secret_key: embedded.secret_key.clone(),
+                };
+                mpegflow_objstore::embedded::prepare(&embedded)?;
+                let stop = shutdown.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = mpegflow_objstore::embedded::serve(listener, embedded, stop.cancelled_owned()).await {
+                        tracing::error!("object store stopped: {e}");
+                    }
+                }));
+                s3
+            }
+        };
+        let presigner = Presigner::new(&s3)?;
+        let state = AppState::new(store, presigner, cfg.control.clone());
+
+        let api = TcpListener::bind(&cfg.api_addr).await.with_context(|| format!("binding the API to {}", cfg.api_addr))?;
+        let grpc = TcpListener::bind(&cfg.grpc_addr).await.with_context(|| format!("binding the coordinator to {}", cfg.grpc_addr))?;
+        let api_url = format!("http://{}", api.local_addr()?);
+        let coordinator_url = format!("http://{}", grpc.local_addr()?);
+        {
+            let (state, stop) = (state.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = mpegflow_control::run(state, api, grpc, stop).await {
+                    tracing::error!("control plane stopped: {e}");
+                }
+            }));
+        }
+        let worker_bin = match &cfg.worker_bin {
+            Some(p) => p.clone(),
+            None if cfg.workers == 0 => PathBuf::new(),
+            None => default_worker_bin()?,
+        };
+        let worker_uid = if pg::is_root() { Some(worker_user()?) } else { None };
+        let mut platform = Platform {
+            api_url,
+            coordinator_url,
+            database_url,
+            s3_endpoint: s3.endpoint.clone(),
+            state,
+            data_dir,
+            cluster,
+            shutdown,
+            tasks,
+            workers: Vec::new(),
+            worker_bin,
+            worker_uid,
+        };
+        if cfg.workers > 0 {
+            let (_, token) = platform.state.store.create_worker_token("default", "local fleet").await?;
+            for _ in 0..cfg.workers {
+                platform.spawn_worker(token.expose()).await?;
+            }
+        }
+        Ok(platform)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Starts one more worker process with `token`. Returns its pid.
+    pub async fn spawn_worker(&mut self, token: &str) -> Result<u32> {
+        let n = self.workers.len();
+        let work_dir = self.data_dir.join("work").join(format!("{n}-{}", random_hex(4)));
+        mkdir(&self.data_dir.join("work"), 0o711)?;
+        mkdir(&work_dir, 0o700)?;
+        if let Some((uid, gid)) = self.worker_uid {
+            std::os::unix::fs::chown(&work_dir, Some(uid), Some(gid))?;
+        }
+        let log = std::fs::File::create(self.data_dir.join("logs").join(format!("worker-{n}.log")))?;
+        let mut cmd = tokio::process::Command::new(&self.worker_bin);
+        cmd.arg("--coordinator")
+            .arg(&self.coordinator_url)
+            .arg("--token-file")
+            .arg("-")
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .arg("--poll-seconds")
+            .arg("5")
+            // The credential vacuum starts with the environment: nothing of ours is inherited.
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+            .env("MPEGFLOW_LOG", std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some((uid, gid)) = self.worker_uid {
+            cmd.as_std_mut().uid(uid).gid(gid);
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.worker_bin.display()))?;
+        let mut stdin = child.stdin.take().context("worker stdin")?;
+        stdin.write_all(token.as_bytes()).await?;
+        drop(stdin);
+        let pid = child.id().unwrap_or(0);
+        self.workers.push(child);
+        Ok(pid)
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().filter_map(|c| c.id()).collect()
+    }
+
+    /// Stops workers (SIGTERM, then SIGKILL after `grace`), the control plane, the object store
+    /// and the private cluster.
+    pub async fn stop(mut self, grace: std::time::Duration) {
+        for w in &self.workers {
+            if let Some(pid) = w.id() {
+                // SAFETY: signalling a child we started.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+        for w in &mut self.workers {
+            if tokio::time::timeout(grace, w.wait()).await.is_err() {
+                let _ = w.kill().await;
+            }
+        }
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+        }
+        self.state.store.pool().close().await;
+        if let Some(c) = self.cluster.take() {
+            tokio::task::block_in_place(|| c.stop());
+        }
+    }
+}

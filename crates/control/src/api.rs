@@ -1,0 +1,447 @@
+//! The tenant REST API. Every handler is scoped to the org of the presented API key; another
+//! org's ids answer exactly as missing ones do.
+
+use crate::error::{ControlError, Result};
+use crate::outputs::{stored_inputs, stored_outputs, StoredInput, StoredOutput};
+use crate::AppState;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use mpegflow_domain::command::{render, IoSpec};
+use mpegflow_domain::job::JobState;
+use mpegflow_domain::names::asset_key;
+use mpegflow_domain::token::{Secret, TokenKind};
+use mpegflow_store::{Asset, AuditEntry, Job, NewAsset, NewJob, StoreError, Submitted};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/assets", post(create_asset))
+        .route("/v1/assets/{id}", get(get_asset))
+        .route("/v1/assets/{id}/complete", post(complete_asset))
+        .route("/v1/assets/{id}/download", get(download_asset))
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .fallback(|| async { ControlError::NotFound("route") })
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(state)
+}
+
+/// The authenticated tenant: the org of the presented API key.
+pub struct Tenant {
+    pub org_id: Uuid,
+    pub key_id: Uuid,
+}
+
+impl Tenant {
+    fn actor(&self) -> String {
+        format!("api_key:{}", self.key_id)
+    }
+}
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ControlError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or(ControlError::Unauthenticated)?;
+        let secret = Secret::parse(TokenKind::ApiKey, token).map_err(|_| ControlError::Unauthenticated)?;
+        let (org_id, key_id) = state.store.authenticate_api_key(&secret.hash()).await?.ok_or(ControlError::Unauthenticated)?;
+        Ok(Tenant { org_id, key_id })
+    }
+}
+
+/// JSON body whose rejections are problem+json like every other error.
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ControlError;
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(ControlError::invalid("invalid_body", e.body_text())),
+        }
+    }
+}
+
+/// An id in the path; anything that is not a UUID is simply not found.
+fn parse_id(s: &str, what: &'static str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|_| ControlError::NotFound(what))
+}
+
+fn not_found(what: &'static str) -> impl Fn(ControlError) -> ControlError {
+    move |e| match e {
+        ControlError::NotFound(_) => ControlError::NotFound(what),
+        other => other,
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+async fn healthz(State(state): State<AppState>) -> Result<Json<Value>> {
+    state.store.ping().await?;
+    Ok(Json(json!({ "status": "ok" })))
+}
+
+// ---------------------------------------------------------------- assets
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAsset {
+    filename: String,
+    content_type: Option<String>,
+    size: Option<u64>,
+    sha256: Option<String>,
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn asset_json(a: &Asset) -> Value {
+    json!({
+        "id": a.id, "filename": a.filename, "content_type": a.content_type, "state": a.state,
+        "size": a.size.or(a.declared_size), "sha256": a.sha256.as_ref().or(a.declared_sha256.as_ref()),
+        "source_job_id": a.source_job_id,
+        "created_at": rfc3339(a.created_at), "completed_at": a.completed_at.map(rfc3339),
+    })
+}
+
+async fn create_asset(State(state): State<AppState>, tenant: Tenant, Body(req): Body<CreateAsset>) -> Result<Response> {
+    if req.filename.is_empty() || req.filename.len() > 255 || req.filename.chars().any(char::is_control) {
+        return Err(ControlError::invalid("invalid_filename", "filename must be 1-255 characters without control characters"));
+    }
+    if let Some(sha) = &req.sha256 {
+        if !is_sha256_hex(sha) {
+            return Err(ControlError::invalid("invalid_sha256", "sha256 must be 64 lowercase hex characters"));
+        }
+    }
+    if let Some(size) = req.size {
+        if size > state.config.max_upload_bytes {
+            return Err(ControlError::invalid("too_large", format!("size exceeds {} bytes", state.config.max_upload_bytes)));
+        }
+    }
+    let id = Uuid::now_v7();
+    let key = asset_key(tenant.org_id, id);
+    let presigned = state
+        .presigner
+        .put(&key, state.config.presign_ttl(), req.size, req.sha256.as_deref())
+        .map_err(|e| ControlError::invalid("invalid_sha256", e.to_string()))?;
+    state
+        .store
+        .create_asset(&NewAsset {
+            id,
+            org_id: tenant.org_id,
+            object_key: &key,
+            filename: &req.filename,
+            content_type: req.content_type.as_deref(),
+            declared_size: req.size.map(|s| s as i64),
+            declared_sha256: req.sha256.as_deref(),
+        })
+        .await?;
+    state
+        .store
+        .audit(&AuditEntry {
+            org_id: Some(tenant.org_id),
+            actor: tenant.actor(),
+            action: "presign.put",
+            job_id: None,
+            subject: Some(id.to_string()),
+            details: json!({ "key": key, "method": "PUT", "expires_at": rfc3339(presigned.expires_at) }),
+        })
+        .await?;
+    let body = json!({
+        "id": id, "upload_url": presigned.url, "upload_method": presigned.method,
+        "upload_headers": presigned.headers, "expires_at": rfc3339(presigned.expires_at),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn get_asset(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+    let id = parse_id(&id, "asset")?;
+    let asset = state.store.get_asset(tenant.org_id, id).await.map_err(ControlError::from).map_err(not_found("asset"))?;
+    Ok(Json(asset_json(&asset)))
+}
+
+async fn complete_asset(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+    let id = parse_id(&id, "asset")?;
+    let asset = state.store.get_asset(tenant.org_id, id).await.map_err(ControlError::from).map_err(not_found("asset"))?;
+    if asset.state == "ready" {
+        return Ok(Json(asset_json(&asset)));
+    }
+    let head = state.presigner.head(&asset.object_key, std::time::Duration::from_secs(60));
+    let resp = state
+        .http
+        .head(&head.url)
+        .send()
+        .await
+        .map_err(|e| ControlError::Unavailable(format!("object store unreachable: {e}")))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(ControlError::Conflict { code: "upload_missing", message: "nothing was uploaded for this asset".into() });
+    }
+    if !resp.status().is_success() {
+        return Err(ControlError::Unavailable(format!("object store answered {}", resp.status())));
+    }
+    let size = resp
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+        .ok_or_else(|| ControlError::Unavailable("object store sent no content-length".into()))?;
+    if asset.declared_size.is_some_and(|d| d != size) {
+        return Err(ControlError::Conflict { code: "size_mismatch", message: "uploaded size differs from the declared size".into() });
+    }
+    let stored_sha = resp
+        .headers()
+        .get("x-amz-checksum-sha256")
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok())
+        .filter(|raw| raw.len() == 32)
+        .map(hex::encode);
+    if let (Some(declared), Some(stored)) = (&asset.declared_sha256, &stored_sha) {
+        if declared != stored {
+            return Err(ControlError::Conflict { code: "checksum_mismatch", message: "stored checksum differs".into() });
+        }
+    }
+    let asset = state.store.complete_asset(tenant.org_id, id, size, stored_sha.as_deref()).await?;
+    Ok(Json(asset_json(&asset)))
+}
+
+async fn download_asset(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+    let id = parse_id(&id, "asset")?;
+    let asset = state.store.get_asset(tenant.org_id, id).await.map_err(ControlError::from).map_err(not_found("asset"))?;
+    if asset.state != "ready" {
+        return Err(ControlError::Conflict { code: "asset_not_ready", message: "the asset has not been completed".into() });
+    }
+    let presigned = state.presigner.get(&asset.object_key, state.config.presign_ttl());
+    state
+        .store
+        .audit(&AuditEntry {
+            org_id: Some(tenant.org_id),
+            actor: tenant.actor(),
+            action: "presign.get",
+            job_id: asset.source_job_id,
+            subject: Some(id.to_string()),
+            details: json!({ "key": asset.object_key, "method": "GET", "expires_at": rfc3339(presigned.expires_at) }),
+        })
+        .await?;
+    Ok(Json(json!({ "url": presigned.url, "expires_at": rfc3339(presigned.expires_at) })))
+}
+
+// ---------------------------------------------------------------- jobs
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitJob {
+    inputs: BTreeMap<String, String>,
+    outputs: BTreeMap<String, String>,
+    command: String,
+    pool: Option<String>,
+    timeout_seconds: Option<u32>,
+    metadata: Option<Map<String, Value>>,
+}
+
+async fn submit_job(State(state): State<AppState>, tenant: Tenant, headers: HeaderMap, Body(raw): Body<Value>) -> Result<Response> {
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255);
+            Some(k.ok_or_else(|| ControlError::invalid("invalid_idempotency_key", "Idempotency-Key must be 1-255 visible characters"))?.to_owned())
+        }
+        None => None,
+    };
+    // serde_json's map is ordered, so this hash is stable for the same request.
+    let request_hash = Sha256::digest(raw.to_string().as_bytes()).to_vec();
+    let req: SubmitJob = serde_json::from_value(raw).map_err(|e| ControlError::invalid("invalid_body", e.to_string()))?;
+
+    if req.inputs.is_empty() {
+        return Err(ControlError::invalid("invalid_job", "a job needs at least one input"));
+    }
+    if req.outputs.is_empty() {
+        return Err(ControlError::invalid("invalid_job", "a job needs at least one output"));
+    }
+    let timeout = req.timeout_seconds.unwrap_or(state.config.default_timeout_seconds);
+    if timeout == 0 || timeout > state.config.max_timeout_seconds {
+        return Err(ControlError::invalid("invalid_timeout", format!("timeout_seconds must be 1-{}", state.config.max_timeout_seconds)));
+    }
+    let metadata = Value::Object(req.metadata.unwrap_or_default());
+    if metadata.to_string().len() > 16 * 1024 {
+        return Err(ControlError::invalid("invalid_metadata", "metadata must be at most 16 KiB of JSON"));
+    }
+
+    // Inputs: each must be a completed asset of this org.
+    let mut ids = Vec::new();
+    for (alias, id) in &req.inputs {
+        let id = Uuid::parse_str(id).map_err(|_| ControlError::invalid("unknown_asset", format!("input {alias:?}: asset {id} not found")))?;
+        ids.push((alias.clone(), id));
+    }
+    let assets = state.store.get_assets(tenant.org_id, &ids.iter().map(|(_, id)| *id).collect::<Vec<_>>()).await?;
+    let mut spec = IoSpec::default();
+    let mut inputs = Vec::new();
+    for (alias, id) in &ids {
+        let asset = assets
+            .iter()
+            .find(|a| a.id == *id)
+            .ok_or_else(|| ControlError::invalid("unknown_asset", format!("input {alias:?}: asset {id} not found")))?;
+        if asset.state != "ready" {
+            return Err(ControlError::invalid("asset_not_ready", format!("input {alias:?}: asset {id} has not been completed")));
+        }
+        spec.add_input(alias, &asset.filename)?;
+        inputs.push(StoredInput {
+            alias: alias.clone(),
+            asset_id: asset.id,
+            filename: asset.filename.clone(),
+            path: spec.input_path(alias).unwrap_or_default(),
+            object_key: asset.object_key.clone(),
+            size: asset.size,
+            sha256: asset.sha256.clone(),
+        });
+    }
+    let mut outputs = Vec::new();
+    for (alias, filename) in &req.outputs {
+        spec.add_output(alias, filename)?;
+        outputs.push(StoredOutput { alias: alias.clone(), filename: filename.clone() });
+    }
+    let argv = render(&req.command, &spec)?;
+
+    let pool_name = req.pool.as_deref().unwrap_or("default");
+    let pool = match state.store.pool_by_name(pool_name).await {
+        Ok(p) if p.org_id.is_none() || p.org_id == Some(tenant.org_id) => p,
+        Ok(_) | Err(StoreError::NotFound) => return Err(ControlError::invalid("unknown_pool", format!("pool {pool_name:?} not found"))),
+        Err(e) => return Err(e.into()),
+    };
+
+    let new = NewJob {
+        id: Uuid::now_v7(),
+        org_id: tenant.org_id,
+        pool_id: pool.id,
+        command: req.command,
+        argv: json!(argv),
+        inputs: serde_json::to_value(&inputs).map_err(|e| ControlError::Internal(e.to_string()))?,
+        outputs: serde_json::to_value(&outputs).map_err(|e| ControlError::Internal(e.to_string()))?,
+        timeout_seconds: timeout as i32,
+        max_attempts: state.config.max_attempts as i32,
+        metadata,
+        idempotency_key,
+        request_hash,
+        actor: tenant.actor(),
+    };
+    match state.store.submit_job(new).await {
+        Ok(Submitted::Created(job)) => {
+            state.job_queued.notify_waiters();
+            tracing::info!(job_id = %job.id, org_id = %job.org_id, "job submitted");
+            Ok((StatusCode::CREATED, Json(job_json(&job, &pool.name, None))).into_response())
+        }
+        Ok(Submitted::Replayed(job)) => Ok((StatusCode::OK, Json(job_json(&job, &pool.name, None))).into_response()),
+        Err(StoreError::Conflict(message)) => Err(ControlError::Conflict { code: "idempotency_conflict", message }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The public shape of a job.
+fn job_json(job: &Job, pool: &str, history: Option<Value>) -> Value {
+    let inputs: Map<String, Value> = stored_inputs(job)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| (i.alias, json!(i.asset_id)))
+        .collect();
+    let result_outputs = job.result.as_ref().and_then(|r| r.get("outputs")).and_then(Value::as_object);
+    let outputs: Map<String, Value> = stored_outputs(job)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| {
+            let v = result_outputs.and_then(|r| r.get(&o.alias)).cloned().unwrap_or_else(|| json!({ "filename": o.filename }));
+            (o.alias, v)
+        })
+        .collect();
+    let error = job.error_code.as_ref().filter(|_| job.state() == JobState::Failed).map(|code| {
+        json!({ "code": code, "message": job.error_message, "stderr_tail": job.stderr_tail })
+    });
+    let mut v = json!({
+        "id": job.id,
+        "workflow_id": job.workflow_id,
+        "state": job.state,
+        "progress": job.progress,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "pool": pool,
+        "command": job.command,
+        "argv": job.argv,
+        "inputs": inputs,
+        "outputs": outputs,
+        "error": error,
+        "timeout_seconds": job.timeout_seconds,
+        "metadata": job.metadata,
+        "created_at": rfc3339(job.created_at),
+        "started_at": job.started_at.map(rfc3339),
+        "finished_at": job.finished_at.map(rfc3339),
+    });
+    if let Some(h) = history {
+        v["history"] = h;
+    }
+    v
+}
+
+async fn pool_name(state: &AppState, job: &Job) -> String {
+    state.store.pool_name(job.pool_id).await.unwrap_or_else(|_| job.pool_id.to_string())
+}
+
+async fn get_job(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+    let id = parse_id(&id, "job")?;
+    let job = state.store.get_job(tenant.org_id, id).await.map_err(ControlError::from).map_err(not_found("job"))?;
+    let history = state.store.job_attempts(job.id).await?;
+    let pool = pool_name(&state, &job).await;
+    Ok(Json(job_json(&job, &pool, Some(json!(history)))))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_jobs(State(state): State<AppState>, tenant: Tenant, Query(q): Query<ListQuery>) -> Result<Json<Value>> {
+    let filter = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<JobState>().map_err(|e| ControlError::invalid("invalid_state", e.to_string()))?),
+    };
+    let before = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(Uuid::parse_str(c).map_err(|_| ControlError::invalid("invalid_cursor", "cursor is not valid"))?),
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let jobs = state.store.list_jobs(tenant.org_id, filter, before, limit + 1).await?;
+    let more = jobs.len() as i64 > limit;
+    let page = &jobs[..jobs.len().min(limit as usize)];
+    let mut items = Vec::with_capacity(page.len());
+    for job in page {
+        items.push(job_json(job, &pool_name(&state, job).await, None));
+    }
+    let next = if more { page.last().map(|j| j.id.to_string()) } else { None };
+    Ok(Json(json!({ "jobs": items, "next_cursor": next })))
+}
+
+async fn cancel_job(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+    let id = parse_id(&id, "job")?;
+    let job = match state.store.cancel_job(tenant.org_id, id, tenant.actor()).await {
+        Ok(job) => job,
+        Err(StoreError::NotFound) => return Err(ControlError::NotFound("job")),
+        Err(StoreError::Conflict(message)) => return Err(ControlError::Conflict { code: "job_finished", message }),
+        Err(e) => return Err(e.into()),
+    };
+    let pool = pool_name(&state, &job).await;
+    Ok(Json(job_json(&job, &pool, None)))
+}
+

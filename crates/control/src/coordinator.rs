@@ -1,0 +1,388 @@
+//! The gRPC coordinator: the only door a worker has. It authenticates the worker token (bound to
+//! one pool), hands out one job at a time with a lease and a fencing token, presigns exactly the
+//! URLs that job needs, and accepts reports only from the current lease holder.
+
+use crate::error::{ControlError, Result};
+use crate::outputs::{check_produced, io_spec, stored_inputs, stored_outputs, ProducedFile};
+use crate::AppState;
+use mpegflow_domain::command::OutputDecl;
+use mpegflow_domain::job::{error_code, Failure};
+use mpegflow_domain::names::output_key;
+use mpegflow_domain::token::{Secret, TokenKind};
+use mpegflow_proto as pb;
+use mpegflow_store::{AttemptRecord, AuditEntry, HeartbeatResult, Job, OutputObject, Report, ReportResult, WorkerInfo, WorkerTokenInfo};
+use serde_json::{json, Map, Value};
+use std::io::Read;
+use std::time::{Duration, Instant};
+use time::format_description::well_known::Rfc3339;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// Largest compressed stderr kept per attempt.
+const MAX_STDERR_ZSTD: usize = 8 * 1024 * 1024;
+/// How much of stderr's end is kept readable on the job.
+const STDERR_TAIL: usize = 4 * 1024;
+
+pub struct CoordinatorService {
+    state: AppState,
+}
+
+impl CoordinatorService {
+    pub fn new(state: AppState) -> Self {
+        CoordinatorService { state }
+    }
+
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<WorkerTokenInfo> {
+        let value = req.metadata().get(pb::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = value.and_then(|v| v.strip_prefix("Bearer ")).ok_or(ControlError::Unauthenticated)?;
+        let secret = Secret::parse(TokenKind::WorkerToken, token).map_err(|_| ControlError::Unauthenticated)?;
+        let info = self.state.store.authenticate_worker_token(&secret.hash()).await?;
+        info.ok_or_else(|| {
+            tracing::warn!("coordinator authentication failure");
+            ControlError::Unauthenticated
+        })
+    }
+
+    /// Authenticates the token and checks that `worker_id` was registered with it.
+    async fn authenticate_worker<T>(&self, req: &Request<T>, worker_id: &str) -> Result<(WorkerTokenInfo, Uuid)> {
+        let token = self.authenticate(req).await?;
+        let worker_id = Uuid::parse_str(worker_id).map_err(|_| ControlError::PermissionDenied("unknown worker".into()))?;
+        if !self.state.store.worker_belongs_to(worker_id, token.token_id).await? {
+            return Err(ControlError::PermissionDenied("unknown worker".into()));
+        }
+        Ok((token, worker_id))
+    }
+
+    fn parse_job_id(id: &str) -> Result<Uuid> {
+        Uuid::parse_str(id).map_err(|_| ControlError::LeaseLost("this worker holds no lease on that job".into()))
+    }
+
+    async fn assignment(&self, worker_id: Uuid, job: &Job, fencing_token: String) -> Result<pb::JobAssignment> {
+        let ttl = self.state.config.presign_ttl();
+        let mut inputs = Vec::new();
+        let mut audit = Vec::new();
+        for input in stored_inputs(job)? {
+            let p = self.state.presigner.get(&input.object_key, ttl);
+            audit.push(AuditEntry {
+                org_id: Some(job.org_id),
+                actor: format!("worker:{worker_id}"),
+                action: "presign.get",
+                job_id: Some(job.id),
+                subject: Some(input.asset_id.to_string()),
+                details: json!({ "key": input.object_key, "method": "GET", "worker_id": worker_id, "attempt": job.attempts,
+                                 "expires_at": p.expires_at.format(&Rfc3339).unwrap_or_default() }),
+            });
+            inputs.push(pb::InputFile {
+                alias: input.alias,
+                path: input.path,
+                url: p.url,
+                size: input.size.unwrap_or(0).max(0) as u64,
+                sha256: input.sha256.unwrap_or_default(),
+                filename: input.filename,
+            });
+        }
+        self.state.store.audit_many(&audit).await?;
+        let argv: Vec<String> = serde_json::from_value(job.argv.clone()).map_err(|e| ControlError::Internal(e.to_string()))?;
+        Ok(pb::JobAssignment {
+            job_id: job.id.to_string(),
+            attempt: job.attempts as u32,
+            fencing_token,
+            argv,
+            inputs,
+            outputs: stored_outputs(job)?.into_iter().map(|o| pb::OutputSpec { alias: o.alias, filename: o.filename }).collect(),
+            limits: Some(pb::Limits {
+                timeout_seconds: job.timeout_seconds as u32,
+                max_output_bytes: self.state.config.max_output_bytes,
+                max_output_files: self.state.config.max_output_files,
+            }),
+            lease_seconds: self.state.config.lease_seconds,
+        })
+    }
+
+    /// Confirms every produced file is really in the store with its size, through presigned HEADs.
+    async fn verify_uploaded(&self, job: &Job, files: &[ProducedFile]) -> std::result::Result<(), String> {
+        let ttl = Duration::from_secs(60);
+        for f in files {
+            let key = output_key(job.org_id, job.id, job.attempts as u32, &f.path);
+            let head = self.state.presigner.head(&key, ttl);
+            let resp = self.state.http.head(&head.url).send().await.map_err(|e| format!("{}: {e}", f.path))?;
+            let len = resp.headers().get(reqwest::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if !resp.status().is_success() || len != Some(f.size) {
+                return Err(format!("{} was not uploaded (store answered {})", f.path, resp.status()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fencing_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Decompresses at most 16 MiB of stderr and keeps its last few KiB as text.
+fn stderr_tail(zstd_bytes: &[u8]) -> Option<String> {
+    if zstd_bytes.is_empty() {
+        return None;
+    }
+    let decoder = zstd::stream::read::Decoder::new(zstd_bytes).ok()?;
+    let mut buf = Vec::new();
+    let _ = decoder.take(16 * 1024 * 1024).read_to_end(&mut buf);
+    let start = buf.len().saturating_sub(STDERR_TAIL);
+    Some(String::from_utf8_lossy(&buf[start..]).into_owned())
+}
+
+fn error_code_of(code: &str) -> String {
+    let ok = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if ok {
+        code.to_owned()
+    } else {
+        error_code::WORKER_ERROR.to_owned()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// The `outputs` part of a finished job's result, and the assets to create.
+fn result_of(job: &Job, spec: &mpegflow_domain::command::IoSpec, files: &[ProducedFile]) -> (Value, Vec<OutputObject>) {
+    let mut objects = Vec::new();
+    let mut outputs = Map::new();
+    for (alias, decl) in &spec.outputs {
+        let mut entries = Vec::new();
+        for f in files.iter().filter(|f| &f.alias == alias) {
+            let asset_id = Uuid::now_v7();
+            objects.push(OutputObject {
+                asset_id,
+                object_key: output_key(job.org_id, job.id, job.attempts as u32, &f.path),
+                filename: f.name.clone(),
+                size: f.size as i64,
+                sha256: f.sha256.clone(),
+            });
+            entries.push(json!({ "asset_id": asset_id, "path": f.name, "size": f.size, "sha256": f.sha256 }));
+        }
+        let v = match decl {
+            OutputDecl::File { name } => {
+                let e = entries.first().cloned().unwrap_or(Value::Null);
+                json!({ "asset_id": e["asset_id"], "filename": name, "size": e["size"], "sha256": e["sha256"] })
+            }
+            OutputDecl::Dir { name } => json!({ "filename": format!("{name}/"), "files": entries }),
+        };
+        outputs.insert(alias.clone(), v);
+    }
+    (json!({ "outputs": outputs }), objects)
+}
+
+#[tonic::async_trait]
+impl pb::Coordinator for CoordinatorService {
+    async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let token = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let info = WorkerInfo {
+            hostname: truncate(&r.hostname, 255),
+            worker_version: truncate(&r.worker_version, 64),
+            ffmpeg_version: truncate(&r.ffmpeg_version, 255),
+            image_hash: truncate(&r.image_hash, 128),
+        };
+        let worker_id = self.state.store.register_worker(&token, &info).await.map_err(ControlError::from)?;
+        tracing::info!(%worker_id, pool = %token.pool_name, "worker registered");
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id: worker_id.to_string(),
+            pool: token.pool_name,
+            lease_seconds: self.state.config.lease_seconds,
+            heartbeat_seconds: self.state.config.heartbeat_seconds,
+        }))
+    }
+
+    async fn get_work_assignment(&self, req: Request<pb::GetWorkAssignmentRequest>) -> Result<Response<pb::GetWorkAssignmentResponse>, Status> {
+        let (token, worker_id) = self.authenticate_worker(&req, &req.get_ref().worker_id).await?;
+        let span = tracing::info_span!("get_work_assignment", %worker_id, pool = %token.pool_name);
+        async move {
+            if let Some(job_id) = self.state.store.lease_held_by(worker_id).await.map_err(ControlError::from)? {
+                return Err(ControlError::Conflict { code: "lease_held", message: format!("worker already holds the lease on job {job_id}") }.into());
+            }
+            let wait = Duration::from_secs(req.get_ref().wait_seconds.min(self.state.config.max_poll_seconds).into());
+            let deadline = Instant::now() + wait;
+            loop {
+                let notified = self.state.job_queued.notified();
+                let fencing = fencing_token();
+                let claimed = self.state.store.claim_job(token.pool_id, worker_id, self.state.config.lease(), &fencing).await.map_err(ControlError::from)?;
+                if let Some(c) = claimed {
+                    tracing::info!(job_id = %c.job.id, org_id = %c.job.org_id, attempt = c.job.attempts, "job assigned");
+                    let assignment = self.assignment(worker_id, &c.job, c.fencing_token).await?;
+                    return Ok(Response::new(pb::GetWorkAssignmentResponse { assignment: Some(assignment) }));
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(Response::new(pb::GetWorkAssignmentResponse { assignment: None }));
+                }
+                // Other replicas queue jobs too: poll as well as listen.
+                let nap = (deadline - now).min(Duration::from_millis(250));
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(nap) => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let (_, worker_id) = self.authenticate_worker(&req, &req.get_ref().worker_id).await?;
+        let r = req.into_inner();
+        let job_id = Self::parse_job_id(&r.job_id)?;
+        let progress = (0.0..=1.0).contains(&r.progress).then_some(r.progress);
+        let result = self
+            .state
+            .store
+            .heartbeat(job_id, worker_id, &r.fencing_token, progress, self.state.config.lease())
+            .await
+            .map_err(ControlError::from)?;
+        match result {
+            HeartbeatResult::Extended => Ok(Response::new(pb::HeartbeatResponse { cancel: false, lease_seconds: self.state.config.lease_seconds })),
+            HeartbeatResult::Canceled => Ok(Response::new(pb::HeartbeatResponse { cancel: true, lease_seconds: 0 })),
+            HeartbeatResult::Lost => Err(ControlError::LeaseLost("this worker no longer holds the lease on that job".into()).into()),
+        }
+    }
+
+    async fn request_upload_urls(&self, req: Request<pb::RequestUploadUrlsRequest>) -> Result<Response<pb::RequestUploadUrlsResponse>, Status> {
+        let (_, worker_id) = self.authenticate_worker(&req, &req.get_ref().worker_id).await?;
+        let r = req.into_inner();
+        let job_id = Self::parse_job_id(&r.job_id)?;
+        let job = self
+            .state
+            .store
+            .leased_job(job_id, worker_id, &r.fencing_token)
+            .await
+            .map_err(ControlError::from)?
+            .ok_or_else(|| ControlError::LeaseLost("this worker no longer holds the lease on that job".into()))?;
+        let span = tracing::info_span!("request_upload_urls", %job_id, org_id = %job.org_id, %worker_id);
+        let _g = span.enter();
+        let spec = io_spec(&job)?;
+        let files = check_produced(
+            &spec,
+            r.files.into_iter().map(|f| (f.path, f.size, f.sha256)),
+            self.state.config.max_output_bytes,
+            self.state.config.max_output_files,
+        )?;
+        let ttl = self.state.config.presign_ttl();
+        let mut uploads = Vec::with_capacity(files.len());
+        let mut audit = Vec::with_capacity(files.len());
+        for f in &files {
+            let key = output_key(job.org_id, job.id, job.attempts as u32, &f.path);
+            let p = self
+                .state
+                .presigner
+                .put(&key, ttl, Some(f.size), Some(&f.sha256))
+                .map_err(|e| ControlError::invalid("output_rejected", e.to_string()))?;
+            audit.push(AuditEntry {
+                org_id: Some(job.org_id),
+                actor: format!("worker:{worker_id}"),
+                action: "presign.put",
+                job_id: Some(job.id),
+                subject: Some(f.path.clone()),
+                details: json!({ "key": key, "method": "PUT", "worker_id": worker_id, "attempt": job.attempts, "size": f.size,
+                                 "sha256": f.sha256, "expires_at": p.expires_at.format(&Rfc3339).unwrap_or_default() }),
+            });
+            uploads.push(pb::UploadUrl { path: f.path.clone(), url: p.url, headers: p.headers.into_iter().collect() });
+        }
+        self.state.store.audit_many(&audit).await.map_err(ControlError::from)?;
+        Ok(Response::new(pb::RequestUploadUrlsResponse { uploads }))
+    }
+
+    async fn report_job_status(&self, req: Request<pb::ReportJobStatusRequest>) -> Result<Response<pb::ReportJobStatusResponse>, Status> {
+        let (_, worker_id) = self.authenticate_worker(&req, &req.get_ref().worker_id).await?;
+        let r = req.into_inner();
+        let job_id = Self::parse_job_id(&r.job_id)?;
+        let lost = || ControlError::LeaseLost("stale or foreign fencing token: this worker does not hold that job".into());
+        // Cheap early refusal; the store checks the fencing token again atomically.
+        let job = match self.state.store.leased_job(job_id, worker_id, &r.fencing_token).await.map_err(ControlError::from)? {
+            Some(job) => job,
+            None => {
+                // A job cancelled while running still takes its attempt's record.
+                let canceled = self.state.store.report(job_id, worker_id, &r.fencing_token, Report::Canceled, record_of(&r), self.state.config.retry_policy(), 0.0).await;
+                return match canceled {
+                    Ok(ReportResult::RecordedCanceled) => Ok(Response::new(pb::ReportJobStatusResponse {})),
+                    _ => {
+                        tracing::warn!(%job_id, %worker_id, "refused report with stale fencing token");
+                        Err(lost().into())
+                    }
+                };
+            }
+        };
+        let span = tracing::info_span!("report_job_status", %job_id, org_id = %job.org_id, %worker_id, attempt = job.attempts);
+        async move {
+            let outcome = pb::Outcome::try_from(r.outcome).unwrap_or(pb::Outcome::Unspecified);
+            let report = match outcome {
+                pb::Outcome::Succeeded => {
+                    let spec = io_spec(&job)?;
+                    let checked = check_produced(
+                        &spec,
+                        r.outputs.iter().map(|f| (f.path.clone(), f.size, f.sha256.clone())),
+                        self.state.config.max_output_bytes,
+                        self.state.config.max_output_files,
+                    );
+                    match checked {
+                        Err(ControlError::Invalid { code, message, .. }) => {
+                            Report::Failed(Failure { code: code.to_owned(), message, retryable: false })
+                        }
+                        Err(e) => return Err(e),
+                        Ok(files) => match self.verify_uploaded(&job, &files).await {
+                            Err(message) => Report::Failed(Failure { code: error_code::OUTPUT_MISSING.into(), message, retryable: false }),
+                            Ok(()) => {
+                                let (result, outputs) = result_of(&job, &spec, &files);
+                                Report::Succeeded { result, outputs }
+                            }
+                        },
+                    }
+                }
+                pb::Outcome::Failed => Report::Failed(Failure {
+                    code: error_code_of(&r.error_code),
+                    message: truncate(&r.error_message, 4096),
+                    retryable: r.retryable,
+                }),
+                pb::Outcome::Canceled => Report::Canceled,
+                pb::Outcome::Unspecified => return Err(ControlError::invalid("invalid_outcome", "outcome is required")),
+            };
+            let result = self
+                .state
+                .store
+                .report(job_id, worker_id, &r.fencing_token, report, record_of(&r), self.state.config.retry_policy(), rand::random())
+                .await?;
+            match result {
+                ReportResult::Applied(state) => {
+                    tracing::info!(%state, "job report applied");
+                    if !state.is_terminal() {
+                        self.state.job_queued.notify_waiters();
+                    }
+                    Ok(Response::new(pb::ReportJobStatusResponse {}))
+                }
+                ReportResult::RecordedCanceled => Ok(Response::new(pb::ReportJobStatusResponse {})),
+                ReportResult::Refused => Err(lost()),
+            }
+        }
+        .instrument(span)
+        .await
+        .map_err(Status::from)
+    }
+}
+
+/// The provenance of an attempt, from the worker's report.
+fn record_of(r: &pb::ReportJobStatusRequest) -> AttemptRecord {
+    let stderr = (r.stderr_zstd.len() <= MAX_STDERR_ZSTD).then(|| r.stderr_zstd.clone());
+    AttemptRecord {
+        exit_code: Some(r.exit_code),
+        stderr_tail: stderr.as_deref().and_then(stderr_tail),
+        stderr_zstd: stderr,
+        ffmpeg_version: Some(truncate(&r.ffmpeg_version, 255)),
+        stages: json!(r.stages.iter().map(|s| json!({ "name": truncate(&s.name, 32), "started_at_ms": s.started_at_ms, "finished_at_ms": s.finished_at_ms })).collect::<Vec<_>>()),
+        input_hashes: json!(r.inputs.iter().map(|i| json!({ "alias": truncate(&i.alias, 32), "size": i.size, "sha256": truncate(&i.sha256, 64) })).collect::<Vec<_>>()),
+        output_hashes: json!(r.outputs.iter().map(|o| json!({ "path": truncate(&o.path, 300), "size": o.size, "sha256": truncate(&o.sha256, 64) })).collect::<Vec<_>>()),
+    }
+}

@@ -1,0 +1,118 @@
+//! The control plane's error type, mapped to HTTP (problem+json) and gRPC status here and
+//! nowhere else.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use mpegflow_domain::command::CommandError;
+use mpegflow_store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Missing, malformed, wrong-kind, unknown or revoked credential.
+    #[error("missing or invalid credentials")]
+    Unauthenticated,
+    /// Authenticated, but this caller may not do this (e.g. a worker id of another token).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Missing, or belonging to another org: the two are indistinguishable by design.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String, argument: Option<String> },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// The caller no longer holds the lease it acts under.
+    #[error("{0}")]
+    LeaseLost(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ControlError {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ControlError::Invalid { code, message: message.into(), argument: None }
+    }
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ControlError::NotFound("resource"),
+            StoreError::Conflict(message) => ControlError::Conflict { code: "conflict", message },
+            StoreError::Db(e) => ControlError::Internal(e.to_string()),
+            StoreError::Migrate(e) => ControlError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for ControlError {
+    fn from(e: CommandError) -> Self {
+        ControlError::Invalid { code: "invalid_command", argument: e.argument().map(str::to_owned), message: e.to_string() }
+    }
+}
+
+impl ControlError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ControlError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ControlError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
+            ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ControlError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ControlError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ControlError::LeaseLost(_) => (StatusCode::CONFLICT, "lease_lost"),
+            ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ControlError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let mut body = json!({
+            "type": format!("https://mpegflow.dev/problems/{code}"),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "code": code,
+            "detail": self.to_string(),
+        });
+        if let ControlError::Invalid { argument: Some(arg), .. } = &self {
+            body["argument"] = json!(arg);
+        }
+        let mut resp = (status, body.to_string()).into_response();
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<ControlError> for tonic::Status {
+    fn from(e: ControlError) -> Self {
+        use tonic::Status;
+        match &e {
+            ControlError::Unauthenticated => Status::unauthenticated(e.to_string()),
+            ControlError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+            ControlError::NotFound(_) => Status::not_found(e.to_string()),
+            ControlError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            ControlError::Conflict { .. } | ControlError::LeaseLost(_) => Status::failed_precondition(e.to_string()),
+            ControlError::Unavailable(_) => Status::unavailable(e.to_string()),
+            ControlError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;

@@ -1,0 +1,363 @@
+//! One job, start to end: fetch inputs, validate, encode, upload, report.
+
+use crate::ffmpeg::{self, Exit, Progress};
+use crate::transfer::{self, Digested};
+use crate::{Client, Worker};
+use mpegflow_domain::command::{check_rendered, IoSpec};
+use mpegflow_domain::job::error_code;
+use mpegflow_proto as pb;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+/// Why a job did not succeed.
+#[derive(Debug)]
+pub struct JobFailure {
+    pub code: &'static str,
+    pub message: String,
+    pub retryable: bool,
+    pub exit_code: i32,
+}
+
+impl JobFailure {
+    fn new(code: &'static str, message: impl Into<String>, retryable: bool) -> Self {
+        JobFailure { code, message: message.into(), retryable, exit_code: -1 }
+    }
+}
+
+enum Ended {
+    Succeeded(Vec<pb::ProducedFile>),
+    Failed(JobFailure),
+    Canceled,
+    /// The lease was lost: another worker owns the job now. Report nothing.
+    LeaseLost,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Records the start and end of each stage, for the provenance record.
+#[derive(Default)]
+struct Stages(Vec<pb::Stage>);
+
+impl Stages {
+    fn start(&mut self, name: &str) {
+        self.0.push(pb::Stage { name: name.into(), started_at_ms: now_ms(), finished_at_ms: 0 });
+    }
+    fn end(&mut self) {
+        if let Some(s) = self.0.last_mut() {
+            s.finished_at_ms = now_ms();
+        }
+    }
+}
+
+struct Run<'a> {
+    worker: &'a Worker,
+    a: &'a pb::JobAssignment,
+    dir: PathBuf,
+    cancel: CancellationToken,
+    canceled_by_tenant: Arc<AtomicBool>,
+    lease_lost: Arc<AtomicBool>,
+    progress: Progress,
+    stages: Stages,
+    inputs: Vec<pb::InputHash>,
+    stderr: Vec<u8>,
+}
+
+/// Runs one assignment and reports its end to the coordinator.
+pub async fn execute(worker: &Worker, client: &mut Client, a: pb::JobAssignment, shutdown_hard: CancellationToken) {
+    let dir = worker.config.work_dir.join(format!("{}-{}", a.job_id, a.attempt));
+    let cancel = shutdown_hard.child_token();
+    let mut run = Run {
+        worker,
+        a: &a,
+        dir,
+        cancel: cancel.clone(),
+        canceled_by_tenant: Arc::default(),
+        lease_lost: Arc::default(),
+        progress: Progress::unknown(),
+        stages: Stages::default(),
+        inputs: Vec::new(),
+        stderr: Vec::new(),
+    };
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        worker.worker_id.clone(),
+        a.job_id.clone(),
+        a.fencing_token.clone(),
+        Duration::from_secs(worker.heartbeat_seconds.max(1).into()),
+        run.progress.clone(),
+        cancel.clone(),
+        run.canceled_by_tenant.clone(),
+        run.lease_lost.clone(),
+    ));
+    let ended = run.go(client).await;
+    heartbeat.abort();
+    let ended = if run.lease_lost.load(Ordering::Relaxed) {
+        Ended::LeaseLost
+    } else if run.canceled_by_tenant.load(Ordering::Relaxed) {
+        Ended::Canceled
+    } else if shutdown_hard.is_cancelled() && !matches!(ended, Ended::Succeeded(_)) {
+        Ended::Failed(JobFailure::new(error_code::WORKER_ERROR, "worker shut down during the job; handed back", true))
+    } else {
+        ended
+    };
+    let _ = tokio::fs::remove_dir_all(&run.dir).await;
+    let stderr_zstd = zstd::encode_all(&run.stderr[..], 3).unwrap_or_default();
+    let mut report = pb::ReportJobStatusRequest {
+        worker_id: worker.worker_id.clone(),
+        job_id: a.job_id.clone(),
+        fencing_token: a.fencing_token.clone(),
+        stderr_zstd,
+        inputs: run.inputs,
+        stages: run.stages.0,
+        ffmpeg_version: worker.ffmpeg_version.clone(),
+        ..Default::default()
+    };
+    match ended {
+        Ended::LeaseLost => {
+            tracing::warn!(job_id = %a.job_id, "lease lost; dropping the job without a report");
+            return;
+        }
+        Ended::Succeeded(outputs) => {
+            report.outcome = pb::Outcome::Succeeded as i32;
+            report.exit_code = 0;
+            report.outputs = outputs;
+        }
+        Ended::Canceled => report.outcome = pb::Outcome::Canceled as i32,
+        Ended::Failed(f) => {
+            tracing::warn!(job_id = %a.job_id, code = f.code, message = %f.message, "job failed");
+            report.outcome = pb::Outcome::Failed as i32;
+            report.exit_code = f.exit_code;
+            report.error_code = f.code.into();
+            report.error_message = f.message;
+            report.retryable = f.retryable;
+        }
+    }
+    for attempt in 0..5 {
+        match client.report_job_status(report.clone()).await {
+            Ok(_) => return,
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::DeadlineExceeded) && attempt < 4 => {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            Err(s) => {
+                tracing::warn!(job_id = %a.job_id, "report refused: {} {}", s.code(), s.message());
+                return;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn heartbeat_loop(
+    mut client: Client,
+    worker_id: String,
+    job_id: String,
+    fencing_token: String,
+    every: Duration,
+    progress: Progress,
+    cancel: CancellationToken,
+    canceled_by_tenant: Arc<AtomicBool>,
+    lease_lost: Arc<AtomicBool>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let req = pb::HeartbeatRequest {
+            worker_id: worker_id.clone(),
+            job_id: job_id.clone(),
+            fencing_token: fencing_token.clone(),
+            progress: progress.get().unwrap_or(-1.0),
+            stage: String::new(),
+        };
+        match client.heartbeat(req).await {
+            Ok(r) if r.get_ref().cancel => {
+                canceled_by_tenant.store(true, Ordering::Relaxed);
+                cancel.cancel();
+                return;
+            }
+            Ok(_) => {}
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated) => {
+                lease_lost.store(true, Ordering::Relaxed);
+                cancel.cancel();
+                return;
+            }
+            Err(s) => tracing::warn!(%job_id, "heartbeat failed: {}", s.message()),
+        }
+    }
+}
+
+impl Run<'_> {
+    async fn go(&mut self, client: &mut Client) -> Ended {
+        match self.steps(client).await {
+            Ok(files) => Ended::Succeeded(files),
+            Err(_) if self.cancel.is_cancelled() => Ended::Canceled,
+            Err(f) => Ended::Failed(f),
+        }
+    }
+
+    fn spec(&self) -> Result<IoSpec, JobFailure> {
+        let mut spec = IoSpec::default();
+        let bad = |e: mpegflow_domain::command::CommandError| JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false);
+        for i in &self.a.inputs {
+            spec.add_input(&i.alias, &i.filename).map_err(bad)?;
+            if spec.input_path(&i.alias).as_deref() != Some(i.path.as_str()) {
+                return Err(JobFailure::new(error_code::COMMAND_REJECTED, format!("input path {:?} is not the expected one", i.path), false));
+            }
+        }
+        for o in &self.a.outputs {
+            spec.add_output(&o.alias, &o.filename).map_err(bad)?;
+        }
+        Ok(spec)
+    }
+
+    async fn steps(&mut self, client: &mut Client) -> Result<Vec<pb::ProducedFile>, JobFailure> {
+        let infra = |e: std::io::Error| JobFailure::new(error_code::WORKER_ERROR, format!("job directory: {e}"), true);
+        // Checked again here: the worker runs nothing the domain rules would refuse.
+        let spec = self.spec()?;
+        check_rendered(&self.a.argv, &spec).map_err(|e| JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false))?;
+
+        tokio::fs::create_dir_all(self.dir.join("in")).await.map_err(infra)?;
+        for alias in spec.outputs.keys() {
+            tokio::fs::create_dir_all(self.dir.join("out").join(alias)).await.map_err(infra)?;
+        }
+
+        self.stages.start("download");
+        for input in &self.a.inputs {
+            let dest = self.dir.join(&input.path);
+            let max = self.worker.config.max_input_bytes;
+            let got: Digested = tokio::select! {
+                r = transfer::download(&self.worker.http, &input.url, &dest, max) => r.map_err(|e| {
+                    JobFailure::new(error_code::INPUT_FETCH_FAILED, format!("input {:?}: {e}", input.alias), e.retryable())
+                })?,
+                () = self.cancel.cancelled() => return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false)),
+            };
+            if (!input.sha256.is_empty() && input.sha256 != got.sha256) || (input.size != 0 && input.size != got.size) {
+                return Err(JobFailure::new(
+                    error_code::INPUT_FETCH_FAILED,
+                    format!("input {:?}: received bytes do not match the recorded size/checksum", input.alias),
+                    false,
+                ));
+            }
+            self.inputs.push(pb::InputHash { alias: input.alias.clone(), size: got.size, sha256: got.sha256 });
+        }
+        self.stages.end();
+
+        self.stages.start("validate");
+        let mut duration_us = None;
+        for input in &self.a.inputs {
+            match ffmpeg::probe_duration_us(&self.worker.ffprobe, &self.dir, &input.path, &self.cancel).await {
+                Ok(d) => duration_us = duration_us.or(d),
+                Err(message) => {
+                    self.stderr = message.clone().into_bytes();
+                    return Err(JobFailure::new(error_code::INVALID_INPUT, format!("input {:?} is not valid media: {message}", input.alias), false));
+                }
+            }
+        }
+        self.stages.end();
+
+        self.stages.start("encode");
+        let limits = self.a.limits.clone().unwrap_or_default();
+        let timeout = Duration::from_secs(limits.timeout_seconds.max(1).into());
+        self.progress.set(0.0);
+        let finished = ffmpeg::run(
+            &self.worker.ffmpeg,
+            &self.a.argv,
+            &self.dir,
+            timeout,
+            &self.cancel,
+            Some((&self.progress, duration_us.unwrap_or(0))),
+        )
+        .await
+        .map_err(|e| JobFailure::new(error_code::WORKER_ERROR, format!("cannot start ffmpeg: {e}"), true))?;
+        self.stderr = finished.stderr;
+        self.stages.end();
+        match finished.exit {
+            Exit::Code(0) => {}
+            Exit::Code(c) => {
+                return Err(JobFailure { code: error_code::FFMPEG_FAILED, message: format!("ffmpeg exited with status {c}"), retryable: false, exit_code: c })
+            }
+            Exit::Signal(s) => {
+                let code = if s == libc::SIGSYS { error_code::SECURITY_VIOLATION } else { error_code::FFMPEG_FAILED };
+                return Err(JobFailure { code, message: format!("ffmpeg was killed by signal {s}"), retryable: false, exit_code: 128 + s });
+            }
+            Exit::TimedOut => return Err(JobFailure::new(error_code::TIME_LIMIT, format!("ffmpeg ran longer than {}s", timeout.as_secs()), false)),
+            Exit::Canceled => return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false)),
+        }
+
+        self.stages.start("upload");
+        let files = self.collect_outputs(&spec, &limits).await?;
+        let req = pb::RequestUploadUrlsRequest {
+            worker_id: self.worker.worker_id.clone(),
+            job_id: self.a.job_id.clone(),
+            fencing_token: self.a.fencing_token.clone(),
+            files: files.clone(),
+        };
+        let uploads = client.request_upload_urls(req).await.map_err(|s| match s.code() {
+            Code::InvalidArgument => JobFailure::new(error_code::OUTPUT_REJECTED, s.message().to_owned(), false),
+            _ => JobFailure::new(error_code::OUTPUT_UPLOAD_FAILED, s.message().to_owned(), true),
+        })?;
+        for up in &uploads.get_ref().uploads {
+            // Upload only what we listed, whatever the answer says.
+            if !files.iter().any(|f| f.path == up.path) {
+                return Err(JobFailure::new(error_code::OUTPUT_REJECTED, format!("coordinator named an unlisted file {:?}", up.path), false));
+            }
+            let path = self.dir.join("out").join(&up.path);
+            tokio::select! {
+                r = transfer::upload(&self.worker.http, &up.url, &up.headers, &path) => r.map_err(|e| {
+                    JobFailure::new(error_code::OUTPUT_UPLOAD_FAILED, format!("{}: {e}", up.path), e.retryable())
+                })?,
+                () = self.cancel.cancelled() => return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false)),
+            }
+        }
+        self.stages.end();
+        Ok(files)
+    }
+
+    /// Lists what FFmpeg wrote under `out/`: regular files only (a symlink could point anywhere).
+    async fn collect_outputs(&self, spec: &IoSpec, limits: &pb::Limits) -> Result<Vec<pb::ProducedFile>, JobFailure> {
+        let rejected = |m: String| JobFailure::new(error_code::OUTPUT_REJECTED, m, false);
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        for alias in spec.outputs.keys() {
+            let dir = self.dir.join("out").join(alias);
+            let mut entries = tokio::fs::read_dir(&dir).await.map_err(|e| rejected(format!("{alias}: {e}")))?;
+            let mut names = Vec::new();
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                names.push(entry.file_name());
+            }
+            names.sort();
+            for name in names {
+                let name = name.to_str().ok_or_else(|| rejected(format!("{alias}: a file name is not UTF-8")))?.to_owned();
+                let rel = format!("{alias}/{name}");
+                let path = dir.join(&name);
+                let meta = tokio::fs::symlink_metadata(&path).await.map_err(|e| rejected(format!("{rel}: {e}")))?;
+                if !meta.file_type().is_file() {
+                    return Err(rejected(format!("{rel} is not a regular file")));
+                }
+                if spec.output_of(&rel).is_none() {
+                    return Err(rejected(format!("{rel} is not a declared output")));
+                }
+                total += meta.len();
+                if total > limits.max_output_bytes && limits.max_output_bytes > 0 {
+                    return Err(JobFailure::new(error_code::OUTPUT_LIMIT, format!("outputs exceed {} bytes", limits.max_output_bytes), false));
+                }
+                if limits.max_output_files > 0 && files.len() >= limits.max_output_files as usize {
+                    return Err(JobFailure::new(error_code::OUTPUT_LIMIT, format!("more than {} output files", limits.max_output_files), false));
+                }
+                let d = transfer::digest_file(&path).await.map_err(|e| rejected(format!("{rel}: {e}")))?;
+                files.push(pb::ProducedFile { path: rel, size: d.size, sha256: d.sha256 });
+            }
+        }
+        for alias in spec.outputs.keys() {
+            if !files.iter().any(|f| f.path.starts_with(&format!("{alias}/"))) {
+                return Err(JobFailure::new(error_code::OUTPUT_MISSING, format!("ffmpeg produced nothing for output {alias:?}"), false));
+            }
+        }
+        Ok(files)
+    }
+}
+
