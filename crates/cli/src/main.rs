@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "mpegflow", version, about = "Multi-tenant FFmpeg jobs on credential-less workers")]
+#[command(
+    name = "mpegflow",
+    version,
+    about = "Multi-tenant FFmpeg jobs on credential-less workers"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -72,8 +76,12 @@ enum JobsCmd {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
-    Show { id: String },
-    Cancel { id: String },
+    Show {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,7 +118,9 @@ enum KeyCmd {
         #[arg(long, default_value = "cli")]
         label: String,
     },
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -132,14 +142,23 @@ enum TokenCmd {
         #[arg(long, default_value = "cli")]
         label: String,
     },
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MPEGFLOW_LOG").unwrap_or_else(|_| "warn,mpegflow=info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MPEGFLOW_LOG")
+        .unwrap_or_else(|_| "warn,mpegflow=info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -153,20 +172,38 @@ fn main() {
 
 async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Up { data_dir, config, workers, no_sample } => up(data_dir, config, workers, no_sample).await,
-        Cmd::Run { inputs, outputs, pool, timeout, command } => run(inputs, outputs, pool, timeout, command).await,
+        Cmd::Up {
+            data_dir,
+            config,
+            workers,
+            no_sample,
+        } => up(data_dir, config, workers, no_sample).await,
+        Cmd::Run {
+            inputs,
+            outputs,
+            pool,
+            timeout,
+            command,
+        } => run(inputs, outputs, pool, timeout, command).await,
         Cmd::Jobs { cmd } => jobs(cmd).await,
         Cmd::Admin { data_dir, cmd } => admin(data_dir, cmd).await,
     }
 }
 
 fn env_client() -> Result<ApiClient> {
-    let url = std::env::var("MPEGFLOW_API_URL").context("MPEGFLOW_API_URL is not set (source DIR/demo.env)")?;
-    let key = std::env::var("MPEGFLOW_API_KEY").context("MPEGFLOW_API_KEY is not set (source DIR/demo.env)")?;
+    let url = std::env::var("MPEGFLOW_API_URL")
+        .context("MPEGFLOW_API_URL is not set (source DIR/demo.env)")?;
+    let key = std::env::var("MPEGFLOW_API_KEY")
+        .context("MPEGFLOW_API_KEY is not set (source DIR/demo.env)")?;
     Ok(ApiClient::new(&url, &key))
 }
 
-async fn up(data_dir: PathBuf, config: Option<PathBuf>, workers: Option<usize>, no_sample: bool) -> Result<i32> {
+async fn up(
+    data_dir: PathBuf,
+    config: Option<PathBuf>,
+    workers: Option<usize>,
+    no_sample: bool,
+) -> Result<i32> {
     let mut cfg = PlatformConfig::load(config.as_deref())?;
     cfg.data_dir = data_dir;
     if let Some(n) = workers {
@@ -198,11 +235,19 @@ async fn serve(platform: &Platform, no_sample: bool) -> Result<i32> {
         platform.database_url
     );
     write_private(&env_file, &env)?;
-    eprintln!("mpegflow: API {}  coordinator {}  object store {}", platform.api_url, platform.coordinator_url, platform.s3_endpoint);
-    eprintln!("mpegflow: demo org credentials in {} (source it to use `mpegflow run`)", env_file.display());
+    eprintln!(
+        "mpegflow: API {}  coordinator {}  object store {}",
+        platform.api_url, platform.coordinator_url, platform.s3_endpoint
+    );
+    eprintln!(
+        "mpegflow: demo org credentials in {} (source it to use `mpegflow run`)",
+        env_file.display()
+    );
     if !no_sample {
         let client = ApiClient::new(&platform.api_url, key.expose());
-        let job = mpegflow::sample::run_sample(&client, &platform.data_dir).await.context("sample job")?;
+        let job = mpegflow::sample::run_sample(&client, &platform.data_dir)
+            .await
+            .context("sample job")?;
         let out = &job["outputs"]["out"];
         eprintln!(
             "mpegflow: sample job {} succeeded: {} ({} bytes, sha256 {}) -> {}",
@@ -226,30 +271,57 @@ async fn serve(platform: &Platform, no_sample: bool) -> Result<i32> {
 fn write_private(path: &Path, content: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(content.as_bytes())?;
     Ok(())
 }
 
 fn split_pair(s: &str, what: &str) -> Result<(String, String)> {
-    let (a, p) = s.split_once('=').ok_or_else(|| anyhow!("--{what} {s:?} must be ALIAS=PATH"))?;
+    let (a, p) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--{what} {s:?} must be ALIAS=PATH"))?;
     if a.is_empty() || p.is_empty() {
         bail!("--{what} {s:?} must be ALIAS=PATH");
     }
     Ok((a.to_owned(), p.to_owned()))
 }
 
-async fn run(inputs: Vec<String>, outputs: Vec<String>, pool: Option<String>, timeout: Option<u32>, command: Vec<String>) -> Result<i32> {
+async fn run(
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    pool: Option<String>,
+    timeout: Option<u32>,
+    command: Vec<String>,
+) -> Result<i32> {
     let client = env_client()?;
-    let command = if command.len() == 1 { command[0].clone() } else { shell_join(&command) };
+    let command = if command.len() == 1 {
+        command[0].clone()
+    } else {
+        shell_join(&command)
+    };
     let mut declared_out = BTreeMap::new();
     let mut dests = BTreeMap::new();
     for o in &outputs {
         let (alias, path) = split_pair(o, "output")?;
         let is_dir = path.ends_with('/');
         let p = PathBuf::from(&path);
-        let name = p.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("--output {o:?}: no file name"))?;
-        declared_out.insert(alias.clone(), if is_dir { format!("{name}/") } else { name.to_owned() });
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("--output {o:?}: no file name"))?;
+        declared_out.insert(
+            alias.clone(),
+            if is_dir {
+                format!("{name}/")
+            } else {
+                name.to_owned()
+            },
+        );
         dests.insert(alias, p);
     }
     let mut declared_in = BTreeMap::new();
@@ -266,7 +338,10 @@ async fn run(inputs: Vec<String>, outputs: Vec<String>, pool: Option<String>, ti
     if let Some(t) = timeout {
         extra["timeout_seconds"] = json!(t);
     }
-    let job = match client.submit(&declared_in, &declared_out, &command, extra).await {
+    let job = match client
+        .submit(&declared_in, &declared_out, &command, extra)
+        .await
+    {
         Ok(j) => j,
         Err(e) => match e.downcast_ref::<Problem>() {
             Some(p) => {
@@ -280,9 +355,11 @@ async fn run(inputs: Vec<String>, outputs: Vec<String>, pool: Option<String>, ti
     eprintln!("job {id} submitted");
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:40}] {percent:>3}% {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{bar:40}] {percent:>3}% {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let job = client
         .wait(&id, |j| {
@@ -302,7 +379,12 @@ async fn run(inputs: Vec<String>, outputs: Vec<String>, pool: Option<String>, ti
         }
         state => {
             let err = &job["error"];
-            eprintln!("job {id} {}: {}: {}", state.unwrap_or("?"), err["code"].as_str().unwrap_or("-"), err["message"].as_str().unwrap_or(""));
+            eprintln!(
+                "job {id} {}: {}: {}",
+                state.unwrap_or("?"),
+                err["code"].as_str().unwrap_or("-"),
+                err["message"].as_str().unwrap_or("")
+            );
             if let Some(tail) = err["stderr_tail"].as_str() {
                 eprintln!("--- ffmpeg stderr (tail) ---\n{tail}");
             }
@@ -314,7 +396,15 @@ async fn run(inputs: Vec<String>, outputs: Vec<String>, pool: Option<String>, ti
 fn shell_join(words: &[String]) -> String {
     words
         .iter()
-        .map(|w| if w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:={}%".contains(c)) { w.clone() } else { format!("'{}'", w.replace('\'', "'\\''")) })
+        .map(|w| {
+            if w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:={}%".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -341,7 +431,14 @@ async fn jobs(cmd: JobsCmd) -> Result<i32> {
             })
         }
         JobsCmd::Show { id } => client.job(&id).await.map(|v| print(&v)),
-        JobsCmd::Cancel { id } => client.ok(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), None).await.map(|v| print(&v)),
+        JobsCmd::Cancel { id } => client
+            .ok(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{id}/cancel"),
+                None,
+            )
+            .await
+            .map(|v| print(&v)),
     };
     match result {
         Ok(()) => Ok(0),
@@ -357,7 +454,12 @@ async fn jobs(cmd: JobsCmd) -> Result<i32> {
 
 fn database_url(data_dir: Option<&Path>) -> Result<String> {
     if let Some(dir) = data_dir {
-        let env = std::fs::read_to_string(dir.join("demo.env")).with_context(|| format!("reading {}/demo.env (is `mpegflow up` running?)", dir.display()))?;
+        let env = std::fs::read_to_string(dir.join("demo.env")).with_context(|| {
+            format!(
+                "reading {}/demo.env (is `mpegflow up` running?)",
+                dir.display()
+            )
+        })?;
         return env
             .lines()
             .find_map(|l| l.strip_prefix("DATABASE_URL="))
@@ -371,36 +473,66 @@ async fn admin(data_dir: Option<PathBuf>, cmd: AdminCmd) -> Result<i32> {
     let store = Store::connect(&database_url(data_dir.as_deref())?, 2).await?;
     let parse_id = |s: &str| uuid::Uuid::parse_str(s).map_err(|_| anyhow!("{s:?} is not an id"));
     let out = match cmd {
-        AdminCmd::Org { cmd: OrgCmd::Create { name } } => {
+        AdminCmd::Org {
+            cmd: OrgCmd::Create { name },
+        } => {
             let (org_id, key) = store.create_org(&name).await?;
             json!({ "org_id": org_id, "api_key": key.expose() })
         }
-        AdminCmd::ApiKey { cmd: KeyCmd::Create { org, label } } => {
-            let org_id = store.resolve_org(&org).await.map_err(|_| anyhow!("org {org:?} not found"))?;
+        AdminCmd::ApiKey {
+            cmd: KeyCmd::Create { org, label },
+        } => {
+            let org_id = store
+                .resolve_org(&org)
+                .await
+                .map_err(|_| anyhow!("org {org:?} not found"))?;
             let (id, key) = store.create_api_key(org_id, &label).await?;
             json!({ "id": id, "org_id": org_id, "api_key": key.expose() })
         }
-        AdminCmd::ApiKey { cmd: KeyCmd::Revoke { id } } => {
-            store.revoke_api_key(parse_id(&id)?).await.map_err(|_| anyhow!("no live API key {id}"))?;
+        AdminCmd::ApiKey {
+            cmd: KeyCmd::Revoke { id },
+        } => {
+            store
+                .revoke_api_key(parse_id(&id)?)
+                .await
+                .map_err(|_| anyhow!("no live API key {id}"))?;
             json!({ "revoked": id })
         }
-        AdminCmd::Pool { cmd: PoolCmd::Create { name, org } } => {
+        AdminCmd::Pool {
+            cmd: PoolCmd::Create { name, org },
+        } => {
             let org_id = match org {
-                Some(o) => Some(store.resolve_org(&o).await.map_err(|_| anyhow!("org {o:?} not found"))?),
+                Some(o) => Some(
+                    store
+                        .resolve_org(&o)
+                        .await
+                        .map_err(|_| anyhow!("org {o:?} not found"))?,
+                ),
                 None => None,
             };
             let pool = store.create_pool(&name, org_id).await?;
             json!({ "id": pool.id, "name": pool.name, "org_id": pool.org_id })
         }
-        AdminCmd::WorkerToken { cmd: TokenCmd::Create { pool, label } } => {
-            let (id, token) = store.create_worker_token(&pool, &label).await.map_err(|e| match e {
-                mpegflow_store::StoreError::NotFound => anyhow!("pool {pool:?} not found"),
-                e => e.into(),
-            })?;
+        AdminCmd::WorkerToken {
+            cmd: TokenCmd::Create { pool, label },
+        } => {
+            let (id, token) =
+                store
+                    .create_worker_token(&pool, &label)
+                    .await
+                    .map_err(|e| match e {
+                        mpegflow_store::StoreError::NotFound => anyhow!("pool {pool:?} not found"),
+                        e => e.into(),
+                    })?;
             json!({ "id": id, "token": token.expose(), "pool": pool })
         }
-        AdminCmd::WorkerToken { cmd: TokenCmd::Revoke { id } } => {
-            store.revoke_worker_token(parse_id(&id)?).await.map_err(|_| anyhow!("no live worker token {id}"))?;
+        AdminCmd::WorkerToken {
+            cmd: TokenCmd::Revoke { id },
+        } => {
+            store
+                .revoke_worker_token(parse_id(&id)?)
+                .await
+                .map_err(|_| anyhow!("no live worker token {id}"))?;
             json!({ "revoked": id })
         }
     };

@@ -36,18 +36,35 @@ pub fn is_root() -> bool {
 /// Finds a PostgreSQL server binary on PATH or in Debian's versioned directories.
 pub fn find_bin(name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
-        if let Some(p) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()) {
+        if let Some(p) = std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+        {
             return Some(p);
         }
     }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    versions.sort_by_key(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
-    versions.into_iter().rev().map(|v| v.join("bin").join(name)).find(|p| p.is_file())
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    versions.sort_by_key(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions
+        .into_iter()
+        .rev()
+        .map(|v| v.join("bin").join(name))
+        .find(|p| p.is_file())
 }
 
 /// A free TCP port on loopback (bound and released; the race is acceptable for local use).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn chown_r(path: &Path, uid: u32, gid: u32) -> Result<()> {
@@ -66,7 +83,14 @@ impl Cluster {
     pub fn start(dir: &Path, port: Option<u16>, tuned_for_tests: bool) -> Result<Cluster> {
         let initdb = find_bin("initdb").context("initdb not found: install postgresql")?;
         let pg_ctl = find_bin("pg_ctl").context("pg_ctl not found: install postgresql")?;
-        let owner = if is_root() { Some(lookup_user("postgres").context("running as root needs a 'postgres' user to own the cluster")?) } else { None };
+        let owner = if is_root() {
+            Some(
+                lookup_user("postgres")
+                    .context("running as root needs a 'postgres' user to own the cluster")?,
+            )
+        } else {
+            None
+        };
         let data = dir.join("pgdata");
         let password_file = dir.join("pg-password");
         std::fs::create_dir_all(dir)?;
@@ -88,9 +112,20 @@ impl Cluster {
                 std::os::unix::fs::chown(&pw_for_initdb, Some(uid), Some(gid))?;
             }
             let mut cmd = Command::new(&initdb);
-            cmd.arg("-D").arg(&data).args(["-U", "mpegflow", "-A", "scram-sha-256", "-E", "UTF8", "--no-instructions"]);
+            cmd.arg("-D").arg(&data).args([
+                "-U",
+                "mpegflow",
+                "-A",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ]);
             cmd.arg(format!("--pwfile={}", pw_for_initdb.display()));
-            let out = as_owner(&mut cmd, owner).stdin(Stdio::null()).output().context("running initdb")?;
+            let out = as_owner(&mut cmd, owner)
+                .stdin(Stdio::null())
+                .output()
+                .context("running initdb")?;
             let _ = std::fs::remove_file(&pw_for_initdb);
             if !out.status.success() {
                 bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -100,7 +135,8 @@ impl Cluster {
                 bail!("{} is not owned by the postgres user", data.display());
             }
         }
-        let password = std::fs::read_to_string(&password_file).context("reading the cluster password")?;
+        let password =
+            std::fs::read_to_string(&password_file).context("reading the cluster password")?;
         let port = match port {
             Some(p) => p,
             None => free_port()?,
@@ -111,25 +147,55 @@ impl Cluster {
         }
         let log = data.join("server.log");
         let mut cmd = Command::new(&pg_ctl);
-        cmd.arg("-D").arg(&data).arg("-l").arg(&log).args(["-w", "-t", "60", "-o", &opts, "start"]);
-        let out = as_owner(&mut cmd, owner).stdin(Stdio::null()).stdout(Stdio::null()).output().context("running pg_ctl start")?;
+        cmd.arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-o", &opts, "start"]);
+        let out = as_owner(&mut cmd, owner)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .output()
+            .context("running pg_ctl start")?;
         if !out.status.success() {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            bail!("pg_ctl start failed: {}\n{}", String::from_utf8_lossy(&out.stderr), tail.lines().rev().take(10).collect::<Vec<_>>().join("\n"));
+            bail!(
+                "pg_ctl start failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                tail.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+            );
         }
-        let url = format!("postgres://mpegflow:{}@127.0.0.1:{port}/postgres", password.trim());
-        Ok(Cluster { data, port, url, pg_ctl, owner })
+        let url = format!(
+            "postgres://mpegflow:{}@127.0.0.1:{port}/postgres",
+            password.trim()
+        );
+        Ok(Cluster {
+            data,
+            port,
+            url,
+            pg_ctl,
+            owner,
+        })
     }
 
     /// URL of another database on this cluster.
     pub fn database_url(&self, db: &str) -> String {
-        self.url.rsplit_once('/').map(|(base, _)| format!("{base}/{db}")).unwrap_or_else(|| self.url.clone())
+        self.url
+            .rsplit_once('/')
+            .map(|(base, _)| format!("{base}/{db}"))
+            .unwrap_or_else(|| self.url.clone())
     }
 
     pub fn stop(&self) {
         let mut cmd = Command::new(&self.pg_ctl);
-        cmd.arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]);
-        let _ = as_owner(&mut cmd, self.owner).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"]);
+        let _ = as_owner(&mut cmd, self.owner)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -144,7 +210,8 @@ fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) -> &mut Command {
 
 fn rand_bytes() -> [u8; 24] {
     let mut b = [0u8; 24];
-    let f = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    let f = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
     f.expect("/dev/urandom is readable");
     b
 }

@@ -48,7 +48,9 @@ impl Default for PlatformConfig {
             grpc_addr: "127.0.0.1:7070".into(),
             s3_addr: "127.0.0.1:9000".into(),
             s3: None,
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             worker_bin: None,
             control: ControlConfig::default(),
             pg_for_tests: false,
@@ -60,8 +62,10 @@ impl PlatformConfig {
     /// Defaults, then a TOML file, then `MPEGFLOW_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self> {
         let mut cfg = match file {
-            Some(f) => toml::from_str(&std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)
-                .with_context(|| format!("parsing {}", f.display()))?,
+            Some(f) => toml::from_str(
+                &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            )
+            .with_context(|| format!("parsing {}", f.display()))?,
             None => PlatformConfig::default(),
         };
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -84,10 +88,13 @@ impl PlatformConfig {
             cfg.s3 = Some(S3Config {
                 endpoint,
                 region: env("MPEGFLOW_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
-                bucket: env("MPEGFLOW_S3_BUCKET").context("MPEGFLOW_S3_BUCKET is required with MPEGFLOW_S3_ENDPOINT")?,
+                bucket: env("MPEGFLOW_S3_BUCKET")
+                    .context("MPEGFLOW_S3_BUCKET is required with MPEGFLOW_S3_ENDPOINT")?,
                 path_style: env("MPEGFLOW_S3_PATH_STYLE").is_none_or(|v| v != "false"),
-                access_key: env("MPEGFLOW_S3_ACCESS_KEY").context("MPEGFLOW_S3_ACCESS_KEY is required")?,
-                secret_key: env("MPEGFLOW_S3_SECRET_KEY").context("MPEGFLOW_S3_SECRET_KEY is required")?,
+                access_key: env("MPEGFLOW_S3_ACCESS_KEY")
+                    .context("MPEGFLOW_S3_ACCESS_KEY is required")?,
+                secret_key: env("MPEGFLOW_S3_SECRET_KEY")
+                    .context("MPEGFLOW_S3_SECRET_KEY is required")?,
             });
         }
         Ok(cfg)
@@ -106,12 +113,14 @@ pub struct Platform {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     workers: Vec<tokio::process::Child>,
-    worker_bin: PathBuf,
+    worker_bin: Option<PathBuf>,
     worker_uid: Option<(u32, u32)>,
 }
 
 fn random_hex(n: usize) -> String {
-    (0..n).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..n)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 /// The worker binary: next to this executable (or its parent, for test binaries in deps/).
@@ -121,12 +130,18 @@ pub fn default_worker_bin() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable has no directory")?;
-    for candidate in [dir.join("mpegflow-worker"), dir.join("..").join("mpegflow-worker")] {
+    for candidate in [
+        dir.join("mpegflow-worker"),
+        dir.join("..").join("mpegflow-worker"),
+    ] {
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    bail!("mpegflow-worker not found next to {} (build it with `cargo build -p mpegflow-worker`)", exe.display())
+    bail!(
+        "mpegflow-worker not found next to {} (build it with `cargo build -p mpegflow-worker`)",
+        exe.display()
+    )
 }
 
 /// The unprivileged user workers run as, created on first use when we are root.
@@ -135,7 +150,13 @@ fn worker_user() -> Result<(u32, u32)> {
         return Ok(ids);
     }
     let status = std::process::Command::new("useradd")
-        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", WORKER_USER])
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            WORKER_USER,
+        ])
         .status();
     match (status, pg::lookup_user(WORKER_USER)) {
         (_, Some(ids)) => Ok(ids),
@@ -161,7 +182,8 @@ impl Platform {
             None => {
                 let dir = data_dir.join("pg");
                 mkdir(&dir, 0o711)?;
-                let c = tokio::task::block_in_place(|| Cluster::start(&dir, None, cfg.pg_for_tests))?;
+                let c =
+                    tokio::task::block_in_place(|| Cluster::start(&dir, None, cfg.pg_for_tests))?;
                 let url = c.database_url("postgres");
                 (Some(c), url)
             }
@@ -181,7 +203,9 @@ impl Platform {
         let s3 = match &cfg.s3 {
             Some(s3) => s3.clone(),
             None => {
-                let listener = TcpListener::bind(&cfg.s3_addr).await.with_context(|| format!("binding the object store to {}", cfg.s3_addr))?;
+                let listener = TcpListener::bind(&cfg.s3_addr)
+                    .await
+                    .with_context(|| format!("binding the object store to {}", cfg.s3_addr))?;
                 let endpoint = format!("http://{}", listener.local_addr()?);
                 let embedded = EmbeddedConfig {
                     root: data_dir.join("s3"),
@@ -200,7 +224,13 @@ impl Platform {
                 mpegflow_objstore::embedded::prepare(&embedded)?;
                 let stop = shutdown.clone();
                 tasks.push(tokio::spawn(async move {
-                    if let Err(e) = mpegflow_objstore::embedded::serve(listener, embedded, stop.cancelled_owned()).await {
+                    if let Err(e) = mpegflow_objstore::embedded::serve(
+                        listener,
+                        embedded,
+                        stop.cancelled_owned(),
+                    )
+                    .await
+                    {
                         tracing::error!("object store stopped: {e}");
                     }
                 }));
@@ -210,8 +240,12 @@ impl Platform {
         let presigner = Presigner::new(&s3)?;
         let state = AppState::new(store, presigner, cfg.control.clone());
 
-        let api = TcpListener::bind(&cfg.api_addr).await.with_context(|| format!("binding the API to {}", cfg.api_addr))?;
-        let grpc = TcpListener::bind(&cfg.grpc_addr).await.with_context(|| format!("binding the coordinator to {}", cfg.grpc_addr))?;
+        let api = TcpListener::bind(&cfg.api_addr)
+            .await
+            .with_context(|| format!("binding the API to {}", cfg.api_addr))?;
+        let grpc = TcpListener::bind(&cfg.grpc_addr)
+            .await
+            .with_context(|| format!("binding the coordinator to {}", cfg.grpc_addr))?;
         let api_url = format!("http://{}", api.local_addr()?);
         let coordinator_url = format!("http://{}", grpc.local_addr()?);
         {
@@ -222,12 +256,12 @@ impl Platform {
                 }
             }));
         }
-        let worker_bin = match &cfg.worker_bin {
-            Some(p) => p.clone(),
-            None if cfg.workers == 0 => PathBuf::new(),
-            None => default_worker_bin()?,
+        let worker_bin = cfg.worker_bin.clone();
+        let worker_uid = if pg::is_root() {
+            Some(worker_user()?)
+        } else {
+            None
         };
-        let worker_uid = if pg::is_root() { Some(worker_user()?) } else { None };
         let mut platform = Platform {
             api_url,
             coordinator_url,
@@ -243,7 +277,11 @@ impl Platform {
             worker_uid,
         };
         if cfg.workers > 0 {
-            let (_, token) = platform.state.store.create_worker_token("default", "local fleet").await?;
+            let (_, token) = platform
+                .state
+                .store
+                .create_worker_token("default", "local fleet")
+                .await?;
             for _ in 0..cfg.workers {
                 platform.spawn_worker(token.expose()).await?;
             }
@@ -258,14 +296,22 @@ impl Platform {
     /// Starts one more worker process with `token`. Returns its pid.
     pub async fn spawn_worker(&mut self, token: &str) -> Result<u32> {
         let n = self.workers.len();
-        let work_dir = self.data_dir.join("work").join(format!("{n}-{}", random_hex(4)));
+        let work_dir = self
+            .data_dir
+            .join("work")
+            .join(format!("{n}-{}", random_hex(4)));
         mkdir(&self.data_dir.join("work"), 0o711)?;
         mkdir(&work_dir, 0o700)?;
         if let Some((uid, gid)) = self.worker_uid {
             std::os::unix::fs::chown(&work_dir, Some(uid), Some(gid))?;
         }
-        let log = std::fs::File::create(self.data_dir.join("logs").join(format!("worker-{n}.log")))?;
-        let mut cmd = tokio::process::Command::new(&self.worker_bin);
+        let log =
+            std::fs::File::create(self.data_dir.join("logs").join(format!("worker-{n}.log")))?;
+        if self.worker_bin.is_none() {
+            self.worker_bin = Some(default_worker_bin()?);
+        }
+        let bin = self.worker_bin.clone().unwrap_or_default();
+        let mut cmd = tokio::process::Command::new(&bin);
         cmd.arg("--coordinator")
             .arg(&self.coordinator_url)
             .arg("--token-file")
@@ -276,8 +322,14 @@ impl Platform {
             .arg("5")
             // The credential vacuum starts with the environment: nothing of ours is inherited.
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
-            .env("MPEGFLOW_LOG", std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env(
+                "MPEGFLOW_LOG",
+                std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
@@ -285,7 +337,9 @@ impl Platform {
         if let Some((uid, gid)) = self.worker_uid {
             cmd.as_std_mut().uid(uid).gid(gid);
         }
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.worker_bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let mut stdin = child.stdin.take().context("worker stdin")?;
         stdin.write_all(token.as_bytes()).await?;
         drop(stdin);

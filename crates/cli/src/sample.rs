@@ -8,17 +8,39 @@ use std::path::Path;
 /// Makes a test clip with the local ffmpeg (a synthetic source; this is not a tenant job).
 pub async fn make_clip(path: &Path, seconds: u32, size: &str) -> Result<()> {
     let out = tokio::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg(format!("testsrc2=duration={seconds}:size={size}:rate=25"))
         .args(["-f", "lavfi", "-i"])
         .arg(format!("sine=frequency=440:duration={seconds}"))
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
         .arg(path)
         .output()
         .await
         .context("running ffmpeg to make a sample clip")?;
     if !out.status.success() {
-        bail!("ffmpeg could not make a sample clip: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ffmpeg could not make a sample clip: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -28,10 +50,18 @@ pub async fn run_sample(client: &ApiClient, dir: &Path) -> Result<serde_json::Va
     let clip = dir.join("sample-input.mp4");
     make_clip(&clip, 2, "320x240").await?;
     let asset = client.upload(&clip).await?;
-    let inputs = BTreeMap::from([("in".to_owned(), asset["id"].as_str().unwrap_or_default().to_owned())]);
+    let inputs = BTreeMap::from([(
+        "in".to_owned(),
+        asset["id"].as_str().unwrap_or_default().to_owned(),
+    )]);
     let outputs = BTreeMap::from([("out".to_owned(), "sample-160p.mp4".to_owned())]);
     let job = client
-        .submit(&inputs, &outputs, "-i {{in}} -vf scale=-2:160 -c:v libx264 -preset veryfast -c:a aac {{out}}", serde_json::json!({}))
+        .submit(
+            &inputs,
+            &outputs,
+            "-i {{in}} -vf scale=-2:160 -c:v libx264 -preset veryfast -c:a aac {{out}}",
+            serde_json::json!({}),
+        )
         .await?;
     let id = job["id"].as_str().unwrap_or_default().to_owned();
     let job = client.wait(&id, |_| {}).await?;
@@ -39,6 +69,8 @@ pub async fn run_sample(client: &ApiClient, dir: &Path) -> Result<serde_json::Va
         bail!("sample job {id} ended {}: {}", job["state"], job["error"]);
     }
     let dest = dir.join("sample-160p.mp4");
-    client.download_outputs(&job, &BTreeMap::from([("out".to_owned(), dest.clone())])).await?;
+    client
+        .download_outputs(&job, &BTreeMap::from([("out".to_owned(), dest.clone())]))
+        .await?;
     Ok(job)
 }

@@ -55,10 +55,20 @@ impl FromRequestParts<AppState> for Tenant {
     type Rejection = ControlError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let token = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or(ControlError::Unauthenticated)?;
-        let secret = Secret::parse(TokenKind::ApiKey, token).map_err(|_| ControlError::Unauthenticated)?;
-        let (org_id, key_id) = state.store.authenticate_api_key(&secret.hash()).await?.ok_or(ControlError::Unauthenticated)?;
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(ControlError::Unauthenticated)?;
+        let secret =
+            Secret::parse(TokenKind::ApiKey, token).map_err(|_| ControlError::Unauthenticated)?;
+        let (org_id, key_id) = state
+            .store
+            .authenticate_api_key(&secret.hash())
+            .await?
+            .ok_or(ControlError::Unauthenticated)?;
         Ok(Tenant { org_id, key_id })
     }
 }
@@ -109,7 +119,9 @@ struct CreateAsset {
 }
 
 fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn asset_json(a: &Asset) -> Value {
@@ -121,25 +133,46 @@ fn asset_json(a: &Asset) -> Value {
     })
 }
 
-async fn create_asset(State(state): State<AppState>, tenant: Tenant, Body(req): Body<CreateAsset>) -> Result<Response> {
-    if req.filename.is_empty() || req.filename.len() > 255 || req.filename.chars().any(char::is_control) {
-        return Err(ControlError::invalid("invalid_filename", "filename must be 1-255 characters without control characters"));
+async fn create_asset(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Body(req): Body<CreateAsset>,
+) -> Result<Response> {
+    if req.filename.is_empty()
+        || req.filename.len() > 255
+        || req.filename.chars().any(char::is_control)
+    {
+        return Err(ControlError::invalid(
+            "invalid_filename",
+            "filename must be 1-255 characters without control characters",
+        ));
     }
     if let Some(sha) = &req.sha256 {
         if !is_sha256_hex(sha) {
-            return Err(ControlError::invalid("invalid_sha256", "sha256 must be 64 lowercase hex characters"));
+            return Err(ControlError::invalid(
+                "invalid_sha256",
+                "sha256 must be 64 lowercase hex characters",
+            ));
         }
     }
     if let Some(size) = req.size {
         if size > state.config.max_upload_bytes {
-            return Err(ControlError::invalid("too_large", format!("size exceeds {} bytes", state.config.max_upload_bytes)));
+            return Err(ControlError::invalid(
+                "too_large",
+                format!("size exceeds {} bytes", state.config.max_upload_bytes),
+            ));
         }
     }
     let id = Uuid::now_v7();
     let key = asset_key(tenant.org_id, id);
     let presigned = state
         .presigner
-        .put(&key, state.config.presign_ttl(), req.size, req.sha256.as_deref())
+        .put(
+            &key,
+            state.config.presign_ttl(),
+            req.size,
+            req.sha256.as_deref(),
+        )
         .map_err(|e| ControlError::invalid("invalid_sha256", e.to_string()))?;
     state
         .store
@@ -171,19 +204,39 @@ async fn create_asset(State(state): State<AppState>, tenant: Tenant, Body(req): 
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn get_asset(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn get_asset(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let id = parse_id(&id, "asset")?;
-    let asset = state.store.get_asset(tenant.org_id, id).await.map_err(ControlError::from).map_err(not_found("asset"))?;
+    let asset = state
+        .store
+        .get_asset(tenant.org_id, id)
+        .await
+        .map_err(ControlError::from)
+        .map_err(not_found("asset"))?;
     Ok(Json(asset_json(&asset)))
 }
 
-async fn complete_asset(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn complete_asset(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let id = parse_id(&id, "asset")?;
-    let asset = state.store.get_asset(tenant.org_id, id).await.map_err(ControlError::from).map_err(not_found("asset"))?;
+    let asset = state
+        .store
+        .get_asset(tenant.org_id, id)
+        .await
+        .map_err(ControlError::from)
+        .map_err(not_found("asset"))?;
     if asset.state == "ready" {
         return Ok(Json(asset_json(&asset)));
     }
-    let head = state.presigner.head(&asset.object_key, std::time::Duration::from_secs(60));
+    let head = state
+        .presigner
+        .head(&asset.object_key, std::time::Duration::from_secs(60));
     let resp = state
         .http
         .head(&head.url)
@@ -191,10 +244,16 @@ async fn complete_asset(State(state): State<AppState>, tenant: Tenant, Path(id):
         .await
         .map_err(|e| ControlError::Unavailable(format!("object store unreachable: {e}")))?;
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        return Err(ControlError::Conflict { code: "upload_missing", message: "nothing was uploaded for this asset".into() });
+        return Err(ControlError::Conflict {
+            code: "upload_missing",
+            message: "nothing was uploaded for this asset".into(),
+        });
     }
     if !resp.status().is_success() {
-        return Err(ControlError::Unavailable(format!("object store answered {}", resp.status())));
+        return Err(ControlError::Unavailable(format!(
+            "object store answered {}",
+            resp.status()
+        )));
     }
     let size = resp
         .headers()
@@ -202,30 +261,57 @@ async fn complete_asset(State(state): State<AppState>, tenant: Tenant, Path(id):
         .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
         .ok_or_else(|| ControlError::Unavailable("object store sent no content-length".into()))?;
     if asset.declared_size.is_some_and(|d| d != size) {
-        return Err(ControlError::Conflict { code: "size_mismatch", message: "uploaded size differs from the declared size".into() });
+        return Err(ControlError::Conflict {
+            code: "size_mismatch",
+            message: "uploaded size differs from the declared size".into(),
+        });
     }
     let stored_sha = resp
         .headers()
         .get("x-amz-checksum-sha256")
-        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok())
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes())
+                .ok()
+        })
         .filter(|raw| raw.len() == 32)
         .map(hex::encode);
     if let (Some(declared), Some(stored)) = (&asset.declared_sha256, &stored_sha) {
         if declared != stored {
-            return Err(ControlError::Conflict { code: "checksum_mismatch", message: "stored checksum differs".into() });
+            return Err(ControlError::Conflict {
+                code: "checksum_mismatch",
+                message: "stored checksum differs".into(),
+            });
         }
     }
-    let asset = state.store.complete_asset(tenant.org_id, id, size, stored_sha.as_deref()).await?;
+    let asset = state
+        .store
+        .complete_asset(tenant.org_id, id, size, stored_sha.as_deref())
+        .await?;
     Ok(Json(asset_json(&asset)))
 }
 
-async fn download_asset(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn download_asset(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let id = parse_id(&id, "asset")?;
-    let asset = state.store.get_asset(tenant.org_id, id).await.map_err(ControlError::from).map_err(not_found("asset"))?;
+    let asset = state
+        .store
+        .get_asset(tenant.org_id, id)
+        .await
+        .map_err(ControlError::from)
+        .map_err(not_found("asset"))?;
     if asset.state != "ready" {
-        return Err(ControlError::Conflict { code: "asset_not_ready", message: "the asset has not been completed".into() });
+        return Err(ControlError::Conflict {
+            code: "asset_not_ready",
+            message: "the asset has not been completed".into(),
+        });
     }
-    let presigned = state.presigner.get(&asset.object_key, state.config.presign_ttl());
+    let presigned = state
+        .presigner
+        .get(&asset.object_key, state.config.presign_ttl());
     state
         .store
         .audit(&AuditEntry {
@@ -237,7 +323,9 @@ async fn download_asset(State(state): State<AppState>, tenant: Tenant, Path(id):
             details: json!({ "key": asset.object_key, "method": "GET", "expires_at": rfc3339(presigned.expires_at) }),
         })
         .await?;
-    Ok(Json(json!({ "url": presigned.url, "expires_at": rfc3339(presigned.expires_at) })))
+    Ok(Json(
+        json!({ "url": presigned.url, "expires_at": rfc3339(presigned.expires_at) }),
+    ))
 }
 
 // ---------------------------------------------------------------- jobs
@@ -253,49 +341,96 @@ struct SubmitJob {
     metadata: Option<Map<String, Value>>,
 }
 
-async fn submit_job(State(state): State<AppState>, tenant: Tenant, headers: HeaderMap, Body(raw): Body<Value>) -> Result<Response> {
+async fn submit_job(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    headers: HeaderMap,
+    Body(raw): Body<Value>,
+) -> Result<Response> {
     let idempotency_key = match headers.get("idempotency-key") {
         Some(v) => {
             let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255);
-            Some(k.ok_or_else(|| ControlError::invalid("invalid_idempotency_key", "Idempotency-Key must be 1-255 visible characters"))?.to_owned())
+            Some(
+                k.ok_or_else(|| {
+                    ControlError::invalid(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1-255 visible characters",
+                    )
+                })?
+                .to_owned(),
+            )
         }
         None => None,
     };
     // serde_json's map is ordered, so this hash is stable for the same request.
     let request_hash = Sha256::digest(raw.to_string().as_bytes()).to_vec();
-    let req: SubmitJob = serde_json::from_value(raw).map_err(|e| ControlError::invalid("invalid_body", e.to_string()))?;
+    let req: SubmitJob = serde_json::from_value(raw)
+        .map_err(|e| ControlError::invalid("invalid_body", e.to_string()))?;
 
     if req.inputs.is_empty() {
-        return Err(ControlError::invalid("invalid_job", "a job needs at least one input"));
+        return Err(ControlError::invalid(
+            "invalid_job",
+            "a job needs at least one input",
+        ));
     }
     if req.outputs.is_empty() {
-        return Err(ControlError::invalid("invalid_job", "a job needs at least one output"));
+        return Err(ControlError::invalid(
+            "invalid_job",
+            "a job needs at least one output",
+        ));
     }
-    let timeout = req.timeout_seconds.unwrap_or(state.config.default_timeout_seconds);
+    let timeout = req
+        .timeout_seconds
+        .unwrap_or(state.config.default_timeout_seconds);
     if timeout == 0 || timeout > state.config.max_timeout_seconds {
-        return Err(ControlError::invalid("invalid_timeout", format!("timeout_seconds must be 1-{}", state.config.max_timeout_seconds)));
+        return Err(ControlError::invalid(
+            "invalid_timeout",
+            format!(
+                "timeout_seconds must be 1-{}",
+                state.config.max_timeout_seconds
+            ),
+        ));
     }
     let metadata = Value::Object(req.metadata.unwrap_or_default());
     if metadata.to_string().len() > 16 * 1024 {
-        return Err(ControlError::invalid("invalid_metadata", "metadata must be at most 16 KiB of JSON"));
+        return Err(ControlError::invalid(
+            "invalid_metadata",
+            "metadata must be at most 16 KiB of JSON",
+        ));
     }
 
     // Inputs: each must be a completed asset of this org.
     let mut ids = Vec::new();
     for (alias, id) in &req.inputs {
-        let id = Uuid::parse_str(id).map_err(|_| ControlError::invalid("unknown_asset", format!("input {alias:?}: asset {id} not found")))?;
+        let id = Uuid::parse_str(id).map_err(|_| {
+            ControlError::invalid(
+                "unknown_asset",
+                format!("input {alias:?}: asset {id} not found"),
+            )
+        })?;
         ids.push((alias.clone(), id));
     }
-    let assets = state.store.get_assets(tenant.org_id, &ids.iter().map(|(_, id)| *id).collect::<Vec<_>>()).await?;
+    let assets = state
+        .store
+        .get_assets(
+            tenant.org_id,
+            &ids.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+        )
+        .await?;
     let mut spec = IoSpec::default();
     let mut inputs = Vec::new();
     for (alias, id) in &ids {
-        let asset = assets
-            .iter()
-            .find(|a| a.id == *id)
-            .ok_or_else(|| ControlError::invalid("unknown_asset", format!("input {alias:?}: asset {id} not found")))?;
+        let asset = assets.iter().find(|a| a.id == *id).ok_or_else(|| {
+            ControlError::invalid(
+                "unknown_asset",
+                format!("input {alias:?}: asset {id} not found"),
+            )
+        })?;
         if asset.state != "ready" {
-            return Err(ControlError::invalid("asset_not_ready", format!("input {alias:?}: asset {id} has not been completed")));
+            return Err(ControlError::invalid(
+                "asset_not_ready",
+                format!("input {alias:?}: asset {id} has not been completed"),
+            ));
         }
         spec.add_input(alias, &asset.filename)?;
         inputs.push(StoredInput {
@@ -311,14 +446,22 @@ async fn submit_job(State(state): State<AppState>, tenant: Tenant, headers: Head
     let mut outputs = Vec::new();
     for (alias, filename) in &req.outputs {
         spec.add_output(alias, filename)?;
-        outputs.push(StoredOutput { alias: alias.clone(), filename: filename.clone() });
+        outputs.push(StoredOutput {
+            alias: alias.clone(),
+            filename: filename.clone(),
+        });
     }
     let argv = render(&req.command, &spec)?;
 
     let pool_name = req.pool.as_deref().unwrap_or("default");
     let pool = match state.store.pool_by_name(pool_name).await {
         Ok(p) if p.org_id.is_none() || p.org_id == Some(tenant.org_id) => p,
-        Ok(_) | Err(StoreError::NotFound) => return Err(ControlError::invalid("unknown_pool", format!("pool {pool_name:?} not found"))),
+        Ok(_) | Err(StoreError::NotFound) => {
+            return Err(ControlError::invalid(
+                "unknown_pool",
+                format!("pool {pool_name:?} not found"),
+            ))
+        }
         Err(e) => return Err(e.into()),
     };
 
@@ -329,7 +472,8 @@ async fn submit_job(State(state): State<AppState>, tenant: Tenant, headers: Head
         command: req.command,
         argv: json!(argv),
         inputs: serde_json::to_value(&inputs).map_err(|e| ControlError::Internal(e.to_string()))?,
-        outputs: serde_json::to_value(&outputs).map_err(|e| ControlError::Internal(e.to_string()))?,
+        outputs: serde_json::to_value(&outputs)
+            .map_err(|e| ControlError::Internal(e.to_string()))?,
         timeout_seconds: timeout as i32,
         max_attempts: state.config.max_attempts as i32,
         metadata,
@@ -343,8 +487,13 @@ async fn submit_job(State(state): State<AppState>, tenant: Tenant, headers: Head
             tracing::info!(job_id = %job.id, org_id = %job.org_id, "job submitted");
             Ok((StatusCode::CREATED, Json(job_json(&job, &pool.name, None))).into_response())
         }
-        Ok(Submitted::Replayed(job)) => Ok((StatusCode::OK, Json(job_json(&job, &pool.name, None))).into_response()),
-        Err(StoreError::Conflict(message)) => Err(ControlError::Conflict { code: "idempotency_conflict", message }),
+        Ok(Submitted::Replayed(job)) => {
+            Ok((StatusCode::OK, Json(job_json(&job, &pool.name, None))).into_response())
+        }
+        Err(StoreError::Conflict(message)) => Err(ControlError::Conflict {
+            code: "idempotency_conflict",
+            message,
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -356,12 +505,19 @@ fn job_json(job: &Job, pool: &str, history: Option<Value>) -> Value {
         .into_iter()
         .map(|i| (i.alias, json!(i.asset_id)))
         .collect();
-    let result_outputs = job.result.as_ref().and_then(|r| r.get("outputs")).and_then(Value::as_object);
+    let result_outputs = job
+        .result
+        .as_ref()
+        .and_then(|r| r.get("outputs"))
+        .and_then(Value::as_object);
     let outputs: Map<String, Value> = stored_outputs(job)
         .unwrap_or_default()
         .into_iter()
         .map(|o| {
-            let v = result_outputs.and_then(|r| r.get(&o.alias)).cloned().unwrap_or_else(|| json!({ "filename": o.filename }));
+            let v = result_outputs
+                .and_then(|r| r.get(&o.alias))
+                .cloned()
+                .unwrap_or_else(|| json!({ "filename": o.filename }));
             (o.alias, v)
         })
         .collect();
@@ -394,12 +550,25 @@ fn job_json(job: &Job, pool: &str, history: Option<Value>) -> Value {
 }
 
 async fn pool_name(state: &AppState, job: &Job) -> String {
-    state.store.pool_name(job.pool_id).await.unwrap_or_else(|_| job.pool_id.to_string())
+    state
+        .store
+        .pool_name(job.pool_id)
+        .await
+        .unwrap_or_else(|_| job.pool_id.to_string())
 }
 
-async fn get_job(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn get_job(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let id = parse_id(&id, "job")?;
-    let job = state.store.get_job(tenant.org_id, id).await.map_err(ControlError::from).map_err(not_found("job"))?;
+    let job = state
+        .store
+        .get_job(tenant.org_id, id)
+        .await
+        .map_err(ControlError::from)
+        .map_err(not_found("job"))?;
     let history = state.store.job_attempts(job.id).await?;
     let pool = pool_name(&state, &job).await;
     Ok(Json(job_json(&job, &pool, Some(json!(history)))))
@@ -412,36 +581,65 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_jobs(State(state): State<AppState>, tenant: Tenant, Query(q): Query<ListQuery>) -> Result<Json<Value>> {
+async fn list_jobs(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>> {
     let filter = match q.state.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(s.parse::<JobState>().map_err(|e| ControlError::invalid("invalid_state", e.to_string()))?),
+        Some(s) => Some(
+            s.parse::<JobState>()
+                .map_err(|e| ControlError::invalid("invalid_state", e.to_string()))?,
+        ),
     };
     let before = match q.cursor.as_deref() {
         None | Some("") => None,
-        Some(c) => Some(Uuid::parse_str(c).map_err(|_| ControlError::invalid("invalid_cursor", "cursor is not valid"))?),
+        Some(c) => Some(
+            Uuid::parse_str(c)
+                .map_err(|_| ControlError::invalid("invalid_cursor", "cursor is not valid"))?,
+        ),
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    let jobs = state.store.list_jobs(tenant.org_id, filter, before, limit + 1).await?;
+    let jobs = state
+        .store
+        .list_jobs(tenant.org_id, filter, before, limit + 1)
+        .await?;
     let more = jobs.len() as i64 > limit;
     let page = &jobs[..jobs.len().min(limit as usize)];
     let mut items = Vec::with_capacity(page.len());
     for job in page {
         items.push(job_json(job, &pool_name(&state, job).await, None));
     }
-    let next = if more { page.last().map(|j| j.id.to_string()) } else { None };
+    let next = if more {
+        page.last().map(|j| j.id.to_string())
+    } else {
+        None
+    };
     Ok(Json(json!({ "jobs": items, "next_cursor": next })))
 }
 
-async fn cancel_job(State(state): State<AppState>, tenant: Tenant, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn cancel_job(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let id = parse_id(&id, "job")?;
-    let job = match state.store.cancel_job(tenant.org_id, id, tenant.actor()).await {
+    let job = match state
+        .store
+        .cancel_job(tenant.org_id, id, tenant.actor())
+        .await
+    {
         Ok(job) => job,
         Err(StoreError::NotFound) => return Err(ControlError::NotFound("job")),
-        Err(StoreError::Conflict(message)) => return Err(ControlError::Conflict { code: "job_finished", message }),
+        Err(StoreError::Conflict(message)) => {
+            return Err(ControlError::Conflict {
+                code: "job_finished",
+                message,
+            })
+        }
         Err(e) => return Err(e.into()),
     };
     let pool = pool_name(&state, &job).await;
     Ok(Json(job_json(&job, &pool, None)))
 }
-

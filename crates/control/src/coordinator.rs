@@ -10,7 +10,10 @@ use mpegflow_domain::job::{error_code, Failure};
 use mpegflow_domain::names::output_key;
 use mpegflow_domain::token::{Secret, TokenKind};
 use mpegflow_proto as pb;
-use mpegflow_store::{AttemptRecord, AuditEntry, HeartbeatResult, Job, OutputObject, Report, ReportResult, WorkerInfo, WorkerTokenInfo};
+use mpegflow_store::{
+    AttemptRecord, AuditEntry, HeartbeatResult, Job, OutputObject, Report, ReportResult,
+    WorkerInfo, WorkerTokenInfo,
+};
 use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -34,10 +37,20 @@ impl CoordinatorService {
     }
 
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<WorkerTokenInfo> {
-        let value = req.metadata().get(pb::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let token = value.and_then(|v| v.strip_prefix("Bearer ")).ok_or(ControlError::Unauthenticated)?;
-        let secret = Secret::parse(TokenKind::WorkerToken, token).map_err(|_| ControlError::Unauthenticated)?;
-        let info = self.state.store.authenticate_worker_token(&secret.hash()).await?;
+        let value = req
+            .metadata()
+            .get(pb::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = value
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ControlError::Unauthenticated)?;
+        let secret = Secret::parse(TokenKind::WorkerToken, token)
+            .map_err(|_| ControlError::Unauthenticated)?;
+        let info = self
+            .state
+            .store
+            .authenticate_worker_token(&secret.hash())
+            .await?;
         info.ok_or_else(|| {
             tracing::warn!("coordinator authentication failure");
             ControlError::Unauthenticated
@@ -45,20 +58,36 @@ impl CoordinatorService {
     }
 
     /// Authenticates the token and checks that `worker_id` was registered with it.
-    async fn authenticate_worker<T>(&self, req: &Request<T>, worker_id: &str) -> Result<(WorkerTokenInfo, Uuid)> {
+    async fn authenticate_worker<T>(
+        &self,
+        req: &Request<T>,
+        worker_id: &str,
+    ) -> Result<(WorkerTokenInfo, Uuid)> {
         let token = self.authenticate(req).await?;
-        let worker_id = Uuid::parse_str(worker_id).map_err(|_| ControlError::PermissionDenied("unknown worker".into()))?;
-        if !self.state.store.worker_belongs_to(worker_id, token.token_id).await? {
+        let worker_id = Uuid::parse_str(worker_id)
+            .map_err(|_| ControlError::PermissionDenied("unknown worker".into()))?;
+        if !self
+            .state
+            .store
+            .worker_belongs_to(worker_id, token.token_id)
+            .await?
+        {
             return Err(ControlError::PermissionDenied("unknown worker".into()));
         }
         Ok((token, worker_id))
     }
 
     fn parse_job_id(id: &str) -> Result<Uuid> {
-        Uuid::parse_str(id).map_err(|_| ControlError::LeaseLost("this worker holds no lease on that job".into()))
+        Uuid::parse_str(id)
+            .map_err(|_| ControlError::LeaseLost("this worker holds no lease on that job".into()))
     }
 
-    async fn assignment(&self, worker_id: Uuid, job: &Job, fencing_token: String) -> Result<pb::JobAssignment> {
+    async fn assignment(
+        &self,
+        worker_id: Uuid,
+        job: &Job,
+        fencing_token: String,
+    ) -> Result<pb::JobAssignment> {
         let ttl = self.state.config.presign_ttl();
         let mut inputs = Vec::new();
         let mut audit = Vec::new();
@@ -83,14 +112,21 @@ impl CoordinatorService {
             });
         }
         self.state.store.audit_many(&audit).await?;
-        let argv: Vec<String> = serde_json::from_value(job.argv.clone()).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let argv: Vec<String> = serde_json::from_value(job.argv.clone())
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         Ok(pb::JobAssignment {
             job_id: job.id.to_string(),
             attempt: job.attempts as u32,
             fencing_token,
             argv,
             inputs,
-            outputs: stored_outputs(job)?.into_iter().map(|o| pb::OutputSpec { alias: o.alias, filename: o.filename }).collect(),
+            outputs: stored_outputs(job)?
+                .into_iter()
+                .map(|o| pb::OutputSpec {
+                    alias: o.alias,
+                    filename: o.filename,
+                })
+                .collect(),
             limits: Some(pb::Limits {
                 timeout_seconds: job.timeout_seconds as u32,
                 max_output_bytes: self.state.config.max_output_bytes,
@@ -101,15 +137,32 @@ impl CoordinatorService {
     }
 
     /// Confirms every produced file is really in the store with its size, through presigned HEADs.
-    async fn verify_uploaded(&self, job: &Job, files: &[ProducedFile]) -> std::result::Result<(), String> {
+    async fn verify_uploaded(
+        &self,
+        job: &Job,
+        files: &[ProducedFile],
+    ) -> std::result::Result<(), String> {
         let ttl = Duration::from_secs(60);
         for f in files {
             let key = output_key(job.org_id, job.id, job.attempts as u32, &f.path);
             let head = self.state.presigner.head(&key, ttl);
-            let resp = self.state.http.head(&head.url).send().await.map_err(|e| format!("{}: {e}", f.path))?;
-            let len = resp.headers().get(reqwest::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let resp = self
+                .state
+                .http
+                .head(&head.url)
+                .send()
+                .await
+                .map_err(|e| format!("{}: {e}", f.path))?;
+            let len = resp
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             if !resp.status().is_success() || len != Some(f.size) {
-                return Err(format!("{} was not uploaded (store answered {})", f.path, resp.status()));
+                return Err(format!(
+                    "{} was not uploaded (store answered {})",
+                    f.path,
+                    resp.status()
+                ));
             }
         }
         Ok(())
@@ -133,7 +186,9 @@ fn stderr_tail(zstd_bytes: &[u8]) -> Option<String> {
 }
 
 fn error_code_of(code: &str) -> String {
-    let ok = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let ok = !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
     if ok {
         code.to_owned()
     } else {
@@ -150,7 +205,11 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// The `outputs` part of a finished job's result, and the assets to create.
-fn result_of(job: &Job, spec: &mpegflow_domain::command::IoSpec, files: &[ProducedFile]) -> (Value, Vec<OutputObject>) {
+fn result_of(
+    job: &Job,
+    spec: &mpegflow_domain::command::IoSpec,
+    files: &[ProducedFile],
+) -> (Value, Vec<OutputObject>) {
     let mut objects = Vec::new();
     let mut outputs = Map::new();
     for (alias, decl) in &spec.outputs {
@@ -164,7 +223,9 @@ fn result_of(job: &Job, spec: &mpegflow_domain::command::IoSpec, files: &[Produc
                 size: f.size as i64,
                 sha256: f.sha256.clone(),
             });
-            entries.push(json!({ "asset_id": asset_id, "path": f.name, "size": f.size, "sha256": f.sha256 }));
+            entries.push(
+                json!({ "asset_id": asset_id, "path": f.name, "size": f.size, "sha256": f.sha256 }),
+            );
         }
         let v = match decl {
             OutputDecl::File { name } => {
@@ -180,7 +241,10 @@ fn result_of(job: &Job, spec: &mpegflow_domain::command::IoSpec, files: &[Produc
 
 #[tonic::async_trait]
 impl pb::Coordinator for CoordinatorService {
-    async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+    async fn register_worker(
+        &self,
+        req: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let token = self.authenticate(&req).await?;
         let r = req.into_inner();
         let info = WorkerInfo {
@@ -189,7 +253,12 @@ impl pb::Coordinator for CoordinatorService {
             ffmpeg_version: truncate(&r.ffmpeg_version, 255),
             image_hash: truncate(&r.image_hash, 128),
         };
-        let worker_id = self.state.store.register_worker(&token, &info).await.map_err(ControlError::from)?;
+        let worker_id = self
+            .state
+            .store
+            .register_worker(&token, &info)
+            .await
+            .map_err(ControlError::from)?;
         tracing::info!(%worker_id, pool = %token.pool_name, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id: worker_id.to_string(),
@@ -199,8 +268,13 @@ impl pb::Coordinator for CoordinatorService {
         }))
     }
 
-    async fn get_work_assignment(&self, req: Request<pb::GetWorkAssignmentRequest>) -> Result<Response<pb::GetWorkAssignmentResponse>, Status> {
-        let (token, worker_id) = self.authenticate_worker(&req, &req.get_ref().worker_id).await?;
+    async fn get_work_assignment(
+        &self,
+        req: Request<pb::GetWorkAssignmentRequest>,
+    ) -> Result<Response<pb::GetWorkAssignmentResponse>, Status> {
+        let (token, worker_id) = self
+            .authenticate_worker(&req, &req.get_ref().worker_id)
+            .await?;
         let span = tracing::info_span!("get_work_assignment", %worker_id, pool = %token.pool_name);
         async move {
             if let Some(job_id) = self.state.store.lease_held_by(worker_id).await.map_err(ControlError::from)? {
@@ -233,26 +307,51 @@ impl pb::Coordinator for CoordinatorService {
         .await
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let (_, worker_id) = self.authenticate_worker(&req, &req.get_ref().worker_id).await?;
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let (_, worker_id) = self
+            .authenticate_worker(&req, &req.get_ref().worker_id)
+            .await?;
         let r = req.into_inner();
         let job_id = Self::parse_job_id(&r.job_id)?;
         let progress = (0.0..=1.0).contains(&r.progress).then_some(r.progress);
         let result = self
             .state
             .store
-            .heartbeat(job_id, worker_id, &r.fencing_token, progress, self.state.config.lease())
+            .heartbeat(
+                job_id,
+                worker_id,
+                &r.fencing_token,
+                progress,
+                self.state.config.lease(),
+            )
             .await
             .map_err(ControlError::from)?;
         match result {
-            HeartbeatResult::Extended => Ok(Response::new(pb::HeartbeatResponse { cancel: false, lease_seconds: self.state.config.lease_seconds })),
-            HeartbeatResult::Canceled => Ok(Response::new(pb::HeartbeatResponse { cancel: true, lease_seconds: 0 })),
-            HeartbeatResult::Lost => Err(ControlError::LeaseLost("this worker no longer holds the lease on that job".into()).into()),
+            HeartbeatResult::Extended => Ok(Response::new(pb::HeartbeatResponse {
+                cancel: false,
+                lease_seconds: self.state.config.lease_seconds,
+            })),
+            HeartbeatResult::Canceled => Ok(Response::new(pb::HeartbeatResponse {
+                cancel: true,
+                lease_seconds: 0,
+            })),
+            HeartbeatResult::Lost => Err(ControlError::LeaseLost(
+                "this worker no longer holds the lease on that job".into(),
+            )
+            .into()),
         }
     }
 
-    async fn request_upload_urls(&self, req: Request<pb::RequestUploadUrlsRequest>) -> Result<Response<pb::RequestUploadUrlsResponse>, Status> {
-        let (_, worker_id) = self.authenticate_worker(&req, &req.get_ref().worker_id).await?;
+    async fn request_upload_urls(
+        &self,
+        req: Request<pb::RequestUploadUrlsRequest>,
+    ) -> Result<Response<pb::RequestUploadUrlsResponse>, Status> {
+        let (_, worker_id) = self
+            .authenticate_worker(&req, &req.get_ref().worker_id)
+            .await?;
         let r = req.into_inner();
         let job_id = Self::parse_job_id(&r.job_id)?;
         let job = self
@@ -261,8 +360,11 @@ impl pb::Coordinator for CoordinatorService {
             .leased_job(job_id, worker_id, &r.fencing_token)
             .await
             .map_err(ControlError::from)?
-            .ok_or_else(|| ControlError::LeaseLost("this worker no longer holds the lease on that job".into()))?;
-        let span = tracing::info_span!("request_upload_urls", %job_id, org_id = %job.org_id, %worker_id);
+            .ok_or_else(|| {
+                ControlError::LeaseLost("this worker no longer holds the lease on that job".into())
+            })?;
+        let span =
+            tracing::info_span!("request_upload_urls", %job_id, org_id = %job.org_id, %worker_id);
         let _g = span.enter();
         let spec = io_spec(&job)?;
         let files = check_produced(
@@ -290,25 +392,62 @@ impl pb::Coordinator for CoordinatorService {
                 details: json!({ "key": key, "method": "PUT", "worker_id": worker_id, "attempt": job.attempts, "size": f.size,
                                  "sha256": f.sha256, "expires_at": p.expires_at.format(&Rfc3339).unwrap_or_default() }),
             });
-            uploads.push(pb::UploadUrl { path: f.path.clone(), url: p.url, headers: p.headers.into_iter().collect() });
+            uploads.push(pb::UploadUrl {
+                path: f.path.clone(),
+                url: p.url,
+                headers: p.headers.into_iter().collect(),
+            });
         }
-        self.state.store.audit_many(&audit).await.map_err(ControlError::from)?;
+        self.state
+            .store
+            .audit_many(&audit)
+            .await
+            .map_err(ControlError::from)?;
         Ok(Response::new(pb::RequestUploadUrlsResponse { uploads }))
     }
 
-    async fn report_job_status(&self, req: Request<pb::ReportJobStatusRequest>) -> Result<Response<pb::ReportJobStatusResponse>, Status> {
-        let (_, worker_id) = self.authenticate_worker(&req, &req.get_ref().worker_id).await?;
+    async fn report_job_status(
+        &self,
+        req: Request<pb::ReportJobStatusRequest>,
+    ) -> Result<Response<pb::ReportJobStatusResponse>, Status> {
+        let (_, worker_id) = self
+            .authenticate_worker(&req, &req.get_ref().worker_id)
+            .await?;
         let r = req.into_inner();
         let job_id = Self::parse_job_id(&r.job_id)?;
-        let lost = || ControlError::LeaseLost("stale or foreign fencing token: this worker does not hold that job".into());
+        let lost = || {
+            ControlError::LeaseLost(
+                "stale or foreign fencing token: this worker does not hold that job".into(),
+            )
+        };
         // Cheap early refusal; the store checks the fencing token again atomically.
-        let job = match self.state.store.leased_job(job_id, worker_id, &r.fencing_token).await.map_err(ControlError::from)? {
+        let job = match self
+            .state
+            .store
+            .leased_job(job_id, worker_id, &r.fencing_token)
+            .await
+            .map_err(ControlError::from)?
+        {
             Some(job) => job,
             None => {
                 // A job cancelled while running still takes its attempt's record.
-                let canceled = self.state.store.report(job_id, worker_id, &r.fencing_token, Report::Canceled, record_of(&r), self.state.config.retry_policy(), 0.0).await;
+                let canceled = self
+                    .state
+                    .store
+                    .report(
+                        job_id,
+                        worker_id,
+                        &r.fencing_token,
+                        Report::Canceled,
+                        record_of(&r),
+                        self.state.config.retry_policy(),
+                        0.0,
+                    )
+                    .await;
                 return match canceled {
-                    Ok(ReportResult::RecordedCanceled) => Ok(Response::new(pb::ReportJobStatusResponse {})),
+                    Ok(ReportResult::RecordedCanceled) => {
+                        Ok(Response::new(pb::ReportJobStatusResponse {}))
+                    }
                     _ => {
                         tracing::warn!(%job_id, %worker_id, "refused report with stale fencing token");
                         Err(lost().into())
@@ -324,17 +463,27 @@ impl pb::Coordinator for CoordinatorService {
                     let spec = io_spec(&job)?;
                     let checked = check_produced(
                         &spec,
-                        r.outputs.iter().map(|f| (f.path.clone(), f.size, f.sha256.clone())),
+                        r.outputs
+                            .iter()
+                            .map(|f| (f.path.clone(), f.size, f.sha256.clone())),
                         self.state.config.max_output_bytes,
                         self.state.config.max_output_files,
                     );
                     match checked {
                         Err(ControlError::Invalid { code, message, .. }) => {
-                            Report::Failed(Failure { code: code.to_owned(), message, retryable: false })
+                            Report::Failed(Failure {
+                                code: code.to_owned(),
+                                message,
+                                retryable: false,
+                            })
                         }
                         Err(e) => return Err(e),
                         Ok(files) => match self.verify_uploaded(&job, &files).await {
-                            Err(message) => Report::Failed(Failure { code: error_code::OUTPUT_MISSING.into(), message, retryable: false }),
+                            Err(message) => Report::Failed(Failure {
+                                code: error_code::OUTPUT_MISSING.into(),
+                                message,
+                                retryable: false,
+                            }),
                             Ok(()) => {
                                 let (result, outputs) = result_of(&job, &spec, &files);
                                 Report::Succeeded { result, outputs }
@@ -348,12 +497,25 @@ impl pb::Coordinator for CoordinatorService {
                     retryable: r.retryable,
                 }),
                 pb::Outcome::Canceled => Report::Canceled,
-                pb::Outcome::Unspecified => return Err(ControlError::invalid("invalid_outcome", "outcome is required")),
+                pb::Outcome::Unspecified => {
+                    return Err(ControlError::invalid(
+                        "invalid_outcome",
+                        "outcome is required",
+                    ))
+                }
             };
             let result = self
                 .state
                 .store
-                .report(job_id, worker_id, &r.fencing_token, report, record_of(&r), self.state.config.retry_policy(), rand::random())
+                .report(
+                    job_id,
+                    worker_id,
+                    &r.fencing_token,
+                    report,
+                    record_of(&r),
+                    self.state.config.retry_policy(),
+                    rand::random(),
+                )
                 .await?;
             match result {
                 ReportResult::Applied(state) => {

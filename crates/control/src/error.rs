@@ -19,7 +19,11 @@ pub enum ControlError {
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{message}")]
-    Invalid { code: &'static str, message: String, argument: Option<String> },
+    Invalid {
+        code: &'static str,
+        message: String,
+        argument: Option<String>,
+    },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     /// The caller no longer holds the lease it acts under.
@@ -33,7 +37,11 @@ pub enum ControlError {
 
 impl ControlError {
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        ControlError::Invalid { code, message: message.into(), argument: None }
+        ControlError::Invalid {
+            code,
+            message: message.into(),
+            argument: None,
+        }
     }
 }
 
@@ -41,7 +49,10 @@ impl From<StoreError> for ControlError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ControlError::NotFound("resource"),
-            StoreError::Conflict(message) => ControlError::Conflict { code: "conflict", message },
+            StoreError::Conflict(message) => ControlError::Conflict {
+                code: "conflict",
+                message,
+            },
             StoreError::Db(e) => ControlError::Internal(e.to_string()),
             StoreError::Migrate(e) => ControlError::Internal(e.to_string()),
         }
@@ -50,7 +61,11 @@ impl From<StoreError> for ControlError {
 
 impl From<CommandError> for ControlError {
     fn from(e: CommandError) -> Self {
-        ControlError::Invalid { code: "invalid_command", argument: e.argument().map(str::to_owned), message: e.to_string() }
+        ControlError::Invalid {
+            code: "invalid_command",
+            argument: e.argument().map(str::to_owned),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -82,7 +97,11 @@ impl IntoResponse for ControlError {
             "code": code,
             "detail": self.to_string(),
         });
-        if let ControlError::Invalid { argument: Some(arg), .. } = &self {
+        if let ControlError::Invalid {
+            argument: Some(arg),
+            ..
+        } = &self
+        {
             body["argument"] = json!(arg);
         }
         let mut resp = (status, body.to_string()).into_response();
@@ -91,7 +110,10 @@ impl IntoResponse for ControlError {
             axum::http::HeaderValue::from_static("application/problem+json"),
         );
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
         }
         resp
     }
@@ -105,7 +127,9 @@ impl From<ControlError> for tonic::Status {
             ControlError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             ControlError::NotFound(_) => Status::not_found(e.to_string()),
             ControlError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-            ControlError::Conflict { .. } | ControlError::LeaseLost(_) => Status::failed_precondition(e.to_string()),
+            ControlError::Conflict { .. } | ControlError::LeaseLost(_) => {
+                Status::failed_precondition(e.to_string())
+            }
             ControlError::Unavailable(_) => Status::unavailable(e.to_string()),
             ControlError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");

@@ -108,20 +108,34 @@ impl AppState {
 
 /// Serves the REST API and the coordinator on the given listeners and runs the reaper, until
 /// `shutdown` is cancelled.
-pub async fn run(state: AppState, api: TcpListener, grpc: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    state: AppState,
+    api: TcpListener,
+    grpc: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let reaper = tokio::spawn(reap_loop(state.clone(), shutdown.clone()));
     let api_server = {
         let app = api::router(state.clone());
         let shutdown = shutdown.clone();
-        async move { axum::serve(api, app).with_graceful_shutdown(shutdown.cancelled_owned()).await }
+        async move {
+            axum::serve(api, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
     };
     let grpc_server = {
-        let svc = mpegflow_proto::CoordinatorServer::new(coordinator::CoordinatorService::new(state.clone()));
+        let svc = mpegflow_proto::CoordinatorServer::new(coordinator::CoordinatorService::new(
+            state.clone(),
+        ));
         let shutdown = shutdown.clone();
         async move {
             tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown.cancelled_owned())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    shutdown.cancelled_owned(),
+                )
                 .await
                 .map_err(std::io::Error::other)
         }
@@ -140,7 +154,11 @@ async fn reap_loop(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        match state.store.reap_expired_leases(100, state.config.retry_policy(), rand::random()).await {
+        match state
+            .store
+            .reap_expired_leases(100, state.config.retry_policy(), rand::random())
+            .await
+        {
             Ok(reaped) => {
                 for (job_id, new_state) in &reaped {
                     tracing::warn!(%job_id, %new_state, "lease expired");

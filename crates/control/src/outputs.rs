@@ -27,11 +27,13 @@ pub struct StoredOutput {
 }
 
 pub fn stored_inputs(job: &Job) -> Result<Vec<StoredInput>> {
-    serde_json::from_value(job.inputs.clone()).map_err(|e| ControlError::Internal(format!("job {} inputs: {e}", job.id)))
+    serde_json::from_value(job.inputs.clone())
+        .map_err(|e| ControlError::Internal(format!("job {} inputs: {e}", job.id)))
 }
 
 pub fn stored_outputs(job: &Job) -> Result<Vec<StoredOutput>> {
-    serde_json::from_value(job.outputs.clone()).map_err(|e| ControlError::Internal(format!("job {} outputs: {e}", job.id)))
+    serde_json::from_value(job.outputs.clone())
+        .map_err(|e| ControlError::Internal(format!("job {} outputs: {e}", job.id)))
 }
 
 pub fn io_spec(job: &Job) -> Result<IoSpec> {
@@ -75,21 +77,45 @@ pub fn check_produced(
         if out.len() >= max_files as usize {
             return Err(rejected(format!("more than {max_files} output files")));
         }
-        let (alias, name) = spec.output_of(&path).ok_or_else(|| rejected(format!("{path:?} is not a declared output")))?;
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-            return Err(rejected(format!("{path:?}: sha256 must be 64 lowercase hex characters")));
+        let (alias, name) = spec
+            .output_of(&path)
+            .ok_or_else(|| rejected(format!("{path:?} is not a declared output")))?;
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(rejected(format!(
+                "{path:?}: sha256 must be 64 lowercase hex characters"
+            )));
         }
         if !seen.insert(path.clone()) {
             return Err(rejected(format!("{path:?} listed twice")));
         }
         total = total.saturating_add(size);
         if total > max_bytes {
-            return Err(ControlError::invalid("output_limit", format!("outputs exceed {max_bytes} bytes")));
+            return Err(ControlError::invalid(
+                "output_limit",
+                format!("outputs exceed {max_bytes} bytes"),
+            ));
         }
-        out.push(ProducedFile { alias: alias.to_owned(), name: name.to_owned(), path, size, sha256 });
+        out.push(ProducedFile {
+            alias: alias.to_owned(),
+            name: name.to_owned(),
+            path,
+            size,
+            sha256,
+        });
     }
-    if let Some(missing) = spec.outputs.keys().find(|a| !out.iter().any(|f| &f.alias == *a)) {
-        return Err(ControlError::invalid("output_missing", format!("output {missing:?} produced no file")));
+    if let Some(missing) = spec
+        .outputs
+        .keys()
+        .find(|a| !out.iter().any(|f| &f.alias == *a))
+    {
+        return Err(ControlError::invalid(
+            "output_missing",
+            format!("output {missing:?} produced no file"),
+        ));
     }
     Ok(out)
 }

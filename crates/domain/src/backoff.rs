@@ -33,7 +33,11 @@ mod tests {
             (7, 2.0, Duration::from_secs_f64(60.0 + 15.0 * 0.999_999)),
         ];
         for (attempt, jitter, want) in cases {
-            assert_eq!(backoff(attempt, s(1), s(60), jitter), want, "attempt {attempt} jitter {jitter}");
+            assert_eq!(
+                backoff(attempt, s(1), s(60), jitter),
+                want,
+                "attempt {attempt} jitter {jitter}"
+            );
         }
     }
 }

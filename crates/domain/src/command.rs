@@ -18,7 +18,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Arguments every rendered command starts with. `-progress pipe:1` is how the worker reads
 /// progress; tenants may not set it themselves.
-pub const FORCED_PREFIX: &[&str] = &["-hide_banner", "-nostdin", "-nostats", "-y", "-progress", "pipe:1"];
+pub const FORCED_PREFIX: &[&str] = &[
+    "-hide_banner",
+    "-nostdin",
+    "-nostats",
+    "-y",
+    "-progress",
+    "pipe:1",
+];
 
 /// Longest template accepted, in bytes.
 pub const MAX_TEMPLATE_LEN: usize = 16 * 1024;
@@ -41,8 +48,12 @@ impl OutputDecl {
     /// Parses a declared output file name; a trailing `/` declares a directory.
     pub fn parse(filename: &str) -> Result<Self, NameError> {
         match filename.strip_suffix('/') {
-            Some(dir) => check_file_name(dir).map(|_| OutputDecl::Dir { name: dir.to_owned() }),
-            None => check_file_name(filename).map(|_| OutputDecl::File { name: filename.to_owned() }),
+            Some(dir) => check_file_name(dir).map(|_| OutputDecl::Dir {
+                name: dir.to_owned(),
+            }),
+            None => check_file_name(filename).map(|_| OutputDecl::File {
+                name: filename.to_owned(),
+            }),
         }
     }
     pub fn is_dir(&self) -> bool {
@@ -66,14 +77,22 @@ impl IoSpec {
     pub fn add_input(&mut self, alias: &str, filename: &str) -> Result<(), CommandError> {
         check_alias(alias).map_err(CommandError::Name)?;
         self.ensure_new(alias)?;
-        self.inputs.insert(alias.to_owned(), InputDecl { ext: safe_extension(filename) });
+        self.inputs.insert(
+            alias.to_owned(),
+            InputDecl {
+                ext: safe_extension(filename),
+            },
+        );
         Ok(())
     }
 
     pub fn add_output(&mut self, alias: &str, filename: &str) -> Result<(), CommandError> {
         check_alias(alias).map_err(CommandError::Name)?;
         self.ensure_new(alias)?;
-        self.outputs.insert(alias.to_owned(), OutputDecl::parse(filename).map_err(CommandError::Name)?);
+        self.outputs.insert(
+            alias.to_owned(),
+            OutputDecl::parse(filename).map_err(CommandError::Name)?,
+        );
         Ok(())
     }
 
@@ -206,54 +225,216 @@ const HW: &str = "hardware devices are not available to jobs";
 fn option_kind(name: &str) -> Option<Kind> {
     use Kind::*;
     Some(match name {
-        "y" | "n" | "nostdin" | "hide_banner" | "an" | "vn" | "sn" | "dn" | "shortest" | "copyts"
-        | "start_at_zero" | "nostats" | "stats" | "re" | "accurate_seek" | "noaccurate_seek"
-        | "autorotate" | "noautorotate" | "ignore_unknown" | "copy_unknown" | "benchmark" | "xerror"
-        | "copytb" | "reinit_filter" => Flag,
+        "y" | "n" | "nostdin" | "hide_banner" | "an" | "vn" | "sn" | "dn" | "shortest"
+        | "copyts" | "start_at_zero" | "nostats" | "stats" | "re" | "accurate_seek"
+        | "noaccurate_seek" | "autorotate" | "noautorotate" | "ignore_unknown" | "copy_unknown"
+        | "benchmark" | "xerror" | "copytb" | "reinit_filter" => Flag,
 
         "i" => Input,
         "f" => Format,
         "vf" | "af" | "filter" | "filter_complex" | "lavfi" => Filter,
         "hls_segment_filename" | "segment_list" => OutputPath,
-        "master_pl_name" | "hls_fmp4_init_filename" | "init_seg_name" | "media_seg_name" => FileName,
+        "master_pl_name" | "hls_fmp4_init_filename" | "init_seg_name" | "media_seg_name" => {
+            FileName
+        }
         "protocol_whitelist" => Forced("file"),
 
-        "c" | "codec" | "vcodec" | "acodec" | "scodec" | "b" | "ab" | "vb" | "maxrate" | "minrate"
-        | "bufsize" | "crf" | "qp" | "q" | "qscale" | "qmin" | "qmax" | "preset" | "tune" | "profile"
-        | "level" | "pix_fmt" | "r" | "fpsmax" | "s" | "aspect" | "g" | "keyint_min" | "sc_threshold"
-        | "bf" | "refs" | "x264-params" | "x265-params" | "x264opts" | "svtav1-params" | "ar"
-        | "ac" | "sample_fmt" | "channel_layout" | "t" | "ss" | "to" | "sseof" | "fs" | "frames"
-        | "vframes" | "aframes" | "map" | "map_metadata" | "map_chapters" | "metadata" | "disposition"
-        | "movflags" | "brand" | "tag" | "vtag" | "atag" | "threads" | "filter_threads"
-        | "filter_complex_threads" | "pass" | "hls_time" | "hls_init_time" | "hls_list_size"
-        | "hls_playlist_type" | "hls_flags" | "hls_segment_type" | "start_number" | "segment_time"
-        | "segment_format" | "segment_times" | "reset_timestamps" | "vsync" | "fps_mode" | "async"
-        | "stream_loop" | "itsoffset" | "itsscale" | "color_primaries" | "color_trc" | "colorspace"
-        | "color_range" | "max_muxing_queue_size" | "row-mt" | "tile-columns" | "tile-rows"
-        | "deadline" | "cpu-used" | "speed" | "lag-in-frames" | "auto-alt-ref" | "quality"
-        | "force_key_frames" | "strict" | "probesize" | "analyzeduration" | "fflags"
-        | "avoid_negative_ts" | "max_interleave_delta" | "muxdelay" | "muxpreload" | "frag_duration"
-        | "min_frag_duration" | "frag_size" | "seg_duration" | "window_size" | "extra_window_size"
-        | "use_template" | "use_timeline" | "adaptation_sets" | "dash_segment_type" | "vbr"
-        | "application" | "compression_level" | "cutoff" | "aq-mode" | "trellis" | "bsf" | "update"
-        | "frame_pts" | "id3v2_version" | "write_id3v1" | "max_delay" | "thread_queue_size"
-        | "timecode" | "rc_lookahead" | "nal-hrd" | "coder" | "lossless" | "sws_flags" | "loglevel"
-        | "v" | "frame_size" | "apad" | "shortest_buf_duration" | "enc_time_base" | "timelimit"
-        | "dpi" | "lavfi_complex" | "target" | "qscale_v" | "global_quality" | "b_strategy"
-        | "flags" | "movflags_extra" | "write_tmcd" | "hls_start_number_source" | "hls_delete_threshold"
-        | "segment_list_type" | "segment_list_size" | "segment_wrap" | "segment_start_number"
-        | "streamid" | "program" | "forced_subs_only" | "canvas_size" | "fix_sub_duration"
-        | "display_rotation" | "display_hflip" | "display_vflip" | "ignore_editlist"
-        | "use_wallclock_as_timestamps" | "skip_frame" | "discard" | "top" | "field_order" => Text,
+        "c"
+        | "codec"
+        | "vcodec"
+        | "acodec"
+        | "scodec"
+        | "b"
+        | "ab"
+        | "vb"
+        | "maxrate"
+        | "minrate"
+        | "bufsize"
+        | "crf"
+        | "qp"
+        | "q"
+        | "qscale"
+        | "qmin"
+        | "qmax"
+        | "preset"
+        | "tune"
+        | "profile"
+        | "level"
+        | "pix_fmt"
+        | "r"
+        | "fpsmax"
+        | "s"
+        | "aspect"
+        | "g"
+        | "keyint_min"
+        | "sc_threshold"
+        | "bf"
+        | "refs"
+        | "x264-params"
+        | "x265-params"
+        | "x264opts"
+        | "svtav1-params"
+        | "ar"
+        | "ac"
+        | "sample_fmt"
+        | "channel_layout"
+        | "t"
+        | "ss"
+        | "to"
+        | "sseof"
+        | "fs"
+        | "frames"
+        | "vframes"
+        | "aframes"
+        | "map"
+        | "map_metadata"
+        | "map_chapters"
+        | "metadata"
+        | "disposition"
+        | "movflags"
+        | "brand"
+        | "tag"
+        | "vtag"
+        | "atag"
+        | "threads"
+        | "filter_threads"
+        | "filter_complex_threads"
+        | "pass"
+        | "hls_time"
+        | "hls_init_time"
+        | "hls_list_size"
+        | "hls_playlist_type"
+        | "hls_flags"
+        | "hls_segment_type"
+        | "start_number"
+        | "segment_time"
+        | "segment_format"
+        | "segment_times"
+        | "reset_timestamps"
+        | "vsync"
+        | "fps_mode"
+        | "async"
+        | "stream_loop"
+        | "itsoffset"
+        | "itsscale"
+        | "color_primaries"
+        | "color_trc"
+        | "colorspace"
+        | "color_range"
+        | "max_muxing_queue_size"
+        | "row-mt"
+        | "tile-columns"
+        | "tile-rows"
+        | "deadline"
+        | "cpu-used"
+        | "speed"
+        | "lag-in-frames"
+        | "auto-alt-ref"
+        | "quality"
+        | "force_key_frames"
+        | "strict"
+        | "probesize"
+        | "analyzeduration"
+        | "fflags"
+        | "avoid_negative_ts"
+        | "max_interleave_delta"
+        | "muxdelay"
+        | "muxpreload"
+        | "frag_duration"
+        | "min_frag_duration"
+        | "frag_size"
+        | "seg_duration"
+        | "window_size"
+        | "extra_window_size"
+        | "use_template"
+        | "use_timeline"
+        | "adaptation_sets"
+        | "dash_segment_type"
+        | "vbr"
+        | "application"
+        | "compression_level"
+        | "cutoff"
+        | "aq-mode"
+        | "trellis"
+        | "bsf"
+        | "update"
+        | "frame_pts"
+        | "id3v2_version"
+        | "write_id3v1"
+        | "max_delay"
+        | "thread_queue_size"
+        | "timecode"
+        | "rc_lookahead"
+        | "nal-hrd"
+        | "coder"
+        | "lossless"
+        | "sws_flags"
+        | "loglevel"
+        | "v"
+        | "frame_size"
+        | "apad"
+        | "shortest_buf_duration"
+        | "enc_time_base"
+        | "timelimit"
+        | "dpi"
+        | "lavfi_complex"
+        | "target"
+        | "qscale_v"
+        | "global_quality"
+        | "b_strategy"
+        | "flags"
+        | "movflags_extra"
+        | "write_tmcd"
+        | "hls_start_number_source"
+        | "hls_delete_threshold"
+        | "segment_list_type"
+        | "segment_list_size"
+        | "segment_wrap"
+        | "segment_start_number"
+        | "streamid"
+        | "program"
+        | "forced_subs_only"
+        | "canvas_size"
+        | "fix_sub_duration"
+        | "display_rotation"
+        | "display_hflip"
+        | "display_vflip"
+        | "ignore_editlist"
+        | "use_wallclock_as_timestamps"
+        | "skip_frame"
+        | "discard"
+        | "top"
+        | "field_order" => Text,
 
-        "filter_script" | "filter_complex_script" | "attach" | "dump_attachment" | "pre" | "fpre"
-        | "vpre" | "apre" | "spre" | "hls_key_info_file" | "key_info_file" => Forbidden(READS_FILE),
+        "filter_script"
+        | "filter_complex_script"
+        | "attach"
+        | "dump_attachment"
+        | "pre"
+        | "fpre"
+        | "vpre"
+        | "apre"
+        | "spre"
+        | "hls_key_info_file"
+        | "key_info_file" => Forbidden(READS_FILE),
         "vstats" | "vstats_file" | "vstats_version" | "report" | "passlogfile" | "sdp_file"
-        | "progress" | "stats_enc_pre" | "stats_enc_post" | "stats_mux_pre" => Forbidden(WRITES_FILE),
-        "protocol_blacklist" | "safe" | "allowed_extensions" | "allowed_segment_extensions"
-        | "stdin" | "extension_picky" | "hls_base_url" => Forbidden(OVERRIDE),
-        "hwaccel" | "hwaccel_device" | "hwaccel_output_format" | "init_hw_device"
-        | "filter_hw_device" | "vaapi_device" | "qsv_device" => Forbidden(HW),
+        | "progress" | "stats_enc_pre" | "stats_enc_post" | "stats_mux_pre" => {
+            Forbidden(WRITES_FILE)
+        }
+        "protocol_blacklist"
+        | "safe"
+        | "allowed_extensions"
+        | "allowed_segment_extensions"
+        | "stdin"
+        | "extension_picky"
+        | "hls_base_url" => Forbidden(OVERRIDE),
+        "hwaccel"
+        | "hwaccel_device"
+        | "hwaccel_output_format"
+        | "init_hw_device"
+        | "filter_hw_device"
+        | "vaapi_device"
+        | "qsv_device" => Forbidden(HW),
         _ => return None,
     })
 }
@@ -261,57 +442,333 @@ fn option_kind(name: &str) -> Option<Kind> {
 /// Formats that may not be used to read an input: they read other files, devices or the network,
 /// or synthesise input from a filter graph.
 const INPUT_FORMAT_DENY: &[&str] = &[
-    "lavfi", "concat", "hls", "applehttp", "dash", "image2", "image2pipe", "sdp", "rtp", "rtsp",
-    "v4l2", "video4linux2", "x11grab", "alsa", "pulse", "fbdev", "kmsgrab", "oss", "jack", "openal",
-    "libcdio", "dshow", "avfoundation", "gdigrab", "vfwcap", "decklink", "iec61883", "lavfi_complex",
-    "mpjpeg", "ffmetadata", "tee", "subfile", "data", "bin", "tty", "imf", "mov_text",
+    "lavfi",
+    "concat",
+    "hls",
+    "applehttp",
+    "dash",
+    "image2",
+    "image2pipe",
+    "sdp",
+    "rtp",
+    "rtsp",
+    "v4l2",
+    "video4linux2",
+    "x11grab",
+    "alsa",
+    "pulse",
+    "fbdev",
+    "kmsgrab",
+    "oss",
+    "jack",
+    "openal",
+    "libcdio",
+    "dshow",
+    "avfoundation",
+    "gdigrab",
+    "vfwcap",
+    "decklink",
+    "iec61883",
+    "lavfi_complex",
+    "mpjpeg",
+    "ffmetadata",
+    "tee",
+    "subfile",
+    "data",
+    "bin",
+    "tty",
+    "imf",
+    "mov_text",
 ];
 
 /// Formats that may not be used to write an output.
 const OUTPUT_FORMAT_DENY: &[&str] = &[
-    "tee", "fifo", "fifo_test", "rtp", "rtp_mpegts", "rtsp", "sdl", "sdl2", "xv", "opengl", "alsa",
-    "pulse", "oss", "v4l2", "video4linux2", "fbdev", "caca", "decklink", "chromaprint", "ffmetadata",
+    "tee",
+    "fifo",
+    "fifo_test",
+    "rtp",
+    "rtp_mpegts",
+    "rtsp",
+    "sdl",
+    "sdl2",
+    "xv",
+    "opengl",
+    "alsa",
+    "pulse",
+    "oss",
+    "v4l2",
+    "video4linux2",
+    "fbdev",
+    "caca",
+    "decklink",
+    "chromaprint",
+    "ffmetadata",
 ];
 
 /// Filters that touch nothing but frames: no files, libraries, devices or sockets.
 const FILTER_ALLOW: &[&str] = &[
-    "scale", "crop", "pad", "fps", "format", "setsar", "setdar", "transpose", "hflip", "vflip",
-    "rotate", "trim", "atrim", "setpts", "asetpts", "overlay", "split", "asplit", "concat", "null",
-    "anull", "volume", "aresample", "aformat", "loudnorm", "yadif", "bwdif", "select", "aselect",
-    "thumbnail", "tile", "drawbox", "drawgrid", "unsharp", "hqdn3d", "nlmeans", "eq", "colorspace",
-    "colorchannelmixer", "hue", "curves", "amix", "amerge", "pan", "channelsplit", "channelmap",
-    "atempo", "fade", "afade", "boxblur", "gblur", "palettegen", "paletteuse", "tpad", "apad",
-    "showwaves", "showspectrum", "settb", "asettb", "framerate", "minterpolate", "deband", "deblock",
-    "fieldorder", "idet", "interlace", "tinterlace", "kerndeint", "w3fdif", "setfield", "copy",
-    "acopy", "noise", "vignette", "zoompan", "xfade", "acrossfade", "hstack", "vstack", "xstack",
-    "blend", "chromakey", "colorkey", "lumakey", "alphamerge", "alphaextract", "premultiply",
-    "negate", "lutrgb", "lutyuv", "lut", "geq", "histogram", "waveform", "vectorscope", "signalstats",
-    "blackdetect", "blackframe", "freezedetect", "silencedetect", "silenceremove", "volumedetect",
-    "ebur128", "astats", "highpass", "lowpass", "bandpass", "equalizer", "bass", "treble",
-    "acompressor", "alimiter", "dynaudnorm", "compand", "aecho", "areverse", "reverse", "loop",
-    "aloop", "framestep", "decimate", "mpdecimate", "shuffleframes", "cropdetect", "scale2ref",
-    "sidedata", "asidedata", "showinfo", "ashowinfo", "extractplanes", "mergeplanes", "swapuv",
-    "fillborders", "smartblur", "avgblur", "median", "super2xbrz", "xbr", "hqx", "sab", "dctdnoiz",
-    "atadenoise", "removegrain", "owdenoise", "vaguedenoiser", "colorbalance", "colorlevels",
-    "colortemperature", "exposure", "vibrance", "huesaturation", "monochrome", "grayworld",
-    "setparams", "zscale", "tonemap", "thistogram", "limiter", "inflate", "deflate", "dilation",
-    "erosion", "edgedetect", "sobel", "prewitt", "roberts", "convolution", "untile", "stereo3d",
-    "v360", "lenscorrection", "perspective", "shear", "scroll", "random", "separatefields",
-    "weave", "doubleweave", "telecine", "pullup", "fieldmatch", "dejudder", "haldclutsrc",
-    "adelay", "apulsator", "atrim", "aeval", "asetnsamples", "asetrate", "earwax", "extrastereo",
-    "stereotools", "stereowiden", "join", "amultiply", "anlmdn", "afftdn", "arnndn_disabled",
+    "scale",
+    "crop",
+    "pad",
+    "fps",
+    "format",
+    "setsar",
+    "setdar",
+    "transpose",
+    "hflip",
+    "vflip",
+    "rotate",
+    "trim",
+    "atrim",
+    "setpts",
+    "asetpts",
+    "overlay",
+    "split",
+    "asplit",
+    "concat",
+    "null",
+    "anull",
+    "volume",
+    "aresample",
+    "aformat",
+    "loudnorm",
+    "yadif",
+    "bwdif",
+    "select",
+    "aselect",
+    "thumbnail",
+    "tile",
+    "drawbox",
+    "drawgrid",
+    "unsharp",
+    "hqdn3d",
+    "nlmeans",
+    "eq",
+    "colorspace",
+    "colorchannelmixer",
+    "hue",
+    "curves",
+    "amix",
+    "amerge",
+    "pan",
+    "channelsplit",
+    "channelmap",
+    "atempo",
+    "fade",
+    "afade",
+    "boxblur",
+    "gblur",
+    "palettegen",
+    "paletteuse",
+    "tpad",
+    "apad",
+    "showwaves",
+    "showspectrum",
+    "settb",
+    "asettb",
+    "framerate",
+    "minterpolate",
+    "deband",
+    "deblock",
+    "fieldorder",
+    "idet",
+    "interlace",
+    "tinterlace",
+    "kerndeint",
+    "w3fdif",
+    "setfield",
+    "copy",
+    "acopy",
+    "noise",
+    "vignette",
+    "zoompan",
+    "xfade",
+    "acrossfade",
+    "hstack",
+    "vstack",
+    "xstack",
+    "blend",
+    "chromakey",
+    "colorkey",
+    "lumakey",
+    "alphamerge",
+    "alphaextract",
+    "premultiply",
+    "negate",
+    "lutrgb",
+    "lutyuv",
+    "lut",
+    "geq",
+    "histogram",
+    "waveform",
+    "vectorscope",
+    "signalstats",
+    "blackdetect",
+    "blackframe",
+    "freezedetect",
+    "silencedetect",
+    "silenceremove",
+    "volumedetect",
+    "ebur128",
+    "astats",
+    "highpass",
+    "lowpass",
+    "bandpass",
+    "equalizer",
+    "bass",
+    "treble",
+    "acompressor",
+    "alimiter",
+    "dynaudnorm",
+    "compand",
+    "aecho",
+    "areverse",
+    "reverse",
+    "loop",
+    "aloop",
+    "framestep",
+    "decimate",
+    "mpdecimate",
+    "shuffleframes",
+    "cropdetect",
+    "scale2ref",
+    "sidedata",
+    "asidedata",
+    "showinfo",
+    "ashowinfo",
+    "extractplanes",
+    "mergeplanes",
+    "swapuv",
+    "fillborders",
+    "smartblur",
+    "avgblur",
+    "median",
+    "super2xbrz",
+    "xbr",
+    "hqx",
+    "sab",
+    "dctdnoiz",
+    "atadenoise",
+    "removegrain",
+    "owdenoise",
+    "vaguedenoiser",
+    "colorbalance",
+    "colorlevels",
+    "colortemperature",
+    "exposure",
+    "vibrance",
+    "huesaturation",
+    "monochrome",
+    "grayworld",
+    "setparams",
+    "zscale",
+    "tonemap",
+    "thistogram",
+    "limiter",
+    "inflate",
+    "deflate",
+    "dilation",
+    "erosion",
+    "edgedetect",
+    "sobel",
+    "prewitt",
+    "roberts",
+    "convolution",
+    "untile",
+    "stereo3d",
+    "v360",
+    "lenscorrection",
+    "perspective",
+    "shear",
+    "scroll",
+    "random",
+    "separatefields",
+    "weave",
+    "doubleweave",
+    "telecine",
+    "pullup",
+    "fieldmatch",
+    "dejudder",
+    "haldclutsrc",
+    "adelay",
+    "apulsator",
+    "atrim",
+    "aeval",
+    "asetnsamples",
+    "asetrate",
+    "earwax",
+    "extrastereo",
+    "stereotools",
+    "stereowiden",
+    "join",
+    "amultiply",
+    "anlmdn",
+    "afftdn",
+    "arnndn_disabled",
 ];
 
 /// Filter options that name files; refused even on allowed filters.
-const FILTER_FILE_OPTIONS: &[&str] = &["filename", "file", "textfile", "fontfile", "f", "stats_file"];
+const FILTER_FILE_OPTIONS: &[&str] = &[
+    "filename",
+    "file",
+    "textfile",
+    "fontfile",
+    "f",
+    "stats_file",
+];
 
 /// Protocol prefixes FFmpeg would interpret in a value.
 const PROTOCOLS: &[&str] = &[
-    "file", "concat", "concatf", "http", "https", "subfile", "pipe", "fd", "tcp", "udp", "udplite",
-    "unix", "tls", "rtmp", "rtmps", "rtmpe", "rtmpt", "rtmpte", "rtmpts", "rtp", "rtsp", "srt",
-    "srtp", "data", "crypto", "async", "cache", "ftp", "sftp", "gopher", "gophers", "hls", "icecast",
-    "md5", "mmsh", "mmst", "prompeg", "sctp", "tee", "zmq", "ipfs", "ipns", "smb", "librtmp",
-    "bluray", "ffrtmpcrypt", "ffrtmphttp", "httpproxy", "dash", "android_content",
+    "file",
+    "concat",
+    "concatf",
+    "http",
+    "https",
+    "subfile",
+    "pipe",
+    "fd",
+    "tcp",
+    "udp",
+    "udplite",
+    "unix",
+    "tls",
+    "rtmp",
+    "rtmps",
+    "rtmpe",
+    "rtmpt",
+    "rtmpte",
+    "rtmpts",
+    "rtp",
+    "rtsp",
+    "srt",
+    "srtp",
+    "data",
+    "crypto",
+    "async",
+    "cache",
+    "ftp",
+    "sftp",
+    "gopher",
+    "gophers",
+    "hls",
+    "icecast",
+    "md5",
+    "mmsh",
+    "mmst",
+    "prompeg",
+    "sctp",
+    "tee",
+    "zmq",
+    "ipfs",
+    "ipns",
+    "smb",
+    "librtmp",
+    "bluray",
+    "ffrtmpcrypt",
+    "ffrtmphttp",
+    "httpproxy",
+    "dash",
+    "android_content",
 ];
 
 /// How a single argument refers to the declared files.
@@ -348,13 +805,23 @@ impl<'s> Validator<'s> {
         if !arg.contains("{{") && !arg.contains("}}") {
             return Ok(Ref::Text);
         }
-        let undeclared = || CommandError::UndeclaredPlaceholder { arg: arg.to_owned() };
+        let undeclared = || CommandError::UndeclaredPlaceholder {
+            arg: arg.to_owned(),
+        };
         let inner = arg.strip_prefix("{{").ok_or_else(undeclared)?;
         let (alias, rest) = inner.split_once("}}").ok_or_else(undeclared)?;
         if let Some((key, _)) = self.spec.inputs.get_key_value(alias) {
-            return if rest.is_empty() { Ok(Ref::Input(key)) } else { Err(undeclared()) };
+            return if rest.is_empty() {
+                Ok(Ref::Input(key))
+            } else {
+                Err(undeclared())
+            };
         }
-        let (key, decl) = self.spec.outputs.get_key_value(alias).ok_or_else(undeclared)?;
+        let (key, decl) = self
+            .spec
+            .outputs
+            .get_key_value(alias)
+            .ok_or_else(undeclared)?;
         match (decl, rest) {
             (OutputDecl::File { .. }, "") => Ok(Ref::OutputFile(key)),
             (OutputDecl::Dir { .. }, "") => Ok(Ref::OutputDir(key)),
@@ -378,7 +845,11 @@ impl<'s> Validator<'s> {
         for (key, decl) in &self.spec.outputs {
             let path = self.spec.output_path(key).unwrap_or_default();
             if arg == path {
-                return if decl.is_dir() { Ref::OutputDir(key) } else { Ref::OutputFile(key) };
+                return if decl.is_dir() {
+                    Ref::OutputDir(key)
+                } else {
+                    Ref::OutputFile(key)
+                };
             }
             if decl.is_dir() {
                 if let Some(name) = arg.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) {
@@ -400,17 +871,26 @@ impl<'s> Validator<'s> {
         let mut i = 0;
         while i < args.len() {
             let arg = args[i].as_str();
-            let is_option = arg.len() > 1 && arg.starts_with('-') && !arg[1..].starts_with(|c: char| c.is_ascii_digit());
+            let is_option = arg.len() > 1
+                && arg.starts_with('-')
+                && !arg[1..].starts_with(|c: char| c.is_ascii_digit());
             if !is_option {
                 match self.classify(arg)? {
                     Ref::OutputFile(a) | Ref::OutputDirEntry(a) => {
                         outputs_used.insert(a);
                     }
-                    _ => return Err(CommandError::NotAnOutput { arg: arg.to_owned() }),
+                    _ => {
+                        return Err(CommandError::NotAnOutput {
+                            arg: arg.to_owned(),
+                        })
+                    }
                 }
                 if let Some((farg, fmt)) = pending_format.take() {
                     if OUTPUT_FORMAT_DENY.contains(&fmt) {
-                        return Err(CommandError::FormatNotAllowed { arg: farg.to_owned(), format: fmt.to_owned() });
+                        return Err(CommandError::FormatNotAllowed {
+                            arg: farg.to_owned(),
+                            format: fmt.to_owned(),
+                        });
                     }
                 }
                 i += 1;
@@ -418,20 +898,35 @@ impl<'s> Validator<'s> {
             }
             let name = &arg[1..];
             if name.starts_with('/') {
-                return Err(CommandError::ForbiddenOption { arg: arg.to_owned(), why: READS_FILE });
+                return Err(CommandError::ForbiddenOption {
+                    arg: arg.to_owned(),
+                    why: READS_FILE,
+                });
             }
             let base = name.split(':').next().unwrap_or(name);
-            let kind = option_kind(base).ok_or_else(|| CommandError::UnknownOption { arg: arg.to_owned() })?;
+            let kind = option_kind(base).ok_or_else(|| CommandError::UnknownOption {
+                arg: arg.to_owned(),
+            })?;
             if kind == Kind::Flag {
                 i += 1;
                 continue;
             }
             if let Kind::Forbidden(why) = kind {
-                return Err(CommandError::ForbiddenOption { arg: arg.to_owned(), why });
+                return Err(CommandError::ForbiddenOption {
+                    arg: arg.to_owned(),
+                    why,
+                });
             }
-            let value = args.get(i + 1).ok_or_else(|| CommandError::MissingValue { arg: arg.to_owned() })?.as_str();
+            let value = args
+                .get(i + 1)
+                .ok_or_else(|| CommandError::MissingValue {
+                    arg: arg.to_owned(),
+                })?
+                .as_str();
             if value == "-i" {
-                return Err(CommandError::MissingValue { arg: arg.to_owned() });
+                return Err(CommandError::MissingValue {
+                    arg: arg.to_owned(),
+                });
             }
             match kind {
                 Kind::Input => match self.classify(value)? {
@@ -439,21 +934,35 @@ impl<'s> Validator<'s> {
                         inputs_used.insert(a);
                         if let Some((farg, fmt)) = pending_format.take() {
                             if INPUT_FORMAT_DENY.contains(&fmt) {
-                                return Err(CommandError::FormatNotAllowed { arg: farg.to_owned(), format: fmt.to_owned() });
+                                return Err(CommandError::FormatNotAllowed {
+                                    arg: farg.to_owned(),
+                                    format: fmt.to_owned(),
+                                });
                             }
                         }
                     }
-                    _ => return Err(CommandError::NotAnInput { arg: value.to_owned() }),
+                    _ => {
+                        return Err(CommandError::NotAnInput {
+                            arg: value.to_owned(),
+                        })
+                    }
                 },
                 Kind::OutputPath => match self.classify(value)? {
                     Ref::OutputDirEntry(a) => {
                         outputs_used.insert(a);
                     }
-                    _ => return Err(CommandError::NotAnOutput { arg: value.to_owned() }),
+                    _ => {
+                        return Err(CommandError::NotAnOutput {
+                            arg: value.to_owned(),
+                        })
+                    }
                 },
                 Kind::Forced(expected) => {
                     if self.mode == Mode::Template || value != expected {
-                        return Err(CommandError::ForbiddenOption { arg: arg.to_owned(), why: OVERRIDE });
+                        return Err(CommandError::ForbiddenOption {
+                            arg: arg.to_owned(),
+                            why: OVERRIDE,
+                        });
                     }
                 }
                 Kind::Format => {
@@ -464,7 +973,10 @@ impl<'s> Validator<'s> {
                 Kind::FileName => {
                     self.expect_text(value)?;
                     if check_file_name(value).is_err() {
-                        return Err(CommandError::ForbiddenValue { arg: value.to_owned(), why: "must be a plain file name" });
+                        return Err(CommandError::ForbiddenValue {
+                            arg: value.to_owned(),
+                            why: "must be a plain file name",
+                        });
                     }
                 }
                 Kind::Text => {
@@ -475,10 +987,20 @@ impl<'s> Validator<'s> {
             }
             i += 2;
         }
-        if let Some(alias) = self.spec.inputs.keys().find(|a| !inputs_used.contains(a.as_str())) {
+        if let Some(alias) = self
+            .spec
+            .inputs
+            .keys()
+            .find(|a| !inputs_used.contains(a.as_str()))
+        {
             return Err(CommandError::InputUnused(alias.clone()));
         }
-        if let Some(alias) = self.spec.outputs.keys().find(|a| !outputs_used.contains(a.as_str())) {
+        if let Some(alias) = self
+            .spec
+            .outputs
+            .keys()
+            .find(|a| !outputs_used.contains(a.as_str()))
+        {
             return Err(CommandError::OutputUnused(alias.clone()));
         }
         if outputs_used.is_empty() {
@@ -499,9 +1021,14 @@ impl<'s> Validator<'s> {
     }
 
     fn check_filtergraph(&self, graph: &str) -> Result<(), CommandError> {
-        let bad = |why| CommandError::ForbiddenValue { arg: graph.to_owned(), why };
+        let bad = |why| CommandError::ForbiddenValue {
+            arg: graph.to_owned(),
+            why,
+        };
         if graph.contains("{{") || graph.contains("}}") {
-            return Err(CommandError::UndeclaredPlaceholder { arg: graph.to_owned() });
+            return Err(CommandError::UndeclaredPlaceholder {
+                arg: graph.to_owned(),
+            });
         }
         if graph.contains("..") {
             return Err(bad("'..' is not allowed"));
@@ -517,7 +1044,10 @@ impl<'s> Validator<'s> {
             let (name, args) = filter.split_once('=').unwrap_or((filter, ""));
             let base = name.split('@').next().unwrap_or(name).trim();
             if !FILTER_ALLOW.contains(&base) {
-                return Err(CommandError::FilterNotAllowed { arg: graph.to_owned(), filter: base.to_owned() });
+                return Err(CommandError::FilterNotAllowed {
+                    arg: graph.to_owned(),
+                    filter: base.to_owned(),
+                });
             }
             for opt in split_top_level(args, &[':']) {
                 let opt = opt.trim().trim_matches('\'');
@@ -539,7 +1069,12 @@ impl<'s> Validator<'s> {
 
 /// Checks a plain-text value for things FFmpeg could treat as a file or URL.
 fn check_text(value: &str) -> Result<(), CommandError> {
-    let bad = |why| Err(CommandError::ForbiddenValue { arg: value.to_owned(), why });
+    let bad = |why| {
+        Err(CommandError::ForbiddenValue {
+            arg: value.to_owned(),
+            why,
+        })
+    };
     if value.starts_with('/') || value.starts_with('~') {
         return bad("absolute paths are not allowed");
     }
@@ -615,7 +1150,11 @@ pub fn parse_template(template: &str) -> Result<Vec<String>, CommandError> {
 /// Validates a template against its declared inputs and outputs.
 pub fn validate(template: &str, spec: &IoSpec) -> Result<Vec<String>, CommandError> {
     let args = parse_template(template)?;
-    Validator { spec, mode: Mode::Template }.validate(&args)?;
+    Validator {
+        spec,
+        mode: Mode::Template,
+    }
+    .validate(&args)?;
     Ok(args)
 }
 
@@ -633,8 +1172,12 @@ pub fn render(template: &str, spec: &IoSpec) -> Result<Vec<String>, CommandError
 }
 
 fn substitute(arg: &str, spec: &IoSpec) -> String {
-    let Some(inner) = arg.strip_prefix("{{") else { return arg.to_owned() };
-    let Some((alias, rest)) = inner.split_once("}}") else { return arg.to_owned() };
+    let Some(inner) = arg.strip_prefix("{{") else {
+        return arg.to_owned();
+    };
+    let Some((alias, rest)) = inner.split_once("}}") else {
+        return arg.to_owned();
+    };
     if let Some(p) = spec.input_path(alias) {
         return p + rest;
     }
@@ -654,10 +1197,17 @@ pub fn check_rendered(argv: &[String], spec: &IoSpec) -> Result<(), CommandError
     // Every -i must be preceded by the forced whitelist.
     for (i, a) in rest.iter().enumerate() {
         if a == "-i" && (i < 2 || rest[i - 2] != "-protocol_whitelist" || rest[i - 1] != "file") {
-            return Err(CommandError::ForbiddenOption { arg: "-i".into(), why: OVERRIDE });
+            return Err(CommandError::ForbiddenOption {
+                arg: "-i".into(),
+                why: OVERRIDE,
+            });
         }
     }
-    Validator { spec, mode: Mode::Rendered }.validate(rest)
+    Validator {
+        spec,
+        mode: Mode::Rendered,
+    }
+    .validate(rest)
 }
 
 #[cfg(test)]
@@ -673,7 +1223,8 @@ mod tests {
         s
     }
 
-    const VALID: &str = "-i {{in}} -i {{logo}} -filter_complex '[0:v][1:v]overlay=10:10,scale=160:-2[v]' \
+    const VALID: &str =
+        "-i {{in}} -i {{logo}} -filter_complex '[0:v][1:v]overlay=10:10,scale=160:-2[v]' \
         -map '[v]' -c:v libx264 -preset veryfast {{out}} \
         -map 0:v -f hls -hls_time 2 -hls_segment_filename {{hls}}/seg_%03d.ts {{hls}}/index.m3u8";
 
@@ -682,7 +1233,9 @@ mod tests {
         let argv = render(VALID, &spec()).unwrap();
         let joined = argv.join(" ");
         assert!(joined.starts_with("-hide_banner -nostdin -nostats -y -progress pipe:1 "));
-        assert!(joined.contains("-protocol_whitelist file -i in/in.mov -protocol_whitelist file -i in/logo.png"));
+        assert!(joined.contains(
+            "-protocol_whitelist file -i in/in.mov -protocol_whitelist file -i in/logo.png"
+        ));
         assert!(joined.contains(" out/out/out.mp4 "));
         assert!(joined.contains("-hls_segment_filename out/hls/seg_%03d.ts out/hls/index.m3u8"));
         assert!(joined.contains("overlay=10:10,scale=160:-2[v]"));
@@ -717,8 +1270,14 @@ mod tests {
         let base = "-i {{logo}} -f hls -hls_segment_filename {{hls}}/s%d.ts {{hls}}/i.m3u8";
         let cases: &[(&str, &str)] = &[
             ("-i /etc/passwd {{out}}", "/etc/passwd"),
-            ("-i http://example.invalid/x.mp4 {{out}}", "http://example.invalid/x.mp4"),
-            ("-i concat:{{in}}|{{logo}} {{out}}", "concat:{{in}}|{{logo}}"),
+            (
+                "-i http://example.invalid/x.mp4 {{out}}",
+                "http://example.invalid/x.mp4",
+            ),
+            (
+                "-i concat:{{in}}|{{logo}} {{out}}",
+                "concat:{{in}}|{{logo}}",
+            ),
             ("-i file:{{in}} {{out}}", "file:{{in}}"),
             ("-i ../in.mov {{out}}", "../in.mov"),
             ("-i {{in}} /tmp/out.mp4", "/tmp/out.mp4"),
@@ -727,14 +1286,20 @@ mod tests {
             ("-i {{nope}} {{out}}", "{{nope}}"),
             ("-i {{in}} -metadata title={{out}} {{out}}", "title={{out}}"),
             ("-i {{in}} -metadata {{out}} {{out}}", "{{out}}"),
-            ("-i {{in}} -vf movie=/etc/passwd {{out}}", "movie=/etc/passwd"),
+            (
+                "-i {{in}} -vf movie=/etc/passwd {{out}}",
+                "movie=/etc/passwd",
+            ),
             ("-i {{in}} -vf subtitles=x.srt {{out}}", "subtitles=x.srt"),
             ("-i {{in}} -vf scale=1:1,../x {{out}}", "scale=1:1,../x"),
             ("-i {{in}} -filter_script f.txt {{out}}", "-filter_script"),
             ("-f lavfi -i {{in}} {{out}}", "-f"),
             ("-f concat -safe 0 -i {{in}} {{out}}", "-safe"),
             ("-i {{in}} -f tee {{out}}", "-f"),
-            ("-protocol_whitelist file,http -i {{in}} {{out}}", "-protocol_whitelist"),
+            (
+                "-protocol_whitelist file,http -i {{in}} {{out}}",
+                "-protocol_whitelist",
+            ),
             ("-i {{in}} -progress p {{out}}", "-progress"),
             ("-i {{in}} -/filter f {{out}}", "-/filter"),
             ("-i {{in}} -frobnicate 1 {{out}}", "-frobnicate"),
@@ -755,12 +1320,21 @@ mod tests {
     #[test]
     fn declared_but_unused_is_refused() {
         let s = spec();
-        assert_eq!(render("-i {{in}} {{out}}", &s).unwrap_err(), CommandError::InputUnused("logo".into()));
+        assert_eq!(
+            render("-i {{in}} {{out}}", &s).unwrap_err(),
+            CommandError::InputUnused("logo".into())
+        );
         let mut one = IoSpec::default();
         one.add_input("in", "a").unwrap();
         one.add_output("out", "o.mp4").unwrap();
-        assert_eq!(render("-i {{in}} -vn", &one).unwrap_err(), CommandError::OutputUnused("out".into()));
-        assert!(matches!(render("'unterminated", &one), Err(CommandError::Syntax(_))));
+        assert_eq!(
+            render("-i {{in}} -vn", &one).unwrap_err(),
+            CommandError::OutputUnused("out".into())
+        );
+        assert!(matches!(
+            render("'unterminated", &one),
+            Err(CommandError::Syntax(_))
+        ));
         assert_eq!(render("ffmpeg", &one).unwrap_err(), CommandError::Empty);
     }
 
@@ -776,8 +1350,14 @@ mod tests {
             check_rendered(&v, &s)
         };
         assert!(tamper(&|v| v.remove(0).clear()).is_err());
-        assert!(tamper(&|v| *v.iter_mut().find(|a| *a == "in/in.mp4").unwrap() = "/etc/passwd".into()).is_err());
-        assert!(tamper(&|v| *v.iter_mut().rev().find(|a| *a == "file").unwrap() = "file,http".into()).is_err());
+        assert!(tamper(
+            &|v| *v.iter_mut().find(|a| *a == "in/in.mp4").unwrap() = "/etc/passwd".into()
+        )
+        .is_err());
+        assert!(tamper(
+            &|v| *v.iter_mut().rev().find(|a| *a == "file").unwrap() = "file,http".into()
+        )
+        .is_err());
         assert!(tamper(&|v| *v.last_mut().unwrap() = "/tmp/x.mp4".into()).is_err());
         assert!(tamper(&|v| {
             let i = v.iter().position(|a| a == "-protocol_whitelist").unwrap();

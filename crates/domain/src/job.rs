@@ -29,8 +29,13 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] =
-        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled];
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Canceled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,7 +48,10 @@ impl JobState {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Canceled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Canceled
+        )
     }
 }
 
@@ -60,7 +68,10 @@ pub struct UnknownState(pub String);
 impl FromStr for JobState {
     type Err = UnknownState;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| UnknownState(s.to_owned()))
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
     }
 }
 
@@ -110,9 +121,15 @@ pub enum Transition {
     /// Run a new attempt (the attempt counter goes up by one).
     StartAttempt,
     /// Back to the queue, not before the given time.
-    Requeue { not_before: SystemTime, failure: Failure },
+    Requeue {
+        not_before: SystemTime,
+        failure: Failure,
+    },
     /// A final state.
-    Finish { state: JobState, failure: Option<Failure> },
+    Finish {
+        state: JobState,
+        failure: Option<Failure>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -132,7 +149,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 3, base_delay: Duration::from_secs(1), max_delay: Duration::from_secs(60) }
+        RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+        }
     }
 }
 
@@ -157,22 +178,35 @@ pub fn transition(
     let refuse = || Err(TransitionError { state, event: name });
     let retry_or_fail = |failure: Failure| {
         if failure.retryable && attempts < policy.max_attempts {
-            let delay = crate::backoff::backoff(attempts, policy.base_delay, policy.max_delay, jitter);
-            Transition::Requeue { not_before: now + delay, failure }
+            let delay =
+                crate::backoff::backoff(attempts, policy.base_delay, policy.max_delay, jitter);
+            Transition::Requeue {
+                not_before: now + delay,
+                failure,
+            }
         } else {
-            Transition::Finish { state: Failed, failure: Some(failure) }
+            Transition::Finish {
+                state: Failed,
+                failure: Some(failure),
+            }
         }
     };
     Ok(match (state, event) {
         (Queued, Event::Assign) => Transition::StartAttempt,
-        (Running, Event::Succeed) => Transition::Finish { state: Succeeded, failure: None },
+        (Running, Event::Succeed) => Transition::Finish {
+            state: Succeeded,
+            failure: None,
+        },
         (Running, Event::Fail(f)) => retry_or_fail(f.clone()),
         (Running, Event::LeaseExpired) => retry_or_fail(Failure {
             code: error_code::LEASE_EXPIRED.into(),
             message: "the worker stopped reporting before its lease ran out".into(),
             retryable: true,
         }),
-        (Queued | Running, Event::Cancel) => Transition::Finish { state: Canceled, failure: None },
+        (Queued | Running, Event::Cancel) => Transition::Finish {
+            state: Canceled,
+            failure: None,
+        },
         _ => return refuse(),
     })
 }
@@ -183,7 +217,11 @@ mod tests {
     use JobState::*;
 
     fn fail(retryable: bool) -> Event {
-        Event::Fail(Failure { code: "x".into(), message: "m".into(), retryable })
+        Event::Fail(Failure {
+            code: "x".into(),
+            message: "m".into(),
+            retryable,
+        })
     }
 
     #[test]
@@ -191,7 +229,12 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let p = RetryPolicy::default();
         let requeue_after = |secs| now + Duration::from_secs(secs);
-        let finish = |state| Ok(Transition::Finish { state, failure: None });
+        let finish = |state| {
+            Ok(Transition::Finish {
+                state,
+                failure: None,
+            })
+        };
         let cases: Vec<(JobState, Event, u32, Result<Transition, TransitionError>)> = vec![
             (Queued, Event::Assign, 0, Ok(Transition::StartAttempt)),
             (Running, Event::Succeed, 1, finish(Succeeded)),
@@ -203,7 +246,11 @@ mod tests {
                 1,
                 Ok(Transition::Requeue {
                     not_before: requeue_after(1),
-                    failure: Failure { code: "x".into(), message: "m".into(), retryable: true },
+                    failure: Failure {
+                        code: "x".into(),
+                        message: "m".into(),
+                        retryable: true,
+                    },
                 }),
             ),
             (
@@ -212,7 +259,11 @@ mod tests {
                 3,
                 Ok(Transition::Finish {
                     state: Failed,
-                    failure: Some(Failure { code: "x".into(), message: "m".into(), retryable: true }),
+                    failure: Some(Failure {
+                        code: "x".into(),
+                        message: "m".into(),
+                        retryable: true,
+                    }),
                 }),
             ),
             (
@@ -221,27 +272,84 @@ mod tests {
                 1,
                 Ok(Transition::Finish {
                     state: Failed,
-                    failure: Some(Failure { code: "x".into(), message: "m".into(), retryable: false }),
+                    failure: Some(Failure {
+                        code: "x".into(),
+                        message: "m".into(),
+                        retryable: false,
+                    }),
                 }),
             ),
-            (Running, Event::Assign, 1, Err(TransitionError { state: Running, event: "assign" })),
-            (Queued, Event::Succeed, 0, Err(TransitionError { state: Queued, event: "succeed" })),
-            (Succeeded, Event::Cancel, 1, Err(TransitionError { state: Succeeded, event: "cancel" })),
-            (Canceled, Event::Assign, 0, Err(TransitionError { state: Canceled, event: "assign" })),
-            (Failed, fail(true), 1, Err(TransitionError { state: Failed, event: "fail" })),
+            (
+                Running,
+                Event::Assign,
+                1,
+                Err(TransitionError {
+                    state: Running,
+                    event: "assign",
+                }),
+            ),
+            (
+                Queued,
+                Event::Succeed,
+                0,
+                Err(TransitionError {
+                    state: Queued,
+                    event: "succeed",
+                }),
+            ),
+            (
+                Succeeded,
+                Event::Cancel,
+                1,
+                Err(TransitionError {
+                    state: Succeeded,
+                    event: "cancel",
+                }),
+            ),
+            (
+                Canceled,
+                Event::Assign,
+                0,
+                Err(TransitionError {
+                    state: Canceled,
+                    event: "assign",
+                }),
+            ),
+            (
+                Failed,
+                fail(true),
+                1,
+                Err(TransitionError {
+                    state: Failed,
+                    event: "fail",
+                }),
+            ),
         ];
         for (state, event, attempts, want) in cases {
-            assert_eq!(transition(state, &event, attempts, &p, now, 0.0), want, "{state} {event:?} {attempts}");
+            assert_eq!(
+                transition(state, &event, attempts, &p, now, 0.0),
+                want,
+                "{state} {event:?} {attempts}"
+            );
         }
     }
 
     #[test]
     fn lease_expiry_requeues_until_attempts_run_out() {
         let now = SystemTime::UNIX_EPOCH;
-        let p = RetryPolicy { max_attempts: 2, ..Default::default() };
-        assert!(matches!(transition(Running, &Event::LeaseExpired, 1, &p, now, 0.0), Ok(Transition::Requeue { .. })));
+        let p = RetryPolicy {
+            max_attempts: 2,
+            ..Default::default()
+        };
+        assert!(matches!(
+            transition(Running, &Event::LeaseExpired, 1, &p, now, 0.0),
+            Ok(Transition::Requeue { .. })
+        ));
         match transition(Running, &Event::LeaseExpired, 2, &p, now, 0.0).unwrap() {
-            Transition::Finish { state: Failed, failure: Some(f) } => assert_eq!(f.code, error_code::LEASE_EXPIRED),
+            Transition::Finish {
+                state: Failed,
+                failure: Some(f),
+            } => assert_eq!(f.code, error_code::LEASE_EXPIRED),
             other => panic!("{other:?}"),
         }
     }

@@ -6,7 +6,9 @@ use uuid::Uuid;
 pub enum NameError {
     #[error("alias {0:?} must be 1-32 characters of a-z, 0-9 and _, starting with a letter")]
     BadAlias(String),
-    #[error("file name {0:?} must be 1-128 characters of A-Z a-z 0-9 . _ - and must not start with '.'")]
+    #[error(
+        "file name {0:?} must be 1-128 characters of A-Z a-z 0-9 . _ - and must not start with '.'"
+    )]
     BadFileName(String),
 }
 
@@ -15,7 +17,8 @@ pub fn check_alias(s: &str) -> Result<(), NameError> {
     let ok = !s.is_empty()
         && s.len() <= 32
         && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -28,7 +31,8 @@ pub fn check_file_name(s: &str) -> Result<(), NameError> {
     let ok = !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
     if ok {
         Ok(())
     } else {

@@ -63,19 +63,29 @@ impl Secret {
     pub fn generate(kind: TokenKind) -> Self {
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        Secret { kind, value: format!("{}{}", kind.prefix(), hex::encode(bytes)) }
+        Secret {
+            kind,
+            value: format!("{}{}", kind.prefix(), hex::encode(bytes)),
+        }
     }
 
     /// Parses a presented credential, checking its kind and shape (not its validity).
     pub fn parse(kind: TokenKind, s: &str) -> Result<Self, TokenError> {
         let s = s.trim();
-        let body = s
-            .strip_prefix(kind.prefix())
-            .ok_or(TokenError::WrongKind { expected: kind.prefix() })?;
-        if body.len() != 64 || !body.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        let body = s.strip_prefix(kind.prefix()).ok_or(TokenError::WrongKind {
+            expected: kind.prefix(),
+        })?;
+        if body.len() != 64
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return Err(TokenError::Malformed);
         }
-        Ok(Secret { kind, value: s.to_owned() })
+        Ok(Secret {
+            kind,
+            value: s.to_owned(),
+        })
     }
 
     pub fn kind(&self) -> TokenKind {
@@ -116,18 +126,37 @@ mod tests {
             let parsed = Secret::parse(kind, t.expose()).unwrap();
             assert!(parsed.hash().ct_eq(&t.hash()));
         }
-        assert_ne!(Secret::generate(TokenKind::ApiKey).hash(), Secret::generate(TokenKind::ApiKey).hash());
+        assert_ne!(
+            Secret::generate(TokenKind::ApiKey).hash(),
+            Secret::generate(TokenKind::ApiKey).hash()
+        );
     }
 
     #[test]
     fn parse_rejects_wrong_kind_and_shape() {
         let api = Secret::generate(TokenKind::ApiKey);
         let cases: &[(&str, TokenKind, TokenError)] = &[
-            (api.expose(), TokenKind::WorkerToken, TokenError::WrongKind { expected: "mfw_" }),
+            (
+                api.expose(),
+                TokenKind::WorkerToken,
+                TokenError::WrongKind { expected: "mfw_" },
+            ),
             ("mfk_abc", TokenKind::ApiKey, TokenError::Malformed),
-            ("", TokenKind::ApiKey, TokenError::WrongKind { expected: "mfk_" }),
-            (&format!("mfk_{}", "G".repeat(64)), TokenKind::ApiKey, TokenError::Malformed),
-            (&format!("mfk_{}", "A".repeat(64)), TokenKind::ApiKey, TokenError::Malformed),
+            (
+                "",
+                TokenKind::ApiKey,
+                TokenError::WrongKind { expected: "mfk_" },
+            ),
+            (
+                &format!("mfk_{}", "G".repeat(64)),
+                TokenKind::ApiKey,
+                TokenError::Malformed,
+            ),
+            (
+                &format!("mfk_{}", "A".repeat(64)),
+                TokenKind::ApiKey,
+                TokenError::Malformed,
+            ),
         ];
         for (input, kind, want) in cases {
             assert_eq!(Secret::parse(*kind, input).unwrap_err(), *want, "{input}");

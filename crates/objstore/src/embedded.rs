@@ -11,18 +11,27 @@
 //! * any method but GET, HEAD and PUT, and any path that is not an object in the bucket.
 //!
 //! The method and the key are covered by the signature (s3s checks it), so a URL authorizes
-//! exactly one method on exactly one key. `s3s-fs` verifies a signed `x-amz-checksum-sha256`
-//! against the body before the object becomes visible.
+//! exactly one method on exactly one key.
+//!
+//! A PUT carrying `x-amz-checksum-sha256` has its body hashed on the way in ([`VerifiedBody`]);
+//! a mismatch ends the body with an error, so `s3s-fs` never moves the upload into place.
+//! (s3s-fs 0.14.1 itself compares the checksum only *after* renaming the file into place, so a
+//! wrong body would be stored and merely answered with an error.)
 
+use base64::Engine;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -60,6 +69,8 @@ pub enum Refusal {
     Method(String),
     #[error("only objects in bucket {0} can be addressed")]
     Path(String),
+    #[error("x-amz-checksum-sha256 is not a base64 SHA-256")]
+    BadChecksum,
 }
 
 /// The guard, as a pure function of the request line and headers.
@@ -68,7 +79,10 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
         return Err(Refusal::Method(req.method().to_string()));
     }
     let path = req.uri().path();
-    let object = path.strip_prefix('/').and_then(|p| p.strip_prefix(bucket)).and_then(|p| p.strip_prefix('/'));
+    let object = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(bucket))
+        .and_then(|p| p.strip_prefix('/'));
     if object.is_none_or(str::is_empty) {
         return Err(Refusal::Path(bucket.to_owned()));
     }
@@ -106,14 +120,90 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A request body that fails at its end unless its SHA-256 is the expected one.
+pub struct VerifiedBody<B> {
+    inner: B,
+    hasher: Option<Sha256>,
+    expected: [u8; 32],
+    mismatch: Arc<AtomicBool>,
+}
+
+impl<B> VerifiedBody<B> {
+    /// `mismatch` is set when the body ends with another digest.
+    pub fn new(inner: B, expected: [u8; 32], mismatch: Arc<AtomicBool>) -> Self {
+        VerifiedBody {
+            inner,
+            hasher: Some(Sha256::new()),
+            expected,
+            mismatch,
+        }
+    }
+}
+
+impl<B> http_body::Body for VerifiedBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(h)) = (frame.data_ref(), this.hasher.as_mut()) {
+                    h.update(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => match this.hasher.take().map(|h| h.finalize()) {
+                Some(digest) if digest.as_slice() != this.expected => {
+                    this.mismatch.store(true, Ordering::SeqCst);
+                    Poll::Ready(Some(Err(
+                        "body does not match the signed x-amz-checksum-sha256".into(),
+                    )))
+                }
+                _ => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The signed SHA-256 a PUT declares, if any; `Err` when the header is not a SHA-256.
+fn declared_sha256<B>(req: &Request<B>) -> Result<Option<[u8; 32]>, Refusal> {
+    let Some(v) = req.headers().get("x-amz-checksum-sha256") else {
+        return Ok(None);
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v.as_bytes())
+        .map_err(|_| Refusal::BadChecksum)?;
+    raw.try_into().map(Some).map_err(|_| Refusal::BadChecksum)
+}
+
 fn refuse(r: &Refusal) -> Response<s3s::Body> {
+    error_response(StatusCode::FORBIDDEN, "AccessDenied", &r.to_string())
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>{}</Message></Error>",
-        r.to_string().replace('&', "&amp;").replace('<', "&lt;")
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message></Error>",
+        message.replace('&', "&amp;").replace('<', "&lt;")
     );
     let mut resp = Response::new(s3s::Body::from(body));
-    *resp.status_mut() = StatusCode::FORBIDDEN;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
     resp
 }
 
@@ -133,8 +223,27 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
             tracing::warn!(method = %req.method(), path = req.uri().path(), refusal = %r, "object store refused request");
             return Box::pin(std::future::ready(Ok(refuse(&r))));
         }
+        let mismatch = Arc::new(AtomicBool::new(false));
+        let req = match declared_sha256(&req) {
+            Ok(Some(expected)) if req.method() == Method::PUT => {
+                let flag = mismatch.clone();
+                req.map(|b| s3s::Body::http_body_unsync(VerifiedBody::new(b, expected, flag)))
+            }
+            Ok(_) => req.map(s3s::Body::from),
+            Err(r) => return Box::pin(std::future::ready(Ok(refuse(&r)))),
+        };
         let inner = self.inner.clone();
-        Box::pin(async move { hyper::service::Service::call(&inner, req).await })
+        Box::pin(async move {
+            let resp = inner.call(req).await;
+            if mismatch.load(Ordering::SeqCst) {
+                return Ok(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "BadDigest",
+                    "body does not match the signed x-amz-checksum-sha256",
+                ));
+            }
+            resp
+        })
     }
 }
 
@@ -142,18 +251,32 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
 pub fn prepare(cfg: &EmbeddedConfig) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let bucket_dir = cfg.root.join(&cfg.bucket);
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&bucket_dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&bucket_dir)?;
     std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 
 /// Serves the store on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, cfg: EmbeddedConfig, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    cfg: EmbeddedConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     prepare(&cfg)?;
-    let fs = s3s_fs::FileSystem::new(&cfg.root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    let fs =
+        s3s_fs::FileSystem::new(&cfg.root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
     let mut builder = S3ServiceBuilder::new(fs);
-    builder.set_auth(SimpleAuth::from_single(cfg.access_key.clone(), cfg.secret_key.clone()));
-    let service = Guarded { inner: builder.build(), bucket: cfg.bucket.clone() };
+    builder.set_auth(SimpleAuth::from_single(
+        cfg.access_key.clone(),
+        cfg.secret_key.clone(),
+    ));
+    let service = Guarded {
+        inner: builder.build(),
+        bucket: cfg.bucket.clone(),
+    };
 
     let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -202,24 +325,98 @@ mod tests {
         let ok = format!("/b/orgs/x/assets/y?{Q}");
         let cases: Vec<(&str, String, Vec<(&str, &str)>, Result<(), Refusal>)> = vec![
             ("GET", ok.clone(), vec![], Ok(())),
-            ("PUT", ok.clone(), vec![("x-amz-checksum-sha256", "abc")], Ok(())),
-            ("PUT", ok.clone(), vec![("x-amz-copy-source", "/b/other")], Err(Refusal::UnsignedHeader("x-amz-copy-source".into()))),
-            ("PUT", ok.clone(), vec![("content-md5", "x")], Err(Refusal::UnsignedHeader("content-md5".into()))),
-            ("DELETE", ok.clone(), vec![], Err(Refusal::Method("DELETE".into()))),
-            ("POST", ok.clone(), vec![], Err(Refusal::Method("POST".into()))),
-            ("GET", format!("/b?{Q}"), vec![], Err(Refusal::Path("b".into()))),
-            ("GET", format!("/b/?{Q}"), vec![], Err(Refusal::Path("b".into()))),
-            ("GET", format!("/other/k?{Q}"), vec![], Err(Refusal::Path("b".into()))),
+            (
+                "PUT",
+                ok.clone(),
+                vec![("x-amz-checksum-sha256", "abc")],
+                Ok(()),
+            ),
+            (
+                "PUT",
+                ok.clone(),
+                vec![("x-amz-copy-source", "/b/other")],
+                Err(Refusal::UnsignedHeader("x-amz-copy-source".into())),
+            ),
+            (
+                "PUT",
+                ok.clone(),
+                vec![("content-md5", "x")],
+                Err(Refusal::UnsignedHeader("content-md5".into())),
+            ),
+            (
+                "DELETE",
+                ok.clone(),
+                vec![],
+                Err(Refusal::Method("DELETE".into())),
+            ),
+            (
+                "POST",
+                ok.clone(),
+                vec![],
+                Err(Refusal::Method("POST".into())),
+            ),
+            (
+                "GET",
+                format!("/b?{Q}"),
+                vec![],
+                Err(Refusal::Path("b".into())),
+            ),
+            (
+                "GET",
+                format!("/b/?{Q}"),
+                vec![],
+                Err(Refusal::Path("b".into())),
+            ),
+            (
+                "GET",
+                format!("/other/k?{Q}"),
+                vec![],
+                Err(Refusal::Path("b".into())),
+            ),
             ("GET", "/b/k".into(), vec![], Err(Refusal::NotPresigned)),
-            ("GET", "/b/k".into(), vec![("authorization", "AWS4-HMAC-SHA256 ...")], Err(Refusal::NotPresigned)),
-            ("GET", "/b/k?AWSAccessKeyId=a&Expires=1&Signature=x".into(), vec![], Err(Refusal::QueryParam("AWSAccessKeyId".into()))),
-            ("GET", format!("/b/k?{Q}&acl"), vec![], Err(Refusal::QueryParam("acl".into()))),
-            ("GET", format!("/b/k?{Q}&uploads"), vec![], Err(Refusal::QueryParam("uploads".into()))),
-            ("GET", format!("/b/k?{}", Q.replace("Expires=3600", "Expires=3601")), vec![], Err(Refusal::ExpiryTooLong)),
-            ("GET", format!("/b/k?{}", Q.replace("Expires=3600", "Expires=x")), vec![], Err(Refusal::ExpiryTooLong)),
+            (
+                "GET",
+                "/b/k".into(),
+                vec![("authorization", "AWS4-HMAC-SHA256 ...")],
+                Err(Refusal::NotPresigned),
+            ),
+            (
+                "GET",
+                "/b/k?AWSAccessKeyId=a&Expires=1&Signature=x".into(),
+                vec![],
+                Err(Refusal::QueryParam("AWSAccessKeyId".into())),
+            ),
+            (
+                "GET",
+                format!("/b/k?{Q}&acl"),
+                vec![],
+                Err(Refusal::QueryParam("acl".into())),
+            ),
+            (
+                "GET",
+                format!("/b/k?{Q}&uploads"),
+                vec![],
+                Err(Refusal::QueryParam("uploads".into())),
+            ),
+            (
+                "GET",
+                format!("/b/k?{}", Q.replace("Expires=3600", "Expires=3601")),
+                vec![],
+                Err(Refusal::ExpiryTooLong),
+            ),
+            (
+                "GET",
+                format!("/b/k?{}", Q.replace("Expires=3600", "Expires=x")),
+                vec![],
+                Err(Refusal::ExpiryTooLong),
+            ),
         ];
         for (m, uri, h, want) in cases {
-            assert_eq!(check_request(&req(m, &uri, &h), "b"), want, "{m} {uri} {h:?}");
+            assert_eq!(
+                check_request(&req(m, &uri, &h), "b"),
+                want,
+                "{m} {uri} {h:?}"
+            );
         }
     }
 }

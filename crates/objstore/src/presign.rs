@@ -65,7 +65,9 @@ pub struct Presigner {
 
 impl std::fmt::Debug for Presigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Presigner").field("bucket", &self.bucket.name()).finish_non_exhaustive()
+        f.debug_struct("Presigner")
+            .field("bucket", &self.bucket.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,32 +82,63 @@ pub fn sha256_hex_to_b64(hex_digest: &str) -> Result<String, PresignError> {
 
 impl Presigner {
     pub fn new(cfg: &S3Config) -> Result<Self, PresignError> {
-        let endpoint: Url = cfg.endpoint.parse().map_err(|e: url::ParseError| PresignError::Endpoint(cfg.endpoint.clone(), e.to_string()))?;
-        let style = if cfg.path_style { UrlStyle::Path } else { UrlStyle::VirtualHost };
+        let endpoint: Url = cfg.endpoint.parse().map_err(|e: url::ParseError| {
+            PresignError::Endpoint(cfg.endpoint.clone(), e.to_string())
+        })?;
+        let style = if cfg.path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
         let bucket = Bucket::new(endpoint, style, cfg.bucket.clone(), cfg.region.clone())
             .map_err(|e| PresignError::Endpoint(cfg.endpoint.clone(), e.to_string()))?;
-        Ok(Presigner { bucket, credentials: Credentials::new(cfg.access_key.clone(), cfg.secret_key.clone()) })
+        Ok(Presigner {
+            bucket,
+            credentials: Credentials::new(cfg.access_key.clone(), cfg.secret_key.clone()),
+        })
     }
 
-    fn finish(method: &'static str, url: Url, headers: BTreeMap<String, String>, ttl: Duration) -> Presigned {
-        Presigned { method, url: url.to_string(), headers, expires_at: OffsetDateTime::now_utc() + ttl }
+    fn finish(
+        method: &'static str,
+        url: Url,
+        headers: BTreeMap<String, String>,
+        ttl: Duration,
+    ) -> Presigned {
+        Presigned {
+            method,
+            url: url.to_string(),
+            headers,
+            expires_at: OffsetDateTime::now_utc() + ttl,
+        }
     }
 
     pub fn get(&self, key: &str, ttl: Duration) -> Presigned {
         let ttl = ttl.min(MAX_TTL);
-        let url = self.bucket.get_object(Some(&self.credentials), key).sign(ttl);
+        let url = self
+            .bucket
+            .get_object(Some(&self.credentials), key)
+            .sign(ttl);
         Self::finish("GET", url, BTreeMap::new(), ttl)
     }
 
     pub fn head(&self, key: &str, ttl: Duration) -> Presigned {
         let ttl = ttl.min(MAX_TTL);
-        let url = self.bucket.head_object(Some(&self.credentials), key).sign(ttl);
+        let url = self
+            .bucket
+            .head_object(Some(&self.credentials), key)
+            .sign(ttl);
         Self::finish("HEAD", url, BTreeMap::new(), ttl)
     }
 
     /// A PUT for `key`. A given size and SHA-256 are signed in as `content-length` and
     /// `x-amz-checksum-sha256`, so the store refuses any other body.
-    pub fn put(&self, key: &str, ttl: Duration, size: Option<u64>, sha256_hex: Option<&str>) -> Result<Presigned, PresignError> {
+    pub fn put(
+        &self,
+        key: &str,
+        ttl: Duration,
+        size: Option<u64>,
+        sha256_hex: Option<&str>,
+    ) -> Result<Presigned, PresignError> {
         let ttl = ttl.min(MAX_TTL);
         let mut headers = BTreeMap::new();
         if let Some(size) = size {

@@ -23,8 +23,20 @@ pub struct WorkerTokenInfo {
     pub pool_name: String,
 }
 
-fn admin(action: &str, org_id: Option<Uuid>, subject: String, details: serde_json::Value) -> AuditEntry<'_> {
-    AuditEntry { org_id, actor: "admin".into(), action, job_id: None, subject: Some(subject), details }
+fn admin(
+    action: &str,
+    org_id: Option<Uuid>,
+    subject: String,
+    details: serde_json::Value,
+) -> AuditEntry<'_> {
+    AuditEntry {
+        org_id,
+        actor: "admin".into(),
+        action,
+        job_id: None,
+        subject: Some(subject),
+        details,
+    }
 }
 
 impl Store {
@@ -37,8 +49,23 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await
-            .map_err(|e| if unique_violation(&e) { StoreError::Conflict(format!("org {name:?} exists")) } else { e.into() })?;
-        insert_audit(&mut *tx, &admin("org.created", Some(org_id), org_id.to_string(), json!({ "name": name }))).await?;
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    StoreError::Conflict(format!("org {name:?} exists"))
+                } else {
+                    e.into()
+                }
+            })?;
+        insert_audit(
+            &mut *tx,
+            &admin(
+                "org.created",
+                Some(org_id),
+                org_id.to_string(),
+                json!({ "name": name }),
+            ),
+        )
+        .await?;
         let key = create_api_key_tx(&mut tx, org_id, "initial").await?;
         tx.commit().await?;
         Ok((org_id, key.1))
@@ -79,17 +106,25 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let org = org.ok_or(StoreError::NotFound)?;
-        insert_audit(&mut *tx, &admin("api_key.revoked", Some(org), key_id.to_string(), json!({}))).await?;
+        insert_audit(
+            &mut *tx,
+            &admin("api_key.revoked", Some(org), key_id.to_string(), json!({})),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// The org of a live API key, with the key's id.
     pub async fn authenticate_api_key(&self, hash: &TokenHash) -> Result<Option<(Uuid, Uuid)>> {
-        Ok(sqlx::query_as("SELECT org_id, id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL")
+        Ok(
+            sqlx::query_as(
+                "SELECT org_id, id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
+            )
             .bind(hash.as_bytes())
             .fetch_optional(&self.pool)
-            .await?)
+            .await?,
+        )
     }
 
     pub async fn create_pool(&self, name: &str, org_id: Option<Uuid>) -> Result<Pool> {
@@ -101,10 +136,29 @@ impl Store {
             .bind(org_id)
             .execute(&mut *tx)
             .await
-            .map_err(|e| if unique_violation(&e) { StoreError::Conflict(format!("pool {name:?} exists")) } else { e.into() })?;
-        insert_audit(&mut *tx, &admin("pool.created", org_id, id.to_string(), json!({ "name": name }))).await?;
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    StoreError::Conflict(format!("pool {name:?} exists"))
+                } else {
+                    e.into()
+                }
+            })?;
+        insert_audit(
+            &mut *tx,
+            &admin(
+                "pool.created",
+                org_id,
+                id.to_string(),
+                json!({ "name": name }),
+            ),
+        )
+        .await?;
         tx.commit().await?;
-        Ok(Pool { id, name: name.to_owned(), org_id })
+        Ok(Pool {
+            id,
+            name: name.to_owned(),
+            org_id,
+        })
     }
 
     pub async fn pool_by_name(&self, name: &str) -> Result<Pool> {
@@ -123,7 +177,11 @@ impl Store {
             .ok_or(StoreError::NotFound)
     }
 
-    pub async fn create_worker_token(&self, pool_name: &str, label: &str) -> Result<(Uuid, Secret)> {
+    pub async fn create_worker_token(
+        &self,
+        pool_name: &str,
+        label: &str,
+    ) -> Result<(Uuid, Secret)> {
         let pool = self.pool_by_name(pool_name).await?;
         let secret = Secret::generate(TokenKind::WorkerToken);
         let id = Uuid::now_v7();
@@ -137,7 +195,12 @@ impl Store {
             .await?;
         insert_audit(
             &mut *tx,
-            &admin("worker_token.created", pool.org_id, id.to_string(), json!({ "pool": pool.name, "label": label })),
+            &admin(
+                "worker_token.created",
+                pool.org_id,
+                id.to_string(),
+                json!({ "pool": pool.name, "label": label }),
+            ),
         )
         .await?;
         tx.commit().await?;
@@ -146,20 +209,34 @@ impl Store {
 
     pub async fn revoke_worker_token(&self, token_id: Uuid) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("UPDATE worker_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-            .bind(token_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE worker_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(token_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if n == 0 {
             return Err(StoreError::NotFound);
         }
-        insert_audit(&mut *tx, &admin("worker_token.revoked", None, token_id.to_string(), json!({}))).await?;
+        insert_audit(
+            &mut *tx,
+            &admin(
+                "worker_token.revoked",
+                None,
+                token_id.to_string(),
+                json!({}),
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    pub async fn authenticate_worker_token(&self, hash: &TokenHash) -> Result<Option<WorkerTokenInfo>> {
+    pub async fn authenticate_worker_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<WorkerTokenInfo>> {
         Ok(sqlx::query_as(
             "SELECT t.id AS token_id, t.pool_id, p.name AS pool_name FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
              WHERE t.hash = $1 AND t.revoked_at IS NULL",
@@ -170,7 +247,11 @@ impl Store {
     }
 }
 
-async fn create_api_key_tx(tx: &mut sqlx::PgTransaction<'_>, org_id: Uuid, label: &str) -> Result<(Uuid, Secret)> {
+async fn create_api_key_tx(
+    tx: &mut sqlx::PgTransaction<'_>,
+    org_id: Uuid,
+    label: &str,
+) -> Result<(Uuid, Secret)> {
     let secret = Secret::generate(TokenKind::ApiKey);
     let id = Uuid::now_v7();
     sqlx::query("INSERT INTO api_keys (id, org_id, label, hash) VALUES ($1, $2, $3, $4)")
@@ -180,10 +261,21 @@ async fn create_api_key_tx(tx: &mut sqlx::PgTransaction<'_>, org_id: Uuid, label
         .bind(secret.hash().as_bytes())
         .execute(&mut **tx)
         .await
-        .map_err(|e| if matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23503")) { StoreError::NotFound } else { e.into() })?;
+        .map_err(|e| {
+            if matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23503")) {
+                StoreError::NotFound
+            } else {
+                e.into()
+            }
+        })?;
     insert_audit(
         &mut **tx,
-        &admin("api_key.created", Some(org_id), id.to_string(), json!({ "label": label, "prefix": secret.display_prefix() })),
+        &admin(
+            "api_key.created",
+            Some(org_id),
+            id.to_string(),
+            json!({ "label": label, "prefix": secret.display_prefix() }),
+        ),
     )
     .await?;
     Ok((id, secret))

@@ -59,14 +59,22 @@ impl Store {
     }
 
     pub async fn get_assets(&self, org_id: Uuid, ids: &[Uuid]) -> Result<Vec<Asset>> {
-        Ok(sqlx::query_as("SELECT * FROM assets WHERE id = ANY($1) AND org_id = $2")
-            .bind(ids)
-            .bind(org_id)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM assets WHERE id = ANY($1) AND org_id = $2")
+                .bind(ids)
+                .bind(org_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
-    pub async fn complete_asset(&self, org_id: Uuid, id: Uuid, size: i64, sha256: Option<&str>) -> Result<Asset> {
+    pub async fn complete_asset(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        size: i64,
+        sha256: Option<&str>,
+    ) -> Result<Asset> {
         sqlx::query_as(
             "UPDATE assets SET state = 'ready', size = $3, sha256 = COALESCE($4, declared_sha256), completed_at = now()
              WHERE id = $1 AND org_id = $2 RETURNING *",
@@ -80,7 +88,12 @@ impl Store {
         .ok_or(StoreError::NotFound)
     }
 
-    pub async fn list_assets(&self, org_id: Uuid, before: Option<Uuid>, limit: i64) -> Result<Vec<Asset>> {
+    pub async fn list_assets(
+        &self,
+        org_id: Uuid,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Asset>> {
         Ok(sqlx::query_as(
             "SELECT * FROM assets WHERE org_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
         )

@@ -16,7 +16,10 @@ pub struct AuditEntry<'a> {
     pub details: Value,
 }
 
-pub(crate) async fn insert_audit<'e, E: Executor<'e, Database = Postgres>>(ex: E, e: &AuditEntry<'_>) -> Result<()> {
+pub(crate) async fn insert_audit<'e, E: Executor<'e, Database = Postgres>>(
+    ex: E,
+    e: &AuditEntry<'_>,
+) -> Result<()> {
     sqlx::query("INSERT INTO audit_logs (org_id, actor, action, job_id, subject, details) VALUES ($1,$2,$3,$4,$5,$6)")
         .bind(e.org_id)
         .bind(&e.actor)
@@ -52,7 +55,9 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut qb = sqlx::QueryBuilder::new("INSERT INTO audit_logs (org_id, actor, action, job_id, subject, details) ");
+        let mut qb = sqlx::QueryBuilder::new(
+            "INSERT INTO audit_logs (org_id, actor, action, job_id, subject, details) ",
+        );
         qb.push_values(entries, |mut b, e| {
             b.push_bind(e.org_id)
                 .push_bind(&e.actor)
@@ -67,6 +72,11 @@ impl Store {
 
     /// The audit trail of one job, oldest first.
     pub async fn job_audit(&self, job_id: Uuid) -> Result<Vec<AuditRow>> {
-        Ok(sqlx::query_as("SELECT * FROM audit_logs WHERE job_id = $1 ORDER BY id").bind(job_id).fetch_all(&self.pool).await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM audit_logs WHERE job_id = $1 ORDER BY id")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }

@@ -106,7 +106,10 @@ pub enum HeartbeatResult {
 /// What a worker says about how its attempt ended.
 #[derive(Debug, Clone)]
 pub enum Report {
-    Succeeded { result: Value, outputs: Vec<OutputObject> },
+    Succeeded {
+        result: Value,
+        outputs: Vec<OutputObject>,
+    },
     Failed(Failure),
     Canceled,
 }
@@ -173,15 +176,18 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job) = inserted else {
-            let existing: Job = sqlx::query_as("SELECT * FROM jobs WHERE org_id = $1 AND idempotency_key = $2")
-                .bind(new.org_id)
-                .bind(&new.idempotency_key)
-                .fetch_one(&mut *tx)
-                .await?;
+            let existing: Job =
+                sqlx::query_as("SELECT * FROM jobs WHERE org_id = $1 AND idempotency_key = $2")
+                    .bind(new.org_id)
+                    .bind(&new.idempotency_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
             return if existing.request_hash.as_deref() == Some(&new.request_hash[..]) {
                 Ok(Submitted::Replayed(existing))
             } else {
-                Err(StoreError::Conflict("Idempotency-Key was already used with a different request".into()))
+                Err(StoreError::Conflict(
+                    "Idempotency-Key was already used with a different request".into(),
+                ))
             };
         };
         insert_audit(
@@ -211,7 +217,13 @@ impl Store {
     }
 
     /// Newest first; `before` is the last id of the previous page.
-    pub async fn list_jobs(&self, org_id: Uuid, state: Option<JobState>, before: Option<Uuid>, limit: i64) -> Result<Vec<Job>> {
+    pub async fn list_jobs(
+        &self,
+        org_id: Uuid,
+        state: Option<JobState>,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
         Ok(sqlx::query_as(
             "SELECT * FROM jobs WHERE org_id = $1 AND ($2::text IS NULL OR state = $2) AND ($3::uuid IS NULL OR id < $3)
              ORDER BY id DESC LIMIT $4",
@@ -237,25 +249,41 @@ impl Store {
 
     /// Full stderr of one attempt, zstd-compressed.
     pub async fn attempt_stderr(&self, job_id: Uuid, attempt: i32) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT stderr_zstd FROM job_attempts WHERE job_id = $1 AND attempt = $2")
-            .bind(job_id)
-            .bind(attempt)
-            .fetch_optional(&self.pool)
-            .await?
-            .flatten())
+        Ok(sqlx::query_scalar(
+            "SELECT stderr_zstd FROM job_attempts WHERE job_id = $1 AND attempt = $2",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
     }
 
     pub async fn cancel_job(&self, org_id: Uuid, id: Uuid, actor: String) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        let job: Job = sqlx::query_as("SELECT * FROM jobs WHERE id = $1 AND org_id = $2 FOR UPDATE")
-            .bind(id)
-            .bind(org_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let t = transition(job.state(), &Event::Cancel, job.attempts as u32, &RetryPolicy::default(), SystemTime::now(), 0.0)
-            .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        debug_assert!(matches!(t, Transition::Finish { state: JobState::Canceled, .. }));
+        let job: Job =
+            sqlx::query_as("SELECT * FROM jobs WHERE id = $1 AND org_id = $2 FOR UPDATE")
+                .bind(id)
+                .bind(org_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        let t = transition(
+            job.state(),
+            &Event::Cancel,
+            job.attempts as u32,
+            &RetryPolicy::default(),
+            SystemTime::now(),
+            0.0,
+        )
+        .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        debug_assert!(matches!(
+            t,
+            Transition::Finish {
+                state: JobState::Canceled,
+                ..
+            }
+        ));
         // The fencing token stays, so the worker's next heartbeat learns of the cancellation.
         let job: Job = sqlx::query_as(
             "UPDATE jobs SET state = 'canceled', finished_at = now(), lease_expires_at = NULL WHERE id = $1 RETURNING *",
@@ -263,21 +291,40 @@ impl Store {
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
-        insert_audit(&mut *tx, &AuditEntry { org_id: Some(org_id), actor, action: "job.canceled", job_id: Some(id), subject: None, details: json!({}) }).await?;
+        insert_audit(
+            &mut *tx,
+            &AuditEntry {
+                org_id: Some(org_id),
+                actor,
+                action: "job.canceled",
+                job_id: Some(id),
+                subject: None,
+                details: json!({}),
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(job)
     }
 
     /// The job `worker_id` currently holds a live lease on, if any.
     pub async fn lease_held_by(&self, worker_id: Uuid) -> Result<Option<Uuid>> {
-        Ok(sqlx::query_scalar("SELECT id FROM jobs WHERE lease_worker_id = $1 AND state = 'running' LIMIT 1")
-            .bind(worker_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE lease_worker_id = $1 AND state = 'running' LIMIT 1",
+        )
+        .bind(worker_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Claims the oldest runnable job of `pool_id` for `worker_id`, or `None`.
-    pub async fn claim_job(&self, pool_id: Uuid, worker_id: Uuid, lease: Duration, fencing_token: &str) -> Result<Option<Claimed>> {
+    pub async fn claim_job(
+        &self,
+        pool_id: Uuid,
+        worker_id: Uuid,
+        lease: Duration,
+        fencing_token: &str,
+    ) -> Result<Option<Claimed>> {
         let mut tx = self.pool.begin().await?;
         let candidate: Option<(Uuid, String, i32)> = sqlx::query_as(
             "SELECT id, state, attempts FROM jobs WHERE pool_id = $1 AND state = 'queued' AND run_after <= now()
@@ -286,10 +333,21 @@ impl Store {
         .bind(pool_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((id, state, attempts)) = candidate else { return Ok(None) };
-        let state: JobState = state.parse().map_err(|e: mpegflow_domain::job::UnknownState| StoreError::Conflict(e.to_string()))?;
-        transition(state, &Event::Assign, attempts as u32, &RetryPolicy::default(), SystemTime::now(), 0.0)
-            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let Some((id, state, attempts)) = candidate else {
+            return Ok(None);
+        };
+        let state: JobState = state
+            .parse()
+            .map_err(|e: mpegflow_domain::job::UnknownState| StoreError::Conflict(e.to_string()))?;
+        transition(
+            state,
+            &Event::Assign,
+            attempts as u32,
+            &RetryPolicy::default(),
+            SystemTime::now(),
+            0.0,
+        )
+        .map_err(|e| StoreError::Conflict(e.to_string()))?;
         let job: Job = sqlx::query_as(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_worker_id = $2,
                     lease_expires_at = now() + make_interval(secs => $3), fencing_token = $4,
@@ -321,11 +379,19 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(Some(Claimed { job, fencing_token: fencing_token.to_owned() }))
+        Ok(Some(Claimed {
+            job,
+            fencing_token: fencing_token.to_owned(),
+        }))
     }
 
     /// The job a worker holds under `fencing_token`, if it still holds it.
-    pub async fn leased_job(&self, job_id: Uuid, worker_id: Uuid, fencing_token: &str) -> Result<Option<Job>> {
+    pub async fn leased_job(
+        &self,
+        job_id: Uuid,
+        worker_id: Uuid,
+        fencing_token: &str,
+    ) -> Result<Option<Job>> {
         Ok(sqlx::query_as(
             "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state = 'running'",
         )
@@ -336,7 +402,14 @@ impl Store {
         .await?)
     }
 
-    pub async fn heartbeat(&self, job_id: Uuid, worker_id: Uuid, fencing_token: &str, progress: Option<f32>, lease: Duration) -> Result<HeartbeatResult> {
+    pub async fn heartbeat(
+        &self,
+        job_id: Uuid,
+        worker_id: Uuid,
+        fencing_token: &str,
+        progress: Option<f32>,
+        lease: Duration,
+    ) -> Result<HeartbeatResult> {
         let row: Option<String> = sqlx::query_scalar(
             "UPDATE jobs SET lease_expires_at = CASE WHEN state = 'running' THEN now() + make_interval(secs => $4) ELSE lease_expires_at END,
                     progress = CASE WHEN state = 'running' THEN COALESCE($5, progress) ELSE progress END
@@ -377,7 +450,9 @@ impl Store {
         .bind(fencing_token)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(job) = job else { return Ok(ReportResult::Refused) };
+        let Some(job) = job else {
+            return Ok(ReportResult::Refused);
+        };
         let (outcome, failure) = match &report {
             Report::Succeeded { .. } => ("succeeded", None),
             Report::Failed(f) => ("failed", Some(f.clone())),
@@ -417,12 +492,28 @@ impl Store {
                 retryable: true,
             }),
         };
-        let policy = RetryPolicy { max_attempts: job.max_attempts as u32, ..policy };
-        let t = transition(JobState::Running, &event, job.attempts as u32, &policy, SystemTime::now(), jitter)
-            .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        let new_state = self.apply(&mut tx, &job, &t, record.stderr_tail.as_deref()).await?;
+        let policy = RetryPolicy {
+            max_attempts: job.max_attempts as u32,
+            ..policy
+        };
+        let t = transition(
+            JobState::Running,
+            &event,
+            job.attempts as u32,
+            &policy,
+            SystemTime::now(),
+            jitter,
+        )
+        .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let new_state = self
+            .apply(&mut tx, &job, &t, record.stderr_tail.as_deref())
+            .await?;
         if let Report::Succeeded { result, outputs } = &report {
-            sqlx::query("UPDATE jobs SET result = $2, progress = 1 WHERE id = $1").bind(job_id).bind(result).execute(&mut *tx).await?;
+            sqlx::query("UPDATE jobs SET result = $2, progress = 1 WHERE id = $1")
+                .bind(job_id)
+                .bind(result)
+                .execute(&mut *tx)
+                .await?;
             for o in outputs {
                 sqlx::query(
                     "INSERT INTO assets (id, org_id, object_key, filename, size, sha256, state, source_job_id, completed_at)
@@ -459,9 +550,18 @@ impl Store {
     }
 
     /// Writes a transition of a running job; clears the lease so the old holder is fenced off.
-    async fn apply(&self, tx: &mut sqlx::PgTransaction<'_>, job: &Job, t: &Transition, stderr_tail: Option<&str>) -> Result<JobState> {
+    async fn apply(
+        &self,
+        tx: &mut sqlx::PgTransaction<'_>,
+        job: &Job,
+        t: &Transition,
+        stderr_tail: Option<&str>,
+    ) -> Result<JobState> {
         match t {
-            Transition::Requeue { not_before, failure } => {
+            Transition::Requeue {
+                not_before,
+                failure,
+            } => {
                 sqlx::query(
                     "UPDATE jobs SET state = 'queued', lease_worker_id = NULL, lease_expires_at = NULL, fencing_token = NULL,
                             run_after = $2, error_code = $3, error_message = $4, progress = NULL WHERE id = $1",
@@ -495,7 +595,12 @@ impl Store {
 
     /// Requeues (or fails, when out of attempts) jobs whose lease ran out. Safe to run from
     /// several control-plane replicas at once: rows are locked with SKIP LOCKED.
-    pub async fn reap_expired_leases(&self, limit: i64, policy: RetryPolicy, jitter: f64) -> Result<Vec<(Uuid, JobState)>> {
+    pub async fn reap_expired_leases(
+        &self,
+        limit: i64,
+        policy: RetryPolicy,
+        jitter: f64,
+    ) -> Result<Vec<(Uuid, JobState)>> {
         let mut tx = self.pool.begin().await?;
         let expired: Vec<Job> = sqlx::query_as(
             "SELECT * FROM jobs WHERE state = 'running' AND lease_expires_at < now()
@@ -506,9 +611,19 @@ impl Store {
         .await?;
         let mut out = Vec::with_capacity(expired.len());
         for job in expired {
-            let policy = RetryPolicy { max_attempts: job.max_attempts as u32, ..policy };
-            let t = transition(JobState::Running, &Event::LeaseExpired, job.attempts as u32, &policy, SystemTime::now(), jitter)
-                .map_err(|e| StoreError::Conflict(e.to_string()))?;
+            let policy = RetryPolicy {
+                max_attempts: job.max_attempts as u32,
+                ..policy
+            };
+            let t = transition(
+                JobState::Running,
+                &Event::LeaseExpired,
+                job.attempts as u32,
+                &policy,
+                SystemTime::now(),
+                jitter,
+            )
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
             sqlx::query(
                 "UPDATE job_attempts SET finished_at = now(), outcome = 'lease_expired', error_code = 'lease_expired'
                  WHERE job_id = $1 AND attempt = $2 AND finished_at IS NULL",

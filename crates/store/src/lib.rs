@@ -70,3 +70,25 @@ impl Store {
 pub(crate) fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
 }
+
+/// Creates database `name` on the server of `admin_url` and returns its URL. For first-time
+/// setup and tests; `name` must be a plain lowercase identifier.
+pub async fn create_database(admin_url: &str, name: &str) -> Result<String> {
+    use sqlx::Connection;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(StoreError::Conflict(format!(
+            "invalid database name {name:?}"
+        )));
+    }
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
+    Ok(format!("{base}/{name}"))
+}

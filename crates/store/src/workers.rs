@@ -13,7 +13,11 @@ pub struct WorkerInfo {
 
 impl Store {
     /// Registers one worker process under a token; its id is the provenance "which worker".
-    pub async fn register_worker(&self, token: &WorkerTokenInfo, info: &WorkerInfo) -> Result<Uuid> {
+    pub async fn register_worker(
+        &self,
+        token: &WorkerTokenInfo,
+        info: &WorkerInfo,
+    ) -> Result<Uuid> {
         let id = Uuid::now_v7();
         let mut tx = self.pool.begin().await?;
         sqlx::query(

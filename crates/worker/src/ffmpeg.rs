@@ -21,12 +21,19 @@ pub fn resolve(program: &Path) -> Option<PathBuf> {
         return std::fs::canonicalize(program).ok();
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// The first line of `ffmpeg -version`.
 pub async fn version(ffmpeg: &Path) -> std::io::Result<String> {
-    let out = Command::new(ffmpeg).arg("-version").env_clear().stdin(Stdio::null()).output().await?;
+    let out = Command::new(ffmpeg)
+        .arg("-version")
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .await?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text.lines().next().unwrap_or("unknown").to_owned())
 }
@@ -54,7 +61,8 @@ pub struct Progress(Arc<AtomicU32>);
 impl Progress {
     pub const UNKNOWN: u32 = u32::MAX;
     pub fn set(&self, fraction: f64) {
-        self.0.store((fraction.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
+        self.0
+            .store((fraction.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
     }
     pub fn get(&self) -> Option<f32> {
         match self.0.load(Ordering::Relaxed) {
@@ -111,7 +119,10 @@ pub async fn run(
             Some((p, duration_us)) => {
                 let mut lines = BufReader::new(stdout).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(v) = line.strip_prefix("out_time_us=").or_else(|| line.strip_prefix("out_time_ms=")) {
+                    if let Some(v) = line
+                        .strip_prefix("out_time_us=")
+                        .or_else(|| line.strip_prefix("out_time_ms="))
+                    {
                         if let (Ok(us), true) = (v.trim().parse::<u64>(), duration_us > 0) {
                             p.set(us as f64 / duration_us as f64);
                         }
@@ -121,7 +132,10 @@ pub async fn run(
                 }
             }
             None => {
-                let _ = (&mut stdout).take(MAX_STDERR as u64).read_to_end(&mut kept).await;
+                let _ = (&mut stdout)
+                    .take(MAX_STDERR as u64)
+                    .read_to_end(&mut kept)
+                    .await;
             }
         }
         kept
@@ -150,24 +164,51 @@ pub async fn run(
     kill_group();
     let stderr = stderr_task.await.unwrap_or_default();
     let stdout = stdout_task.await.unwrap_or_default();
-    Ok(Finished { exit, stdout, stderr })
+    Ok(Finished {
+        exit,
+        stdout,
+        stderr,
+    })
 }
 
 /// Duration of a media file in microseconds, from ffprobe; `Err` carries ffprobe's complaint.
-pub async fn probe_duration_us(ffprobe: &Path, dir: &Path, rel: &str, cancel: &CancellationToken) -> Result<Option<u64>, String> {
+pub async fn probe_duration_us(
+    ffprobe: &Path,
+    dir: &Path,
+    rel: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<u64>, String> {
     let argv: Vec<String> = [
-        "-v", "error", "-protocol_whitelist", "file", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", rel,
+        "-v",
+        "error",
+        "-protocol_whitelist",
+        "file",
+        "-show_entries",
+        "format=duration",
+        "-of",
+        "default=nw=1:nk=1",
+        rel,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let f = run(ffprobe, &argv, dir, Duration::from_secs(60), cancel, None).await.map_err(|e| format!("cannot run ffprobe: {e}"))?;
+    let f = run(ffprobe, &argv, dir, Duration::from_secs(60), cancel, None)
+        .await
+        .map_err(|e| format!("cannot run ffprobe: {e}"))?;
     match f.exit {
         Exit::Code(0) => {
             let text = String::from_utf8_lossy(&f.stdout);
-            Ok(text.trim().parse::<f64>().ok().filter(|d| d.is_finite() && *d > 0.0).map(|d| (d * 1e6) as u64))
+            Ok(text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|d| d.is_finite() && *d > 0.0)
+                .map(|d| (d * 1e6) as u64))
         }
-        Exit::Code(c) => Err(format!("ffprobe exit {c}: {}", String::from_utf8_lossy(&f.stderr).trim())),
+        Exit::Code(c) => Err(format!(
+            "ffprobe exit {c}: {}",
+            String::from_utf8_lossy(&f.stderr).trim()
+        )),
         Exit::Signal(s) => Err(format!("ffprobe killed by signal {s}")),
         Exit::TimedOut => Err("ffprobe timed out".into()),
         Exit::Canceled => Err("canceled".into()),

@@ -24,7 +24,12 @@ pub struct JobFailure {
 
 impl JobFailure {
     fn new(code: &'static str, message: impl Into<String>, retryable: bool) -> Self {
-        JobFailure { code, message: message.into(), retryable, exit_code: -1 }
+        JobFailure {
+            code,
+            message: message.into(),
+            retryable,
+            exit_code: -1,
+        }
     }
 }
 
@@ -37,7 +42,10 @@ enum Ended {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Records the start and end of each stage, for the provenance record.
@@ -46,7 +54,11 @@ struct Stages(Vec<pb::Stage>);
 
 impl Stages {
     fn start(&mut self, name: &str) {
-        self.0.push(pb::Stage { name: name.into(), started_at_ms: now_ms(), finished_at_ms: 0 });
+        self.0.push(pb::Stage {
+            name: name.into(),
+            started_at_ms: now_ms(),
+            finished_at_ms: 0,
+        });
     }
     fn end(&mut self) {
         if let Some(s) = self.0.last_mut() {
@@ -69,8 +81,16 @@ struct Run<'a> {
 }
 
 /// Runs one assignment and reports its end to the coordinator.
-pub async fn execute(worker: &Worker, client: &mut Client, a: pb::JobAssignment, shutdown_hard: CancellationToken) {
-    let dir = worker.config.work_dir.join(format!("{}-{}", a.job_id, a.attempt));
+pub async fn execute(
+    worker: &Worker,
+    client: &mut Client,
+    a: pb::JobAssignment,
+    shutdown_hard: CancellationToken,
+) {
+    let dir = worker
+        .config
+        .work_dir
+        .join(format!("{}-{}", a.job_id, a.attempt));
     let cancel = shutdown_hard.child_token();
     let mut run = Run {
         worker,
@@ -102,7 +122,11 @@ pub async fn execute(worker: &Worker, client: &mut Client, a: pb::JobAssignment,
     } else if run.canceled_by_tenant.load(Ordering::Relaxed) {
         Ended::Canceled
     } else if shutdown_hard.is_cancelled() && !matches!(ended, Ended::Succeeded(_)) {
-        Ended::Failed(JobFailure::new(error_code::WORKER_ERROR, "worker shut down during the job; handed back", true))
+        Ended::Failed(JobFailure::new(
+            error_code::WORKER_ERROR,
+            "worker shut down during the job; handed back",
+            true,
+        ))
     } else {
         ended
     };
@@ -141,7 +165,12 @@ pub async fn execute(worker: &Worker, client: &mut Client, a: pb::JobAssignment,
     for attempt in 0..5 {
         match client.report_job_status(report.clone()).await {
             Ok(_) => return,
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::DeadlineExceeded) && attempt < 4 => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Unknown | Code::Internal | Code::DeadlineExceeded
+                ) && attempt < 4 =>
+            {
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
             }
             Err(s) => {
@@ -180,7 +209,12 @@ async fn heartbeat_loop(
                 return;
             }
             Ok(_) => {}
-            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated) => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated
+                ) =>
+            {
                 lease_lost.store(true, Ordering::Relaxed);
                 cancel.cancel();
                 return;
@@ -201,11 +235,17 @@ impl Run<'_> {
 
     fn spec(&self) -> Result<IoSpec, JobFailure> {
         let mut spec = IoSpec::default();
-        let bad = |e: mpegflow_domain::command::CommandError| JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false);
+        let bad = |e: mpegflow_domain::command::CommandError| {
+            JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false)
+        };
         for i in &self.a.inputs {
             spec.add_input(&i.alias, &i.filename).map_err(bad)?;
             if spec.input_path(&i.alias).as_deref() != Some(i.path.as_str()) {
-                return Err(JobFailure::new(error_code::COMMAND_REJECTED, format!("input path {:?} is not the expected one", i.path), false));
+                return Err(JobFailure::new(
+                    error_code::COMMAND_REJECTED,
+                    format!("input path {:?} is not the expected one", i.path),
+                    false,
+                ));
             }
         }
         for o in &self.a.outputs {
@@ -215,14 +255,25 @@ impl Run<'_> {
     }
 
     async fn steps(&mut self, client: &mut Client) -> Result<Vec<pb::ProducedFile>, JobFailure> {
-        let infra = |e: std::io::Error| JobFailure::new(error_code::WORKER_ERROR, format!("job directory: {e}"), true);
+        let infra = |e: std::io::Error| {
+            JobFailure::new(
+                error_code::WORKER_ERROR,
+                format!("job directory: {e}"),
+                true,
+            )
+        };
         // Checked again here: the worker runs nothing the domain rules would refuse.
         let spec = self.spec()?;
-        check_rendered(&self.a.argv, &spec).map_err(|e| JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false))?;
+        check_rendered(&self.a.argv, &spec)
+            .map_err(|e| JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false))?;
 
-        tokio::fs::create_dir_all(self.dir.join("in")).await.map_err(infra)?;
+        tokio::fs::create_dir_all(self.dir.join("in"))
+            .await
+            .map_err(infra)?;
         for alias in spec.outputs.keys() {
-            tokio::fs::create_dir_all(self.dir.join("out").join(alias)).await.map_err(infra)?;
+            tokio::fs::create_dir_all(self.dir.join("out").join(alias))
+                .await
+                .map_err(infra)?;
         }
 
         self.stages.start("download");
@@ -235,25 +286,45 @@ impl Run<'_> {
                 })?,
                 () = self.cancel.cancelled() => return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false)),
             };
-            if (!input.sha256.is_empty() && input.sha256 != got.sha256) || (input.size != 0 && input.size != got.size) {
+            if (!input.sha256.is_empty() && input.sha256 != got.sha256)
+                || (input.size != 0 && input.size != got.size)
+            {
                 return Err(JobFailure::new(
                     error_code::INPUT_FETCH_FAILED,
-                    format!("input {:?}: received bytes do not match the recorded size/checksum", input.alias),
+                    format!(
+                        "input {:?}: received bytes do not match the recorded size/checksum",
+                        input.alias
+                    ),
                     false,
                 ));
             }
-            self.inputs.push(pb::InputHash { alias: input.alias.clone(), size: got.size, sha256: got.sha256 });
+            self.inputs.push(pb::InputHash {
+                alias: input.alias.clone(),
+                size: got.size,
+                sha256: got.sha256,
+            });
         }
         self.stages.end();
 
         self.stages.start("validate");
         let mut duration_us = None;
         for input in &self.a.inputs {
-            match ffmpeg::probe_duration_us(&self.worker.ffprobe, &self.dir, &input.path, &self.cancel).await {
+            match ffmpeg::probe_duration_us(
+                &self.worker.ffprobe,
+                &self.dir,
+                &input.path,
+                &self.cancel,
+            )
+            .await
+            {
                 Ok(d) => duration_us = duration_us.or(d),
                 Err(message) => {
                     self.stderr = message.clone().into_bytes();
-                    return Err(JobFailure::new(error_code::INVALID_INPUT, format!("input {:?} is not valid media: {message}", input.alias), false));
+                    return Err(JobFailure::new(
+                        error_code::INVALID_INPUT,
+                        format!("input {:?} is not valid media: {message}", input.alias),
+                        false,
+                    ));
                 }
             }
         }
@@ -272,20 +343,48 @@ impl Run<'_> {
             Some((&self.progress, duration_us.unwrap_or(0))),
         )
         .await
-        .map_err(|e| JobFailure::new(error_code::WORKER_ERROR, format!("cannot start ffmpeg: {e}"), true))?;
+        .map_err(|e| {
+            JobFailure::new(
+                error_code::WORKER_ERROR,
+                format!("cannot start ffmpeg: {e}"),
+                true,
+            )
+        })?;
         self.stderr = finished.stderr;
         self.stages.end();
         match finished.exit {
             Exit::Code(0) => {}
             Exit::Code(c) => {
-                return Err(JobFailure { code: error_code::FFMPEG_FAILED, message: format!("ffmpeg exited with status {c}"), retryable: false, exit_code: c })
+                return Err(JobFailure {
+                    code: error_code::FFMPEG_FAILED,
+                    message: format!("ffmpeg exited with status {c}"),
+                    retryable: false,
+                    exit_code: c,
+                })
             }
             Exit::Signal(s) => {
-                let code = if s == libc::SIGSYS { error_code::SECURITY_VIOLATION } else { error_code::FFMPEG_FAILED };
-                return Err(JobFailure { code, message: format!("ffmpeg was killed by signal {s}"), retryable: false, exit_code: 128 + s });
+                let code = if s == libc::SIGSYS {
+                    error_code::SECURITY_VIOLATION
+                } else {
+                    error_code::FFMPEG_FAILED
+                };
+                return Err(JobFailure {
+                    code,
+                    message: format!("ffmpeg was killed by signal {s}"),
+                    retryable: false,
+                    exit_code: 128 + s,
+                });
             }
-            Exit::TimedOut => return Err(JobFailure::new(error_code::TIME_LIMIT, format!("ffmpeg ran longer than {}s", timeout.as_secs()), false)),
-            Exit::Canceled => return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false)),
+            Exit::TimedOut => {
+                return Err(JobFailure::new(
+                    error_code::TIME_LIMIT,
+                    format!("ffmpeg ran longer than {}s", timeout.as_secs()),
+                    false,
+                ))
+            }
+            Exit::Canceled => {
+                return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false))
+            }
         }
 
         self.stages.start("upload");
@@ -296,14 +395,27 @@ impl Run<'_> {
             fencing_token: self.a.fencing_token.clone(),
             files: files.clone(),
         };
-        let uploads = client.request_upload_urls(req).await.map_err(|s| match s.code() {
-            Code::InvalidArgument => JobFailure::new(error_code::OUTPUT_REJECTED, s.message().to_owned(), false),
-            _ => JobFailure::new(error_code::OUTPUT_UPLOAD_FAILED, s.message().to_owned(), true),
-        })?;
+        let uploads = client
+            .request_upload_urls(req)
+            .await
+            .map_err(|s| match s.code() {
+                Code::InvalidArgument => {
+                    JobFailure::new(error_code::OUTPUT_REJECTED, s.message().to_owned(), false)
+                }
+                _ => JobFailure::new(
+                    error_code::OUTPUT_UPLOAD_FAILED,
+                    s.message().to_owned(),
+                    true,
+                ),
+            })?;
         for up in &uploads.get_ref().uploads {
             // Upload only what we listed, whatever the answer says.
             if !files.iter().any(|f| f.path == up.path) {
-                return Err(JobFailure::new(error_code::OUTPUT_REJECTED, format!("coordinator named an unlisted file {:?}", up.path), false));
+                return Err(JobFailure::new(
+                    error_code::OUTPUT_REJECTED,
+                    format!("coordinator named an unlisted file {:?}", up.path),
+                    false,
+                ));
             }
             let path = self.dir.join("out").join(&up.path);
             tokio::select! {
@@ -318,23 +430,34 @@ impl Run<'_> {
     }
 
     /// Lists what FFmpeg wrote under `out/`: regular files only (a symlink could point anywhere).
-    async fn collect_outputs(&self, spec: &IoSpec, limits: &pb::Limits) -> Result<Vec<pb::ProducedFile>, JobFailure> {
+    async fn collect_outputs(
+        &self,
+        spec: &IoSpec,
+        limits: &pb::Limits,
+    ) -> Result<Vec<pb::ProducedFile>, JobFailure> {
         let rejected = |m: String| JobFailure::new(error_code::OUTPUT_REJECTED, m, false);
         let mut files = Vec::new();
         let mut total = 0u64;
         for alias in spec.outputs.keys() {
             let dir = self.dir.join("out").join(alias);
-            let mut entries = tokio::fs::read_dir(&dir).await.map_err(|e| rejected(format!("{alias}: {e}")))?;
+            let mut entries = tokio::fs::read_dir(&dir)
+                .await
+                .map_err(|e| rejected(format!("{alias}: {e}")))?;
             let mut names = Vec::new();
             while let Ok(Some(entry)) = entries.next_entry().await {
                 names.push(entry.file_name());
             }
             names.sort();
             for name in names {
-                let name = name.to_str().ok_or_else(|| rejected(format!("{alias}: a file name is not UTF-8")))?.to_owned();
+                let name = name
+                    .to_str()
+                    .ok_or_else(|| rejected(format!("{alias}: a file name is not UTF-8")))?
+                    .to_owned();
                 let rel = format!("{alias}/{name}");
                 let path = dir.join(&name);
-                let meta = tokio::fs::symlink_metadata(&path).await.map_err(|e| rejected(format!("{rel}: {e}")))?;
+                let meta = tokio::fs::symlink_metadata(&path)
+                    .await
+                    .map_err(|e| rejected(format!("{rel}: {e}")))?;
                 if !meta.file_type().is_file() {
                     return Err(rejected(format!("{rel} is not a regular file")));
                 }
@@ -343,21 +466,41 @@ impl Run<'_> {
                 }
                 total += meta.len();
                 if total > limits.max_output_bytes && limits.max_output_bytes > 0 {
-                    return Err(JobFailure::new(error_code::OUTPUT_LIMIT, format!("outputs exceed {} bytes", limits.max_output_bytes), false));
+                    return Err(JobFailure::new(
+                        error_code::OUTPUT_LIMIT,
+                        format!("outputs exceed {} bytes", limits.max_output_bytes),
+                        false,
+                    ));
                 }
                 if limits.max_output_files > 0 && files.len() >= limits.max_output_files as usize {
-                    return Err(JobFailure::new(error_code::OUTPUT_LIMIT, format!("more than {} output files", limits.max_output_files), false));
+                    return Err(JobFailure::new(
+                        error_code::OUTPUT_LIMIT,
+                        format!("more than {} output files", limits.max_output_files),
+                        false,
+                    ));
                 }
-                let d = transfer::digest_file(&path).await.map_err(|e| rejected(format!("{rel}: {e}")))?;
-                files.push(pb::ProducedFile { path: rel, size: d.size, sha256: d.sha256 });
+                let d = transfer::digest_file(&path)
+                    .await
+                    .map_err(|e| rejected(format!("{rel}: {e}")))?;
+                files.push(pb::ProducedFile {
+                    path: rel,
+                    size: d.size,
+                    sha256: d.sha256,
+                });
             }
         }
         for alias in spec.outputs.keys() {
-            if !files.iter().any(|f| f.path.starts_with(&format!("{alias}/"))) {
-                return Err(JobFailure::new(error_code::OUTPUT_MISSING, format!("ffmpeg produced nothing for output {alias:?}"), false));
+            if !files
+                .iter()
+                .any(|f| f.path.starts_with(&format!("{alias}/")))
+            {
+                return Err(JobFailure::new(
+                    error_code::OUTPUT_MISSING,
+                    format!("ffmpeg produced nothing for output {alias:?}"),
+                    false,
+                ));
             }
         }
         Ok(files)
     }
 }
-

@@ -52,7 +52,8 @@ pub struct AuthInterceptor {
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(pb::AUTHORIZATION, self.value.clone());
+        req.metadata_mut()
+            .insert(pb::AUTHORIZATION, self.value.clone());
         Ok(req)
     }
 }
@@ -69,20 +70,32 @@ pub struct Worker {
 }
 
 pub fn connect(coordinator: &str, token: &str) -> Result<Client, WorkerError> {
-    let mut value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| WorkerError::Token)?;
+    let mut value: MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| WorkerError::Token)?;
     value.set_sensitive(true);
     let endpoint = Endpoint::from_shared(coordinator.to_owned())
         .map_err(|e| WorkerError::Endpoint(coordinator.to_owned(), e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    Ok(pb::CoordinatorClient::with_interceptor(endpoint.connect_lazy(), AuthInterceptor { value }))
+    Ok(pb::CoordinatorClient::with_interceptor(
+        endpoint.connect_lazy(),
+        AuthInterceptor { value },
+    ))
 }
 
 /// Registers, then takes jobs one at a time until `shutdown` is cancelled (finishing the job at
 /// hand) or `shutdown_hard` is (handing the job back).
-pub async fn run(config: WorkerConfig, token: String, shutdown: CancellationToken, shutdown_hard: CancellationToken) -> Result<(), WorkerError> {
-    let ffmpeg = ffmpeg::resolve(&config.ffmpeg).ok_or_else(|| WorkerError::BinaryMissing(config.ffmpeg.display().to_string()))?;
-    let ffprobe = ffmpeg::resolve(&config.ffprobe).ok_or_else(|| WorkerError::BinaryMissing(config.ffprobe.display().to_string()))?;
+pub async fn run(
+    config: WorkerConfig,
+    token: String,
+    shutdown: CancellationToken,
+    shutdown_hard: CancellationToken,
+) -> Result<(), WorkerError> {
+    let ffmpeg = ffmpeg::resolve(&config.ffmpeg)
+        .ok_or_else(|| WorkerError::BinaryMissing(config.ffmpeg.display().to_string()))?;
+    let ffprobe = ffmpeg::resolve(&config.ffprobe)
+        .ok_or_else(|| WorkerError::BinaryMissing(config.ffprobe.display().to_string()))?;
     let ffmpeg_version = ffmpeg::version(&ffmpeg).await?;
     std::fs::create_dir_all(&config.work_dir)?;
     let mut client = connect(&config.coordinator, &token)?;
@@ -104,7 +117,13 @@ pub async fn run(config: WorkerConfig, token: String, shutdown: CancellationToke
                     () = shutdown.cancelled() => return Ok(()),
                 }
             }
-            Err(s) => return Err(WorkerError::Refused(format!("{}: {}", s.code(), s.message()))),
+            Err(s) => {
+                return Err(WorkerError::Refused(format!(
+                    "{}: {}",
+                    s.code(),
+                    s.message()
+                )))
+            }
         }
     };
     tracing::info!(worker_id = %registered.worker_id, pool = %registered.pool, %ffmpeg_version, "worker registered");
@@ -114,7 +133,11 @@ pub async fn run(config: WorkerConfig, token: String, shutdown: CancellationToke
         ffmpeg,
         ffprobe,
         ffmpeg_version,
-        http: reqwest::Client::builder().no_proxy().connect_timeout(Duration::from_secs(10)).build().map_err(|e| WorkerError::Io(std::io::Error::other(e)))?,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| WorkerError::Io(std::io::Error::other(e)))?,
         config,
     };
     let span = tracing::info_span!("worker", worker_id = %worker.worker_id);
@@ -122,7 +145,10 @@ pub async fn run(config: WorkerConfig, token: String, shutdown: CancellationToke
 
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        let req = pb::GetWorkAssignmentRequest { worker_id: worker.worker_id.clone(), wait_seconds: worker.config.poll_seconds };
+        let req = pb::GetWorkAssignmentRequest {
+            worker_id: worker.worker_id.clone(),
+            wait_seconds: worker.config.poll_seconds,
+        };
         let resp = tokio::select! {
             r = client.get_work_assignment(req) => r,
             () = shutdown.cancelled() => break,
@@ -137,8 +163,17 @@ pub async fn run(config: WorkerConfig, token: String, shutdown: CancellationToke
                     job::execute(&worker, &mut client, a, shutdown_hard.clone()).await;
                 }
             }
-            Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
-                return Err(WorkerError::Refused(format!("{}: {}", s.code(), s.message())));
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                return Err(WorkerError::Refused(format!(
+                    "{}: {}",
+                    s.code(),
+                    s.message()
+                )));
             }
             Err(s) => {
                 tracing::warn!("get work failed: {}: {}", s.code(), s.message());

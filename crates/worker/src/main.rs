@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "Runs FFmpeg jobs handed out by an MpegFlow coordinator. Holds no credentials but its worker token.")]
+#[command(
+    version,
+    about = "Runs FFmpeg jobs handed out by an MpegFlow coordinator. Holds no credentials but its worker token."
+)]
 struct Args {
     /// Coordinator gRPC URL, e.g. http://127.0.0.1:7070
     #[arg(long, env = "MPEGFLOW_COORDINATOR_URL")]
@@ -38,16 +41,22 @@ fn read_token(args: &Args) -> anyhow::Result<String> {
     let raw = match &args.token_file {
         Some(p) if p.as_os_str() == "-" => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading the token from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the token from stdin")?;
             s
         }
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading token file {}", p.display()))?,
-        None => std::env::var("MPEGFLOW_WORKER_TOKEN").context("no --token-file and no MPEGFLOW_WORKER_TOKEN")?,
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading token file {}", p.display()))?,
+        None => std::env::var("MPEGFLOW_WORKER_TOKEN")
+            .context("no --token-file and no MPEGFLOW_WORKER_TOKEN")?,
     };
     // SAFETY: single-threaded at this point; nothing else reads the environment concurrently.
     unsafe { std::env::remove_var("MPEGFLOW_WORKER_TOKEN") };
     let token = raw.trim().to_owned();
-    if mpegflow_domain::token::Secret::parse(mpegflow_domain::token::TokenKind::WorkerToken, &token).is_err() {
+    if mpegflow_domain::token::Secret::parse(mpegflow_domain::token::TokenKind::WorkerToken, &token)
+        .is_err()
+    {
         bail!("the worker token is malformed (expected mfw_ followed by 64 hex characters)");
     }
     Ok(token)
@@ -55,7 +64,10 @@ fn read_token(args: &Args) -> anyhow::Result<String> {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MPEGFLOW_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -63,8 +75,12 @@ fn main() -> anyhow::Result<()> {
     // No core dumps and no ptrace by same-uid processes: the token lives in this memory.
     // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    let work_dir = args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("mpegflow-worker-{}", std::process::id())));
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default();
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("mpegflow-worker-{}", std::process::id()))
+    });
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
     let config = WorkerConfig {
         coordinator: args.coordinator.clone(),
         work_dir,
@@ -75,7 +91,10 @@ fn main() -> anyhow::Result<()> {
         max_input_bytes: args.max_input_bytes,
         poll_seconds: args.poll_seconds,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let hard = CancellationToken::new();
@@ -86,12 +105,16 @@ fn main() -> anyhow::Result<()> {
                 let mut term = signal(SignalKind::terminate()).expect("signal handler");
                 let mut int = signal(SignalKind::interrupt()).expect("signal handler");
                 tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                tracing::info!("stopping: finishing the current job (signal again to hand it back)");
+                tracing::info!(
+                    "stopping: finishing the current job (signal again to hand it back)"
+                );
                 shutdown.cancel();
                 tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
                 hard.cancel();
             });
         }
-        run(config, token, shutdown, hard).await.map_err(anyhow::Error::from)
+        run(config, token, shutdown, hard)
+            .await
+            .map_err(anyhow::Error::from)
     })
 }

@@ -38,14 +38,26 @@ pub struct Digested {
 }
 
 /// Streams `url` into `dest`, hashing as it goes.
-pub async fn download(http: &reqwest::Client, url: &str, dest: &Path, max_bytes: u64) -> Result<Digested, TransferError> {
+pub async fn download(
+    http: &reqwest::Client,
+    url: &str,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<Digested, TransferError> {
     let resp = http.get(url).send().await?;
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
-        return Err(TransferError::Status { status, body: body.chars().take(500).collect() });
+        return Err(TransferError::Status {
+            status,
+            body: body.chars().take(500).collect(),
+        });
     }
-    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(dest).await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .await?;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut stream = resp.bytes_stream();
@@ -53,14 +65,19 @@ pub async fn download(http: &reqwest::Client, url: &str, dest: &Path, max_bytes:
         let chunk = chunk?;
         size += chunk.len() as u64;
         if size > max_bytes {
-            return Err(TransferError::Mismatch(format!("input larger than {max_bytes} bytes")));
+            return Err(TransferError::Mismatch(format!(
+                "input larger than {max_bytes} bytes"
+            )));
         }
         hasher.update(&chunk);
         file.write_all(&chunk).await?;
     }
     file.flush().await?;
     file.sync_all().await?;
-    Ok(Digested { size, sha256: hex::encode(hasher.finalize()) })
+    Ok(Digested {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
 }
 
 /// Hashes a regular file.
@@ -77,15 +94,29 @@ pub async fn digest_file(path: &Path) -> Result<Digested, TransferError> {
         size += n as u64;
         hasher.update(&buf[..n]);
     }
-    Ok(Digested { size, sha256: hex::encode(hasher.finalize()) })
+    Ok(Digested {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
 }
 
 /// Streams `path` to a presigned PUT with exactly the signed headers.
-pub async fn upload(http: &reqwest::Client, url: &str, headers: &HashMap<String, String>, path: &Path) -> Result<(), TransferError> {
+pub async fn upload(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &HashMap<String, String>,
+    path: &Path,
+) -> Result<(), TransferError> {
     let file = tokio::fs::File::open(path).await?;
     let len = file.metadata().await?.len();
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
-    let mut req = http.put(url).body(body).header(reqwest::header::CONTENT_LENGTH, len);
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+        file,
+        256 * 1024,
+    ));
+    let mut req = http
+        .put(url)
+        .body(body)
+        .header(reqwest::header::CONTENT_LENGTH, len);
     for (k, v) in headers {
         if !k.eq_ignore_ascii_case("content-length") {
             req = req.header(k.as_str(), v.as_str());
@@ -95,7 +126,10 @@ pub async fn upload(http: &reqwest::Client, url: &str, headers: &HashMap<String,
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
-        return Err(TransferError::Status { status, body: body.chars().take(500).collect() });
+        return Err(TransferError::Status {
+            status,
+            body: body.chars().take(500).collect(),
+        });
     }
     Ok(())
 }

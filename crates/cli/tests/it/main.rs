@@ -1,0 +1,12 @@
+//! Integration tests: real PostgreSQL, the real embedded S3 endpoint over HTTP, real gRPC, real
+//! worker processes and real ffmpeg/ffprobe.
+
+mod harness;
+
+mod audit;
+mod commands;
+mod coordinator_auth;
+mod e2e;
+mod fencing;
+mod isolation;
+mod presign;

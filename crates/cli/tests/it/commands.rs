@@ -1,0 +1,103 @@
+use crate::harness::*;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_command_forms_name_the_argument_and_filter_graphs_pass() {
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "a.mp4", 1, "160x120").await;
+    let asset = client.upload(&input).await.unwrap();
+    let id = asset["id"].as_str().unwrap();
+    let job = |command: &str| json!({ "inputs": { "in": id }, "outputs": { "out": "out.mp4", "hls": "hls/" }, "command": command });
+    let tail = "-f hls -hls_segment_filename {{hls}}/s_%03d.ts {{hls}}/index.m3u8";
+
+    let refused = [
+        ("-i /etc/passwd {{out}}", "/etc/passwd"),
+        (
+            "-i http://127.0.0.1:1/x.mp4 {{out}}",
+            "http://127.0.0.1:1/x.mp4",
+        ),
+        ("-i concat:{{in}}|{{in}} {{out}}", "concat:{{in}}|{{in}}"),
+        ("-i file:{{in}} {{out}}", "file:{{in}}"),
+        ("-i {{in}} ../../out.mp4", "../../out.mp4"),
+        ("-i {{in}} /tmp/out.mp4", "/tmp/out.mp4"),
+        ("-i {{in}} {{secret}}", "{{secret}}"),
+        (
+            "-i {{in}} -vf movie=/etc/passwd {{out}}",
+            "movie=/etc/passwd",
+        ),
+        (
+            "-i {{in}} -filter_complex_script x {{out}}",
+            "-filter_complex_script",
+        ),
+        ("-f lavfi -i {{in}} {{out}}", "-f"),
+        (
+            "-i {{in}} -dump_attachment:t x {{out}}",
+            "-dump_attachment:t",
+        ),
+    ];
+    for (command, arg) in refused {
+        let full = format!("{command} {tail}");
+        let (status, body) = client
+            .call(Method::POST, "/v1/jobs", Some(&job(&full)), &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{full}: {body}");
+        assert_eq!(body["code"], "invalid_command", "{full}: {body}");
+        assert_eq!(body["argument"], arg, "{full}: {body}");
+        assert!(body["detail"].as_str().unwrap().contains(arg), "{body}");
+    }
+
+    let accepted = [
+        "-i {{in}} -vf scale=160:-2 {{out}}",
+        "-i {{in}} -vf 'scale=w=320:h=-2:flags=bicubic,fps=25,format=yuv420p' -c:v libx264 {{out}}",
+        "-i {{in}} -filter_complex '[0:v]split=2[a][b];[a]scale=160:-2[a1];[b]scale=80:-2[b1];[a1][b1]overlay=10:10[v]' -map '[v]' {{out}}",
+        "-ss 0:00:00.5 -i {{in}} -t 0.5 -af 'volume=0.5' -metadata title='a: b' {{out}}",
+    ];
+    for command in accepted {
+        let full = format!("{command} -map 0 {tail}");
+        let (status, body) = client
+            .call(Method::POST, "/v1/jobs", Some(&job(&full)), &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{full}: {body}");
+        let argv: Vec<String> = serde_json::from_value(body["argv"].clone()).unwrap();
+        assert!(argv.iter().any(|a| a == "out/out/out.mp4"), "{argv:?}");
+    }
+
+    // The same Idempotency-Key replays the first job; with another body it conflicts.
+    let body = job(&format!("-i {{{{in}}}} {{{{out}}}} {tail}"));
+    let (s1, j1) = client
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&body),
+            &[("idempotency-key", "k1")],
+        )
+        .await
+        .unwrap();
+    let (s2, j2) = client
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&body),
+            &[("idempotency-key", "k1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((s1, s2), (201, 200));
+    assert_eq!(j1["id"], j2["id"]);
+    let other = job(&format!("-i {{{{in}}}} -an {{{{out}}}} {tail}"));
+    let (s3, j3) = client
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&other),
+            &[("idempotency-key", "k1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s3, 409, "{j3}");
+    tp.stop().await;
+}

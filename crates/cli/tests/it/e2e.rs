@@ -1,0 +1,166 @@
+use crate::harness::*;
+use std::collections::BTreeMap;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcode_and_hls_round_trip() {
+    let tp = TestPlatform::start(2, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "clip.mov", 2, "320x240").await;
+    let job = submit(
+        &client,
+        &input,
+        &[("out", "out.mp4"), ("hls", "hls/")],
+        "-i {{in}} -map 0:v -vf scale=-2:160 -c:v libx264 -preset veryfast {{out}} \
+         -map 0 -c:v libx264 -preset veryfast -g 25 -c:a aac -f hls -hls_time 1 -hls_playlist_type vod \
+         -hls_segment_filename {{hls}}/seg_%03d.ts {{hls}}/index.m3u8",
+    )
+    .await;
+    let id = job["id"].as_str().unwrap();
+    let job = client.wait(id, |_| {}).await.unwrap();
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(job["progress"].as_f64(), Some(1.0));
+
+    let out_path = tp.path("out.mp4");
+    let hls_dir = tp.path("hls");
+    let dests = BTreeMap::from([
+        ("out".to_owned(), out_path.clone()),
+        ("hls".to_owned(), hls_dir.clone()),
+    ]);
+    client.download_outputs(&job, &dests).await.unwrap();
+
+    // The requested codec, size and duration.
+    let probe = ffprobe(&out_path);
+    let v = &probe["streams"][0];
+    assert_eq!(v["codec_name"], "h264");
+    assert_eq!(v["height"], 160);
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((duration - 2.0).abs() < 0.2, "duration {duration}");
+
+    // The recorded hash is the hash of the bytes a tenant downloads.
+    let bytes = std::fs::read(&out_path).unwrap();
+    assert_eq!(
+        job["outputs"]["out"]["sha256"].as_str().unwrap(),
+        sha256_hex(&bytes)
+    );
+    assert_eq!(
+        job["outputs"]["out"]["size"].as_u64().unwrap(),
+        bytes.len() as u64
+    );
+
+    // The HLS directory arrived complete: every segment the playlist names, and it plays.
+    let playlist = std::fs::read_to_string(hls_dir.join("index.m3u8")).unwrap();
+    let segments: Vec<&str> = playlist.lines().filter(|l| l.ends_with(".ts")).collect();
+    assert!(segments.len() >= 2, "{playlist}");
+    for s in &segments {
+        assert!(hls_dir.join(s).is_file(), "segment {s} missing");
+    }
+    let files = job["outputs"]["hls"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), segments.len() + 1);
+    for f in files {
+        let local = std::fs::read(hls_dir.join(f["path"].as_str().unwrap())).unwrap();
+        assert_eq!(f["sha256"].as_str().unwrap(), sha256_hex(&local));
+    }
+    let hls_probe = ffprobe(&hls_dir.join("index.m3u8"));
+    let hls_duration: f64 = hls_probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (hls_duration - 2.0).abs() < 0.3,
+        "hls duration {hls_duration}"
+    );
+
+    // Provenance: the attempt records the worker, the FFmpeg version, stages and input hash.
+    let history = job["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1);
+    let a = &history[0];
+    assert_eq!(a["outcome"], "succeeded");
+    assert!(a["ffmpeg_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("ffmpeg version"));
+    let stages: Vec<&str> = a["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["download", "validate", "encode", "upload"]);
+    let input_sha = sha256_hex(&std::fs::read(&input).unwrap());
+    assert_eq!(a["input_hashes"][0]["sha256"].as_str().unwrap(), input_sha);
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_inputs_fail_cleanly_and_the_worker_takes_the_next_job() {
+    let tp = TestPlatform::start(1, test_control_config()).await;
+    let client = tp.org("acme").await;
+
+    let random = tp.path("random.mp4");
+    std::fs::write(
+        &random,
+        (0..64 * 1024)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let good = clip(tp.dir.path(), "good.mp4", 1, "320x240").await;
+    let truncated = tp.path("truncated.mp4");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+
+    let mut workers = Vec::new();
+    for bad in [&random, &truncated] {
+        let job = submit(
+            &client,
+            bad,
+            &[("out", "out.mp4")],
+            "-i {{in}} -c:v libx264 {{out}}",
+        )
+        .await;
+        let job = client
+            .wait(job["id"].as_str().unwrap(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(job["state"], "failed", "{job:#}");
+        let code = job["error"]["code"].as_str().unwrap();
+        assert!(code == "invalid_input" || code == "ffmpeg_failed", "{code}");
+        assert!(
+            !job["error"]["stderr_tail"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+            "stderr recorded: {job:#}"
+        );
+        assert_eq!(job["attempts"], 1, "a bad input is not retried");
+        workers.push(job["history"][0]["worker_id"].clone());
+    }
+
+    let job = submit(
+        &client,
+        &good,
+        &[("out", "out.mp4")],
+        "-i {{in}} -c:v libx264 -preset veryfast {{out}}",
+    )
+    .await;
+    let job = client
+        .wait(job["id"].as_str().unwrap(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(
+        job["history"][0]["worker_id"], workers[0],
+        "the same worker process took the next job"
+    );
+    let (status, _) = client
+        .call(reqwest::Method::GET, "/healthz", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    tp.stop().await;
+}

@@ -1,0 +1,214 @@
+//! Starting platforms for tests: one private PostgreSQL cluster per test binary (or
+//! `DATABASE_URL`), a fresh database per test, every server on port 0.
+
+use mpegflow::client::ApiClient;
+use mpegflow::pg::Cluster;
+use mpegflow::platform::{Platform, PlatformConfig};
+use mpegflow_control::ControlConfig;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+struct Db {
+    admin_url: String,
+    _cluster: Option<Cluster>,
+}
+
+static DB: OnceLock<Db> = OnceLock::new();
+static CLUSTER_DATA: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn stop_cluster() {
+    if let Some(Db {
+        _cluster: Some(c), ..
+    }) = DB.get()
+    {
+        c.stop();
+    }
+    if let Some(dir) = CLUSTER_DATA.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn db() -> &'static Db {
+    DB.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return Db {
+                admin_url: url,
+                _cluster: None,
+            };
+        }
+        let dir = std::env::temp_dir().join(format!("mpegflow-it-pg-{}", std::process::id()));
+        let cluster = Cluster::start(&dir, None, true).expect("start a private PostgreSQL cluster");
+        let _ = CLUSTER_DATA.set(dir);
+        // SAFETY: registering a plain extern "C" function to run at exit.
+        unsafe { libc::atexit(stop_cluster) };
+        Db {
+            admin_url: cluster.database_url("postgres"),
+            _cluster: Some(cluster),
+        }
+    })
+}
+
+/// A new, empty database on the test cluster.
+pub async fn fresh_database() -> String {
+    let name = format!("it_{}", uuid::Uuid::new_v4().simple());
+    mpegflow_store::create_database(&db().admin_url, &name)
+        .await
+        .expect("create a test database")
+}
+
+pub fn test_control_config() -> ControlConfig {
+    ControlConfig {
+        lease_seconds: 10,
+        heartbeat_seconds: 1,
+        retry_base_ms: 100,
+        retry_max_ms: 500,
+        reaper_interval_ms: 300,
+        max_poll_seconds: 2,
+        ..ControlConfig::default()
+    }
+}
+
+pub struct TestPlatform {
+    pub platform: Platform,
+    pub dir: tempdir::TempDir,
+}
+
+/// Temporary directories that clean up after themselves.
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+    pub struct TempDir(PathBuf);
+    impl TempDir {
+        pub fn new(prefix: &str) -> TempDir {
+            let p =
+                std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl TestPlatform {
+    pub async fn start(workers: usize, control: ControlConfig) -> TestPlatform {
+        let dir = tempdir::TempDir::new("mpegflow-it");
+        let cfg = PlatformConfig {
+            data_dir: dir.path().join("data"),
+            database_url: Some(fresh_database().await),
+            api_addr: "127.0.0.1:0".into(),
+            grpc_addr: "127.0.0.1:0".into(),
+            s3_addr: "127.0.0.1:0".into(),
+            s3: None,
+            workers,
+            worker_bin: None,
+            control,
+            pg_for_tests: true,
+        };
+        let platform = Platform::start(cfg).await.expect("platform starts");
+        TestPlatform { platform, dir }
+    }
+
+    /// A new org and a client holding its API key.
+    pub async fn org(&self, name: &str) -> ApiClient {
+        let (_, key) = self.platform.store().create_org(name).await.unwrap();
+        ApiClient::new(&self.platform.api_url, key.expose())
+    }
+
+    pub async fn worker_token(&self, pool: &str) -> (uuid::Uuid, String) {
+        let (id, t) = self
+            .platform
+            .store()
+            .create_worker_token(pool, "test")
+            .await
+            .unwrap();
+        (id, t.expose().to_owned())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub async fn stop(self) {
+        self.platform.stop(Duration::from_secs(5)).await;
+    }
+}
+
+/// A test clip of `seconds` at `size`, H.264 + AAC, made once per name.
+pub async fn clip(dir: &Path, name: &str, seconds: u32, size: &str) -> PathBuf {
+    let p = dir.join(name);
+    mpegflow::sample::make_clip(&p, seconds, size)
+        .await
+        .expect("make a clip");
+    p
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// ffprobe's view of a media file.
+pub fn ffprobe(path: &Path) -> Value {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe failed on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Uploads `path` and submits a one-input job; returns the job JSON.
+pub async fn submit(
+    client: &ApiClient,
+    input: &Path,
+    outputs: &[(&str, &str)],
+    command: &str,
+) -> Value {
+    let asset = client.upload(input).await.expect("upload");
+    let inputs = [("in".to_owned(), asset["id"].as_str().unwrap().to_owned())].into();
+    let outputs = outputs
+        .iter()
+        .map(|(a, f)| (a.to_string(), f.to_string()))
+        .collect();
+    client
+        .submit(&inputs, &outputs, command, serde_json::json!({}))
+        .await
+        .expect("submit")
+}
