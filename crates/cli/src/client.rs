@@ -169,10 +169,16 @@ impl ApiClient {
             .await
     }
 
-    /// Polls until the job ends, calling `on_progress` with each fresh view.
+    /// Long-polls until the job ends, calling `on_progress` with each fresh view.
     pub async fn wait(&self, id: &str, mut on_progress: impl FnMut(&Value)) -> Result<Value> {
         loop {
-            let job = self.job(id).await?;
+            let job = self
+                .ok(
+                    reqwest::Method::GET,
+                    &format!("/v1/jobs/{id}?wait_seconds=20"),
+                    None,
+                )
+                .await?;
             on_progress(&job);
             if matches!(
                 job["state"].as_str(),
@@ -180,7 +186,6 @@ impl ApiClient {
             ) {
                 return Ok(job);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
 

@@ -557,18 +557,47 @@ async fn pool_name(state: &AppState, job: &Job) -> String {
         .unwrap_or_else(|_| job.pool_id.to_string())
 }
 
+#[derive(Deserialize)]
+struct GetJobQuery {
+    /// Long-poll: answer once the job is finished or its state or progress changes, or after
+    /// this many seconds (at most 30).
+    wait_seconds: Option<u64>,
+}
+
 async fn get_job(
     State(state): State<AppState>,
     tenant: Tenant,
     Path(id): Path<String>,
+    Query(q): Query<GetJobQuery>,
 ) -> Result<Json<Value>> {
     let id = parse_id(&id, "job")?;
-    let job = state
-        .store
-        .get_job(tenant.org_id, id)
-        .await
-        .map_err(ControlError::from)
-        .map_err(not_found("job"))?;
+    let load = || async {
+        state
+            .store
+            .get_job(tenant.org_id, id)
+            .await
+            .map_err(ControlError::from)
+            .map_err(not_found("job"))
+    };
+    let mut job = load().await?;
+    let wait = std::time::Duration::from_secs(q.wait_seconds.unwrap_or(0).min(30));
+    let deadline = tokio::time::Instant::now() + wait;
+    let seen = (job.state.clone(), job.progress);
+    while !job.state().is_terminal() && tokio::time::Instant::now() < deadline {
+        let changed = state.job_changed.notified();
+        // Changes made by other replicas are seen within a second.
+        let nap = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(std::time::Duration::from_secs(1));
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep(nap) => {}
+        }
+        job = load().await?;
+        if (job.state.clone(), job.progress) != seen {
+            break;
+        }
+    }
     let history = state.store.job_attempts(job.id).await?;
     let pool = pool_name(&state, &job).await;
     Ok(Json(job_json(&job, &pool, Some(json!(history)))))

@@ -82,12 +82,13 @@ impl CoordinatorService {
             .map_err(|_| ControlError::LeaseLost("this worker holds no lease on that job".into()))
     }
 
-    async fn assignment(
+    /// What the worker receives for a claimed job, and the audit lines of its presigns.
+    fn assignment(
         &self,
         worker_id: Uuid,
         job: &Job,
-        fencing_token: String,
-    ) -> Result<pb::JobAssignment> {
+        fencing_token: &str,
+    ) -> Result<(pb::JobAssignment, Vec<AuditEntry<'static>>)> {
         let ttl = self.state.config.presign_ttl();
         let mut inputs = Vec::new();
         let mut audit = Vec::new();
@@ -111,13 +112,12 @@ impl CoordinatorService {
                 filename: input.filename,
             });
         }
-        self.state.store.audit_many(&audit).await?;
         let argv: Vec<String> = serde_json::from_value(job.argv.clone())
             .map_err(|e| ControlError::Internal(e.to_string()))?;
-        Ok(pb::JobAssignment {
+        let assignment = pb::JobAssignment {
             job_id: job.id.to_string(),
             attempt: job.attempts as u32,
-            fencing_token,
+            fencing_token: fencing_token.to_owned(),
             argv,
             inputs,
             outputs: stored_outputs(job)?
@@ -133,7 +133,8 @@ impl CoordinatorService {
                 max_output_files: self.state.config.max_output_files,
             }),
             lease_seconds: self.state.config.lease_seconds,
-        })
+        };
+        Ok((assignment, audit))
     }
 
     /// Confirms every produced file is really in the store with its size, through presigned HEADs.
@@ -285,10 +286,16 @@ impl pb::Coordinator for CoordinatorService {
             loop {
                 let notified = self.state.job_queued.notified();
                 let fencing = fencing_token();
-                let claimed = self.state.store.claim_job(token.pool_id, worker_id, self.state.config.lease(), &fencing).await.map_err(ControlError::from)?;
-                if let Some(c) = claimed {
+                let claimed = self
+                    .state
+                    .store
+                    .claim_job(token.pool_id, worker_id, self.state.config.lease(), &fencing, |job| {
+                        self.assignment(worker_id, job, &fencing)
+                    })
+                    .await?;
+                if let Some((c, assignment)) = claimed {
                     tracing::info!(job_id = %c.job.id, org_id = %c.job.org_id, attempt = c.job.attempts, "job assigned");
-                    let assignment = self.assignment(worker_id, &c.job, c.fencing_token).await?;
+                    self.state.job_changed.notify_waiters();
                     return Ok(Response::new(pb::GetWorkAssignmentResponse { assignment: Some(assignment) }));
                 }
                 let now = Instant::now();
@@ -330,10 +337,13 @@ impl pb::Coordinator for CoordinatorService {
             .await
             .map_err(ControlError::from)?;
         match result {
-            HeartbeatResult::Extended => Ok(Response::new(pb::HeartbeatResponse {
-                cancel: false,
-                lease_seconds: self.state.config.lease_seconds,
-            })),
+            HeartbeatResult::Extended => {
+                self.state.job_changed.notify_waiters();
+                Ok(Response::new(pb::HeartbeatResponse {
+                    cancel: false,
+                    lease_seconds: self.state.config.lease_seconds,
+                }))
+            }
             HeartbeatResult::Canceled => Ok(Response::new(pb::HeartbeatResponse {
                 cancel: true,
                 lease_seconds: 0,
@@ -520,6 +530,7 @@ impl pb::Coordinator for CoordinatorService {
             match result {
                 ReportResult::Applied(state) => {
                     tracing::info!(%state, "job report applied");
+                    self.state.job_changed.notify_waiters();
                     if !state.is_terminal() {
                         self.state.job_queued.notify_waiters();
                     }

@@ -86,6 +86,8 @@ pub struct AppState {
     pub config: Arc<ControlConfig>,
     /// Woken when a job is queued, so long-polling workers on this replica claim at once.
     pub job_queued: Arc<Notify>,
+    /// Woken when any job's state or progress changes, for long-polling job reads.
+    pub job_changed: Arc<Notify>,
     /// For HEAD requests against the object store (through presigned URLs too).
     pub http: reqwest::Client,
 }
@@ -97,6 +99,7 @@ impl AppState {
             presigner,
             config: Arc::new(config),
             job_queued: Arc::new(Notify::new()),
+            job_changed: Arc::new(Notify::new()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .no_proxy()
@@ -119,6 +122,11 @@ pub async fn run(
         let app = api::router(state.clone());
         let shutdown = shutdown.clone();
         async move {
+            use axum::serve::ListenerExt;
+            // Nagle plus delayed ACKs would hold small responses back by ~40 ms.
+            let api = api.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(api, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
@@ -133,7 +141,16 @@ pub async fn run(
             tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    tokio_stream::StreamExt::map(
+                        tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                        |conn| {
+                            // gRPC trailers follow the body in a second small write: without
+                            // TCP_NODELAY it waits ~40 ms for the peer's delayed ACK.
+                            conn.inspect(|tcp| {
+                                let _ = tcp.set_nodelay(true);
+                            })
+                        },
+                    ),
                     shutdown.cancelled_owned(),
                 )
                 .await
@@ -165,6 +182,7 @@ async fn reap_loop(state: AppState, shutdown: CancellationToken) {
                 }
                 if !reaped.is_empty() {
                     state.job_queued.notify_waiters();
+                    state.job_changed.notify_waiters();
                 }
             }
             Err(e) => tracing::error!("reaper: {e}"),

@@ -284,7 +284,10 @@ pub async fn serve(
     loop {
         let socket = tokio::select! {
             res = listener.accept() => match res {
-                Ok((socket, _)) => socket,
+                Ok((socket, _)) => {
+                    let _ = socket.set_nodelay(true);
+                    socket
+                }
                 Err(e) => {
                     tracing::warn!("object store accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -32,6 +32,28 @@ pub(crate) async fn insert_audit<'e, E: Executor<'e, Database = Postgres>>(
     Ok(())
 }
 
+pub(crate) async fn insert_audits<'e, E: Executor<'e, Database = Postgres>>(
+    ex: E,
+    entries: &[AuditEntry<'_>],
+) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut qb = sqlx::QueryBuilder::new(
+        "INSERT INTO audit_logs (org_id, actor, action, job_id, subject, details) ",
+    );
+    qb.push_values(entries, |mut b, e| {
+        b.push_bind(e.org_id)
+            .push_bind(&e.actor)
+            .push_bind(e.action)
+            .push_bind(e.job_id)
+            .push_bind(&e.subject)
+            .push_bind(&e.details);
+    });
+    qb.build().execute(ex).await?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct AuditRow {
     pub id: i64,
@@ -52,22 +74,7 @@ impl Store {
 
     /// Several audit lines in one round trip (presigns come in batches).
     pub async fn audit_many(&self, entries: &[AuditEntry<'_>]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut qb = sqlx::QueryBuilder::new(
-            "INSERT INTO audit_logs (org_id, actor, action, job_id, subject, details) ",
-        );
-        qb.push_values(entries, |mut b, e| {
-            b.push_bind(e.org_id)
-                .push_bind(&e.actor)
-                .push_bind(e.action)
-                .push_bind(e.job_id)
-                .push_bind(&e.subject)
-                .push_bind(&e.details);
-        });
-        qb.build().execute(&self.pool).await?;
-        Ok(())
+        insert_audits(&self.pool, entries).await
     }
 
     /// The audit trail of one job, oldest first.

@@ -317,22 +317,31 @@ impl Store {
         .await?)
     }
 
-    /// Claims the oldest runnable job of `pool_id` for `worker_id`, or `None`.
-    pub async fn claim_job(
+    /// Claims the oldest runnable job of `pool_id` for `worker_id`, or `None`. `presign` builds
+    /// what the worker receives from the claimed job, with the audit lines that record it; they
+    /// commit together with the claim.
+    pub async fn claim_job<T, E, F>(
         &self,
         pool_id: Uuid,
         worker_id: Uuid,
         lease: Duration,
         fencing_token: &str,
-    ) -> Result<Option<Claimed>> {
-        let mut tx = self.pool.begin().await?;
+        presign: F,
+    ) -> Result<Option<(Claimed, T)>, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&Job) -> Result<(T, Vec<AuditEntry<'static>>), E>,
+    {
+        let db = |e: sqlx::Error| E::from(StoreError::Db(e));
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let candidate: Option<(Uuid, String, i32)> = sqlx::query_as(
             "SELECT id, state, attempts FROM jobs WHERE pool_id = $1 AND state = 'queued' AND run_after <= now()
              ORDER BY run_after, created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
         .bind(pool_id)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         let Some((id, state, attempts)) = candidate else {
             return Ok(None);
         };
@@ -359,16 +368,19 @@ impl Store {
         .bind(lease.as_secs_f64())
         .bind(fencing_token)
         .fetch_one(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         sqlx::query("INSERT INTO job_attempts (job_id, attempt, worker_id) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(job.attempts)
             .bind(worker_id)
             .execute(&mut *tx)
-            .await?;
-        insert_audit(
-            &mut *tx,
-            &AuditEntry {
+            .await
+            .map_err(db)?;
+        let (out, mut audit) = presign(&job)?;
+        audit.insert(
+            0,
+            AuditEntry {
                 org_id: Some(job.org_id),
                 actor: format!("worker:{worker_id}"),
                 action: "job.assigned",
@@ -376,13 +388,16 @@ impl Store {
                 subject: Some(worker_id.to_string()),
                 details: json!({ "attempt": job.attempts, "lease_seconds": lease.as_secs() }),
             },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Some(Claimed {
-            job,
-            fencing_token: fencing_token.to_owned(),
-        }))
+        );
+        crate::audit::insert_audits(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some((
+            Claimed {
+                job,
+                fencing_token: fencing_token.to_owned(),
+            },
+            out,
+        )))
     }
 
     /// The job a worker holds under `fencing_token`, if it still holds it.

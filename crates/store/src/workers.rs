@@ -52,13 +52,12 @@ impl Store {
 
     /// Whether `worker_id` was registered with `token_id` (a token cannot speak for another's workers).
     pub async fn worker_belongs_to(&self, worker_id: Uuid, token_id: Uuid) -> Result<bool> {
-        let n: Option<i32> = sqlx::query_scalar(
-            "UPDATE workers SET last_seen_at = now() WHERE id = $1 AND token_id = $2 RETURNING 1",
-        )
-        .bind(worker_id)
-        .bind(token_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let n: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM workers WHERE id = $1 AND token_id = $2")
+                .bind(worker_id)
+                .bind(token_id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(n.is_some())
     }
 }

@@ -73,7 +73,6 @@ pub async fn download(
         file.write_all(&chunk).await?;
     }
     file.flush().await?;
-    file.sync_all().await?;
     Ok(Digested {
         size,
         sha256: hex::encode(hasher.finalize()),

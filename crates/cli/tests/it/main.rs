@@ -4,6 +4,7 @@
 mod harness;
 
 mod audit;
+mod cancel;
 mod commands;
 mod coordinator_auth;
 mod e2e;

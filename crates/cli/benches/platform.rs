@@ -1,0 +1,449 @@
+//! Benchmarks of the issue-2 targets, printed as figures (record them in BENCHMARKS.md):
+//!
+//! 1. Coordinator assignments per second (claim with SKIP LOCKED + presign + audit), with many
+//!    concurrent simulated workers over real gRPC, and CPU time per assignment.
+//! 2. Platform overhead: 20 real transcodes through the platform (2 workers) against the same
+//!    FFmpeg command run directly with the same parallelism.
+//!
+//! Run: `cargo build --release -j2 -p mpegflow-worker && cargo bench -j2 -p mpegflow --bench platform`
+
+use mpegflow::client::ApiClient;
+use mpegflow::pg::Cluster;
+use mpegflow::platform::{Platform, PlatformConfig};
+use mpegflow_control::ControlConfig;
+use mpegflow_proto as pb;
+use mpegflow_store::NewJob;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+fn cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU seconds used so far by every process of the PostgreSQL cluster (postmaster's children).
+fn postgres_cpu_seconds(data: &Path) -> f64 {
+    let pid: i32 = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next()?.trim().parse().ok())
+        .unwrap_or(0);
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut total = 0.0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let (ppid, own_pid) = (
+            f.get(1).and_then(|v| v.parse::<i32>().ok()),
+            e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()),
+        );
+        if ppid == Some(pid) || own_pid == Some(pid) {
+            let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            total += (ut + st) / tick;
+        }
+    }
+    total
+}
+
+async fn start(dir: &Path, cluster: &Cluster, db: &str, workers: usize) -> Platform {
+    let url = mpegflow_store::create_database(&cluster.database_url("postgres"), db)
+        .await
+        .unwrap();
+    let cfg = PlatformConfig {
+        data_dir: dir.join(db),
+        database_url: Some(url),
+        api_addr: "127.0.0.1:0".into(),
+        grpc_addr: "127.0.0.1:0".into(),
+        s3_addr: "127.0.0.1:0".into(),
+        workers,
+        control: ControlConfig {
+            heartbeat_seconds: 1,
+            max_poll_seconds: 2,
+            ..ControlConfig::default()
+        },
+        ..PlatformConfig::default()
+    };
+    Platform::start(cfg).await.unwrap()
+}
+
+async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
+    const JOBS: usize = 3000;
+    const CONCURRENCY: usize = 64;
+    let platform = start(dir, cluster, "bench_coordinator", 0).await;
+    let store = platform.store().clone();
+    let (org, key) = store.create_org("bench").await.unwrap();
+    let client = ApiClient::new(&platform.api_url, key.expose());
+    let clip = dir.join("tiny.mp4");
+    mpegflow::sample::make_clip(&clip, 1, "160x120")
+        .await
+        .unwrap();
+    let asset = client.upload(&clip).await.unwrap();
+    let job = client
+        .submit(
+            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
+            &[("out".into(), "o.mp4".into())].into(),
+            "-i {{in}} {{out}}",
+            json!({}),
+        )
+        .await
+        .unwrap();
+    let template: serde_json::Value = job;
+    let inputs = sqlx_inputs(&store, template["id"].as_str().unwrap()).await;
+    for _ in 0..JOBS {
+        store
+            .submit_job(NewJob {
+                id: uuid::Uuid::now_v7(),
+                org_id: org,
+                pool_id: mpegflow_store::DEFAULT_POOL_ID,
+                command: "-i {{in}} {{out}}".into(),
+                argv: template["argv"].clone(),
+                inputs: inputs.clone(),
+                outputs: json!([{ "alias": "out", "filename": "o.mp4" }]),
+                timeout_seconds: 60,
+                max_attempts: 3,
+                metadata: json!({}),
+                idempotency_key: None,
+                request_hash: vec![],
+                actor: "bench".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let (_, token) = store.create_worker_token("default", "bench").await.unwrap();
+    let auth: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", token.expose()).parse().unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(platform.coordinator_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // One registered worker per assignment: a worker holds one lease at a time.
+    let mut ids = Vec::with_capacity(JOBS + 1);
+    let mut c = pb::CoordinatorClient::new(channel.clone());
+    for _ in 0..=JOBS {
+        let mut r = tonic::Request::new(pb::RegisterWorkerRequest::default());
+        r.metadata_mut().insert("authorization", auth.clone());
+        ids.push(c.register_worker(r).await.unwrap().into_inner().worker_id);
+    }
+    let queue = Arc::new(Mutex::new(ids));
+    let pg0 = postgres_cpu_seconds(&cluster.data);
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (queue, auth, channel) = (queue.clone(), auth.clone(), channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = pb::CoordinatorClient::new(channel);
+            let mut got = 0usize;
+            loop {
+                let Some(worker_id) = queue.lock().await.pop() else {
+                    return got;
+                };
+                let mut r = tonic::Request::new(pb::GetWorkAssignmentRequest {
+                    worker_id,
+                    wait_seconds: 0,
+                });
+                r.metadata_mut().insert("authorization", auth.clone());
+                match c
+                    .get_work_assignment(r)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .assignment
+                {
+                    Some(a) => {
+                        assert!(a.inputs[0].url.contains("X-Amz-Signature"));
+                        got += 1
+                    }
+                    None => return got,
+                }
+            }
+        }));
+    }
+    let mut assigned = 0;
+    for t in tasks {
+        assigned += t.await.unwrap();
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let pg = postgres_cpu_seconds(&cluster.data) - pg0;
+    let audits: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_logs WHERE action IN ('job.assigned', 'presign.get')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    println!("coordinator: {assigned} assignments by {CONCURRENCY} concurrent workers in {elapsed:.2} s = {:.0} assignments/s", assigned as f64 / elapsed);
+    println!("coordinator: control-plane process CPU {:.3} ms/assignment (includes the simulated gRPC clients); PostgreSQL CPU {:.3} ms/assignment", cpu * 1e3 / assigned as f64, pg * 1e3 / assigned as f64);
+    println!("coordinator: {audits} audit rows (job.assigned + presign.get)");
+    platform.stop(Duration::from_secs(5)).await;
+}
+
+async fn sqlx_inputs(store: &mpegflow_store::Store, job_id: &str) -> serde_json::Value {
+    sqlx::query_scalar("SELECT inputs FROM jobs WHERE id = $1::uuid")
+        .bind(job_id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+const COMMAND: &str = "-i {{in}} -c:v libx264 -preset veryfast {{out}}";
+
+async fn direct(clips: &[PathBuf], out_dir: &Path, parallel: usize) -> f64 {
+    let t0 = Instant::now();
+    let queue = Arc::new(Mutex::new(
+        clips.iter().cloned().enumerate().collect::<Vec<_>>(),
+    ));
+    let mut tasks = Vec::new();
+    for _ in 0..parallel {
+        let (queue, out_dir) = (queue.clone(), out_dir.to_owned());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some((i, clip)) = queue.lock().await.pop() else {
+                    return;
+                };
+                let st = tokio::process::Command::new("ffmpeg")
+                    .args(["-hide_banner", "-nostdin", "-nostats", "-y", "-i"])
+                    .arg(&clip)
+                    .args(["-c:v", "libx264", "-preset", "veryfast"])
+                    .arg(out_dir.join(format!("direct-{i}.mp4")))
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .await
+                    .unwrap();
+                assert!(st.success());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+async fn overhead_bench(dir: &Path, cluster: &Cluster, clip_seconds: u32) {
+    const JOBS: usize = 20;
+    let parallel = 2;
+    let platform = start(
+        dir,
+        cluster,
+        &format!("bench_overhead_{clip_seconds}"),
+        parallel,
+    )
+    .await;
+    let (_, key) = platform.store().create_org("bench").await.unwrap();
+    let client = ApiClient::new(&platform.api_url, key.expose());
+    let mut clips = Vec::new();
+    for i in 0..JOBS {
+        let p = dir.join(format!("clip-{clip_seconds}-{i}.mp4"));
+        mpegflow::sample::make_clip(&p, clip_seconds, "640x360")
+            .await
+            .unwrap();
+        clips.push(p);
+    }
+    // Warm both paths once (page cache, worker registration).
+    direct(&clips[..1], dir, 1).await;
+    let out_dir = dir.join(format!("platform-out-{clip_seconds}"));
+    std::fs::create_dir_all(&out_dir).unwrap();
+
+    let direct_s = direct(&clips, dir, parallel).await;
+
+    // Inputs are uploaded before the clock starts: the target is submission to download.
+    let mut assets = Vec::new();
+    for clip in &clips {
+        assets.push(client.upload(clip).await.unwrap());
+    }
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, asset) in assets.into_iter().enumerate() {
+        let (client, out) = (client.clone(), out_dir.join(format!("p-{i}.mp4")));
+        tasks.push(tokio::spawn(async move {
+            let job = client
+                .submit(
+                    &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
+                    &[("out".into(), "o.mp4".into())].into(),
+                    COMMAND,
+                    json!({}),
+                )
+                .await
+                .unwrap();
+            let job = client
+                .wait(job["id"].as_str().unwrap(), |_| {})
+                .await
+                .unwrap();
+            assert_eq!(job["state"], "succeeded", "{job}");
+            client
+                .download_outputs(&job, &BTreeMap::from([("out".to_owned(), out)]))
+                .await
+                .unwrap();
+            job
+        }));
+    }
+    let mut stage_ms: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let ms = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as f64)
+            .unwrap_or(0.0)
+    };
+    let mut add = |k: &str, d: f64| {
+        let e = stage_ms.entry(k.to_owned()).or_default();
+        e.0 += d;
+        e.1 += 1;
+    };
+    for t in tasks {
+        let job = t.await.unwrap();
+        let a = &job["history"][0];
+        let stages = a["stages"].as_array().cloned().unwrap_or_default();
+        let first = stages
+            .first()
+            .and_then(|s| s["started_at_ms"].as_f64())
+            .unwrap_or(0.0);
+        let last = stages
+            .last()
+            .and_then(|s| s["finished_at_ms"].as_f64())
+            .unwrap_or(0.0);
+        add("~assigned->first stage", first - ms(&a["assigned_at"]));
+        add("~last stage->recorded", ms(&a["finished_at"]) - last);
+        for s in job["history"][0]["stages"].as_array().into_iter().flatten() {
+            let d = (s["finished_at_ms"].as_i64().unwrap_or(0)
+                - s["started_at_ms"].as_i64().unwrap_or(0)) as f64;
+            add(s["name"].as_str().unwrap_or("?"), d);
+        }
+    }
+    let platform_s = t0.elapsed().as_secs_f64();
+    let stages: Vec<String> = stage_ms
+        .iter()
+        .map(|(k, (sum, n))| format!("{k} {:.0} ms", sum / *n as f64))
+        .collect();
+    println!(
+        "overhead ({clip_seconds} s clips): mean worker stage times: {}",
+        stages.join(", ")
+    );
+    println!("overhead ({clip_seconds} s clips): {JOBS} jobs ({clip_seconds} s 640x360 25 fps H.264 -> libx264 veryfast), parallelism {parallel}");
+    println!("overhead ({clip_seconds} s clips): direct ffmpeg {direct_s:.2} s, platform (upload+submit+run+download) {platform_s:.2} s, ratio {:.3}", platform_s / direct_s);
+    platform.stop(Duration::from_secs(5)).await;
+}
+
+/// Round-trip latency of single coordinator calls (no jobs queued).
+async fn latency_bench(dir: &Path, cluster: &Cluster) {
+    let platform = start(dir, cluster, "bench_latency", 0).await;
+    let (_, token) = platform
+        .store()
+        .create_worker_token("default", "bench")
+        .await
+        .unwrap();
+    let auth: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", token.expose()).parse().unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(platform.coordinator_url.clone())
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    let mut c = pb::CoordinatorClient::new(channel);
+    let mut r = tonic::Request::new(pb::RegisterWorkerRequest::default());
+    r.metadata_mut().insert("authorization", auth.clone());
+    let worker_id = c.register_worker(r).await.unwrap().into_inner().worker_id;
+    let n = 50;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let mut r = tonic::Request::new(pb::GetWorkAssignmentRequest {
+            worker_id: worker_id.clone(),
+            wait_seconds: 0,
+        });
+        r.metadata_mut().insert("authorization", auth.clone());
+        c.get_work_assignment(r).await.unwrap();
+    }
+    println!(
+        "latency: empty GetWorkAssignment {:.2} ms",
+        t0.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+    let (_, key) = platform.store().create_org("bench").await.unwrap();
+    let client = ApiClient::new(&platform.api_url, key.expose());
+    let clip = dir.join("tiny-l.mp4");
+    mpegflow::sample::make_clip(&clip, 1, "160x120")
+        .await
+        .unwrap();
+    let asset = client.upload(&clip).await.unwrap();
+    let mut total = Duration::ZERO;
+    for _ in 0..10 {
+        client
+            .submit(
+                &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
+                &[("out".into(), "o.mp4".into())].into(),
+                "-i {{in}} {{out}}",
+                json!({}),
+            )
+            .await
+            .unwrap();
+        let mut r = tonic::Request::new(pb::GetWorkAssignmentRequest {
+            worker_id: worker_id.clone(),
+            wait_seconds: 0,
+        });
+        r.metadata_mut().insert("authorization", auth.clone());
+        let t = Instant::now();
+        let a = c
+            .get_work_assignment(r)
+            .await
+            .unwrap()
+            .into_inner()
+            .assignment
+            .unwrap();
+        total += t.elapsed();
+        let mut r = tonic::Request::new(pb::ReportJobStatusRequest {
+            worker_id: worker_id.clone(),
+            job_id: a.job_id,
+            fencing_token: a.fencing_token,
+            outcome: 2,
+            ..Default::default()
+        });
+        r.metadata_mut().insert("authorization", auth.clone());
+        c.report_job_status(r).await.unwrap();
+    }
+    println!(
+        "latency: successful GetWorkAssignment {:.2} ms",
+        total.as_secs_f64() * 1e3 / 10.0
+    );
+    platform.stop(Duration::from_secs(5)).await;
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("mpegflow-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = Cluster::start(&dir.join("pg"), None, false).expect("PostgreSQL cluster");
+    let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    rt.block_on(async {
+        if only.as_deref().is_none_or(|o| o == "coordinator") {
+            coordinator_bench(&dir, &cluster).await;
+        }
+        if only.as_deref() == Some("latency") {
+            latency_bench(&dir, &cluster).await;
+        }
+        if only.as_deref().is_none_or(|o| o == "overhead") {
+            overhead_bench(&dir, &cluster, 1).await;
+            overhead_bench(&dir, &cluster, 10).await;
+        }
+    });
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
