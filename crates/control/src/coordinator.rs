@@ -11,7 +11,7 @@ use mpegflow_domain::names::output_key;
 use mpegflow_domain::token::{Secret, TokenKind};
 use mpegflow_proto as pb;
 use mpegflow_store::{
-    AttemptRecord, AuditEntry, HeartbeatResult, Job, OutputObject, Report, ReportResult,
+    AttemptRecord, AuditEntry, HeartbeatResult, Job, Lease, OutputObject, Report, ReportResult,
     WorkerInfo, WorkerTokenInfo,
 };
 use serde_json::{json, Map, Value};
@@ -328,9 +328,11 @@ impl pb::Coordinator for CoordinatorService {
             .state
             .store
             .heartbeat(
-                job_id,
-                worker_id,
-                &r.fencing_token,
+                Lease {
+                    job_id,
+                    worker_id,
+                    fencing_token: &r.fencing_token,
+                },
                 progress,
                 self.state.config.lease(),
             )
@@ -367,7 +369,11 @@ impl pb::Coordinator for CoordinatorService {
         let job = self
             .state
             .store
-            .leased_job(job_id, worker_id, &r.fencing_token)
+            .leased_job(Lease {
+                job_id,
+                worker_id,
+                fencing_token: &r.fencing_token,
+            })
             .await
             .map_err(ControlError::from)?
             .ok_or_else(|| {
@@ -434,7 +440,11 @@ impl pb::Coordinator for CoordinatorService {
         let job = match self
             .state
             .store
-            .leased_job(job_id, worker_id, &r.fencing_token)
+            .leased_job(Lease {
+                job_id,
+                worker_id,
+                fencing_token: &r.fencing_token,
+            })
             .await
             .map_err(ControlError::from)?
         {
@@ -445,9 +455,11 @@ impl pb::Coordinator for CoordinatorService {
                     .state
                     .store
                     .report(
-                        job_id,
-                        worker_id,
-                        &r.fencing_token,
+                        Lease {
+                            job_id,
+                            worker_id,
+                            fencing_token: &r.fencing_token,
+                        },
                         Report::Canceled,
                         record_of(&r),
                         self.state.config.retry_policy(),
@@ -518,9 +530,11 @@ impl pb::Coordinator for CoordinatorService {
                 .state
                 .store
                 .report(
-                    job_id,
-                    worker_id,
-                    &r.fencing_token,
+                    Lease {
+                        job_id,
+                        worker_id,
+                        fencing_token: &r.fencing_token,
+                    },
                     report,
                     record_of(&r),
                     self.state.config.retry_policy(),

@@ -326,7 +326,13 @@ mod tests {
     #[test]
     fn table() {
         let ok = format!("/b/orgs/x/assets/y?{Q}");
-        let cases: Vec<(&str, String, Vec<(&str, &str)>, Result<(), Refusal>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            String,
+            Vec<(&'a str, &'a str)>,
+            Result<(), Refusal>,
+        );
+        let cases: Vec<Case> = vec![
             ("GET", ok.clone(), vec![], Ok(())),
             (
                 "PUT",

@@ -88,6 +88,15 @@ pub enum Submitted {
     Replayed(Job),
 }
 
+/// Who acts on a running job: the job, the worker holding its lease, and the lease's fencing
+/// token. Every write through a lease matches all three.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub job_id: Uuid,
+    pub worker_id: Uuid,
+    pub fencing_token: &'a str,
+}
+
 /// A job handed to a worker.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -401,27 +410,20 @@ impl Store {
     }
 
     /// The job a worker holds under `fencing_token`, if it still holds it.
-    pub async fn leased_job(
-        &self,
-        job_id: Uuid,
-        worker_id: Uuid,
-        fencing_token: &str,
-    ) -> Result<Option<Job>> {
+    pub async fn leased_job(&self, lease_ref: Lease<'_>) -> Result<Option<Job>> {
         Ok(sqlx::query_as(
             "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state = 'running'",
         )
-        .bind(job_id)
-        .bind(worker_id)
-        .bind(fencing_token)
+        .bind(lease_ref.job_id)
+        .bind(lease_ref.worker_id)
+        .bind(lease_ref.fencing_token)
         .fetch_optional(&self.pool)
         .await?)
     }
 
     pub async fn heartbeat(
         &self,
-        job_id: Uuid,
-        worker_id: Uuid,
-        fencing_token: &str,
+        lease_ref: Lease<'_>,
         progress: Option<f32>,
         lease: Duration,
     ) -> Result<HeartbeatResult> {
@@ -431,9 +433,9 @@ impl Store {
              WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state IN ('running', 'canceled')
              RETURNING state",
         )
-        .bind(job_id)
-        .bind(worker_id)
-        .bind(fencing_token)
+        .bind(lease_ref.job_id)
+        .bind(lease_ref.worker_id)
+        .bind(lease_ref.fencing_token)
         .bind(lease.as_secs_f64())
         .bind(progress)
         .fetch_optional(&self.pool)
@@ -448,21 +450,22 @@ impl Store {
     /// Applies a worker's report, fenced: only the current lease holder moves the job.
     pub async fn report(
         &self,
-        job_id: Uuid,
-        worker_id: Uuid,
-        fencing_token: &str,
+        lease_ref: Lease<'_>,
         report: Report,
         record: AttemptRecord,
         policy: RetryPolicy,
         jitter: f64,
     ) -> Result<ReportResult> {
+        let Lease {
+            job_id, worker_id, ..
+        } = lease_ref;
         let mut tx = self.pool.begin().await?;
         let job: Option<Job> = sqlx::query_as(
             "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state IN ('running', 'canceled') FOR UPDATE",
         )
-        .bind(job_id)
-        .bind(worker_id)
-        .bind(fencing_token)
+        .bind(lease_ref.job_id)
+        .bind(lease_ref.worker_id)
+        .bind(lease_ref.fencing_token)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job) = job else {

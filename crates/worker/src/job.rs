@@ -331,7 +331,7 @@ impl Run<'_> {
         self.stages.end();
 
         self.stages.start("encode");
-        let limits = self.a.limits.clone().unwrap_or_default();
+        let limits = self.a.limits.unwrap_or_default();
         let timeout = Duration::from_secs(limits.timeout_seconds.max(1).into());
         self.progress.set(0.0);
         let finished = ffmpeg::run(
