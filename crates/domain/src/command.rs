@@ -27,6 +27,17 @@ pub const FORCED_PREFIX: &[&str] = &[
     "pipe:1",
 ];
 
+/// Demuxers an input may be read with (forced per input as `-format_whitelist`). Playlist and
+/// indirection formats (hls, dash, concat, image2 patterns, ffmetadata…) are absent, so a crafted
+/// input cannot make FFmpeg open other files.
+pub const INPUT_FORMAT_WHITELIST: &str =
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts,avi,flv,wav,mp3,aac,ogg,flac,\
+    mpeg,mpegvideo,h264,hevc,m4v,mxf,gif,png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,tiff_pipe,\
+    ivf,obu,asf,w64,aiff,caf,ac3,eac3,dts,truehd,amr,au,nut,yuv4mpegpipe,srt,ass,webvtt";
+
+/// Bounded probing per input (bytes), forced.
+pub const PROBE_SIZE: &str = "50000000";
+
 /// Longest template accepted, in bytes.
 pub const MAX_TEMPLATE_LEN: usize = 16 * 1024;
 
@@ -238,6 +249,7 @@ fn option_kind(name: &str) -> Option<Kind> {
             FileName
         }
         "protocol_whitelist" => Forced("file"),
+        "format_whitelist" => Forced(INPUT_FORMAT_WHITELIST),
 
         "c"
         | "codec"
@@ -1164,7 +1176,7 @@ pub fn render(template: &str, spec: &IoSpec) -> Result<Vec<String>, CommandError
     let mut argv: Vec<String> = FORCED_PREFIX.iter().map(|s| s.to_string()).collect();
     for arg in args {
         if arg == "-i" {
-            argv.extend(["-protocol_whitelist".to_owned(), "file".to_owned()]);
+            argv.extend(forced_input_flags().iter().map(|s| s.to_string()));
         }
         argv.push(substitute(&arg, spec));
     }
@@ -1187,6 +1199,19 @@ fn substitute(arg: &str, spec: &IoSpec) -> String {
     }
 }
 
+/// What precedes every `-i` in a rendered command: only local files, only whitelisted demuxers,
+/// bounded probing.
+pub fn forced_input_flags() -> [&'static str; 6] {
+    [
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        INPUT_FORMAT_WHITELIST,
+        "-probesize",
+        PROBE_SIZE,
+    ]
+}
+
 /// The worker's second check of a rendered argv (without the program name).
 pub fn check_rendered(argv: &[String], spec: &IoSpec) -> Result<(), CommandError> {
     let n = FORCED_PREFIX.len();
@@ -1194,9 +1219,16 @@ pub fn check_rendered(argv: &[String], spec: &IoSpec) -> Result<(), CommandError
         return Err(CommandError::MissingForcedPrefix);
     }
     let rest = &argv[n..];
-    // Every -i must be preceded by the forced whitelist.
+    // Every -i must be preceded by the forced input flags.
+    let forced = forced_input_flags();
     for (i, a) in rest.iter().enumerate() {
-        if a == "-i" && (i < 2 || rest[i - 2] != "-protocol_whitelist" || rest[i - 1] != "file") {
+        if a == "-i"
+            && (i < forced.len()
+                || rest[i - forced.len()..i]
+                    .iter()
+                    .zip(forced)
+                    .any(|(x, y)| x != y))
+        {
             return Err(CommandError::ForbiddenOption {
                 arg: "-i".into(),
                 why: OVERRIDE,
@@ -1233,9 +1265,11 @@ mod tests {
         let argv = render(VALID, &spec()).unwrap();
         let joined = argv.join(" ");
         assert!(joined.starts_with("-hide_banner -nostdin -nostats -y -progress pipe:1 "));
-        assert!(joined.contains(
-            "-protocol_whitelist file -i in/in.mov -protocol_whitelist file -i in/logo.png"
-        ));
+        let forced = forced_input_flags().join(" ");
+        assert!(
+            joined.contains(&format!("{forced} -i in/in.mov {forced} -i in/logo.png")),
+            "{joined}"
+        );
         assert!(joined.contains(" out/out/out.mp4 "));
         assert!(joined.contains("-hls_segment_filename out/hls/seg_%03d.ts out/hls/index.m3u8"));
         assert!(joined.contains("overlay=10:10,scale=160:-2[v]"));

@@ -85,6 +85,7 @@ pub async fn run(
     timeout: Duration,
     cancel: &CancellationToken,
     progress: Option<(&Progress, u64)>,
+    jail: Option<mpegflow_jail::Prepared>,
 ) -> std::io::Result<Finished> {
     let mut cmd = Command::new(program);
     cmd.args(argv)
@@ -95,6 +96,14 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(prepared) = jail {
+        let prepared = std::sync::Arc::new(prepared);
+        // SAFETY: `apply` only makes raw system calls and does not allocate, as required
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || prepared.apply());
+        }
+    }
     let mut child = cmd.spawn()?;
     let pid = child.id();
     let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -171,18 +180,26 @@ pub async fn run(
     })
 }
 
+/// Marks a probe failure that was a tripped seccomp wire.
+pub const SECURITY_PREFIX: &str = "security: ";
+
 /// Duration of a media file in microseconds, from ffprobe; `Err` carries ffprobe's complaint.
 pub async fn probe_duration_us(
     ffprobe: &Path,
     dir: &Path,
     rel: &str,
     cancel: &CancellationToken,
+    jail: Option<mpegflow_jail::Prepared>,
 ) -> Result<Option<u64>, String> {
     let argv: Vec<String> = [
         "-v",
         "error",
         "-protocol_whitelist",
         "file",
+        "-format_whitelist",
+        mpegflow_domain::command::INPUT_FORMAT_WHITELIST,
+        "-probesize",
+        mpegflow_domain::command::PROBE_SIZE,
         "-show_entries",
         "format=duration",
         "-of",
@@ -192,9 +209,17 @@ pub async fn probe_duration_us(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let f = run(ffprobe, &argv, dir, Duration::from_secs(60), cancel, None)
-        .await
-        .map_err(|e| format!("cannot run ffprobe: {e}"))?;
+    let f = run(
+        ffprobe,
+        &argv,
+        dir,
+        Duration::from_secs(60),
+        cancel,
+        None,
+        jail,
+    )
+    .await
+    .map_err(|e| format!("cannot run ffprobe: {e}"))?;
     match f.exit {
         Exit::Code(0) => {
             let text = String::from_utf8_lossy(&f.stdout);
@@ -209,6 +234,9 @@ pub async fn probe_duration_us(
             "ffprobe exit {c}: {}",
             String::from_utf8_lossy(&f.stderr).trim()
         )),
+        Exit::Signal(s) if s == libc::SIGSYS => {
+            Err(SECURITY_PREFIX.to_owned() + "ffprobe made a forbidden system call")
+        }
         Exit::Signal(s) => Err(format!("ffprobe killed by signal {s}")),
         Exit::TimedOut => Err("ffprobe timed out".into()),
         Exit::Canceled => Err("canceled".into()),

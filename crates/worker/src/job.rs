@@ -306,20 +306,33 @@ impl Run<'_> {
         }
         self.stages.end();
 
+        if let Some((uid, gid)) = self.worker.job_identity {
+            chown_tree(&self.dir, uid, gid).map_err(infra)?;
+        }
+
         self.stages.start("validate");
+        let limits = self.a.limits.unwrap_or_default();
         let mut duration_us = None;
         for input in &self.a.inputs {
+            let jail = self.jail_for(&self.worker.ffprobe, &limits, false)?;
             match ffmpeg::probe_duration_us(
                 &self.worker.ffprobe,
                 &self.dir,
                 &input.path,
                 &self.cancel,
+                jail,
             )
             .await
             {
                 Ok(d) => duration_us = duration_us.or(d),
                 Err(message) => {
                     self.stderr = message.clone().into_bytes();
+                    if message.starts_with(ffmpeg::SECURITY_PREFIX) {
+                        return Err(JobFailure {
+                            exit_code: 128 + libc::SIGSYS,
+                            ..JobFailure::new(error_code::SECURITY_VIOLATION, message, false)
+                        });
+                    }
                     return Err(JobFailure::new(
                         error_code::INVALID_INPUT,
                         format!("input {:?} is not valid media: {message}", input.alias),
@@ -331,9 +344,9 @@ impl Run<'_> {
         self.stages.end();
 
         self.stages.start("encode");
-        let limits = self.a.limits.unwrap_or_default();
         let timeout = Duration::from_secs(limits.timeout_seconds.max(1).into());
         self.progress.set(0.0);
+        let jail = self.jail_for(&self.worker.ffmpeg, &limits, true)?;
         let finished = ffmpeg::run(
             &self.worker.ffmpeg,
             &self.a.argv,
@@ -341,6 +354,7 @@ impl Run<'_> {
             timeout,
             &self.cancel,
             Some((&self.progress, duration_us.unwrap_or(0))),
+            jail,
         )
         .await
         .map_err(|e| {
@@ -352,40 +366,7 @@ impl Run<'_> {
         })?;
         self.stderr = finished.stderr;
         self.stages.end();
-        match finished.exit {
-            Exit::Code(0) => {}
-            Exit::Code(c) => {
-                return Err(JobFailure {
-                    code: error_code::FFMPEG_FAILED,
-                    message: format!("ffmpeg exited with status {c}"),
-                    retryable: false,
-                    exit_code: c,
-                })
-            }
-            Exit::Signal(s) => {
-                let code = if s == libc::SIGSYS {
-                    error_code::SECURITY_VIOLATION
-                } else {
-                    error_code::FFMPEG_FAILED
-                };
-                return Err(JobFailure {
-                    code,
-                    message: format!("ffmpeg was killed by signal {s}"),
-                    retryable: false,
-                    exit_code: 128 + s,
-                });
-            }
-            Exit::TimedOut => {
-                return Err(JobFailure::new(
-                    error_code::TIME_LIMIT,
-                    format!("ffmpeg ran longer than {}s", timeout.as_secs()),
-                    false,
-                ))
-            }
-            Exit::Canceled => {
-                return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false))
-            }
-        }
+        classify_exit(&finished.exit, &self.stderr, timeout)?;
 
         self.stages.start("upload");
         let files = self.collect_outputs(&spec, &limits).await?;
@@ -427,6 +408,46 @@ impl Run<'_> {
         }
         self.stages.end();
         Ok(files)
+    }
+
+    /// The jail for one FFmpeg (`write`: may write `out/`) or ffprobe process of this job.
+    fn jail_for(
+        &self,
+        program: &std::path::Path,
+        limits: &pb::Limits,
+        write: bool,
+    ) -> Result<Option<mpegflow_jail::Prepared>, JobFailure> {
+        let Some(jail) = &self.worker.config.jail else {
+            return Ok(None);
+        };
+        let timeout = u64::from(limits.timeout_seconds.max(1));
+        let policy = mpegflow_jail::Policy {
+            read: vec![self.dir.join("in")],
+            write: if write {
+                vec![self.dir.join("out")]
+            } else {
+                vec![]
+            },
+            limits: mpegflow_jail::Limits {
+                address_space_bytes: self.worker.config.memory_limit_bytes,
+                // FFmpeg is multi-threaded: allow several cores' worth of CPU time in the wall time.
+                cpu_seconds: timeout.saturating_mul(4),
+                file_size_bytes: if limits.max_output_bytes > 0 {
+                    limits.max_output_bytes
+                } else {
+                    u64::MAX
+                },
+                ..mpegflow_jail::Limits::default()
+            },
+            identity: self.worker.job_identity,
+        };
+        jail.prepare(program, &policy).map(Some).map_err(|e| {
+            JobFailure::new(
+                error_code::WORKER_ERROR,
+                format!("cannot build the jail: {e}"),
+                true,
+            )
+        })
     }
 
     /// Lists what FFmpeg wrote under `out/`: regular files only (a symlink could point anywhere).
@@ -502,5 +523,145 @@ impl Run<'_> {
             }
         }
         Ok(files)
+    }
+}
+
+/// Makes the job directory the per-job uid's (a root worker runs each job as its own uid).
+fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Maps how FFmpeg ended to the job's outcome: limits and tripwires get their own codes.
+fn classify_exit(exit: &Exit, stderr: &[u8], timeout: Duration) -> Result<(), JobFailure> {
+    let fail = |code, message: String, exit_code| {
+        Err(JobFailure {
+            code,
+            message,
+            retryable: false,
+            exit_code,
+        })
+    };
+    match *exit {
+        Exit::Code(0) => Ok(()),
+        Exit::Code(c) => {
+            let text = String::from_utf8_lossy(stderr);
+            if text.contains("Cannot allocate memory")
+                || text.contains("Out of memory")
+                || text.contains("out of memory")
+            {
+                fail(
+                    error_code::MEMORY_LIMIT,
+                    format!("ffmpeg ran out of memory (status {c})"),
+                    c,
+                )
+            } else if text.contains("File too large") {
+                fail(
+                    error_code::OUTPUT_LIMIT,
+                    format!("ffmpeg hit the output size limit (status {c})"),
+                    c,
+                )
+            } else {
+                fail(
+                    error_code::FFMPEG_FAILED,
+                    format!("ffmpeg exited with status {c}"),
+                    c,
+                )
+            }
+        }
+        Exit::Signal(s) if s == libc::SIGSYS => fail(
+            error_code::SECURITY_VIOLATION,
+            "ffmpeg made a forbidden system call and was killed".into(),
+            128 + s,
+        ),
+        Exit::Signal(s) if s == libc::SIGXCPU || s == libc::SIGKILL => fail(
+            error_code::TIME_LIMIT,
+            format!("ffmpeg used up its CPU time (signal {s})"),
+            128 + s,
+        ),
+        Exit::Signal(s) if s == libc::SIGXFSZ => fail(
+            error_code::OUTPUT_LIMIT,
+            "ffmpeg wrote a file past the output limit".into(),
+            128 + s,
+        ),
+        Exit::Signal(s) => fail(
+            error_code::FFMPEG_FAILED,
+            format!("ffmpeg was killed by signal {s}"),
+            128 + s,
+        ),
+        Exit::TimedOut => fail(
+            error_code::TIME_LIMIT,
+            format!("ffmpeg ran longer than {}s", timeout.as_secs()),
+            -1,
+        ),
+        Exit::Canceled => fail(error_code::WORKER_ERROR, "canceled".into(), -1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_map_to_error_codes() {
+        let t = Duration::from_secs(5);
+        let cases: &[(Exit, &str, Option<&str>)] = &[
+            (Exit::Code(0), "", None),
+            (
+                Exit::Code(1),
+                "Invalid data found",
+                Some(error_code::FFMPEG_FAILED),
+            ),
+            (
+                Exit::Code(1),
+                "x: Cannot allocate memory",
+                Some(error_code::MEMORY_LIMIT),
+            ),
+            (
+                Exit::Code(1),
+                "write: File too large",
+                Some(error_code::OUTPUT_LIMIT),
+            ),
+            (
+                Exit::Signal(libc::SIGSYS),
+                "",
+                Some(error_code::SECURITY_VIOLATION),
+            ),
+            (
+                Exit::Signal(libc::SIGXCPU),
+                "",
+                Some(error_code::TIME_LIMIT),
+            ),
+            (
+                Exit::Signal(libc::SIGKILL),
+                "",
+                Some(error_code::TIME_LIMIT),
+            ),
+            (
+                Exit::Signal(libc::SIGXFSZ),
+                "",
+                Some(error_code::OUTPUT_LIMIT),
+            ),
+            (
+                Exit::Signal(libc::SIGSEGV),
+                "",
+                Some(error_code::FFMPEG_FAILED),
+            ),
+            (Exit::TimedOut, "", Some(error_code::TIME_LIMIT)),
+        ];
+        for (exit, stderr, want) in cases {
+            let got = classify_exit(exit, stderr.as_bytes(), t)
+                .err()
+                .map(|f| f.code);
+            assert_eq!(got, *want, "{exit:?}");
+            if let Err(f) = classify_exit(exit, stderr.as_bytes(), t) {
+                assert!(!f.retryable, "a job's own failure is not retried elsewhere");
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod ffmpeg;
 mod job;
+pub mod selftest;
 pub mod transfer;
 
 use mpegflow_proto as pb;
@@ -29,6 +30,8 @@ pub enum WorkerError {
     Refused(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("jail self-test failed: {0}; refusing to take work (pass --insecure-no-jail to run unconfined)")]
+    JailSelfTest(String),
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +45,11 @@ pub struct WorkerConfig {
     pub max_input_bytes: u64,
     /// How long one GetWorkAssignment call may wait.
     pub poll_seconds: u32,
+    /// The jail every FFmpeg and ffprobe process runs in; `None` only with the explicit,
+    /// loudly logged `--insecure-no-jail`.
+    pub jail: Option<mpegflow_jail::Jail>,
+    /// Address-space limit of each jailed process.
+    pub memory_limit_bytes: u64,
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -67,6 +75,8 @@ pub struct Worker {
     pub ffmpeg_version: String,
     pub heartbeat_seconds: u32,
     pub http: reqwest::Client,
+    /// As root: the uid/gid jobs of this worker run as (one per worker process).
+    pub job_identity: Option<(u32, u32)>,
 }
 
 pub fn connect(coordinator: &str, token: &str) -> Result<Client, WorkerError> {
@@ -98,6 +108,20 @@ pub async fn run(
         .ok_or_else(|| WorkerError::BinaryMissing(config.ffprobe.display().to_string()))?;
     let ffmpeg_version = ffmpeg::version(&ffmpeg).await?;
     std::fs::create_dir_all(&config.work_dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let job_identity = (unsafe { libc::geteuid() } == 0).then(|| {
+        let id = 200_000 + std::process::id() % 100_000;
+        (id, id)
+    });
+    match &config.jail {
+        Some(jail) => {
+            selftest::run(jail, &config.work_dir, job_identity).map_err(WorkerError::JailSelfTest)?;
+            let e = jail.enforcement();
+            tracing::info!(landlock_abi = e.landlock_abi, landlock_fs = e.landlock_fs, landlock_tcp = e.landlock_tcp,
+                landlock_scopes = e.landlock_scopes, seccomp = e.seccomp, per_job_uid = job_identity.is_some(), "jail self-test passed");
+        }
+        None => tracing::error!("RUNNING WITHOUT A JAIL (--insecure-no-jail): FFmpeg runs unconfined; a crafted input can reach everything this worker can"),
+    }
     let mut client = connect(&config.coordinator, &token)?;
     drop(token);
 
@@ -133,6 +157,7 @@ pub async fn run(
         ffmpeg,
         ffprobe,
         ffmpeg_version,
+        job_identity,
         http: reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))

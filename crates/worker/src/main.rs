@@ -35,6 +35,17 @@ struct Args {
     max_input_bytes: u64,
     #[arg(long, default_value_t = 20)]
     poll_seconds: u32,
+    /// Address-space limit of each FFmpeg/ffprobe process, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    memory_limit_mb: u64,
+    /// Run FFmpeg WITHOUT the jail. Never in production: a crafted input then reaches whatever
+    /// this worker can.
+    #[arg(long)]
+    insecure_no_jail: bool,
+    /// Build the jail without a layer (landlock or seccomp). Exists to show that the start-up
+    /// self-test refuses such a jail.
+    #[arg(long, value_name = "LAYER")]
+    jail_disable_layer: Vec<String>,
 }
 
 fn read_token(args: &Args) -> anyhow::Result<String> {
@@ -63,6 +74,11 @@ fn read_token(args: &Args) -> anyhow::Result<String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A jailed self-test probe: do the one thing asked and report by exit code.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(mpegflow_worker::selftest::PROBE_ARG) {
+        std::process::exit(mpegflow_worker::selftest::probe(&argv[2..]));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MPEGFLOW_LOG")
@@ -81,7 +97,25 @@ fn main() -> anyhow::Result<()> {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
+    let jail = if args.insecure_no_jail {
+        None
+    } else {
+        let mut layers = mpegflow_jail::Layers::default();
+        for l in &args.jail_disable_layer {
+            match l.as_str() {
+                "landlock" => layers.landlock = false,
+                "seccomp" => layers.seccomp = false,
+                other => bail!("unknown jail layer {other:?} (landlock, seccomp)"),
+            }
+        }
+        Some(
+            mpegflow_jail::Jail::new(layers)
+                .context("building the jail (pass --insecure-no-jail to run unconfined)")?,
+        )
+    };
     let config = WorkerConfig {
+        jail,
+        memory_limit_bytes: args.memory_limit_mb.saturating_mul(1024 * 1024),
         coordinator: args.coordinator.clone(),
         work_dir,
         ffmpeg: args.ffmpeg.clone(),

@@ -1,0 +1,112 @@
+//! The start-up self-test: the worker proves the jail holds before it takes any work. A jailed
+//! copy of this binary (`mpegflow-worker __jail-probe …`) must be able to read an allowed file,
+//! must be refused a forbidden one, and must be killed for creating a socket.
+
+use mpegflow_jail::{Jail, Policy};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The hidden subcommand a jailed probe runs.
+pub const PROBE_ARG: &str = "__jail-probe";
+
+/// Exit codes of the probe.
+pub const PROBE_OK: i32 = 0;
+pub const PROBE_DENIED: i32 = 10;
+pub const PROBE_OTHER_ERROR: i32 = 11;
+
+/// The probe itself, run inside the jail: `read PATH` or `socket`.
+pub fn probe(args: &[String]) -> i32 {
+    match args {
+        [mode, path] if mode == "read" => match std::fs::read(path) {
+            Ok(_) => PROBE_OK,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+                PROBE_DENIED
+            }
+            Err(_) => PROBE_OTHER_ERROR,
+        },
+        [mode] if mode == "socket" => {
+            // SAFETY: plain socket(2) call; the fd is closed right away.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+                PROBE_OK
+            } else {
+                PROBE_DENIED
+            }
+        }
+        _ => PROBE_OTHER_ERROR,
+    }
+}
+
+fn run_probe(
+    jail: &Jail,
+    policy: &Policy,
+    args: &[&str],
+) -> Result<std::process::ExitStatus, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let prepared = jail.prepare(&exe, policy).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg(PROBE_ARG)
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: `apply` only makes raw system calls.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || prepared.apply());
+    }
+    cmd.status()
+        .map_err(|e| format!("cannot start the jailed probe: {e}"))
+}
+
+/// Runs the three probes; `Err` says which protection did not hold.
+pub fn run(jail: &Jail, work_dir: &Path, identity: Option<(u32, u32)>) -> Result<(), String> {
+    let dir = work_dir.join(".jail-selftest");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let allowed = dir.join("allowed");
+    std::fs::write(&allowed, b"ok").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&allowed, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    // Forbidden: a file beside the job area that the jailed process could otherwise read.
+    let forbidden = work_dir.join(".jail-selftest-forbidden");
+    std::fs::write(&forbidden, b"secret").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&forbidden, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    let policy = Policy {
+        read: vec![dir.clone()],
+        identity,
+        ..Policy::default()
+    };
+
+    let result = (|| {
+        let s = run_probe(jail, &policy, &["read", &allowed.to_string_lossy()])?;
+        if s.code() != Some(PROBE_OK) {
+            return Err(format!(
+                "a jailed process could not read an allowed file ({s})"
+            ));
+        }
+        let s = run_probe(jail, &policy, &["read", &forbidden.to_string_lossy()])?;
+        if s.code() != Some(PROBE_DENIED) {
+            return Err(format!(
+                "file-system confinement (Landlock) is not enforced: a forbidden read gave {s}"
+            ));
+        }
+        let s = run_probe(jail, &policy, &["socket"])?;
+        if s.signal() != Some(libc::SIGSYS) {
+            return Err(format!(
+                "the seccomp tripwire is not enforced: socket() gave {s}"
+            ));
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&forbidden);
+    result
+}
