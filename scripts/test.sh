@@ -7,4 +7,11 @@ scripts/deps.sh
 scripts/check-worker-deps.sh
 # The integration tests start worker processes from target/debug/mpegflow-worker.
 cargo build -j2 --workspace --bins
-cargo test -j2 --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test -j2 --workspace --lib --bins --tests 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run: cargo prints one per test binary, the last often "0 passed".
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit $status

@@ -295,6 +295,17 @@ impl Platform {
 
     /// Starts one more worker process with `token`. Returns its pid.
     pub async fn spawn_worker(&mut self, token: &str) -> Result<u32> {
+        self.spawn_worker_with(token, &[], false).await
+    }
+
+    /// Starts a worker with extra arguments; `keep_root` leaves it running as root (when we are)
+    /// instead of dropping to the unprivileged worker user.
+    pub async fn spawn_worker_with(
+        &mut self,
+        token: &str,
+        extra_args: &[&str],
+        keep_root: bool,
+    ) -> Result<u32> {
         let n = self.workers.len();
         let work_dir = self
             .data_dir
@@ -302,7 +313,8 @@ impl Platform {
             .join(format!("{n}-{}", random_hex(4)));
         mkdir(&self.data_dir.join("work"), 0o711)?;
         mkdir(&work_dir, 0o700)?;
-        if let Some((uid, gid)) = self.worker_uid {
+        let drop_to = self.worker_uid.filter(|_| !keep_root);
+        if let Some((uid, gid)) = drop_to {
             std::os::unix::fs::chown(&work_dir, Some(uid), Some(gid))?;
         }
         let log =
@@ -320,6 +332,7 @@ impl Platform {
             .arg(&work_dir)
             .arg("--poll-seconds")
             .arg("5")
+            .args(extra_args)
             // The credential vacuum starts with the environment: nothing of ours is inherited.
             .env_clear()
             .env(
@@ -334,7 +347,7 @@ impl Platform {
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
-        if let Some((uid, gid)) = self.worker_uid {
+        if let Some((uid, gid)) = drop_to {
             cmd.as_std_mut().uid(uid).gid(gid);
         }
         let mut child = cmd
@@ -346,6 +359,19 @@ impl Platform {
         let pid = child.id().unwrap_or(0);
         self.workers.push(child);
         Ok(pid)
+    }
+
+    /// Whether the worker with this pid is still running.
+    pub fn worker_alive(&mut self, pid: u32) -> bool {
+        self.workers
+            .iter_mut()
+            .any(|w| w.id() == Some(pid) && matches!(w.try_wait(), Ok(None)))
+    }
+
+    /// Waits for a worker to exit and returns its exit code.
+    pub async fn wait_worker(&mut self, pid: u32) -> Option<i32> {
+        let w = self.workers.iter_mut().find(|w| w.id() == Some(pid))?;
+        w.wait().await.ok()?.code()
     }
 
     pub fn worker_pids(&self) -> Vec<u32> {

@@ -27,6 +27,7 @@ use uuid::Uuid;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/assets", post(create_asset))
         .route("/v1/assets/{id}", get(get_asset))
         .route("/v1/assets/{id}/complete", post(complete_asset))
@@ -100,6 +101,17 @@ fn not_found(what: &'static str) -> impl Fn(ControlError) -> ControlError {
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Counters only: no tenant data.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
 }
 
 async fn healthz(State(state): State<AppState>) -> Result<Json<Value>> {

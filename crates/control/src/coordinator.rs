@@ -16,6 +16,7 @@ use mpegflow_store::{
 };
 use serde_json::{json, Map, Value};
 use std::io::Read;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
@@ -53,6 +54,10 @@ impl CoordinatorService {
             .await?;
         info.ok_or_else(|| {
             tracing::warn!("coordinator authentication failure");
+            self.state
+                .metrics
+                .coordinator_auth_failures
+                .fetch_add(1, Ordering::Relaxed);
             ControlError::Unauthenticated
         })
     }
@@ -166,6 +171,29 @@ impl CoordinatorService {
                 ));
             }
         }
+        Ok(())
+    }
+}
+
+impl CoordinatorService {
+    /// A tripped seccomp wire: an audit event of its own and a metric, beside the job's failure.
+    async fn security_violation(&self, job: &Job, worker_id: Uuid, message: &str) -> Result<()> {
+        self.state
+            .metrics
+            .security_violations
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(job_id = %job.id, org_id = %job.org_id, %worker_id, message, "security violation: jailed process killed by seccomp");
+        self.state
+            .store
+            .audit(&AuditEntry {
+                org_id: Some(job.org_id),
+                actor: format!("worker:{worker_id}"),
+                action: "security.violation",
+                job_id: Some(job.id),
+                subject: Some(worker_id.to_string()),
+                details: json!({ "attempt": job.attempts, "message": message }),
+            })
+            .await?;
         Ok(())
     }
 }
@@ -526,6 +554,12 @@ impl pb::Coordinator for CoordinatorService {
                     ))
                 }
             };
+            let security_event = match &report {
+                Report::Failed(f) if f.code == error_code::SECURITY_VIOLATION => {
+                    Some(f.message.clone())
+                }
+                _ => None,
+            };
             let result = self
                 .state
                 .store
@@ -544,6 +578,9 @@ impl pb::Coordinator for CoordinatorService {
             match result {
                 ReportResult::Applied(state) => {
                     tracing::info!(%state, "job report applied");
+                    if let Some(message) = security_event {
+                        self.security_violation(&job, worker_id, &message).await?;
+                    }
                     self.state.job_changed.notify_waiters();
                     if !state.is_terminal() {
                         self.state.job_queued.notify_waiters();

@@ -78,6 +78,29 @@ impl ControlConfig {
     }
 }
 
+/// Counters exposed at `/metrics` (Prometheus text format).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub security_violations: std::sync::atomic::AtomicU64,
+    pub coordinator_auth_failures: std::sync::atomic::AtomicU64,
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        format!(
+            "# HELP mpegflow_security_violations_total Jailed processes killed by the seccomp tripwire.\n\
+             # TYPE mpegflow_security_violations_total counter\n\
+             mpegflow_security_violations_total {}\n\
+             # HELP mpegflow_coordinator_auth_failures_total Coordinator calls with a missing, wrong or revoked worker token.\n\
+             # TYPE mpegflow_coordinator_auth_failures_total counter\n\
+             mpegflow_coordinator_auth_failures_total {}\n",
+            self.security_violations.load(Relaxed),
+            self.coordinator_auth_failures.load(Relaxed)
+        )
+    }
+}
+
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
@@ -88,6 +111,7 @@ pub struct AppState {
     pub job_queued: Arc<Notify>,
     /// Woken when any job's state or progress changes, for long-polling job reads.
     pub job_changed: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
     /// For HEAD requests against the object store (through presigned URLs too).
     pub http: reqwest::Client,
 }
@@ -100,6 +124,7 @@ impl AppState {
             config: Arc::new(config),
             job_queued: Arc::new(Notify::new()),
             job_changed: Arc::new(Notify::new()),
+            metrics: Arc::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .no_proxy()

@@ -43,6 +43,7 @@ pub fn probe(args: &[String]) -> i32 {
 fn run_probe(
     jail: &Jail,
     policy: &Policy,
+    cwd: &Path,
     args: &[&str],
 ) -> Result<std::process::ExitStatus, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
@@ -50,6 +51,7 @@ fn run_probe(
     let mut cmd = Command::new(&exe);
     cmd.arg(PROBE_ARG)
         .args(args)
+        .current_dir(cwd)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -63,42 +65,54 @@ fn run_probe(
         .map_err(|e| format!("cannot start the jailed probe: {e}"))
 }
 
-/// Runs the three probes; `Err` says which protection did not hold.
+/// Runs the three probes; `Err` says which protection did not hold. The probe works like a job:
+/// from its own directory (owned by the job identity, when there is one), with one granted
+/// subdirectory; the forbidden file sits beside it, readable but for the jail.
 pub fn run(jail: &Jail, work_dir: &Path, identity: Option<(u32, u32)>) -> Result<(), String> {
     let dir = work_dir.join(".jail-selftest");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| e.to_string())?;
-    let allowed = dir.join("allowed");
-    std::fs::write(&allowed, b"ok").map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&allowed, std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| e.to_string())?;
-    // Forbidden: a file beside the job area that the jailed process could otherwise read.
-    let forbidden = work_dir.join(".jail-selftest-forbidden");
-    std::fs::write(&forbidden, b"secret").map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&forbidden, std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| e.to_string())?;
+    let granted = dir.join("granted");
+    std::fs::create_dir_all(&granted).map_err(|e| e.to_string())?;
+    std::fs::write(granted.join("allowed"), b"ok").map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("forbidden"), b"secret").map_err(|e| e.to_string())?;
+    for p in [&dir, &granted] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+    }
+    for p in [granted.join("allowed"), dir.join("forbidden")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some((uid, gid)) = identity {
+        for p in [
+            dir.clone(),
+            granted.clone(),
+            granted.join("allowed"),
+            dir.join("forbidden"),
+        ] {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
+    }
     let policy = Policy {
-        read: vec![dir.clone()],
+        read: vec![granted.clone()],
         identity,
         ..Policy::default()
     };
 
     let result = (|| {
-        let s = run_probe(jail, &policy, &["read", &allowed.to_string_lossy()])?;
+        let s = run_probe(jail, &policy, &dir, &["read", "granted/allowed"])?;
         if s.code() != Some(PROBE_OK) {
             return Err(format!(
                 "a jailed process could not read an allowed file ({s})"
             ));
         }
-        let s = run_probe(jail, &policy, &["read", &forbidden.to_string_lossy()])?;
+        let s = run_probe(jail, &policy, &dir, &["read", "forbidden"])?;
         if s.code() != Some(PROBE_DENIED) {
             return Err(format!(
                 "file-system confinement (Landlock) is not enforced: a forbidden read gave {s}"
             ));
         }
-        let s = run_probe(jail, &policy, &["socket"])?;
+        let s = run_probe(jail, &policy, &dir, &["socket"])?;
         if s.signal() != Some(libc::SIGSYS) {
             return Err(format!(
                 "the seccomp tripwire is not enforced: socket() gave {s}"
@@ -107,6 +121,5 @@ pub fn run(jail: &Jail, work_dir: &Path, identity: Option<(u32, u32)>) -> Result
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_file(&forbidden);
     result
 }

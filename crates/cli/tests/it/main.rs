@@ -10,4 +10,5 @@ mod coordinator_auth;
 mod e2e;
 mod fencing;
 mod isolation;
+mod jail;
 mod presign;

@@ -1,0 +1,181 @@
+/*
+ * A hostile stand-in for ffmpeg, run by the real worker in ffmpeg's place. It performs one
+ * attack, named by the tenant-controlled argument `-metadata comment=attack:NAME[:ARG]`, and
+ * writes its verdict ("ESCAPED ..." or "BLOCKED ...") to its output file, the last argument.
+ * Attacks the jail answers by killing the process leave no verdict: the job's error code is it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *out_path;
+
+static void verdict(const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    FILE *f = fopen(out_path, "w");
+    if (!f) { fprintf(stderr, "cannot write verdict: %s\n", strerror(errno)); exit(3); }
+    fprintf(f, "%s\n", buf);
+    fclose(f);
+}
+
+static int read_file(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -errno;
+    char b[64];
+    ssize_t n = read(fd, b, sizeof b);
+    close(fd);
+    return n < 0 ? -errno : 0;
+}
+
+static void try_read(const char *name, const char *path) {
+    int r = read_file(path);
+    if (r == 0) verdict("ESCAPED %s: read %s", name, path);
+    else verdict("BLOCKED %s: %s", name, strerror(-r));
+}
+
+static void tcp(const char *name, int port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) { verdict("BLOCKED %s: socket: %s", name, strerror(errno)); return; }
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001) };
+    if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) verdict("ESCAPED %s: connected to 127.0.0.1:%d", name, port);
+    else verdict("BLOCKED %s: connect: %s", name, strerror(errno));
+    close(s);
+}
+
+int main(int argc, char **argv) {
+    const char *attack = NULL;
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "-metadata") && !strncmp(argv[i + 1], "comment=attack:", 15)) attack = argv[i + 1] + 15;
+    out_path = argv[argc - 1];
+    if (!attack) { fprintf(stderr, "no attack given\n"); return 2; }
+    char name[64] = {0};
+    const char *arg = strchr(attack, ':');
+    snprintf(name, sizeof name, "%.*s", arg ? (int)(arg - attack) : (int)strlen(attack), attack);
+    arg = arg ? arg + 1 : "";
+    char path[256];
+
+    if (!strcmp(name, "none")) verdict("OK none");
+    else if (!strcmp(name, "read_file")) try_read(name, arg);
+    else if (!strcmp(name, "read_ppid_environ")) { snprintf(path, sizeof path, "/proc/%d/environ", getppid()); try_read(name, path); }
+    else if (!strcmp(name, "read_ppid_mem")) {
+        snprintf(path, sizeof path, "/proc/%d/mem", getppid());
+        int fd = open(path, O_RDONLY);
+        if (fd < 0) verdict("BLOCKED %s: %s", name, strerror(errno));
+        else { verdict("ESCAPED %s: opened %s", name, path); close(fd); }
+    }
+    else if (!strcmp(name, "list_parent")) {
+        int fd = open("..", O_RDONLY | O_DIRECTORY);
+        if (fd < 0) { verdict("BLOCKED %s: %s", name, strerror(errno)); return 0; }
+        char b[4096];
+        long n = syscall(SYS_getdents64, fd, b, sizeof b);
+        if (n > 0) verdict("ESCAPED %s: listed ..", name); else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "write_file")) {
+        int fd = open(arg, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) verdict("BLOCKED %s: %s", name, strerror(errno));
+        else { verdict("ESCAPED %s: created %s", name, arg); close(fd); }
+    }
+    else if (!strcmp(name, "write_input")) {
+        int fd = open(arg, O_WRONLY | O_APPEND);
+        if (fd < 0) verdict("BLOCKED %s: %s", name, strerror(errno));
+        else { verdict("ESCAPED %s: opened input for writing", name); close(fd); }
+    }
+    else if (!strcmp(name, "symlink_out")) {
+        char link[300];
+        snprintf(link, sizeof link, "%s.link", out_path);
+        if (symlink("/etc/passwd", link) == 0) { unlink(link); verdict("ESCAPED %s: made a symlink", name); }
+        else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "exec_sh")) {
+        char *args[] = { "/bin/sh", "-c", "echo \"ESCAPED exec_sh: ran /bin/sh\" > \"$0\"", (char *)out_path, NULL };
+        execv("/bin/sh", args);
+        verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "signal_parent")) {
+        if (kill(getppid(), 0) == 0) verdict("ESCAPED %s: may signal the worker", name);
+        else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "tcp")) tcp(name, atoi(arg));
+    else if (!strcmp(name, "udp")) {
+        int s = socket(AF_INET, SOCK_DGRAM, 0);
+        if (s < 0) { verdict("BLOCKED %s: %s", name, strerror(errno)); return 0; }
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(arg)), .sin_addr.s_addr = htonl(0x7f000001) };
+        if (sendto(s, "x", 1, 0, (struct sockaddr *)&a, sizeof a) == 1) verdict("ESCAPED %s: sent a datagram", name);
+        else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "unix_abstract")) {
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (s < 0) verdict("BLOCKED %s: %s", name, strerror(errno)); else verdict("ESCAPED %s: made a unix socket", name);
+    }
+    else if (!strcmp(name, "ptrace")) {
+        if (ptrace(PTRACE_TRACEME, 0, 0, 0) == 0) verdict("ESCAPED %s: ptrace works", name);
+        else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "process_vm_readv")) {
+        char local[8], remote[8] = "secret";
+        struct iovec l = { local, 8 }, r = { remote, 8 };
+        if (syscall(SYS_process_vm_readv, getpid(), &l, 1, &r, 1, 0) > 0) verdict("ESCAPED %s: read process memory", name);
+        else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "userns")) {
+        if (unshare(CLONE_NEWUSER) == 0) verdict("ESCAPED %s: new user namespace", name);
+        else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "io_uring")) {
+        char params[120] = {0};
+        long fd = syscall(425 /* io_uring_setup */, 4, params);
+        if (fd >= 0) verdict("ESCAPED %s: io_uring ring", name); else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "memfd")) {
+        long fd = syscall(SYS_memfd_create, "x", 0);
+        if (fd >= 0) verdict("ESCAPED %s: memfd", name); else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "fork_bomb")) {
+        int made = 0;
+        for (int i = 0; i < 20; i++) {
+            pid_t p = fork();
+            if (p == 0) _exit(0);
+            if (p > 0) made++;
+        }
+        while (wait(NULL) > 0) {}
+        if (made) verdict("ESCAPED %s: forked %d processes", name, made); else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "alloc")) {
+        size_t n = (size_t)atol(arg) << 20;
+        char *p = malloc(n);
+        if (!p) { fprintf(stderr, "alloc: Cannot allocate memory\n"); return 1; }
+        memset(p, 1, n);
+        verdict("ESCAPED %s: allocated %zu MiB", name, n >> 20);
+    }
+    else if (!strcmp(name, "big_file")) {
+        size_t mb = (size_t)atol(arg);
+        int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        char *b = calloc(1, 1 << 20);
+        for (size_t i = 0; i < mb; i++)
+            if (write(fd, b, 1 << 20) != 1 << 20) { fprintf(stderr, "write: %s\n", strerror(errno)); return 1; }
+        close(fd);
+        return 0; /* the oversized file is the "verdict" */
+    }
+    else if (!strcmp(name, "sleep")) { sleep(atoi(arg)); verdict("ESCAPED %s: slept", name); }
+    else { fprintf(stderr, "unknown attack %s\n", name); return 2; }
+    return 0;
+}
