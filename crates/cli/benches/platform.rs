@@ -423,6 +423,58 @@ async fn latency_bench(dir: &Path, cluster: &Cluster) {
     platform.stop(Duration::from_secs(5)).await;
 }
 
+/// Jail cost: spawn overhead against a plain spawn of the same binary, and a short real
+/// transcode jailed against unjailed.
+fn jail_bench(dir: &Path) {
+    use std::os::unix::process::CommandExt;
+    let jail = mpegflow_jail::Jail::new(mpegflow_jail::Layers::default()).expect("jail");
+    let work = dir.join("jail-bench");
+    std::fs::create_dir_all(work.join("in")).unwrap();
+    std::fs::create_dir_all(work.join("out")).unwrap();
+    let policy = mpegflow_jail::Policy { read: vec![work.join("in")], write: vec![work.join("out")], ..Default::default() };
+    let run = |program: &str, args: &[&str], jailed: bool| {
+        let t = Instant::now();
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args).current_dir(&work).env_clear().stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        if jailed {
+            let prepared = jail.prepare(Path::new(program), &policy).unwrap();
+            unsafe { cmd.pre_exec(move || prepared.apply()) };
+        }
+        let st = cmd.status().unwrap();
+        assert!(st.success(), "{program} {args:?} jailed={jailed}: {st}");
+        t.elapsed().as_secs_f64()
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let n = 300;
+    let (mut plain, mut jailed) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        plain.push(run("/bin/true", &[], false));
+        jailed.push(run("/bin/true", &[], true));
+    }
+    println!(
+        "jail: spawn+wait of /bin/true over {n} runs: plain mean {:.2} ms (median {:.2}), jailed mean {:.2} ms (median {:.2}); added {:.2} ms mean",
+        mean(&plain) * 1e3, median(&mut plain.clone()) * 1e3, mean(&jailed) * 1e3, median(&mut jailed.clone()) * 1e3, (mean(&jailed) - mean(&plain)) * 1e3
+    );
+    let clip = work.join("in/clip.mp4");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(mpegflow::sample::make_clip(&clip, 2, "640x360")).unwrap();
+    let args = ["-hide_banner", "-nostdin", "-y", "-threads", "2", "-i", "in/clip.mp4", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "out/o.mp4"];
+    let (mut p, mut j) = (Vec::new(), Vec::new());
+    run("/usr/bin/ffmpeg", &args, false);
+    for _ in 0..10 {
+        p.push(run("/usr/bin/ffmpeg", &args, false));
+        j.push(run("/usr/bin/ffmpeg", &args, true));
+    }
+    println!(
+        "jail: 2 s 640x360 transcode (libx264 veryfast + aac) over 10 runs: unjailed mean {:.1} ms, jailed mean {:.1} ms, ratio {:.3}",
+        mean(&p) * 1e3, mean(&j) * 1e3, mean(&j) / mean(&p)
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -432,6 +484,9 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let cluster = Cluster::start(&dir.join("pg"), None, false).expect("PostgreSQL cluster");
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    if only.as_deref().is_none_or(|o| o == "jail") {
+        jail_bench(&dir);
+    }
     rt.block_on(async {
         if only.as_deref().is_none_or(|o| o == "coordinator") {
             coordinator_bench(&dir, &cluster).await;
