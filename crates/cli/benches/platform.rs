@@ -431,11 +431,20 @@ fn jail_bench(dir: &Path) {
     let work = dir.join("jail-bench");
     std::fs::create_dir_all(work.join("in")).unwrap();
     std::fs::create_dir_all(work.join("out")).unwrap();
-    let policy = mpegflow_jail::Policy { read: vec![work.join("in")], write: vec![work.join("out")], ..Default::default() };
+    let policy = mpegflow_jail::Policy {
+        read: vec![work.join("in")],
+        write: vec![work.join("out")],
+        ..Default::default()
+    };
     let run = |program: &str, args: &[&str], jailed: bool| {
         let t = Instant::now();
         let mut cmd = std::process::Command::new(program);
-        cmd.args(args).current_dir(&work).env_clear().stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.args(args)
+            .current_dir(&work)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         if jailed {
             let prepared = jail.prepare(Path::new(program), &policy).unwrap();
             unsafe { cmd.pre_exec(move || prepared.apply()) };
@@ -460,9 +469,28 @@ fn jail_bench(dir: &Path) {
         mean(&plain) * 1e3, median(&mut plain.clone()) * 1e3, mean(&jailed) * 1e3, median(&mut jailed.clone()) * 1e3, (mean(&jailed) - mean(&plain)) * 1e3
     );
     let clip = work.join("in/clip.mp4");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(mpegflow::sample::make_clip(&clip, 2, "640x360")).unwrap();
-    let args = ["-hide_banner", "-nostdin", "-y", "-threads", "2", "-i", "in/clip.mp4", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "out/o.mp4"];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(mpegflow::sample::make_clip(&clip, 2, "640x360"))
+        .unwrap();
+    let args = [
+        "-hide_banner",
+        "-nostdin",
+        "-y",
+        "-threads",
+        "2",
+        "-i",
+        "in/clip.mp4",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        "out/o.mp4",
+    ];
     let (mut p, mut j) = (Vec::new(), Vec::new());
     run("/usr/bin/ffmpeg", &args, false);
     for _ in 0..10 {

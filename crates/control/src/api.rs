@@ -99,6 +99,17 @@ fn not_found(what: &'static str) -> impl Fn(ControlError) -> ControlError {
     }
 }
 
+/// The caller's asset with this id; anything else is simply not found.
+async fn tenant_asset(state: &AppState, tenant: &Tenant, id: &str) -> Result<Asset> {
+    let id = parse_id(id, "asset")?;
+    state
+        .store
+        .get_asset(tenant.org_id, id)
+        .await
+        .map_err(ControlError::from)
+        .map_err(not_found("asset"))
+}
+
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
@@ -221,13 +232,7 @@ async fn get_asset(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let id = parse_id(&id, "asset")?;
-    let asset = state
-        .store
-        .get_asset(tenant.org_id, id)
-        .await
-        .map_err(ControlError::from)
-        .map_err(not_found("asset"))?;
+    let asset = tenant_asset(&state, &tenant, &id).await?;
     Ok(Json(asset_json(&asset)))
 }
 
@@ -236,13 +241,8 @@ async fn complete_asset(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let id = parse_id(&id, "asset")?;
-    let asset = state
-        .store
-        .get_asset(tenant.org_id, id)
-        .await
-        .map_err(ControlError::from)
-        .map_err(not_found("asset"))?;
+    let asset = tenant_asset(&state, &tenant, &id).await?;
+    let id = asset.id;
     if asset.state == "ready" {
         return Ok(Json(asset_json(&asset)));
     }
@@ -308,13 +308,8 @@ async fn download_asset(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let id = parse_id(&id, "asset")?;
-    let asset = state
-        .store
-        .get_asset(tenant.org_id, id)
-        .await
-        .map_err(ControlError::from)
-        .map_err(not_found("asset"))?;
+    let asset = tenant_asset(&state, &tenant, &id).await?;
+    let id = asset.id;
     if asset.state != "ready" {
         return Err(ControlError::Conflict {
             code: "asset_not_ready",

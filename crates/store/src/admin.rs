@@ -23,6 +23,17 @@ pub struct WorkerTokenInfo {
     pub pool_name: String,
 }
 
+/// Maps a unique-key violation to a readable conflict.
+fn exists_conflict(message: String) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| {
+        if unique_violation(&e) {
+            StoreError::Conflict(message)
+        } else {
+            e.into()
+        }
+    }
+}
+
 fn admin(
     action: &str,
     org_id: Option<Uuid>,
@@ -49,13 +60,7 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await
-            .map_err(|e| {
-                if unique_violation(&e) {
-                    StoreError::Conflict(format!("org {name:?} exists"))
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(exists_conflict(format!("org {name:?} exists")))?;
         insert_audit(
             &mut *tx,
             &admin(
@@ -136,13 +141,7 @@ impl Store {
             .bind(org_id)
             .execute(&mut *tx)
             .await
-            .map_err(|e| {
-                if unique_violation(&e) {
-                    StoreError::Conflict(format!("pool {name:?} exists"))
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(exists_conflict(format!("pool {name:?} exists")))?;
         insert_audit(
             &mut *tx,
             &admin(

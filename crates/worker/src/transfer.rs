@@ -30,6 +30,19 @@ impl TransferError {
     }
 }
 
+/// The response, or its status and the start of its body as an error.
+async fn ensure_success(resp: reqwest::Response) -> Result<reqwest::Response, TransferError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    Err(TransferError::Status {
+        status,
+        body: body.chars().take(500).collect(),
+    })
+}
+
 /// Size and SHA-256 (hex) of some bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digested {
@@ -44,15 +57,7 @@ pub async fn download(
     dest: &Path,
     max_bytes: u64,
 ) -> Result<Digested, TransferError> {
-    let resp = http.get(url).send().await?;
-    if !resp.status().is_success() {
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        return Err(TransferError::Status {
-            status,
-            body: body.chars().take(500).collect(),
-        });
-    }
+    let resp = ensure_success(http.get(url).send().await?).await?;
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -121,14 +126,6 @@ pub async fn upload(
             req = req.header(k.as_str(), v.as_str());
         }
     }
-    let resp = req.send().await?;
-    if !resp.status().is_success() {
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        return Err(TransferError::Status {
-            status,
-            body: body.chars().take(500).collect(),
-        });
-    }
+    ensure_success(req.send().await?).await?;
     Ok(())
 }
