@@ -68,3 +68,38 @@ async fn cancelling_a_running_job_stops_its_ffmpeg_and_frees_the_worker() {
     );
     tp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_worker_finish_its_job_then_stop() {
+    let mut tp = TestPlatform::start(0, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let (_, token) = tp.worker_token("default").await;
+    let pid = tp.platform.spawn_worker(&token).await.unwrap();
+    let long = clip(tp.dir.path(), "long.mp4", 4, "640x360").await;
+    let job = submit(
+        &client,
+        &long,
+        &[("out", "o.mp4")],
+        "-i {{in}} -c:v libx264 -preset medium -s 1280x720 {{out}}",
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    eventually("the job to be running", Duration::from_secs(30), || {
+        let (c, id) = (client.clone(), id.clone());
+        async move { (c.job(&id).await.unwrap()["state"] == "running").then_some(()) }
+    })
+    .await;
+    // SAFETY: signalling a child process we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let done = client.wait(&id, |_| {}).await.unwrap();
+    assert_eq!(
+        done["state"], "succeeded",
+        "the job at hand is finished: {done:#}"
+    );
+    assert_eq!(done["attempts"], 1);
+    let code = tokio::time::timeout(Duration::from_secs(20), tp.platform.wait_worker(pid))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "then the worker stops cleanly");
+    tp.stop().await;
+}
