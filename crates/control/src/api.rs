@@ -458,7 +458,7 @@ async fn submit_job(
             filename: filename.clone(),
         });
     }
-    let argv = render(&req.command, &spec)?;
+    let argv = render(&req.command, &spec, state.config.job_threads)?;
 
     let pool_name = req.pool.as_deref().unwrap_or("default");
     let pool = match state.store.pool_by_name(pool_name).await {

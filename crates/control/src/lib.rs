@@ -40,6 +40,9 @@ pub struct ControlConfig {
     pub reaper_interval_ms: u64,
     /// Longest a GetWorkAssignment call is held open.
     pub max_poll_seconds: u32,
+    /// `-threads` given to each input and output a tenant leaves unset (inside the jail FFmpeg
+    /// cannot count CPUs itself).
+    pub job_threads: u32,
 }
 
 impl Default for ControlConfig {
@@ -58,6 +61,7 @@ impl Default for ControlConfig {
             max_upload_bytes: 5 * 1024 * 1024 * 1024,
             reaper_interval_ms: 2_000,
             max_poll_seconds: 20,
+            job_threads: mpegflow_domain::command::DEFAULT_THREADS,
         }
     }
 }

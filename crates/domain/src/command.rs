@@ -875,7 +875,9 @@ impl<'s> Validator<'s> {
     }
 
     /// Walks the arguments (without the program name or forced prefix) and checks each.
-    fn validate(&self, args: &[String]) -> Result<(), CommandError> {
+    /// Returns the indices of the output files among `args`.
+    fn validate(&self, args: &[String]) -> Result<Vec<usize>, CommandError> {
+        let mut output_positions = Vec::new();
         let mut inputs_used = BTreeSet::new();
         let mut outputs_used = BTreeSet::new();
         // `-f` applies to the next input or output, whichever comes first.
@@ -890,6 +892,7 @@ impl<'s> Validator<'s> {
                 match self.classify(arg)? {
                     Ref::OutputFile(a) | Ref::OutputDirEntry(a) => {
                         outputs_used.insert(a);
+                        output_positions.push(i);
                     }
                     _ => {
                         return Err(CommandError::NotAnOutput {
@@ -1018,7 +1021,7 @@ impl<'s> Validator<'s> {
         if outputs_used.is_empty() {
             return Err(CommandError::NoOutput);
         }
-        Ok(())
+        Ok(output_positions)
     }
 
     /// A value that must not be a file reference.
@@ -1170,15 +1173,41 @@ pub fn validate(template: &str, spec: &IoSpec) -> Result<Vec<String>, CommandErr
     Ok(args)
 }
 
+/// Threads per input and output when the tenant does not say (the fleet's machines have 2 cores).
+pub const DEFAULT_THREADS: u32 = 2;
+
 /// Validates a template and renders the argv (without the program name) the worker will run.
-pub fn render(template: &str, spec: &IoSpec) -> Result<Vec<String>, CommandError> {
-    let args = validate(template, spec)?;
+///
+/// Every input and every output gets an explicit `-threads threads` unless the tenant set
+/// `-threads` for it: inside the jail FFmpeg cannot read `/proc` or `/sys` to count CPUs.
+pub fn render(template: &str, spec: &IoSpec, threads: u32) -> Result<Vec<String>, CommandError> {
+    let args = parse_template(template)?;
+    let outputs = Validator {
+        spec,
+        mode: Mode::Template,
+    }
+    .validate(&args)?;
+    let threads = threads.max(1).to_string();
     let mut argv: Vec<String> = FORCED_PREFIX.iter().map(|s| s.to_string()).collect();
-    for arg in args {
+    // Whether the current option group (since the last input or output) set -threads.
+    let mut group_threads = false;
+    let mut after_input = false;
+    for (i, arg) in args.iter().enumerate() {
+        let is_threads = arg == "-threads" || arg.starts_with("-threads:");
         if arg == "-i" {
+            if !group_threads {
+                argv.extend(["-threads".to_owned(), threads.clone()]);
+            }
             argv.extend(forced_input_flags().iter().map(|s| s.to_string()));
+        } else if outputs.contains(&i) && !group_threads {
+            argv.extend(["-threads".to_owned(), threads.clone()]);
         }
-        argv.push(substitute(&arg, spec));
+        argv.push(substitute(arg, spec));
+        if after_input || outputs.contains(&i) {
+            group_threads = false;
+        }
+        after_input = arg == "-i";
+        group_threads |= is_threads;
     }
     Ok(argv)
 }
@@ -1240,6 +1269,7 @@ pub fn check_rendered(argv: &[String], spec: &IoSpec) -> Result<(), CommandError
         mode: Mode::Rendered,
     }
     .validate(rest)
+    .map(|_| ())
 }
 
 #[cfg(test)]
@@ -1262,16 +1292,19 @@ mod tests {
 
     #[test]
     fn valid_templates_render_to_fixed_paths() {
-        let argv = render(VALID, &spec()).unwrap();
+        let argv = render(VALID, &spec(), DEFAULT_THREADS).unwrap();
         let joined = argv.join(" ");
         assert!(joined.starts_with("-hide_banner -nostdin -nostats -y -progress pipe:1 "));
         let forced = forced_input_flags().join(" ");
         assert!(
-            joined.contains(&format!("{forced} -i in/in.mov {forced} -i in/logo.png")),
+            joined.contains(&format!(
+                "-threads 2 {forced} -i in/in.mov -threads 2 {forced} -i in/logo.png"
+            )),
             "{joined}"
         );
         assert!(joined.contains(" out/out/out.mp4 "));
-        assert!(joined.contains("-hls_segment_filename out/hls/seg_%03d.ts out/hls/index.m3u8"));
+        assert!(joined
+            .contains("-hls_segment_filename out/hls/seg_%03d.ts -threads 2 out/hls/index.m3u8"));
         assert!(joined.contains("overlay=10:10,scale=160:-2[v]"));
         check_rendered(&argv, &spec()).unwrap();
     }
@@ -1293,7 +1326,7 @@ mod tests {
             "-i {{in}} -x264-params keyint=50:min-keyint=50 -c:v libx264 {{out}}",
         ];
         for t in ok {
-            let argv = render(t, &s).unwrap_or_else(|e| panic!("{t}: {e}"));
+            let argv = render(t, &s, DEFAULT_THREADS).unwrap_or_else(|e| panic!("{t}: {e}"));
             check_rendered(&argv, &s).unwrap_or_else(|e| panic!("{t} rendered: {e}"));
         }
     }
@@ -1345,7 +1378,7 @@ mod tests {
         ];
         for (t, arg) in cases {
             let full = format!("{t} {base}");
-            let err = render(&full, &s).unwrap_err();
+            let err = render(&full, &s, DEFAULT_THREADS).unwrap_err();
             assert_eq!(err.argument(), Some(*arg), "{full}: {err}");
             assert!(err.to_string().contains(arg), "{err}");
         }
@@ -1355,21 +1388,24 @@ mod tests {
     fn declared_but_unused_is_refused() {
         let s = spec();
         assert_eq!(
-            render("-i {{in}} {{out}}", &s).unwrap_err(),
+            render("-i {{in}} {{out}}", &s, DEFAULT_THREADS).unwrap_err(),
             CommandError::InputUnused("logo".into())
         );
         let mut one = IoSpec::default();
         one.add_input("in", "a").unwrap();
         one.add_output("out", "o.mp4").unwrap();
         assert_eq!(
-            render("-i {{in}} -vn", &one).unwrap_err(),
+            render("-i {{in}} -vn", &one, DEFAULT_THREADS).unwrap_err(),
             CommandError::OutputUnused("out".into())
         );
         assert!(matches!(
-            render("'unterminated", &one),
+            render("'unterminated", &one, DEFAULT_THREADS),
             Err(CommandError::Syntax(_))
         ));
-        assert_eq!(render("ffmpeg", &one).unwrap_err(), CommandError::Empty);
+        assert_eq!(
+            render("ffmpeg", &one, DEFAULT_THREADS).unwrap_err(),
+            CommandError::Empty
+        );
     }
 
     #[test]
@@ -1377,7 +1413,7 @@ mod tests {
         let mut s = IoSpec::default();
         s.add_input("in", "a.mp4").unwrap();
         s.add_output("out", "b.mp4").unwrap();
-        let good = render("-i {{in}} {{out}}", &s).unwrap();
+        let good = render("-i {{in}} {{out}}", &s, DEFAULT_THREADS).unwrap();
         let tamper = |f: &dyn Fn(&mut Vec<String>)| {
             let mut v = good.clone();
             f(&mut v);
@@ -1398,6 +1434,38 @@ mod tests {
             v.drain(i..i + 2);
         })
         .is_err());
+    }
+
+    #[test]
+    fn threads_are_explicit_unless_the_tenant_set_them() {
+        let mut s = IoSpec::default();
+        s.add_input("a", "a.mp4").unwrap();
+        s.add_input("b", "b.mp4").unwrap();
+        s.add_output("x", "x.mp4").unwrap();
+        s.add_output("y", "y.mp4").unwrap();
+        let argv = render(
+            "-threads 8 -i {{a}} -i {{b}} -c:v libx264 {{x}} -threads:v 3 {{y}}",
+            &s,
+            2,
+        )
+        .unwrap();
+        let joined = argv.join(" ");
+        let forced = forced_input_flags().join(" ");
+        let cases = [
+            format!("-threads 8 {forced} -i in/a.mp4"),
+            format!("-threads 2 {forced} -i in/b.mp4"),
+            "-c:v libx264 -threads 2 out/x/x.mp4".to_owned(),
+            "-threads:v 3 out/y/y.mp4".to_owned(),
+        ];
+        for want in cases {
+            assert!(joined.contains(&want), "{want:?} not in {joined}");
+        }
+        assert_eq!(
+            argv.iter().filter(|a| *a == "-threads").count(),
+            3,
+            "{joined}"
+        );
+        check_rendered(&argv, &s).unwrap();
     }
 
     #[test]
