@@ -217,7 +217,15 @@ async fn direct(clips: &[PathBuf], out_dir: &Path, parallel: usize) -> f64 {
                 };
                 let st = tokio::process::Command::new("ffmpeg")
                     // The rendered command's explicit threads, so both sides run the same FFmpeg command.
-                    .args(["-hide_banner", "-nostdin", "-nostats", "-y", "-threads", "2", "-i"])
+                    .args([
+                        "-hide_banner",
+                        "-nostdin",
+                        "-nostats",
+                        "-y",
+                        "-threads",
+                        "2",
+                        "-i",
+                    ])
                     .arg(&clip)
                     .args(["-c:v", "libx264", "-preset", "veryfast", "-threads", "2"])
                     .arg(out_dir.join(format!("direct-{i}.mp4")))

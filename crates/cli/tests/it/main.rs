@@ -12,3 +12,4 @@ mod fencing;
 mod isolation;
 mod jail;
 mod presign;
+mod replicas;
