@@ -115,6 +115,26 @@ int main(int argc, char **argv) {
         else verdict("BLOCKED %s: %s", name, strerror(errno));
     }
     else if (!strcmp(name, "tcp")) tcp(name, atoi(arg));
+    else if (!strcmp(name, "tcp_scan")) {
+        /* ARG: comma-separated ports; try every one. */
+        char ports[1024];
+        snprintf(ports, sizeof ports, "%s", arg);
+        int reached = 0, tried = 0;
+        for (char *p = strtok(ports, ","); p; p = strtok(NULL, ",")) {
+            int s = socket(AF_INET, SOCK_STREAM, 0);
+            if (s < 0) { verdict("BLOCKED %s: socket: %s", name, strerror(errno)); return 0; }
+            struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(p)), .sin_addr.s_addr = htonl(0x7f000001) };
+            tried++;
+            if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) reached++;
+            close(s);
+        }
+        if (reached) verdict("ESCAPED %s: reached %d of %d loopback ports", name, reached, tried);
+        else verdict("BLOCKED %s: none of %d reachable", name, tried);
+    }
+    else if (!strcmp(name, "ptrace_parent")) {
+        if (ptrace(PTRACE_ATTACH, getppid(), 0, 0) == 0) verdict("ESCAPED %s: attached to the worker", name);
+        else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
     else if (!strcmp(name, "udp")) {
         int s = socket(AF_INET, SOCK_DGRAM, 0);
         if (s < 0) { verdict("BLOCKED %s: %s", name, strerror(errno)); return 0; }

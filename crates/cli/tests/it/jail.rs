@@ -66,6 +66,31 @@ fn port_of(url: &str) -> String {
         .to_owned()
 }
 
+/// Every TCP port listening on loopback right now, from the test's own view of /proc.
+fn listening_loopback_ports() -> Vec<u16> {
+    let mut ports = std::collections::BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // State 0A is LISTEN; local address is hex "ADDR:PORT".
+            if f.get(3) == Some(&"0A") {
+                if let Some(port) = f
+                    .get(1)
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                {
+                    ports.insert(port);
+                }
+            }
+        }
+    }
+    ports.into_iter().collect()
+}
+
 fn attacks(env: &Env) -> Vec<Attack> {
     let p = &env.tp.platform;
     let pg_port = port_of(p.database_url.split('@').nth(1).unwrap());
@@ -109,6 +134,17 @@ fn attacks(env: &Env) -> Vec<Attack> {
         a("tcp", &port_of(&p.api_url), SV, true),
         a("tcp", &pg_port, SV, true),
         a("udp", &pg_port, SV, true),
+        a(
+            "tcp_scan",
+            &listening_loopback_ports()
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            SV,
+            true,
+        ),
+        a("ptrace_parent", "", SV, false),
         a("unix_abstract", "", SV, true),
         a("ptrace", "", SV, true),
         a("process_vm_readv", "", SV, true),
