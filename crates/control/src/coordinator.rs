@@ -82,6 +82,16 @@ impl CoordinatorService {
         Ok((token, worker_id))
     }
 
+    /// Authenticates a call about one job: the token, its worker, and the job id.
+    async fn job_call<T: JobCall>(&self, req: Request<T>) -> Result<(Uuid, Uuid, T)> {
+        let (_, worker_id) = self
+            .authenticate_worker(&req, req.get_ref().worker_id())
+            .await?;
+        let r = req.into_inner();
+        let job_id = Self::parse_job_id(r.job_id())?;
+        Ok((worker_id, job_id, r))
+    }
+
     fn parse_job_id(id: &str) -> Result<Uuid> {
         Uuid::parse_str(id)
             .map_err(|_| ControlError::LeaseLost("this worker holds no lease on that job".into()))
@@ -197,6 +207,26 @@ impl CoordinatorService {
         Ok(())
     }
 }
+
+/// Calls a worker makes about the job it holds.
+trait JobCall {
+    fn worker_id(&self) -> &str;
+    fn job_id(&self) -> &str;
+}
+
+macro_rules! job_call {
+    ($($t:ty),*) => {$(
+        impl JobCall for $t {
+            fn worker_id(&self) -> &str { &self.worker_id }
+            fn job_id(&self) -> &str { &self.job_id }
+        }
+    )*};
+}
+job_call!(
+    pb::HeartbeatRequest,
+    pb::RequestUploadUrlsRequest,
+    pb::ReportJobStatusRequest
+);
 
 fn fencing_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
@@ -346,11 +376,7 @@ impl pb::Coordinator for CoordinatorService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let (_, worker_id) = self
-            .authenticate_worker(&req, &req.get_ref().worker_id)
-            .await?;
-        let r = req.into_inner();
-        let job_id = Self::parse_job_id(&r.job_id)?;
+        let (worker_id, job_id, r) = self.job_call(req).await?;
         let progress = (0.0..=1.0).contains(&r.progress).then_some(r.progress);
         let result = self
             .state
@@ -389,11 +415,7 @@ impl pb::Coordinator for CoordinatorService {
         &self,
         req: Request<pb::RequestUploadUrlsRequest>,
     ) -> Result<Response<pb::RequestUploadUrlsResponse>, Status> {
-        let (_, worker_id) = self
-            .authenticate_worker(&req, &req.get_ref().worker_id)
-            .await?;
-        let r = req.into_inner();
-        let job_id = Self::parse_job_id(&r.job_id)?;
+        let (worker_id, job_id, r) = self.job_call(req).await?;
         let job = self
             .state
             .store
@@ -454,11 +476,7 @@ impl pb::Coordinator for CoordinatorService {
         &self,
         req: Request<pb::ReportJobStatusRequest>,
     ) -> Result<Response<pb::ReportJobStatusResponse>, Status> {
-        let (_, worker_id) = self
-            .authenticate_worker(&req, &req.get_ref().worker_id)
-            .await?;
-        let r = req.into_inner();
-        let job_id = Self::parse_job_id(&r.job_id)?;
+        let (worker_id, job_id, r) = self.job_call(req).await?;
         let lost = || {
             ControlError::LeaseLost(
                 "stale or foreign fencing token: this worker does not hold that job".into(),

@@ -15,11 +15,7 @@ async fn cancelling_a_running_job_stops_its_ffmpeg_and_frees_the_worker() {
     )
     .await;
     let id = job["id"].as_str().unwrap().to_owned();
-    eventually("the job to be running", Duration::from_secs(30), || {
-        let (c, id) = (client.clone(), id.clone());
-        async move { (c.job(&id).await.unwrap()["state"] == "running").then_some(()) }
-    })
-    .await;
+    wait_for_state(&client, &id, "running").await;
     let canceled = client
         .ok(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
         .await
@@ -84,11 +80,7 @@ async fn sigterm_lets_the_worker_finish_its_job_then_stop() {
     )
     .await;
     let id = job["id"].as_str().unwrap().to_owned();
-    eventually("the job to be running", Duration::from_secs(30), || {
-        let (c, id) = (client.clone(), id.clone());
-        async move { (c.job(&id).await.unwrap()["state"] == "running").then_some(()) }
-    })
-    .await;
+    wait_for_state(&client, &id, "running").await;
     // SAFETY: signalling a child process we started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let done = client.wait(&id, |_| {}).await.unwrap();

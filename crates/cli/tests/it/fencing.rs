@@ -41,12 +41,7 @@ async fn a_frozen_worker_is_fenced_off_after_its_lease_expires() {
     unsafe { libc::kill(pid_a as i32, libc::SIGSTOP) };
 
     // The lease runs out and the reaper requeues the job; a second worker finishes it.
-    eventually("the job to be requeued", Duration::from_secs(20), || {
-        let c = client.clone();
-        let id = id.clone();
-        async move { (c.job(&id).await.unwrap()["state"] == "queued").then_some(()) }
-    })
-    .await;
+    wait_for_state(&client, &id, "queued").await;
     tp.platform.spawn_worker(&token).await.unwrap();
     let done = client.wait(&id, |_| {}).await.unwrap();
     assert_eq!(done["state"], "succeeded", "{done:#}");

@@ -212,3 +212,16 @@ pub async fn submit(
         .await
         .expect("submit")
 }
+
+/// Polls a job until it is in `state` (30 s at most).
+pub async fn wait_for_state(client: &ApiClient, id: &str, state: &str) -> Value {
+    eventually(
+        &format!("job {id} to be {state}"),
+        Duration::from_secs(30),
+        || async {
+            let job = client.job(id).await.unwrap();
+            (job["state"] == state).then_some(job)
+        },
+    )
+    .await
+}
