@@ -110,7 +110,8 @@ pub async fn run(
     std::fs::create_dir_all(&config.work_dir)?;
     // SAFETY: geteuid has no preconditions.
     let job_identity = (unsafe { libc::geteuid() } == 0).then(|| {
-        let id = 200_000 + std::process::id() % 100_000;
+        // Unique among live worker processes on this host (pids are unique and below 2^22).
+        let id = 1_000_000 + std::process::id();
         (id, id)
     });
     match &config.jail {
