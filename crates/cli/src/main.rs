@@ -302,7 +302,7 @@ async fn run(
     let command = if command.len() == 1 {
         command[0].clone()
     } else {
-        shell_join(&command)
+        shell_words::join(&command)
     };
     let mut declared_out = BTreeMap::new();
     let mut dests = BTreeMap::new();
@@ -391,22 +391,6 @@ async fn run(
             Ok(1)
         }
     }
-}
-
-fn shell_join(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| {
-            if w.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./:={}%".contains(c))
-            {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 async fn jobs(cmd: JobsCmd) -> Result<i32> {

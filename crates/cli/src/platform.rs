@@ -115,6 +115,8 @@ pub struct Platform {
     workers: Vec<tokio::process::Child>,
     worker_bin: Option<PathBuf>,
     worker_uid: Option<(u32, u32)>,
+    /// The token of the workers `start` launched; revoked at `stop`, so it dies with this run.
+    fleet_token: Option<uuid::Uuid>,
 }
 
 fn random_hex(n: usize) -> String {
@@ -275,13 +277,15 @@ impl Platform {
             workers: Vec::new(),
             worker_bin,
             worker_uid,
+            fleet_token: None,
         };
         if cfg.workers > 0 {
-            let (_, token) = platform
+            let (token_id, token) = platform
                 .state
                 .store
                 .create_worker_token("default", "local fleet")
                 .await?;
+            platform.fleet_token = Some(token_id);
             for _ in 0..cfg.workers {
                 platform.spawn_worker(token.expose()).await?;
             }
@@ -374,10 +378,6 @@ impl Platform {
         w.wait().await.ok()?.code()
     }
 
-    pub fn worker_pids(&self) -> Vec<u32> {
-        self.workers.iter().filter_map(|c| c.id()).collect()
-    }
-
     /// Stops workers (SIGTERM, then SIGKILL after `grace`), the control plane, the object store
     /// and the private cluster.
     pub async fn stop(mut self, grace: std::time::Duration) {
@@ -390,6 +390,11 @@ impl Platform {
         for w in &mut self.workers {
             if tokio::time::timeout(grace, w.wait()).await.is_err() {
                 let _ = w.kill().await;
+            }
+        }
+        if let Some(id) = self.fleet_token.take() {
+            if let Err(e) = self.state.store.revoke_worker_token(id).await {
+                tracing::warn!("revoking the fleet's worker token: {e}");
             }
         }
         self.shutdown.cancel();

@@ -3,19 +3,18 @@
 
 use crate::error::{ControlError, Result};
 use crate::outputs::{stored_inputs, stored_outputs, StoredInput, StoredOutput};
-use crate::AppState;
+use crate::{presign_audit, AppState};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
 use mpegflow_domain::command::{render, IoSpec};
 use mpegflow_domain::job::JobState;
-use mpegflow_domain::names::asset_key;
+use mpegflow_domain::names::{asset_key, is_sha256_hex};
 use mpegflow_domain::token::{Secret, TokenKind};
-use mpegflow_store::{Asset, AuditEntry, Job, NewAsset, NewJob, StoreError, Submitted};
+use mpegflow_store::{Asset, Job, NewAsset, NewJob, StoreError, Submitted};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -35,6 +34,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route(
+            "/v1/jobs/{id}/attempts/{attempt}/stderr",
+            get(attempt_stderr),
+        )
         .fallback(|| async { ControlError::NotFound("route") })
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
@@ -141,12 +144,6 @@ struct CreateAsset {
     sha256: Option<String>,
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
 fn asset_json(a: &Asset) -> Value {
     json!({
         "id": a.id, "filename": a.filename, "content_type": a.content_type, "state": a.state,
@@ -211,14 +208,15 @@ async fn create_asset(
         .await?;
     state
         .store
-        .audit(&AuditEntry {
-            org_id: Some(tenant.org_id),
-            actor: tenant.actor(),
-            action: "presign.put",
-            job_id: None,
-            subject: Some(id.to_string()),
-            details: json!({ "key": key, "method": "PUT", "expires_at": rfc3339(presigned.expires_at) }),
-        })
+        .audit(&presign_audit(
+            tenant.org_id,
+            tenant.actor(),
+            None,
+            id.to_string(),
+            &key,
+            &presigned,
+            json!({}),
+        ))
         .await?;
     let body = json!({
         "id": id, "upload_url": presigned.url, "upload_method": presigned.method,
@@ -242,53 +240,27 @@ async fn complete_asset(
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     let asset = tenant_asset(&state, &tenant, &id).await?;
-    let id = asset.id;
     if asset.state == "ready" {
         return Ok(Json(asset_json(&asset)));
     }
     let head = state
-        .presigner
-        .head(&asset.object_key, std::time::Duration::from_secs(60));
-    let resp = state
-        .http
-        .head(&head.url)
-        .send()
+        .head_object(&asset.object_key)
         .await
-        .map_err(|e| ControlError::Unavailable(format!("object store unreachable: {e}")))?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        .map_err(ControlError::Unavailable)?;
+    let Some(head) = head else {
         return Err(ControlError::Conflict {
             code: "upload_missing",
             message: "nothing was uploaded for this asset".into(),
         });
-    }
-    if !resp.status().is_success() {
-        return Err(ControlError::Unavailable(format!(
-            "object store answered {}",
-            resp.status()
-        )));
-    }
-    let size = resp
-        .headers()
-        .get(reqwest::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
-        .ok_or_else(|| ControlError::Unavailable("object store sent no content-length".into()))?;
+    };
+    let size = head.size as i64;
     if asset.declared_size.is_some_and(|d| d != size) {
         return Err(ControlError::Conflict {
             code: "size_mismatch",
             message: "uploaded size differs from the declared size".into(),
         });
     }
-    let stored_sha = resp
-        .headers()
-        .get("x-amz-checksum-sha256")
-        .and_then(|v| {
-            base64::engine::general_purpose::STANDARD
-                .decode(v.as_bytes())
-                .ok()
-        })
-        .filter(|raw| raw.len() == 32)
-        .map(hex::encode);
-    if let (Some(declared), Some(stored)) = (&asset.declared_sha256, &stored_sha) {
+    if let (Some(declared), Some(stored)) = (&asset.declared_sha256, &head.sha256) {
         if declared != stored {
             return Err(ControlError::Conflict {
                 code: "checksum_mismatch",
@@ -298,7 +270,7 @@ async fn complete_asset(
     }
     let asset = state
         .store
-        .complete_asset(tenant.org_id, id, size, stored_sha.as_deref())
+        .complete_asset(tenant.org_id, asset.id, size, head.sha256.as_deref())
         .await?;
     Ok(Json(asset_json(&asset)))
 }
@@ -309,7 +281,6 @@ async fn download_asset(
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     let asset = tenant_asset(&state, &tenant, &id).await?;
-    let id = asset.id;
     if asset.state != "ready" {
         return Err(ControlError::Conflict {
             code: "asset_not_ready",
@@ -321,14 +292,15 @@ async fn download_asset(
         .get(&asset.object_key, state.config.presign_ttl());
     state
         .store
-        .audit(&AuditEntry {
-            org_id: Some(tenant.org_id),
-            actor: tenant.actor(),
-            action: "presign.get",
-            job_id: asset.source_job_id,
-            subject: Some(id.to_string()),
-            details: json!({ "key": asset.object_key, "method": "GET", "expires_at": rfc3339(presigned.expires_at) }),
-        })
+        .audit(&presign_audit(
+            tenant.org_id,
+            tenant.actor(),
+            asset.source_job_id,
+            asset.id.to_string(),
+            &asset.object_key,
+            &presigned,
+            json!({}),
+        ))
         .await?;
     Ok(Json(
         json!({ "url": presigned.url, "expires_at": rfc3339(presigned.expires_at) }),
@@ -643,16 +615,56 @@ async fn list_jobs(
         .await?;
     let more = jobs.len() as i64 > limit;
     let page = &jobs[..jobs.len().min(limit as usize)];
-    let mut items = Vec::with_capacity(page.len());
-    for job in page {
-        items.push(job_json(job, &pool_name(&state, job).await, None));
-    }
+    let pool_ids: Vec<Uuid> = page.iter().map(|j| j.pool_id).collect();
+    let pools = state.store.pool_names(&pool_ids).await?;
+    let items: Vec<Value> = page
+        .iter()
+        .map(|job| {
+            let pool = pools
+                .get(&job.pool_id)
+                .cloned()
+                .unwrap_or_else(|| job.pool_id.to_string());
+            job_json(job, &pool, None)
+        })
+        .collect();
     let next = if more {
         page.last().map(|j| j.id.to_string())
     } else {
         None
     };
     Ok(Json(json!({ "jobs": items, "next_cursor": next })))
+}
+
+/// FFmpeg's full stderr of one attempt, as text.
+async fn attempt_stderr(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path((id, attempt)): Path<(String, String)>,
+) -> Result<Response> {
+    let id = parse_id(&id, "job")?;
+    let job = state
+        .store
+        .get_job(tenant.org_id, id)
+        .await
+        .map_err(ControlError::from)
+        .map_err(not_found("job"))?;
+    let attempt: i32 = attempt
+        .parse()
+        .map_err(|_| ControlError::NotFound("attempt"))?;
+    let stderr = state
+        .store
+        .attempt_stderr(job.id, attempt)
+        .await?
+        .ok_or(ControlError::NotFound("attempt"))?;
+    let text = crate::outputs::decompress_stderr(&stderr);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn cancel_job(

@@ -4,7 +4,7 @@
 
 use crate::error::{ControlError, Result};
 use crate::outputs::{check_produced, io_spec, stored_inputs, stored_outputs, ProducedFile};
-use crate::AppState;
+use crate::{presign_audit, AppState};
 use mpegflow_domain::command::OutputDecl;
 use mpegflow_domain::job::{error_code, Failure};
 use mpegflow_domain::names::output_key;
@@ -15,10 +15,8 @@ use mpegflow_store::{
     WorkerInfo, WorkerTokenInfo,
 };
 use serde_json::{json, Map, Value};
-use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -109,15 +107,15 @@ impl CoordinatorService {
         let mut audit = Vec::new();
         for input in stored_inputs(job)? {
             let p = self.state.presigner.get(&input.object_key, ttl);
-            audit.push(AuditEntry {
-                org_id: Some(job.org_id),
-                actor: format!("worker:{worker_id}"),
-                action: "presign.get",
-                job_id: Some(job.id),
-                subject: Some(input.asset_id.to_string()),
-                details: json!({ "key": input.object_key, "method": "GET", "worker_id": worker_id, "attempt": job.attempts,
-                                 "expires_at": p.expires_at.format(&Rfc3339).unwrap_or_default() }),
-            });
+            audit.push(presign_audit(
+                job.org_id,
+                format!("worker:{worker_id}"),
+                Some(job.id),
+                input.asset_id.to_string(),
+                &input.object_key,
+                &p,
+                json!({ "worker_id": worker_id, "attempt": job.attempts }),
+            ));
             inputs.push(pb::InputFile {
                 alias: input.alias,
                 path: input.path,
@@ -158,34 +156,22 @@ impl CoordinatorService {
         job: &Job,
         files: &[ProducedFile],
     ) -> std::result::Result<(), String> {
-        let ttl = Duration::from_secs(60);
         for f in files {
             let key = output_key(job.org_id, job.id, job.attempts as u32, &f.path);
-            let head = self.state.presigner.head(&key, ttl);
-            let resp = self
-                .state
-                .http
-                .head(&head.url)
-                .send()
-                .await
-                .map_err(|e| format!("{}: {e}", f.path))?;
-            let len = resp
-                .headers()
-                .get(reqwest::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if !resp.status().is_success() || len != Some(f.size) {
-                return Err(format!(
-                    "{} was not uploaded (store answered {})",
-                    f.path,
-                    resp.status()
-                ));
+            match self.state.head_object(&key).await {
+                Ok(Some(head)) if head.size == f.size => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "{} was not uploaded with its declared size",
+                        f.path
+                    ))
+                }
+                Err(e) => return Err(format!("{}: {e}", f.path)),
             }
         }
         Ok(())
     }
-}
 
-impl CoordinatorService {
     /// A tripped seccomp wire: an audit event of its own and a metric, beside the job's failure.
     async fn security_violation(&self, job: &Job, worker_id: Uuid, message: &str) -> Result<()> {
         self.state
@@ -237,9 +223,7 @@ fn stderr_tail(zstd_bytes: &[u8]) -> Option<String> {
     if zstd_bytes.is_empty() {
         return None;
     }
-    let decoder = zstd::stream::read::Decoder::new(zstd_bytes).ok()?;
-    let mut buf = Vec::new();
-    let _ = decoder.take(16 * 1024 * 1024).read_to_end(&mut buf);
+    let buf = crate::outputs::decompress_stderr(zstd_bytes);
     let start = buf.len().saturating_sub(STDERR_TAIL);
     Some(String::from_utf8_lossy(&buf[start..]).into_owned())
 }
@@ -351,8 +335,8 @@ impl pb::Coordinator for CoordinatorService {
                         self.assignment(worker_id, job, &fencing)
                     })
                     .await?;
-                if let Some((c, assignment)) = claimed {
-                    tracing::info!(job_id = %c.job.id, org_id = %c.job.org_id, attempt = c.job.attempts, "job assigned");
+                if let Some((job, assignment)) = claimed {
+                    tracing::info!(job_id = %job.id, org_id = %job.org_id, attempt = job.attempts, "job assigned");
                     self.state.job_changed.notify_waiters();
                     return Ok(Response::new(pb::GetWorkAssignmentResponse { assignment: Some(assignment) }));
                 }
@@ -449,15 +433,15 @@ impl pb::Coordinator for CoordinatorService {
                 .presigner
                 .put(&key, ttl, Some(f.size), Some(&f.sha256))
                 .map_err(|e| ControlError::invalid("output_rejected", e.to_string()))?;
-            audit.push(AuditEntry {
-                org_id: Some(job.org_id),
-                actor: format!("worker:{worker_id}"),
-                action: "presign.put",
-                job_id: Some(job.id),
-                subject: Some(f.path.clone()),
-                details: json!({ "key": key, "method": "PUT", "worker_id": worker_id, "attempt": job.attempts, "size": f.size,
-                                 "sha256": f.sha256, "expires_at": p.expires_at.format(&Rfc3339).unwrap_or_default() }),
-            });
+            audit.push(presign_audit(
+                job.org_id,
+                format!("worker:{worker_id}"),
+                Some(job.id),
+                f.path.clone(),
+                &key,
+                &p,
+                json!({ "worker_id": worker_id, "attempt": job.attempts, "size": f.size, "sha256": f.sha256 }),
+            ));
             uploads.push(pb::UploadUrl {
                 path: f.path.clone(),
                 url: p.url,

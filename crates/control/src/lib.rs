@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Tunables of the control plane. Defaults suit production; tests shorten the timings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +136,84 @@ impl AppState {
                 .build()
                 .expect("a default reqwest client builds"),
         }
+    }
+}
+
+/// What the object store says about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    pub size: u64,
+    /// Hex SHA-256, when the store kept a checksum.
+    pub sha256: Option<String>,
+}
+
+impl AppState {
+    /// HEADs an object through a short-lived presigned URL; `Ok(None)` when it does not exist.
+    pub async fn head_object(&self, key: &str) -> std::result::Result<Option<ObjectHead>, String> {
+        use base64::Engine;
+        let head = self.presigner.head(key, Duration::from_secs(60));
+        let resp = self
+            .http
+            .head(&head.url)
+            .send()
+            .await
+            .map_err(|e| format!("object store unreachable: {e}"))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(format!("object store answered {}", resp.status()));
+        }
+        let size = resp
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .ok_or("object store sent no content-length")?;
+        let sha256 = resp
+            .headers()
+            .get("x-amz-checksum-sha256")
+            .and_then(|v| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_bytes())
+                    .ok()
+            })
+            .filter(|raw| raw.len() == 32)
+            .map(hex::encode);
+        Ok(Some(ObjectHead { size, sha256 }))
+    }
+}
+
+/// The audit line every presigned URL leaves: who, which key, which method, until when.
+/// `extra` adds call-specific details (worker, attempt, size…).
+pub(crate) fn presign_audit(
+    org_id: Uuid,
+    actor: String,
+    job_id: Option<Uuid>,
+    subject: String,
+    key: &str,
+    presigned: &mpegflow_objstore::Presigned,
+    extra: serde_json::Value,
+) -> mpegflow_store::AuditEntry<'static> {
+    let action = match presigned.method {
+        "GET" => "presign.get",
+        "PUT" => "presign.put",
+        _ => "presign.head",
+    };
+    let mut details = serde_json::json!({
+        "key": key,
+        "method": presigned.method,
+        "expires_at": presigned.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    });
+    if let (Some(d), Some(e)) = (details.as_object_mut(), extra.as_object()) {
+        d.extend(e.clone());
+    }
+    mpegflow_store::AuditEntry {
+        org_id: Some(org_id),
+        actor,
+        action,
+        job_id,
+        subject: Some(subject),
+        details,
     }
 }
 

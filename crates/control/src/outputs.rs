@@ -80,11 +80,7 @@ pub fn check_produced(
         let (alias, name) = spec
             .output_of(&path)
             .ok_or_else(|| rejected(format!("{path:?} is not a declared output")))?;
-        if sha256.len() != 64
-            || !sha256
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
+        if !mpegflow_domain::names::is_sha256_hex(&sha256) {
             return Err(rejected(format!(
                 "{path:?}: sha256 must be 64 lowercase hex characters"
             )));
@@ -118,4 +114,15 @@ pub fn check_produced(
         ));
     }
     Ok(out)
+}
+
+/// A worker's zstd-compressed stderr, decompressed to at most 16 MiB (a worker could send a
+/// decompression bomb).
+pub fn decompress_stderr(zstd_bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    if let Ok(decoder) = zstd::stream::read::Decoder::new(zstd_bytes) {
+        let _ = decoder.take(16 * 1024 * 1024).read_to_end(&mut buf);
+    }
+    buf
 }

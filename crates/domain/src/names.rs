@@ -50,6 +50,13 @@ pub fn safe_extension(filename: &str) -> Option<String> {
         .filter(|e| e.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
+/// A SHA-256 digest as 64 lowercase hex characters, the form used everywhere here.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Object key of an uploaded asset. Every key lives under its org's prefix.
 pub fn asset_key(org: Uuid, asset: Uuid) -> String {
     format!("orgs/{org}/assets/{asset}")
@@ -82,6 +89,20 @@ mod tests {
         }
         for bad in ["", ".hidden", "a/b", "..", "../x", "a b", "x\0", "c:d"] {
             assert!(check_file_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sha256_hex() {
+        assert!(is_sha256_hex(&"ab".repeat(32)));
+        for bad in [
+            "",
+            &"AB".repeat(32),
+            &"ab".repeat(31),
+            &"gg".repeat(32),
+            &"ab".repeat(33),
+        ] {
+            assert!(!is_sha256_hex(bad), "{bad}");
         }
     }
 

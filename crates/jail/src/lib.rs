@@ -30,7 +30,7 @@ use landlock::{
     RulesetCreatedAttr, Scope, ABI,
 };
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -353,14 +353,12 @@ impl Prepared {
             0,
         ) as libc::c_long)?;
         // 2. Inherited descriptors close at exec (std's own error pipe must live until then).
-        let ruleset_fd: RawFd = self.ruleset.as_ref().map_or(-1, |f| f.as_raw_fd());
         const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
         if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
             for fd in 3..4096 {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
-        let _ = ruleset_fd;
         // 3. Resource limits.
         for (res, soft, hard) in &self.rlimits {
             let lim = libc::rlimit {

@@ -176,6 +176,19 @@ impl Store {
             .ok_or(StoreError::NotFound)
     }
 
+    /// Names of several pools in one query.
+    pub async fn pool_names(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, String>> {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, name FROM pools WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     pub async fn create_worker_token(
         &self,
         pool_name: &str,

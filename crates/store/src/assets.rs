@@ -87,20 +87,4 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound)
     }
-
-    pub async fn list_assets(
-        &self,
-        org_id: Uuid,
-        before: Option<Uuid>,
-        limit: i64,
-    ) -> Result<Vec<Asset>> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM assets WHERE org_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
-        )
-        .bind(org_id)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
-    }
 }

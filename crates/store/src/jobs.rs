@@ -97,13 +97,6 @@ pub struct Lease<'a> {
     pub fencing_token: &'a str,
 }
 
-/// A job handed to a worker.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub job: Job,
-    pub fencing_token: String,
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeartbeatResult {
     Extended,
@@ -336,7 +329,7 @@ impl Store {
         lease: Duration,
         fencing_token: &str,
         presign: F,
-    ) -> Result<Option<(Claimed, T)>, E>
+    ) -> Result<Option<(Job, T)>, E>
     where
         E: From<StoreError>,
         F: FnOnce(&Job) -> Result<(T, Vec<AuditEntry<'static>>), E>,
@@ -400,13 +393,7 @@ impl Store {
         );
         crate::audit::insert_audits(&mut *tx, &audit).await?;
         tx.commit().await.map_err(db)?;
-        Ok(Some((
-            Claimed {
-                job,
-                fencing_token: fencing_token.to_owned(),
-            },
-            out,
-        )))
+        Ok(Some((job, out)))
     }
 
     /// The job a worker holds under `fencing_token`, if it still holds it.

@@ -55,7 +55,7 @@ pub struct Finished {
 }
 
 /// Progress in millionths, shared with the heartbeat task.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Progress(Arc<AtomicU32>);
 
 impl Progress {

@@ -46,17 +46,13 @@ async fn cancelling_a_running_job_stops_its_ffmpeg_and_frees_the_worker() {
     assert_eq!(job["state"], "canceled");
 
     let short = clip(tp.dir.path(), "short.mp4", 1, "160x120").await;
-    let next = submit(
+    let next = run_job(
         &client,
         &short,
         &[("out", "o.mp4")],
         "-i {{in}} -c copy {{out}}",
     )
     .await;
-    let next = client
-        .wait(next["id"].as_str().unwrap(), |_| {})
-        .await
-        .unwrap();
     assert_eq!(next["state"], "succeeded");
     assert_eq!(
         next["history"][0]["worker_id"],

@@ -116,17 +116,13 @@ async fn corrupt_inputs_fail_cleanly_and_the_worker_takes_the_next_job() {
 
     let mut workers = Vec::new();
     for bad in [&random, &truncated] {
-        let job = submit(
+        let job = run_job(
             &client,
             bad,
             &[("out", "out.mp4")],
             "-i {{in}} -c:v libx264 {{out}}",
         )
         .await;
-        let job = client
-            .wait(job["id"].as_str().unwrap(), |_| {})
-            .await
-            .unwrap();
         assert_eq!(job["state"], "failed", "{job:#}");
         let code = job["error"]["code"].as_str().unwrap();
         assert!(code == "invalid_input" || code == "ffmpeg_failed", "{code}");
@@ -139,19 +135,31 @@ async fn corrupt_inputs_fail_cleanly_and_the_worker_takes_the_next_job() {
         );
         assert_eq!(job["attempts"], 1, "a bad input is not retried");
         workers.push(job["history"][0]["worker_id"].clone());
+        // The full stderr of the attempt is kept and readable.
+        let id = job["id"].as_str().unwrap();
+        let (status, stderr) = client
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{id}/attempts/1/stderr"),
+                None,
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            stderr.as_str().unwrap_or("").contains("in/in.mp4"),
+            "{stderr}"
+        );
     }
 
-    let job = submit(
+    let job = run_job(
         &client,
         &good,
         &[("out", "out.mp4")],
         "-i {{in}} -c:v libx264 -preset veryfast {{out}}",
     )
     .await;
-    let job = client
-        .wait(job["id"].as_str().unwrap(), |_| {})
-        .await
-        .unwrap();
     assert_eq!(job["state"], "succeeded", "{job:#}");
     assert_eq!(
         job["history"][0]["worker_id"], workers[0],

@@ -225,3 +225,17 @@ pub async fn wait_for_state(client: &ApiClient, id: &str, state: &str) -> Value 
     )
     .await
 }
+
+/// Uploads `input`, submits a one-input job and waits for it to end; returns the final job.
+pub async fn run_job(
+    client: &ApiClient,
+    input: &Path,
+    outputs: &[(&str, &str)],
+    command: &str,
+) -> Value {
+    let job = submit(client, input, outputs, command).await;
+    client
+        .wait(job["id"].as_str().unwrap(), |_| {})
+        .await
+        .unwrap()
+}

@@ -50,6 +50,7 @@ async fn another_orgs_ids_answer_exactly_like_missing_ones() {
             (Method::POST, format!("/v1/assets/{id}/complete")),
             (Method::GET, format!("/v1/assets/{id}/download")),
             (Method::GET, format!("/v1/jobs/{id}")),
+            (Method::GET, format!("/v1/jobs/{id}/attempts/1/stderr")),
             (Method::POST, format!("/v1/jobs/{id}/cancel")),
         ]
     };
@@ -75,6 +76,16 @@ async fn another_orgs_ids_answer_exactly_like_missing_ones() {
             .0,
         200
     );
+    let (status, _) = a
+        .call(
+            Method::GET,
+            &format!("/v1/jobs/{job_id}/attempts/1/stderr"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
 
     // Using A's asset as an input looks like using a missing asset.
     let body = |id: &str| json!({ "inputs": { "in": id }, "outputs": { "out": "o.mp4" }, "command": "-i {{in}} {{out}}" });

@@ -401,17 +401,13 @@ async fn an_input_that_is_really_an_hls_playlist_cannot_pull_in_host_files() {
         format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.0,\nfile://{}\n#EXTINF:1.0,\n{}\n#EXT-X-ENDLIST\n", elsewhere.display(), elsewhere.display()),
     )
     .unwrap();
-    let job = submit(
+    let job = run_job(
         &client,
         &playlist,
         &[("out", "o.mp4")],
         "-i {{in}} -c copy {{out}}",
     )
     .await;
-    let job = client
-        .wait(job["id"].as_str().unwrap(), |_| {})
-        .await
-        .unwrap();
     assert_eq!(job["state"], "failed", "{job:#}");
     assert_eq!(job["error"]["code"], "invalid_input", "{job:#}");
     assert!(
