@@ -39,7 +39,8 @@ pub fn router(state: AppState) -> Router {
             get(attempt_stderr),
         )
         .fallback(|| async { ControlError::NotFound("route") })
-        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .method_not_allowed_fallback(|| async { ControlError::MethodNotAllowed })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -77,15 +78,98 @@ impl FromRequestParts<AppState> for Tenant {
     }
 }
 
-/// JSON body whose rejections are problem+json like every other error.
+/// Largest JSON body any endpoint accepts.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// JSON body whose rejections are problem+json like every other error: 415 for a body that is
+/// not declared JSON, 413 past [`MAX_BODY_BYTES`], 400 for malformed JSON, a wrong shape, or a
+/// NUL character anywhere (PostgreSQL cannot store one, so it must never reach the store).
 pub struct Body<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ControlError;
     async fn from_request(req: Request, state: &S) -> Result<Self> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(ControlError::invalid("invalid_body", e.body_text())),
+        let declared_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_media_type);
+        if !declared_json {
+            return Err(ControlError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ControlError::PayloadTooLarge(MAX_BODY_BYTES),
+                _ => ControlError::invalid("invalid_body", e.body_text()),
+            })?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ControlError::invalid("invalid_body", format!("malformed JSON: {e}")))?;
+        if contains_nul(&value) {
+            return Err(ControlError::invalid(
+                "invalid_body",
+                "text must not contain NUL characters",
+            ));
+        }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| ControlError::invalid("invalid_body", e.to_string()))
+    }
+}
+
+/// `application/json` or `application/<anything>+json`, parameters ignored.
+fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
+
+/// Whether any string or key of a JSON value holds a NUL character.
+fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// Query string whose rejections are problem+json (`invalid_query`).
+pub struct Params<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ControlError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        let query = parts.uri.query().unwrap_or("");
+        if query.contains("%00") || query.contains('\0') {
+            return Err(ControlError::invalid(
+                "invalid_query",
+                "the query string must not contain NUL characters",
+            ));
+        }
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(e) => Err(ControlError::invalid("invalid_query", e.body_text())),
+        }
+    }
+}
+
+/// Path segments; a segment that does not even decode names nothing, so it is not found.
+pub struct Segments<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Segments<T> {
+    type Rejection = ControlError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Segments(v)),
+            Err(_) => Err(ControlError::NotFound("resource")),
         }
     }
 }
@@ -228,7 +312,7 @@ async fn create_asset(
 async fn get_asset(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<Json<Value>> {
     let asset = tenant_asset(&state, &tenant, &id).await?;
     Ok(Json(asset_json(&asset)))
@@ -237,7 +321,7 @@ async fn get_asset(
 async fn complete_asset(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<Json<Value>> {
     let asset = tenant_asset(&state, &tenant, &id).await?;
     if asset.state == "ready" {
@@ -278,7 +362,7 @@ async fn complete_asset(
 async fn download_asset(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<Json<Value>> {
     let asset = tenant_asset(&state, &tenant, &id).await?;
     if asset.state != "ready" {
@@ -537,6 +621,7 @@ async fn pool_name(state: &AppState, job: &Job) -> String {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GetJobQuery {
     /// Long-poll: answer once the job is finished or its state or progress changes, or after
     /// this many seconds (at most 30).
@@ -546,8 +631,8 @@ struct GetJobQuery {
 async fn get_job(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
-    Query(q): Query<GetJobQuery>,
+    Segments(id): Segments<String>,
+    Params(q): Params<GetJobQuery>,
 ) -> Result<Json<Value>> {
     let id = parse_id(&id, "job")?;
     let load = || async {
@@ -583,6 +668,7 @@ async fn get_job(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
     cursor: Option<String>,
@@ -592,7 +678,7 @@ struct ListQuery {
 async fn list_jobs(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<Value>> {
     let filter = match q.state.as_deref() {
         None | Some("") => None,
@@ -639,7 +725,7 @@ async fn list_jobs(
 async fn attempt_stderr(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path((id, attempt)): Path<(String, String)>,
+    Segments((id, attempt)): Segments<(String, String)>,
 ) -> Result<Response> {
     let id = parse_id(&id, "job")?;
     let job = state
@@ -670,7 +756,7 @@ async fn attempt_stderr(
 async fn cancel_job(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<Json<Value>> {
     let id = parse_id(&id, "job")?;
     let job = match state

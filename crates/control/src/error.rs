@@ -31,6 +31,15 @@ pub enum ControlError {
     LeaseLost(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The request body is larger than this endpoint accepts.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The request body is not JSON (`Content-Type: application/json`).
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// The route exists, but not with this method.
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
     #[error("internal error")]
     Internal(String),
 }
@@ -53,6 +62,10 @@ impl From<StoreError> for ControlError {
                 code: "conflict",
                 message,
             },
+            // The API refuses NUL characters earlier; this keeps any other path from a 500.
+            StoreError::UnstorableText => {
+                ControlError::invalid("invalid_text", "text must not contain NUL characters")
+            }
             StoreError::Db(e) => ControlError::Internal(e.to_string()),
             StoreError::Migrate(e) => ControlError::Internal(e.to_string()),
         }
@@ -79,6 +92,15 @@ impl ControlError {
             ControlError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ControlError::LeaseLost(_) => (StatusCode::CONFLICT, "lease_lost"),
             ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ControlError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ControlError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ControlError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -126,7 +148,10 @@ impl From<ControlError> for tonic::Status {
             ControlError::Unauthenticated => Status::unauthenticated(e.to_string()),
             ControlError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             ControlError::NotFound(_) => Status::not_found(e.to_string()),
-            ControlError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            ControlError::Invalid { .. }
+            | ControlError::PayloadTooLarge(_)
+            | ControlError::UnsupportedMediaType
+            | ControlError::MethodNotAllowed => Status::invalid_argument(e.to_string()),
             ControlError::Conflict { .. } | ControlError::LeaseLost(_) => {
                 Status::failed_precondition(e.to_string())
             }

@@ -334,7 +334,7 @@ impl Store {
         E: From<StoreError>,
         F: FnOnce(&Job) -> Result<(T, Vec<AuditEntry<'static>>), E>,
     {
-        let db = |e: sqlx::Error| E::from(StoreError::Db(e));
+        let db = |e: sqlx::Error| E::from(StoreError::from(e));
         let mut tx = self.pool.begin().await.map_err(db)?;
         let candidate: Option<(Uuid, String, i32)> = sqlx::query_as(
             "SELECT id, state, attempts FROM jobs WHERE pool_id = $1 AND state = 'queued' AND run_after <= now()

@@ -29,10 +29,25 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Text PostgreSQL cannot store: a NUL character in `text` or `jsonb`.
+    #[error("text contains a character the database cannot store")]
+    UnstorableText,
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        // untranslatable_character (22P05, NUL in jsonb) and character_not_in_repertoire
+        // (22021, NUL in text) are the caller's input, not a database failure.
+        let code = e.as_database_error().and_then(|d| d.code());
+        if code.is_some_and(|c| c == "22P05" || c == "22021") {
+            return StoreError::UnstorableText;
+        }
+        StoreError::Db(e)
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -239,3 +239,19 @@ pub async fn run_job(
         .await
         .unwrap()
 }
+
+/// Whether this process can run the root-only setup of a test. Where the run promises that
+/// setup (`MPEGFLOW_REQUIRE_ROOT_SETUP=1`, set by `scripts/test.sh` as root, as in CI), a missing
+/// one fails the test instead of skipping it: a security claim is never "shown" by a skip.
+pub fn root_setup_available(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var_os("MPEGFLOW_REQUIRE_ROOT_SETUP").is_none(),
+            "{what} needs root, and this run requires the root setup"
+        );
+        eprintln!("skipped: {what} needs root");
+    }
+    root
+}

@@ -306,9 +306,7 @@ async fn every_escape_is_blocked_for_an_unprivileged_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_escape_is_blocked_for_a_root_worker() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run the worker as root");
+    if !root_setup_available("running the worker as root") {
         return;
     }
     jailed_suite(true).await;

@@ -4,6 +4,7 @@
 mod harness;
 
 mod audit;
+mod bad_input;
 mod cancel;
 mod commands;
 mod coordinator_auth;

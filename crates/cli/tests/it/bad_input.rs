@@ -1,0 +1,167 @@
+//! Input no tenant should be able to turn into a 5xx, a plain-text error or a lost request:
+//! every refusal is `application/problem+json` with a stable `code`.
+
+use crate::harness::*;
+use mpegflow::client::ApiClient;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+struct Raw {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Raw {
+    /// Sends a request and returns its status and problem `code`, requiring problem+json.
+    async fn problem(&self, req: reqwest::RequestBuilder, what: &str) -> (StatusCode, String) {
+        let resp = req.bearer_auth(&self.key).send().await.unwrap();
+        let status = resp.status();
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        let text = resp.text().await.unwrap();
+        assert_eq!(
+            content_type, "application/problem+json",
+            "{what}: {status} {text}"
+        );
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["status"], status.as_u16(), "{what}: {body}");
+        (status, body["code"].as_str().unwrap().to_owned())
+    }
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_problem_json_never_5xx() {
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let (_, key) = tp.platform.store().create_org("acme").await.unwrap();
+    let raw = Raw {
+        http: reqwest::Client::new(),
+        base: tp.platform.api_url.clone(),
+        key: key.expose().to_owned(),
+    };
+    let job = |command: &str, metadata: Value| json!({ "inputs": {}, "outputs": { "out": "o.mp4" }, "command": command, "metadata": metadata });
+
+    // NUL characters anywhere in a body: command, metadata keys and values, asset fields.
+    let nul_bodies = [
+        ("/v1/jobs", job("-i {{in}}\u{0}{{out}}", json!({}))),
+        ("/v1/jobs", job("-f null {{out}}", json!({ "k": "v\u{0}" }))),
+        ("/v1/jobs", job("-f null {{out}}", json!({ "k\u{0}": "v" }))),
+        (
+            "/v1/jobs",
+            job("-f null {{out}}", json!({ "deep": [{ "x": "\u{0}" }] })),
+        ),
+        (
+            "/v1/assets",
+            json!({ "filename": "a.mp4", "content_type": "video/mp4\u{0}", "size": 1 }),
+        ),
+        ("/v1/assets", json!({ "filename": "a\u{0}.mp4", "size": 1 })),
+    ];
+    for (path, body) in nul_bodies {
+        let (status, code) = raw
+            .problem(raw.http.post(raw.url(path)).json(&body), &body.to_string())
+            .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_body"),
+            "{body}"
+        );
+    }
+
+    // Query strings: malformed values, unknown parameters, NUL.
+    for query in [
+        "limit=abc",
+        "limit=1&limit=x",
+        "bogus=1",
+        "state=%00",
+        "cursor=%00",
+    ] {
+        let (status, code) = raw
+            .problem(raw.http.get(raw.url(&format!("/v1/jobs?{query}"))), query)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(code == "invalid_query", "{query}: {code}");
+    }
+    let id = uuid::Uuid::now_v7();
+    let (status, code) = raw
+        .problem(
+            raw.http
+                .get(raw.url(&format!("/v1/jobs/{id}?wait_seconds=-1"))),
+            "negative wait",
+        )
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_query")
+    );
+
+    // Wrong methods on existing routes: 405, with the methods that are allowed.
+    for (method, path) in [
+        (Method::DELETE, "/v1/jobs".to_owned()),
+        (Method::PUT, format!("/v1/jobs/{id}")),
+        (Method::GET, format!("/v1/jobs/{id}/cancel")),
+        (Method::PATCH, "/v1/assets".to_owned()),
+    ] {
+        let req = raw.http.request(method.clone(), raw.url(&path));
+        let resp = req.bearer_auth(&raw.key).send().await.unwrap();
+        assert!(resp.headers().contains_key("allow"), "{method} {path}");
+        let (status, code) = raw
+            .problem(raw.http.request(method.clone(), raw.url(&path)), &path)
+            .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            "{method} {path}"
+        );
+    }
+
+    // Oversized bodies: 413, before anything is parsed or stored.
+    let big = json!({ "inputs": {}, "outputs": {}, "command": "x".repeat(2 * 1024 * 1024) });
+    let (status, code) = raw
+        .problem(raw.http.post(raw.url("/v1/jobs")).json(&big), "2 MiB body")
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+
+    // Bodies that are not declared JSON: 415.
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut req = raw
+            .http
+            .post(raw.url("/v1/assets"))
+            .body(r#"{"filename":"a.mp4","size":1}"#);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let (status, code) = raw.problem(req, &format!("{content_type:?}")).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            "{content_type:?}"
+        );
+    }
+
+    // Path segments that do not decode name nothing.
+    let (status, code) = raw
+        .problem(raw.http.get(raw.url("/v1/jobs/%FF%FE")), "bad path")
+        .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    // Nothing above was stored, and the API still answers normally.
+    let (status, body) = ApiClient::new(&tp.platform.api_url, key.expose())
+        .call(Method::GET, "/v1/jobs", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["jobs"], json!([]), "{body}");
+    tp.stop().await;
+}
