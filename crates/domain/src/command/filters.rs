@@ -91,6 +91,13 @@ const TRIM: &[(&str, G)] = &[
     ("end_pts", G::Int(i64::MIN + 1, i64::MAX)),
     ("start_frame", G::Int(0, i64::MAX)),
     ("end_frame", G::Int(0, i64::MAX)),
+];
+const ATRIM: &[(&str, G)] = &[
+    ("start", G::Dur),
+    ("end", G::Dur),
+    ("duration", G::Dur),
+    ("start_pts", G::Int(i64::MIN + 1, i64::MAX)),
+    ("end_pts", G::Int(i64::MIN + 1, i64::MAX)),
     ("start_sample", G::Int(0, i64::MAX)),
     ("end_sample", G::Int(0, i64::MAX)),
 ];
@@ -260,7 +267,7 @@ pub static FILTERS: &[FilterSpec] = &[
     FilterSpec {
         name: "atrim",
         positional: &[],
-        options: TRIM,
+        options: ATRIM,
     },
     f!("setpts", ["expr"], [("expr", G::Expr)]),
     f!("asetpts", ["expr"], [("expr", G::Expr)]),

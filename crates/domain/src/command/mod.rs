@@ -700,6 +700,12 @@ pub fn parse_template(template: &str) -> Result<Vec<String>, CommandError> {
     if template.len() > MAX_TEMPLATE_LEN {
         return Err(CommandError::TooLong);
     }
+    // An argv cannot carry NUL: FFmpeg would see a shorter string than the tree holds.
+    if template.contains('\0') {
+        return Err(CommandError::Syntax(
+            "the command contains a NUL character".into(),
+        ));
+    }
     let mut args = shell_words::split(template).map_err(|e| CommandError::Syntax(e.to_string()))?;
     if args.first().map(String::as_str) == Some("ffmpeg") {
         args.remove(0);
@@ -948,6 +954,14 @@ mod tests {
             render("ffmpeg", &one, DEFAULT_THREADS).unwrap_err(),
             CommandError::Empty
         );
+        assert!(matches!(
+            render(
+                "-i {{in}} -metadata title=a\0b {{out}}",
+                &one,
+                DEFAULT_THREADS
+            ),
+            Err(CommandError::Syntax(_))
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use mpegflow_domain::command::grammar::G;
 use mpegflow_domain::command::options::{Kind, Scope, OPTIONS};
 use mpegflow_domain::command::{parse_rendered, render};
 
-fn sample(g: G) -> String {
+pub fn sample(g: G) -> String {
     match g {
         G::Int(a, b) => (if a <= 1 && 1 <= b { 1 } else { a }).to_string(),
         G::Num => "1".into(),
@@ -15,7 +15,7 @@ fn sample(g: G) -> String {
         G::Dur => "0.5".into(),
         G::Size => "32x24".into(),
         G::Fps => "10".into(),
-        G::Ratio => "4:3".into(),
+        G::Ratio => "4/3".into(),
         G::Kw(w) | G::List(w) => w[0].into(),
         G::Flags(w) => format!("+{}", w[0]),
         G::Expr => "1".into(),

@@ -3,4 +3,5 @@
 
 mod arity;
 mod corpus;
+mod filters;
 mod oracle;
