@@ -19,6 +19,8 @@ const WHITESPACES: &[u8] = b" \n\t\r";
 pub struct Filter {
     pub inputs: Vec<String>,
     pub name: &'static str,
+    /// `name@instance`: FFmpeg then names the filter context `name@instance`.
+    pub instance: Option<String>,
     /// Options with their real names (shorthand resolved), in the order given.
     pub options: Vec<(&'static str, String)>,
     pub outputs: Vec<String>,
@@ -133,7 +135,22 @@ pub fn parse(graph: &str) -> Result<Graph, GraphError> {
             }
             _ => (None, rest),
         };
-        let spec = filter_spec(&name).ok_or_else(|| {
+        let (base, instance) = match name.split_once('@') {
+            Some((b, i)) => (b, Some(i)),
+            None => (name.as_str(), None),
+        };
+        if let Some(i) = instance {
+            if i.is_empty()
+                || i.len() > 32
+                || !i.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(gerr(
+                    Some(&name),
+                    "an instance name (filter@name) may only hold letters, digits and _",
+                ));
+            }
+        }
+        let spec = filter_spec(base).ok_or_else(|| {
             gerr(
                 Some(&name),
                 "filter is not allowed (unknown, or it can open files, libraries, devices or sockets)",
@@ -145,6 +162,7 @@ pub fn parse(graph: &str) -> Result<Graph, GraphError> {
         chains.last_mut().expect("at least one chain").push(Filter {
             inputs,
             name: spec.name,
+            instance: instance.map(str::to_owned),
             options,
             outputs,
         });
@@ -271,6 +289,10 @@ impl Graph {
                     out.push_str(&format!("[{l}]"));
                 }
                 out.push_str(f.name);
+                if let Some(i) = &f.instance {
+                    out.push('@');
+                    out.push_str(i);
+                }
                 if !f.options.is_empty() {
                     let args: Vec<String> = f
                         .options
@@ -348,6 +370,21 @@ mod tests {
         let r = g.render();
         assert_eq!(r, r"select=expr=eq(n\,0)+gt(t\,2),setpts=expr=PTS-STARTPTS");
         assert_eq!(parse(&r).unwrap(), g);
+    }
+
+    #[test]
+    fn instance_names_are_kept() {
+        let g = parse("scale@small=16:16,null@x").unwrap();
+        assert_eq!(g.chains[0][0].instance.as_deref(), Some("small"));
+        assert_eq!(g.render(), "scale@small=w=16:h=16:flags=bicubic,null@x");
+        for bad in [
+            "scale@=1:1",
+            "scale@a@b=1:1",
+            "scale@a-b=1:1",
+            "movie@x=/etc/passwd",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -95,11 +95,18 @@ pub struct Run {
     pub opened: Vec<String>,
 }
 
+/// Whether strace can watch the runs; CI installs it (scripts/deps.sh), so there a missing
+/// strace fails the tests instead of silently skipping the path checks.
 pub fn strace_available() -> bool {
-    Process::new("strace")
+    let ok = Process::new("strace")
         .arg("-V")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "strace is missing (scripts/deps.sh installs it)"
+    );
+    ok
 }
 
 /// Runs `ffmpeg -loglevel debug <argv>` in the job directory, under strace when it is installed.
@@ -209,7 +216,7 @@ type Settings = Vec<(String, String)>;
 pub fn filter_settings(stderr: &str) -> BTreeSet<(String, Vec<(String, String)>)> {
     let mut by_addr: Vec<(String, String, Settings)> = Vec::new();
     for line in stderr.lines() {
-        let Some(r) = line.strip_prefix("[Parsed_") else {
+        let Some(r) = line.strip_prefix('[') else {
             continue;
         };
         let Some((ctx, rest)) = r.split_once("] Setting '") else {
@@ -217,6 +224,13 @@ pub fn filter_settings(stderr: &str) -> BTreeSet<(String, Vec<(String, String)>)
         };
         let Some((inst, addr)) = ctx.split_once(" @ ") else {
             continue;
+        };
+        // Filters of parsed graphs are `Parsed_<name>_<index>`, or `<name>@<instance>`; others
+        // (buffer sources, auto-inserted formats) are FFmpeg's own.
+        let inst = match inst.strip_prefix("Parsed_") {
+            Some(i) => i,
+            None if inst.contains('@') => inst,
+            None => continue,
         };
         let Some((key, value)) = rest.split_once("' to value '") else {
             continue;
@@ -257,7 +271,10 @@ fn add_graph(out: &mut BTreeSet<(String, Vec<(String, String)>)>, g: &Graph) {
             continue;
         }
         out.insert((
-            format!("{}_{i}", f.name),
+            match &f.instance {
+                Some(inst) => format!("{}@{inst}", f.name),
+                None => format!("{}_{i}", f.name),
+            },
             f.options
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
