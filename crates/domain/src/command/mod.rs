@@ -737,7 +737,11 @@ pub const DEFAULT_THREADS: u32 = 2;
 /// `-threads` for it: inside the jail FFmpeg cannot read `/proc` or `/sys` to count CPUs.
 pub fn render(template: &str, spec: &IoSpec, threads: u32) -> Result<Vec<String>, CommandError> {
     let cmd = validate(template, spec)?;
-    Ok(render_tree(&cmd, spec, Some(threads.max(1))))
+    Ok(render_tree(
+        &cmd,
+        spec,
+        Some(threads.clamp(1, options::MAX_THREADS)),
+    ))
 }
 
 /// Writes the argv of a tree: forced prefix, global options, then each file's options followed

@@ -66,6 +66,9 @@ pub struct OptSpec {
     pub matched: Match,
 }
 
+/// Most threads a file may ask for; the renderer clamps the configured default to it.
+pub const MAX_THREADS: u32 = 256;
+
 pub const CODECS: &[&str] = &[
     "copy",
     "libx264",
@@ -338,7 +341,8 @@ pub static OPTIONS: &[OptSpec] = &[
     o!("sseof", V(G::Dur), Input, false, T),
     o!("itsoffset", V(G::Dur), Input, false, T),
     o!("itsscale", V(G::Num), Input, true, T),
-    o!("stream_loop", V(G::Int(-1, 1000)), Input, false, T),
+    // Not -1: an endless loop would only end at the job timeout.
+    o!("stream_loop", V(G::Int(0, 100)), Input, false, T),
     o!("re", Flag, Input, false, T),
     o!("readrate", V(G::Num), Input, false, T),
     o!("accurate_seek", Flag, Input, false, T),
@@ -457,7 +461,7 @@ pub static OPTIONS: &[OptSpec] = &[
     o!("bufsize", V(G::Rate), File, true, A),
     o!("x264-params", Kind::X264Params, File, true, A),
     o!("x265-params", Kind::X265Params, File, true, A),
-    o!("threads", V(G::Int(0, 64)), File, true, A),
+    o!("threads", V(G::Int(0, MAX_THREADS as i64)), File, true, A),
     o!("qmin", V(G::Int(-1, 69)), File, true, A),
     o!("qmax", V(G::Int(-1, 1024)), File, true, A),
     o!("global_quality", V(G::Int(0, 1_000_000)), File, true, A),
