@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs what MpegFlow needs at run time when it is missing (Debian): ffmpeg and PostgreSQL.
+# Installs what MpegFlow needs at run time when it is missing (Debian): ffmpeg and PostgreSQL,
+# and strace for the FFmpeg oracle test (crates/domain/tests/it).
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need+=(ffmpeg)
+command -v strace >/dev/null || need+=(strace)
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi

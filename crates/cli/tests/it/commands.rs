@@ -101,3 +101,75 @@ async fn refused_command_forms_name_the_argument_and_filter_graphs_pass() {
     assert_eq!(s3, 409, "{j3}");
     tp.stop().await;
 }
+
+/// The parser-differential breach classes of issue 6, through the real API: each is refused
+/// with `invalid_command` naming the argument, and a graph written with FFmpeg's quoting runs
+/// with the canonical argv the platform rendered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parser_differential_payloads_are_refused_through_the_api() {
+    let tp = TestPlatform::start(1, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "a.mp4", 1, "160x120").await;
+    let asset = client.upload(&input).await.unwrap();
+    let id = asset["id"].as_str().unwrap();
+    let job = |command: &str| json!({ "inputs": { "in": id }, "outputs": { "out": "out.wav" }, "command": command });
+    let refused = [
+        (
+            r#"-i {{in}} -af "curves=plot='\\\\',nullsink;amovie=/etc/passwd:f=u8" {{out}}"#,
+            r"curves=plot='\\',nullsink;amovie=/etc/passwd:f=u8",
+        ),
+        (
+            "-fix_sub_duration -vstats_file {{out}} -i {{in}} {{out}}",
+            "-vstats_file",
+        ),
+        ("-fix_sub_duration -report -i {{in}} {{out}}", "-report"),
+        (
+            "-i {{in}} -c:v libx264 -x264-params cqmfile=/etc/passwd {{out}}",
+            "cqmfile=/etc/passwd",
+        ),
+        (
+            r"-i {{in}} -af volume=\\/etc/passwd {{out}}",
+            r"volume=\/etc/passwd",
+        ),
+        (
+            "-i {{in}} -vf paletteuse=debug_kdtree=/tmp/x {{out}}",
+            "paletteuse=debug_kdtree=/tmp/x",
+        ),
+        ("-i {{in}} -f sap {{out}}", "-f"),
+        ("-i {{in}} -f segment -segment_format sap {{out}}", "sap"),
+    ];
+    for (command, arg) in refused {
+        let (status, body) = client
+            .call(Method::POST, "/v1/jobs", Some(&job(command)), &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{command}: {body}");
+        assert_eq!(body["code"], "invalid_command", "{command}: {body}");
+        assert_eq!(body["argument"], arg, "{command}: {body}");
+    }
+    let (status, body) = client
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&job(
+                r"-i {{in}} -vn -af 'volume='\''0.5'\'',aresample=8000' {{out}}",
+            )),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let argv: Vec<String> = serde_json::from_value(body["argv"].clone()).unwrap();
+    assert!(
+        argv.iter()
+            .any(|a| a == "volume=volume=0.5,aresample=sample_rate=8000"),
+        "{argv:?}"
+    );
+    // The worker re-parses the rendered argv, requires the same rendering, and runs it.
+    let done = client
+        .wait(body["id"].as_str().unwrap(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    tp.stop().await;
+}

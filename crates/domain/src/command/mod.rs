@@ -1,0 +1,1187 @@
+//! FFmpeg command templates.
+//!
+//! A tenant writes a command as one string, e.g. `-i {{in}} -vf scale=640:-2 {{out}}`, and
+//! declares its inputs and outputs by alias. The template is split with shell-word rules (never
+//! run by a shell) and parsed the way FFmpeg 5.1's `split_commandline` reads an argv into a typed
+//! [`Command`] tree: global options, then input and output files, each with its options. Every
+//! option is on an allowlist ([`options`]) with its real arity and a value grammar ([`grammar`]);
+//! filter graphs are parsed with FFmpeg's own two-level grammar ([`filtergraph`]) against a filter
+//! and filter-option allowlist ([`filters`]); codec parameter strings key by key
+//! ([`codec_params`]). Inputs and outputs may only be named through declared `{{alias}}`
+//! placeholders. Anything else is refused with an error that names the argument.
+//!
+//! [`render`] writes the argv the worker runs **from the tree**, with canonical escaping, so no
+//! byte of the template reaches FFmpeg except as a value the tree holds: forced flags first,
+//! placeholders replaced by fixed relative names inside the job directory (`in/<alias>.<ext>`,
+//! `out/<alias>/<name>`). The worker's [`check_rendered`] parses that argv again and requires
+//! that rendering the tree it finds gives the identical argv.
+
+pub mod codec_params;
+pub mod filtergraph;
+pub mod filters;
+pub mod grammar;
+pub mod options;
+
+use crate::names::{check_alias, check_file_name, safe_extension, NameError};
+use options::{Kind, Match, OptSpec, Scope};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Arguments every rendered command starts with. `-progress pipe:1` is how the worker reads
+/// progress; tenants may not set it themselves.
+pub const FORCED_PREFIX: &[&str] = &[
+    "-hide_banner",
+    "-nostdin",
+    "-nostats",
+    "-y",
+    "-progress",
+    "pipe:1",
+];
+
+/// Demuxers an input may be read with (forced per input as `-format_whitelist`). Playlist and
+/// indirection formats (hls, dash, concat, image2 patterns, ffmetadata…) are absent, so a crafted
+/// input cannot make FFmpeg open other files.
+pub const INPUT_FORMAT_WHITELIST: &str =
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts,avi,flv,wav,mp3,aac,ogg,flac,\
+    mpeg,mpegvideo,h264,hevc,m4v,mxf,gif,png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,tiff_pipe,\
+    ivf,obu,asf,w64,aiff,caf,ac3,eac3,dts,truehd,amr,au,nut,yuv4mpegpipe,srt,ass,webvtt";
+
+/// Bounded probing per input (bytes), forced.
+pub const PROBE_SIZE: &str = "50000000";
+
+/// Longest template accepted, in bytes.
+pub const MAX_TEMPLATE_LEN: usize = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputDecl {
+    /// Extension of the uploaded file name, kept as a probing hint.
+    pub ext: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputDecl {
+    /// One file, e.g. `out.mp4`.
+    File { name: String },
+    /// A directory of files (declared with a trailing slash, e.g. `hls/`).
+    Dir { name: String },
+}
+
+impl OutputDecl {
+    /// Parses a declared output file name; a trailing `/` declares a directory.
+    pub fn parse(filename: &str) -> Result<Self, NameError> {
+        match filename.strip_suffix('/') {
+            Some(dir) => check_file_name(dir).map(|_| OutputDecl::Dir {
+                name: dir.to_owned(),
+            }),
+            None => check_file_name(filename).map(|_| OutputDecl::File {
+                name: filename.to_owned(),
+            }),
+        }
+    }
+    pub fn is_dir(&self) -> bool {
+        matches!(self, OutputDecl::Dir { .. })
+    }
+    pub fn name(&self) -> &str {
+        match self {
+            OutputDecl::File { name } | OutputDecl::Dir { name } => name,
+        }
+    }
+}
+
+/// The declared inputs and outputs of a job, by alias.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoSpec {
+    pub inputs: BTreeMap<String, InputDecl>,
+    pub outputs: BTreeMap<String, OutputDecl>,
+}
+
+impl IoSpec {
+    pub fn add_input(&mut self, alias: &str, filename: &str) -> Result<(), CommandError> {
+        check_alias(alias).map_err(CommandError::Name)?;
+        self.ensure_new(alias)?;
+        self.inputs.insert(
+            alias.to_owned(),
+            InputDecl {
+                ext: safe_extension(filename),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn add_output(&mut self, alias: &str, filename: &str) -> Result<(), CommandError> {
+        check_alias(alias).map_err(CommandError::Name)?;
+        self.ensure_new(alias)?;
+        self.outputs.insert(
+            alias.to_owned(),
+            OutputDecl::parse(filename).map_err(CommandError::Name)?,
+        );
+        Ok(())
+    }
+
+    fn ensure_new(&self, alias: &str) -> Result<(), CommandError> {
+        if self.inputs.contains_key(alias) || self.outputs.contains_key(alias) {
+            return Err(CommandError::DuplicateAlias(alias.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Where input `alias` lives, relative to the job directory.
+    pub fn input_path(&self, alias: &str) -> Option<String> {
+        let decl = self.inputs.get(alias)?;
+        Some(match &decl.ext {
+            Some(ext) => format!("in/{alias}.{ext}"),
+            None => format!("in/{alias}"),
+        })
+    }
+
+    /// Where output `alias` is written, relative to the job directory: a file for file outputs,
+    /// a directory for directory outputs.
+    pub fn output_path(&self, alias: &str) -> Option<String> {
+        Some(match self.outputs.get(alias)? {
+            OutputDecl::File { name } => format!("out/{alias}/{name}"),
+            OutputDecl::Dir { .. } => format!("out/{alias}"),
+        })
+    }
+
+    /// Maps a produced file (relative to `out/`) to its output alias, if it belongs to one:
+    /// `alias/<name>` for a file output, `alias/<file>` for a directory output.
+    pub fn output_of<'a>(&self, rel_path: &'a str) -> Option<(&str, &'a str)> {
+        let (alias, rest) = rel_path.split_once('/')?;
+        let (alias_key, decl) = self.outputs.get_key_value(alias)?;
+        let ok = match decl {
+            OutputDecl::File { name } => rest == name,
+            OutputDecl::Dir { .. } => check_file_name(rest).is_ok(),
+        };
+        ok.then_some((alias_key.as_str(), rest))
+    }
+}
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("command is not valid shell-word syntax: {0}")]
+    Syntax(String),
+    #[error("command is empty")]
+    Empty,
+    #[error("command is longer than {MAX_TEMPLATE_LEN} bytes")]
+    TooLong,
+    #[error(transparent)]
+    Name(NameError),
+    #[error("alias {0:?} is declared twice")]
+    DuplicateAlias(String),
+    #[error("argument {arg:?}: unknown or unsupported option")]
+    UnknownOption { arg: String },
+    #[error("argument {arg:?}: option is not allowed ({why})")]
+    ForbiddenOption { arg: String, why: &'static str },
+    #[error("argument {arg:?}: option needs a value")]
+    MissingValue { arg: String },
+    #[error("argument {arg:?}: -i must be followed by exactly a declared input placeholder like {{{{in}}}}")]
+    NotAnInput { arg: String },
+    #[error("argument {arg:?}: outputs must be exactly a declared output placeholder ({{{{out}}}}, or {{{{dir}}}}/name for a directory output)")]
+    NotAnOutput { arg: String },
+    #[error("argument {arg:?}: {why}")]
+    ForbiddenValue { arg: String, why: &'static str },
+    #[error("argument {arg:?} (value of {option}): {why}")]
+    BadValue {
+        arg: String,
+        option: String,
+        why: String,
+    },
+    #[error("argument {arg:?}: placeholder is not a declared input or output")]
+    UndeclaredPlaceholder { arg: String },
+    #[error("argument {arg:?}: filter {filter:?}: {why}")]
+    FilterGraph {
+        arg: String,
+        filter: String,
+        why: String,
+    },
+    #[error("argument {arg:?}: format {format:?} is not allowed here")]
+    FormatNotAllowed { arg: String, format: String },
+    #[error("argument {arg:?}: option after the last output applies to nothing")]
+    TrailingOption { arg: String },
+    #[error("input {0:?} is declared but never read with -i")]
+    InputUnused(String),
+    #[error("output {0:?} is declared but never written")]
+    OutputUnused(String),
+    #[error("the command has no output")]
+    NoOutput,
+    #[error("rendered command does not start with the forced flags")]
+    MissingForcedPrefix,
+    #[error("rendered command is not the canonical rendering of its own tree")]
+    NotCanonical,
+}
+
+impl CommandError {
+    /// The offending argument, when the error is about one.
+    pub fn argument(&self) -> Option<&str> {
+        match self {
+            CommandError::UnknownOption { arg }
+            | CommandError::ForbiddenOption { arg, .. }
+            | CommandError::MissingValue { arg }
+            | CommandError::NotAnInput { arg }
+            | CommandError::NotAnOutput { arg }
+            | CommandError::ForbiddenValue { arg, .. }
+            | CommandError::BadValue { arg, .. }
+            | CommandError::UndeclaredPlaceholder { arg }
+            | CommandError::FilterGraph { arg, .. }
+            | CommandError::FormatNotAllowed { arg, .. }
+            | CommandError::TrailingOption { arg } => Some(arg),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed command: what FFmpeg will run, as a tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Command {
+    /// Options that apply to the whole run, wherever they were written.
+    pub globals: Vec<Opt>,
+    /// Input and output files in order, each with its own options.
+    pub files: Vec<FileGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileGroup {
+    pub options: Vec<Opt>,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `-i` of a declared input.
+    Input { alias: String },
+    /// A declared output file, or a file `entry` inside a directory output.
+    Output {
+        alias: String,
+        entry: Option<String>,
+    },
+}
+
+/// One option: its name in the allowlist, an optional stream specifier, a typed value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opt {
+    pub name: &'static str,
+    pub stream: Option<String>,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Flag,
+    /// A value that matched its grammar; rendered as is (grammars admit no byte FFmpeg would
+    /// read differently at this level).
+    Text(String),
+    Graph(filtergraph::Graph),
+    Params(Vec<codec_params::Param>),
+    /// A file inside a directory output.
+    Entry {
+        alias: String,
+        name: String,
+    },
+}
+
+impl Opt {
+    /// The argument as written in the argv, e.g. `-c:v`.
+    pub fn flag(&self) -> String {
+        match &self.stream {
+            Some(s) => format!("-{}:{s}", self.name),
+            None => format!("-{}", self.name),
+        }
+    }
+
+    pub fn spec(&self) -> &'static OptSpec {
+        options::lookup(self.name).expect("tree options come from the table")
+    }
+
+    /// The value FFmpeg receives (without the job-directory prefix for entries).
+    fn rendered_value(&self, spec: &IoSpec) -> Option<String> {
+        Some(match &self.value {
+            Value::Flag => return None,
+            Value::Text(s) => s.clone(),
+            Value::Graph(g) => g.render(),
+            Value::Params(p) => codec_params::render(p),
+            Value::Entry { alias, name } => {
+                format!("{}/{name}", spec.output_path(alias).unwrap_or_default())
+            }
+        })
+    }
+
+    /// What FFmpeg's `-v debug` trace says when it consumes this option:
+    /// `(matched name, argument)`, the argument as FFmpeg prints it.
+    pub fn trace(&self, spec: &IoSpec) -> (String, String) {
+        let s = self.spec();
+        let value = self.rendered_value(spec);
+        match s.matched {
+            Match::Table => (
+                self.name.to_owned(),
+                value.map_or("'1'".to_owned(), |v| format!("'{v}'")),
+            ),
+            Match::Negated(base) => (base.to_owned(), "0".to_owned()),
+            Match::AvOption => (
+                self.flag()[1..].to_owned(),
+                format!("'{}'", value.unwrap_or_default()),
+            ),
+        }
+    }
+}
+
+const PLACEHOLDER_WHY: &str = "inputs and outputs may only appear after -i or as output files";
+
+/// How a single argument refers to the declared files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ref {
+    Input(String),
+    OutputFile(String),
+    OutputDir(String),
+    OutputDirEntry(String, String),
+    Text,
+}
+
+/// Whether the parser reads a tenant's template or a rendered argv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Template,
+    Rendered,
+}
+
+struct Parser<'s> {
+    spec: &'s IoSpec,
+    mode: Mode,
+    inputs_used: BTreeSet<String>,
+    outputs_used: BTreeSet<String>,
+}
+
+impl<'s> Parser<'s> {
+    fn classify(&self, arg: &str) -> Result<Ref, CommandError> {
+        match self.mode {
+            Mode::Template => self.classify_template(arg),
+            Mode::Rendered => Ok(self.classify_rendered(arg)),
+        }
+    }
+
+    fn classify_template(&self, arg: &str) -> Result<Ref, CommandError> {
+        if !arg.contains("{{") && !arg.contains("}}") {
+            return Ok(Ref::Text);
+        }
+        let undeclared = || CommandError::UndeclaredPlaceholder {
+            arg: arg.to_owned(),
+        };
+        let inner = arg.strip_prefix("{{").ok_or_else(undeclared)?;
+        let (alias, rest) = inner.split_once("}}").ok_or_else(undeclared)?;
+        if self.spec.inputs.contains_key(alias) {
+            return if rest.is_empty() {
+                Ok(Ref::Input(alias.to_owned()))
+            } else {
+                Err(undeclared())
+            };
+        }
+        let decl = self.spec.outputs.get(alias).ok_or_else(undeclared)?;
+        match (decl, rest) {
+            (OutputDecl::File { .. }, "") => Ok(Ref::OutputFile(alias.to_owned())),
+            (OutputDecl::Dir { .. }, "") => Ok(Ref::OutputDir(alias.to_owned())),
+            (OutputDecl::Dir { .. }, rest) => match rest.strip_prefix('/') {
+                Some(name) if check_file_name(name).is_ok() => {
+                    Ok(Ref::OutputDirEntry(alias.to_owned(), name.to_owned()))
+                }
+                _ => Err(CommandError::ForbiddenValue {
+                    arg: arg.to_owned(),
+                    why: "a directory output is used as {{dir}}/name with a plain file name",
+                }),
+            },
+            (OutputDecl::File { .. }, _) => Err(undeclared()),
+        }
+    }
+
+    fn classify_rendered(&self, arg: &str) -> Ref {
+        for key in self.spec.inputs.keys() {
+            if self.spec.input_path(key).as_deref() == Some(arg) {
+                return Ref::Input(key.clone());
+            }
+        }
+        for (key, decl) in &self.spec.outputs {
+            let path = self.spec.output_path(key).unwrap_or_default();
+            if arg == path {
+                return if decl.is_dir() {
+                    Ref::OutputDir(key.clone())
+                } else {
+                    Ref::OutputFile(key.clone())
+                };
+            }
+            if decl.is_dir() {
+                if let Some(name) = arg.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) {
+                    if check_file_name(name).is_ok() {
+                        return Ref::OutputDirEntry(key.clone(), name.to_owned());
+                    }
+                }
+            }
+        }
+        Ref::Text
+    }
+
+    fn no_placeholder(&self, v: &str) -> Result<(), CommandError> {
+        if v.contains("{{") || v.contains("}}") || self.classify(v)? != Ref::Text {
+            return Err(CommandError::ForbiddenValue {
+                arg: v.to_owned(),
+                why: PLACEHOLDER_WHY,
+            });
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, spec: &OptSpec, arg: &str, v: &str) -> Result<Value, CommandError> {
+        let bad = |why: String| CommandError::BadValue {
+            arg: v.to_owned(),
+            option: arg.to_owned(),
+            why,
+        };
+        if spec.kind == Kind::OutputEntry {
+            return match self.classify(v)? {
+                Ref::OutputDirEntry(alias, name) => {
+                    self.outputs_used.insert(alias.clone());
+                    Ok(Value::Entry { alias, name })
+                }
+                _ => Err(CommandError::NotAnOutput { arg: v.to_owned() }),
+            };
+        }
+        self.no_placeholder(v)?;
+        let text = |g: grammar::G| g.check(v).map(|_| Value::Text(v.to_owned())).map_err(bad);
+        match spec.kind {
+            Kind::Flag | Kind::OutputEntry => unreachable!("handled by the caller / above"),
+            Kind::Value(g) => text(g),
+            Kind::Codec => text(grammar::G::Kw(options::CODECS)),
+            Kind::Muxer => text(grammar::G::Kw(options::MUXERS)),
+            // Checked against the demuxer or muxer list once the file it applies to is known.
+            Kind::Format => Ok(Value::Text(v.to_owned())),
+            Kind::Bsf => {
+                if v.split(',').all(|b| options::BSFS.contains(&b)) {
+                    Ok(Value::Text(v.to_owned()))
+                } else {
+                    Err(bad(format!(
+                        "expected a comma-separated list of: {}",
+                        options::BSFS.join(", ")
+                    )))
+                }
+            }
+            Kind::Graph => {
+                filtergraph::parse(v)
+                    .map(Value::Graph)
+                    .map_err(|e| CommandError::FilterGraph {
+                        arg: v.to_owned(),
+                        filter: e.filter.unwrap_or_default(),
+                        why: e.why,
+                    })
+            }
+            Kind::X264Params => codec_params::parse(codec_params::Library::X264, v)
+                .map(Value::Params)
+                .map_err(bad),
+            Kind::X265Params => codec_params::parse(codec_params::Library::X265, v)
+                .map(Value::Params)
+                .map_err(bad),
+            Kind::FileName => match check_file_name(v) {
+                Ok(()) => Ok(Value::Text(v.to_owned())),
+                Err(_) => Err(CommandError::ForbiddenValue {
+                    arg: v.to_owned(),
+                    why: "must be a plain file name",
+                }),
+            },
+        }
+    }
+
+    /// Closes the current group of options at an input or output, as FFmpeg's `finish_group`.
+    fn finish(
+        &mut self,
+        options: &mut Vec<Opt>,
+        forced: &mut Vec<(String, String)>,
+        target: Target,
+    ) -> Result<FileGroup, CommandError> {
+        let input = matches!(target, Target::Input { .. });
+        if self.mode == Mode::Rendered {
+            let want: Vec<(String, String)> = forced_input_flags()
+                .chunks(2)
+                .map(|p| (p[0][1..].to_owned(), p[1].to_owned()))
+                .collect();
+            if (input && *forced != want) || (!input && !forced.is_empty()) {
+                return Err(CommandError::ForbiddenOption {
+                    arg: "-i".into(),
+                    why: "it would override a protection the platform sets",
+                });
+            }
+            forced.clear();
+        }
+        for o in options.iter() {
+            let scope = o.spec().scope;
+            if (input && scope == Scope::Output) || (!input && scope == Scope::Input) {
+                return Err(CommandError::ForbiddenOption {
+                    arg: o.flag(),
+                    why: if input {
+                        "it applies to outputs only"
+                    } else {
+                        "it applies to inputs only"
+                    },
+                });
+            }
+            if o.name == "f" {
+                if let Value::Text(fmt) = &o.value {
+                    let ok = if input {
+                        options::demuxers().any(|d| d == fmt)
+                    } else {
+                        options::MUXERS.contains(&fmt.as_str())
+                    };
+                    if !ok {
+                        return Err(CommandError::FormatNotAllowed {
+                            arg: "-f".into(),
+                            format: fmt.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(FileGroup {
+            options: std::mem::take(options),
+            target,
+        })
+    }
+
+    /// Reads an argv the way FFmpeg's `split_commandline` does.
+    fn parse(mut self, args: &[String]) -> Result<Command, CommandError> {
+        let mut cmd = Command::default();
+        let mut options: Vec<Opt> = Vec::new();
+        let mut forced: Vec<(String, String)> = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let arg = args[i].as_str();
+            i += 1;
+            if arg == "--" {
+                return Err(CommandError::ForbiddenOption {
+                    arg: arg.into(),
+                    why: "-- is not supported",
+                });
+            }
+            if !arg.starts_with('-') || arg == "-" {
+                let target = match self.classify(arg)? {
+                    Ref::OutputFile(alias) => Target::Output { alias, entry: None },
+                    Ref::OutputDirEntry(alias, name) => Target::Output {
+                        alias,
+                        entry: Some(name),
+                    },
+                    _ => {
+                        return Err(CommandError::NotAnOutput {
+                            arg: arg.to_owned(),
+                        })
+                    }
+                };
+                if let Target::Output { alias, .. } = &target {
+                    self.outputs_used.insert(alias.clone());
+                }
+                let group = self.finish(&mut options, &mut forced, target)?;
+                cmd.files.push(group);
+                continue;
+            }
+            let name = &arg[1..];
+            if name.starts_with('/') {
+                return Err(CommandError::ForbiddenOption {
+                    arg: arg.to_owned(),
+                    why: "it reads a file named by the tenant",
+                });
+            }
+            let missing = || CommandError::MissingValue {
+                arg: arg.to_owned(),
+            };
+            if name == "i" {
+                let v = args.get(i).ok_or_else(missing)?;
+                i += 1;
+                let alias = match self.classify(v)? {
+                    Ref::Input(a) => a,
+                    _ => return Err(CommandError::NotAnInput { arg: v.clone() }),
+                };
+                self.inputs_used.insert(alias.clone());
+                let group = self.finish(&mut options, &mut forced, Target::Input { alias })?;
+                cmd.files.push(group);
+                continue;
+            }
+            let (base, stream) = match name.split_once(':') {
+                Some((b, s)) => (b, Some(s)),
+                None => (name, None),
+            };
+            if self.mode == Mode::Rendered
+                && stream.is_none()
+                && matches!(
+                    base,
+                    "protocol_whitelist" | "format_whitelist" | "probesize"
+                )
+            {
+                let v = args.get(i).ok_or_else(missing)?;
+                i += 1;
+                forced.push((base.to_owned(), v.clone()));
+                continue;
+            }
+            let Some(spec) = options::lookup(base) else {
+                return Err(match options::refusal(base) {
+                    Some(why) => CommandError::ForbiddenOption {
+                        arg: arg.to_owned(),
+                        why,
+                    },
+                    None => CommandError::UnknownOption {
+                        arg: arg.to_owned(),
+                    },
+                });
+            };
+            if let Some(s) = stream {
+                if !spec.spec || !grammar::is_stream_spec(s) {
+                    return Err(CommandError::ForbiddenOption {
+                        arg: arg.to_owned(),
+                        why: "this option takes no stream specifier, or the specifier is malformed",
+                    });
+                }
+            }
+            if !forced.is_empty() {
+                return Err(CommandError::ForbiddenOption {
+                    arg: arg.to_owned(),
+                    why: "it would override a protection the platform sets",
+                });
+            }
+            let value = match spec.kind {
+                Kind::Flag => Value::Flag,
+                _ => {
+                    let v = args.get(i).ok_or_else(missing)?;
+                    i += 1;
+                    // FFmpeg would take `-i` as this option's value; say what was meant.
+                    if v == "-i" {
+                        return Err(missing());
+                    }
+                    self.value(spec, arg, v)?
+                }
+            };
+            let opt = Opt {
+                name: spec.name,
+                stream: stream.map(str::to_owned),
+                value,
+            };
+            if spec.scope == Scope::Global {
+                cmd.globals.push(opt);
+            } else {
+                options.push(opt);
+            }
+        }
+        if let Some(alias) = self
+            .spec
+            .inputs
+            .keys()
+            .find(|a| !self.inputs_used.contains(*a))
+        {
+            return Err(CommandError::InputUnused(alias.clone()));
+        }
+        if let Some(alias) = self
+            .spec
+            .outputs
+            .keys()
+            .find(|a| !self.outputs_used.contains(*a))
+        {
+            return Err(CommandError::OutputUnused(alias.clone()));
+        }
+        if !cmd
+            .files
+            .iter()
+            .any(|f| matches!(f.target, Target::Output { .. }))
+        {
+            return Err(CommandError::NoOutput);
+        }
+        if let Some(o) = options.first() {
+            return Err(CommandError::TrailingOption { arg: o.flag() });
+        }
+        if !forced.is_empty() {
+            return Err(CommandError::TrailingOption {
+                arg: format!("-{}", forced[0].0),
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+/// Splits a template into arguments with shell-word rules, dropping a leading `ffmpeg`.
+pub fn parse_template(template: &str) -> Result<Vec<String>, CommandError> {
+    if template.len() > MAX_TEMPLATE_LEN {
+        return Err(CommandError::TooLong);
+    }
+    // An argv cannot carry NUL: FFmpeg would see a shorter string than the tree holds.
+    if template.contains('\0') {
+        return Err(CommandError::Syntax(
+            "the command contains a NUL character".into(),
+        ));
+    }
+    let mut args = shell_words::split(template).map_err(|e| CommandError::Syntax(e.to_string()))?;
+    if args.first().map(String::as_str) == Some("ffmpeg") {
+        args.remove(0);
+    }
+    if args.is_empty() {
+        return Err(CommandError::Empty);
+    }
+    Ok(args)
+}
+
+/// Parses and checks a template against its declared inputs and outputs.
+pub fn validate(template: &str, spec: &IoSpec) -> Result<Command, CommandError> {
+    let args = parse_template(template)?;
+    Parser {
+        spec,
+        mode: Mode::Template,
+        inputs_used: BTreeSet::new(),
+        outputs_used: BTreeSet::new(),
+    }
+    .parse(&args)
+}
+
+/// Threads per input and output when the tenant does not say (the fleet's machines have 2 cores).
+pub const DEFAULT_THREADS: u32 = 2;
+
+/// Validates a template and renders the argv (without the program name) the worker will run.
+///
+/// Every input and every output gets an explicit `-threads threads` unless the tenant set
+/// `-threads` for it: inside the jail FFmpeg cannot read `/proc` or `/sys` to count CPUs.
+pub fn render(template: &str, spec: &IoSpec, threads: u32) -> Result<Vec<String>, CommandError> {
+    let cmd = validate(template, spec)?;
+    Ok(render_tree(
+        &cmd,
+        spec,
+        Some(threads.clamp(1, options::MAX_THREADS)),
+    ))
+}
+
+/// Writes the argv of a tree: forced prefix, global options, then each file's options followed
+/// by `-threads` (when `threads` is given and the file has none), the forced input flags and
+/// `-i path`, or the output path.
+pub fn render_tree(cmd: &Command, spec: &IoSpec, threads: Option<u32>) -> Vec<String> {
+    let mut argv: Vec<String> = FORCED_PREFIX.iter().map(|s| s.to_string()).collect();
+    let push = |argv: &mut Vec<String>, o: &Opt| {
+        argv.push(o.flag());
+        argv.extend(o.rendered_value(spec));
+    };
+    for o in &cmd.globals {
+        push(&mut argv, o);
+    }
+    for f in &cmd.files {
+        for o in &f.options {
+            push(&mut argv, o);
+        }
+        if let Some(n) = threads {
+            if !f.options.iter().any(|o| o.name == "threads") {
+                argv.extend(["-threads".to_owned(), n.to_string()]);
+            }
+        }
+        match &f.target {
+            Target::Input { alias } => {
+                argv.extend(forced_input_flags().iter().map(|s| s.to_string()));
+                argv.push("-i".into());
+                argv.push(spec.input_path(alias).unwrap_or_default());
+            }
+            Target::Output { alias, entry } => {
+                let base = spec.output_path(alias).unwrap_or_default();
+                argv.push(match entry {
+                    Some(name) => format!("{base}/{name}"),
+                    None => base,
+                });
+            }
+        }
+    }
+    argv
+}
+
+/// What precedes every `-i` in a rendered command: only local files, only whitelisted demuxers,
+/// bounded probing.
+pub fn forced_input_flags() -> [&'static str; 6] {
+    [
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        INPUT_FORMAT_WHITELIST,
+        "-probesize",
+        PROBE_SIZE,
+    ]
+}
+
+/// Parses a rendered argv (without the program name) into its tree.
+pub fn parse_rendered(argv: &[String], spec: &IoSpec) -> Result<Command, CommandError> {
+    let n = FORCED_PREFIX.len();
+    if argv.len() < n || argv[..n].iter().zip(FORCED_PREFIX).any(|(a, b)| a != b) {
+        return Err(CommandError::MissingForcedPrefix);
+    }
+    Parser {
+        spec,
+        mode: Mode::Rendered,
+        inputs_used: BTreeSet::new(),
+        outputs_used: BTreeSet::new(),
+    }
+    .parse(&argv[n..])
+}
+
+/// The worker's second check of a rendered argv (without the program name): it must parse into
+/// an allowed tree, and rendering that tree must give back exactly this argv.
+pub fn check_rendered(argv: &[String], spec: &IoSpec) -> Result<(), CommandError> {
+    let cmd = parse_rendered(argv, spec)?;
+    if render_tree(&cmd, spec, None) != argv {
+        return Err(CommandError::NotCanonical);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> IoSpec {
+        let mut s = IoSpec::default();
+        s.add_input("in", "clip.mov").unwrap();
+        s.add_input("logo", "logo.png").unwrap();
+        s.add_output("out", "out.mp4").unwrap();
+        s.add_output("hls", "hls/").unwrap();
+        s
+    }
+
+    const VALID: &str =
+        "-i {{in}} -i {{logo}} -filter_complex '[0:v][1:v]overlay=10:10,scale=160:-2[v]' \
+        -map '[v]' -c:v libx264 -preset veryfast {{out}} \
+        -map 0:v -f hls -hls_time 2 -hls_segment_filename {{hls}}/seg_%03d.ts {{hls}}/index.m3u8";
+
+    #[test]
+    fn valid_templates_render_to_fixed_paths() {
+        let argv = render(VALID, &spec(), DEFAULT_THREADS).unwrap();
+        let joined = argv.join(" ");
+        assert!(joined.starts_with("-hide_banner -nostdin -nostats -y -progress pipe:1 "));
+        let forced = forced_input_flags().join(" ");
+        assert!(
+            joined.contains(&format!(
+                "-threads 2 {forced} -i in/in.mov -threads 2 {forced} -i in/logo.png"
+            )),
+            "{joined}"
+        );
+        assert!(joined.contains(" out/out/out.mp4 "));
+        assert!(joined
+            .contains("-hls_segment_filename out/hls/seg_%03d.ts -threads 2 out/hls/index.m3u8"));
+        assert!(
+            joined.contains("overlay=x=10:y=10,scale=w=160:h=-2:flags=bicubic[v]"),
+            "{joined}"
+        );
+        check_rendered(&argv, &spec()).unwrap();
+    }
+
+    #[test]
+    fn accepted_forms() {
+        let mut s = IoSpec::default();
+        s.add_input("in", "a.mp4").unwrap();
+        s.add_output("out", "b.mp4").unwrap();
+        let ok = [
+            "-i {{in}} {{out}}",
+            "ffmpeg -i {{in}} -vf scale=160:-2 {{out}}",
+            "-ss 00:00:01.5 -i {{in}} -t 2 -c:v libx264 -crf 23 -c:a aac -b:a 128k {{out}}",
+            "-i {{in}} -vf \"scale=w=640:h=-2:flags=lanczos,fps=25\" -pix_fmt yuv420p {{out}}",
+            "-i {{in}} -af 'volume=0.5,aresample=48000' {{out}}",
+            "-i {{in}} -metadata title=\"A: B\" -movflags +faststart {{out}}",
+            "-i {{in}} -map 0:v:0 -map 0:a? -c copy {{out}}",
+            "-i {{in}} -vf drawbox=x=10:y=10:w=100:h=100:color=red@0.5 {{out}}",
+            "-i {{in}} -x264-params keyint=50:min-keyint=50 -c:v libx264 {{out}}",
+        ];
+        for t in ok {
+            let argv = render(t, &s, DEFAULT_THREADS).unwrap_or_else(|e| panic!("{t}: {e}"));
+            check_rendered(&argv, &s).unwrap_or_else(|e| panic!("{t} rendered: {e}"));
+        }
+    }
+
+    #[test]
+    fn refused_forms_name_the_argument() {
+        let s = spec();
+        let base = "-i {{logo}} -f hls -hls_segment_filename {{hls}}/s%d.ts {{hls}}/i.m3u8";
+        let cases: &[(&str, &str)] = &[
+            ("-i /etc/passwd {{out}}", "/etc/passwd"),
+            (
+                "-i http://example.invalid/x.mp4 {{out}}",
+                "http://example.invalid/x.mp4",
+            ),
+            (
+                "-i concat:{{in}}|{{logo}} {{out}}",
+                "concat:{{in}}|{{logo}}",
+            ),
+            ("-i file:{{in}} {{out}}", "file:{{in}}"),
+            ("-i ../in.mov {{out}}", "../in.mov"),
+            ("-i {{in}} /tmp/out.mp4", "/tmp/out.mp4"),
+            ("-i {{in}} ../out.mp4", "../out.mp4"),
+            ("-i {{in}} {{nope}}", "{{nope}}"),
+            ("-i {{nope}} {{out}}", "{{nope}}"),
+            ("-i {{in}} -metadata title={{out}} {{out}}", "title={{out}}"),
+            ("-i {{in}} -metadata {{out}} {{out}}", "{{out}}"),
+            (
+                "-i {{in}} -vf movie=/etc/passwd {{out}}",
+                "movie=/etc/passwd",
+            ),
+            ("-i {{in}} -vf subtitles=x.srt {{out}}", "subtitles=x.srt"),
+            ("-i {{in}} -vf scale=1:1,../x {{out}}", "scale=1:1,../x"),
+            ("-i {{in}} -filter_script f.txt {{out}}", "-filter_script"),
+            ("-f lavfi -i {{in}} {{out}}", "-f"),
+            ("-f concat -safe 0 -i {{in}} {{out}}", "-safe"),
+            ("-i {{in}} -f tee {{out}}", "-f"),
+            (
+                "-protocol_whitelist file,http -i {{in}} {{out}}",
+                "-protocol_whitelist",
+            ),
+            ("-i {{in}} -progress p {{out}}", "-progress"),
+            ("-i {{in}} -/filter f {{out}}", "-/filter"),
+            ("-i {{in}} -frobnicate 1 {{out}}", "-frobnicate"),
+            ("-i {{in}} -c:v", "-c:v"),
+            ("-i {{in}} -preset subfile:x {{out}}", "subfile:x"),
+            ("-i {{in}} {{hls}} ", "{{hls}}"),
+            ("-i {{in}} {{hls}}/../x {{out}}", "{{hls}}/../x"),
+            ("-i {{in}} -hwaccel cuda {{out}}", "-hwaccel"),
+        ];
+        for (t, arg) in cases {
+            let full = format!("{t} {base}");
+            let err = render(&full, &s, DEFAULT_THREADS).unwrap_err();
+            assert_eq!(err.argument(), Some(*arg), "{full}: {err}");
+            assert!(err.to_string().contains(arg), "{err}");
+        }
+    }
+
+    #[test]
+    fn declared_but_unused_is_refused() {
+        let s = spec();
+        assert_eq!(
+            render("-i {{in}} {{out}}", &s, DEFAULT_THREADS).unwrap_err(),
+            CommandError::InputUnused("logo".into())
+        );
+        let mut one = IoSpec::default();
+        one.add_input("in", "a").unwrap();
+        one.add_output("out", "o.mp4").unwrap();
+        assert_eq!(
+            render("-i {{in}} -vn", &one, DEFAULT_THREADS).unwrap_err(),
+            CommandError::OutputUnused("out".into())
+        );
+        assert!(matches!(
+            render("'unterminated", &one, DEFAULT_THREADS),
+            Err(CommandError::Syntax(_))
+        ));
+        assert_eq!(
+            render("ffmpeg", &one, DEFAULT_THREADS).unwrap_err(),
+            CommandError::Empty
+        );
+        assert!(matches!(
+            render(
+                "-i {{in}} -metadata title=a\0b {{out}}",
+                &one,
+                DEFAULT_THREADS
+            ),
+            Err(CommandError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn rendered_check_catches_tampering() {
+        let mut s = IoSpec::default();
+        s.add_input("in", "a.mp4").unwrap();
+        s.add_output("out", "b.mp4").unwrap();
+        let good = render("-i {{in}} {{out}}", &s, DEFAULT_THREADS).unwrap();
+        let tamper = |f: &dyn Fn(&mut Vec<String>)| {
+            let mut v = good.clone();
+            f(&mut v);
+            check_rendered(&v, &s)
+        };
+        assert!(tamper(&|v| v.remove(0).clear()).is_err());
+        assert!(tamper(
+            &|v| *v.iter_mut().find(|a| *a == "in/in.mp4").unwrap() = "/etc/passwd".into()
+        )
+        .is_err());
+        assert!(tamper(
+            &|v| *v.iter_mut().rev().find(|a| *a == "file").unwrap() = "file,http".into()
+        )
+        .is_err());
+        assert!(tamper(&|v| *v.last_mut().unwrap() = "/tmp/x.mp4".into()).is_err());
+        assert!(tamper(&|v| {
+            let i = v.iter().position(|a| a == "-protocol_whitelist").unwrap();
+            v.drain(i..i + 2);
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn threads_are_explicit_unless_the_tenant_set_them() {
+        let mut s = IoSpec::default();
+        s.add_input("a", "a.mp4").unwrap();
+        s.add_input("b", "b.mp4").unwrap();
+        s.add_output("x", "x.mp4").unwrap();
+        s.add_output("y", "y.mp4").unwrap();
+        let argv = render(
+            "-threads 8 -i {{a}} -i {{b}} -c:v libx264 {{x}} -threads:v 3 {{y}}",
+            &s,
+            2,
+        )
+        .unwrap();
+        let joined = argv.join(" ");
+        let forced = forced_input_flags().join(" ");
+        let cases = [
+            format!("-threads 8 {forced} -i in/a.mp4"),
+            format!("-threads 2 {forced} -i in/b.mp4"),
+            "-c:v libx264 -threads 2 out/x/x.mp4".to_owned(),
+            "-threads:v 3 out/y/y.mp4".to_owned(),
+        ];
+        for want in cases {
+            assert!(joined.contains(&want), "{want:?} not in {joined}");
+        }
+        assert_eq!(
+            argv.iter().filter(|a| *a == "-threads").count(),
+            3,
+            "{joined}"
+        );
+        check_rendered(&argv, &s).unwrap();
+    }
+
+    #[test]
+    fn output_paths_map_back_to_aliases() {
+        let s = spec();
+        assert_eq!(s.output_of("out/out.mp4"), Some(("out", "out.mp4")));
+        assert_eq!(s.output_of("hls/seg_001.ts"), Some(("hls", "seg_001.ts")));
+        assert_eq!(s.output_of("out/other.mp4"), None);
+        assert_eq!(s.output_of("hls/../x"), None);
+        assert_eq!(s.output_of("nope/x"), None);
+        assert_eq!(s.output_of("hls/sub/x.ts"), None);
+    }
+
+    fn io() -> IoSpec {
+        let mut s = IoSpec::default();
+        s.add_input("in", "clip.mp4").unwrap();
+        s.add_output("out", "out.mp4").unwrap();
+        s
+    }
+
+    #[test]
+    fn reported_attack_classes_are_refused_naming_the_argument() {
+        let s = io();
+        let cases: &[(&str, &str)] = &[
+            // FFmpeg reads nothing escaped inside '…': this is curves + nullsink + amovie.
+            (
+                r#"-i {{in}} -af "curves=plot='\\\\',nullsink;amovie=/etc/passwd:f=u8" {{out}}"#,
+                r"curves=plot='\\',nullsink;amovie=/etc/passwd:f=u8",
+            ),
+            (
+                r#"-i {{in}} -af "volume='\\\\',anull;amovie=/etc/passwd" {{out}}"#,
+                r"volume='\\',anull;amovie=/etc/passwd",
+            ),
+            // Arity: -fix_sub_duration is a flag in 5.1, so -vstats_file is an option.
+            (
+                "-fix_sub_duration -vstats_file {{out}} -i {{in}} {{out}}",
+                "-vstats_file",
+            ),
+            ("-fix_sub_duration -report -i {{in}} {{out}}", "-report"),
+            // -copytb and -reinit_filter take a value.
+            ("-copytb -report -i {{in}} {{out}}", "-report"),
+            ("-reinit_filter -i {{in}} {{out}}", "-reinit_filter"),
+            // Values checked by grammar, not by first character.
+            (
+                "-i {{in}} -c:v libx264 -x264-params keyint=2:cqmfile=/etc/passwd {{out}}",
+                "keyint=2:cqmfile=/etc/passwd",
+            ),
+            (
+                "-i {{in}} -c:v libx265 -x265-params csv=/tmp/x {{out}}",
+                "csv=/tmp/x",
+            ),
+            (
+                r"-i {{in}} -vf scale=w=\\/etc/passwd {{out}}",
+                r"scale=w=\/etc/passwd",
+            ),
+            (r"-i {{in}} -metadata:s:v:0 \\/x {{out}}", r"\/x"),
+            (
+                "-i {{in}} -vf paletteuse=debug_kdtree=/tmp/x {{out}}",
+                "paletteuse=debug_kdtree=/tmp/x",
+            ),
+            (
+                "-i {{in}} -vf psnr=stats_file=/tmp/x {{out}}",
+                "psnr=stats_file=/tmp/x",
+            ),
+            ("-i {{in}} -f sap {{out}}", "-f"),
+            ("-i {{in}} -f rtp {{out}}", "-f"),
+            ("-f mp4 -i {{in}} -f tee {{out}}", "-f"),
+            ("-i {{in}} -f segment -segment_format sap {{out}}", "sap"),
+            (
+                "-i {{in}} -c:v libx264 -preset /etc/passwd {{out}}",
+                "/etc/passwd",
+            ),
+            ("-i {{in}} -map:v 0 {{out}}", "-map:v"),
+            ("-i {{in}} -movflags:v +faststart {{out}}", "-movflags:v"),
+            (
+                "-i {{in}} -bsf:v h264_metadata=sei_user_data=x {{out}}",
+                "h264_metadata=sei_user_data=x",
+            ),
+            ("-i {{in}} -- {{out}}", "--"),
+            ("-i {{in}} {{out}} -y -c:v", "-c:v"),
+            ("-i {{in}} {{out}} -c:v libx264", "-c:v"),
+            ("-i {{in}} -sseof -1 {{out}}", "-sseof"),
+            ("-map 0 -i {{in}} {{out}}", "-map"),
+        ];
+        for (t, arg) in cases {
+            let err = render(t, &s, DEFAULT_THREADS).unwrap_err();
+            assert_eq!(err.argument(), Some(*arg), "{t}: {err}");
+            assert!(err.to_string().contains(&format!("{arg:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn real_world_templates_are_accepted_and_round_trip() {
+        let mut s = IoSpec::default();
+        s.add_input("in", "clip.mov").unwrap();
+        s.add_input("logo", "logo.png").unwrap();
+        s.add_output("hls", "hls/").unwrap();
+        s.add_output("thumbs", "thumbs/").unwrap();
+        s.add_output("mp4", "out.mp4").unwrap();
+        s.add_output("webm", "out.webm").unwrap();
+        s.add_output("audio", "audio.m4a").unwrap();
+        let t = "-i {{in}} -i {{logo}} \
+            -filter_complex '[0:v]split=2[a][b];[a]scale=1280:-2[a1];[b]scale=640:-2[b1]' \
+            -map '[a1]' -map 0:a? -c:v libx264 -preset veryfast -crf 23 -g 48 -keyint_min 48 \
+              -sc_threshold 0 -c:a aac -b:a 128k -f hls -hls_time 4 -hls_playlist_type vod \
+              -hls_segment_filename {{hls}}/hi_%03d.ts {{hls}}/hi.m3u8 \
+            -map '[b1]' -c:v libx264 -x264-params keyint=48:min-keyint=48:scenecut=0 \
+              -f hls -hls_segment_filename {{hls}}/lo_%03d.ts {{hls}}/lo.m3u8 \
+            -map 0:v -vf \"select='not(mod(n\\,10))',scale=160:-2,tile=3x3\" -frames:v 1 \
+              -f image2 {{thumbs}}/sheet_%02d.jpg \
+            -filter_complex '[0:v][1:v]overlay=W-w-10:H-h-10:enable=between(t\\,1\\,5)[wm]' \
+              -map '[wm]' -map 0:a -c:v libx264 -crf 20 -pix_fmt yuv420p -movflags +faststart \
+              -af loudnorm=I=-16:TP=-1.5:LRA=11 -metadata title='My clip: part 1' {{mp4}} \
+            -map 0:v -map 0:a -c:v libvpx-vp9 -b:v 0 -crf 32 -row-mt 1 -deadline good \
+              -cpu-used 4 -c:a libopus -b:a 96k -f webm {{webm}} \
+            -vn -map 0:a -c:a aac -ar 48000 -ac 2 -af aresample=48000,volume=0.8 {{audio}}";
+        let argv = render(t, &s, 2).unwrap_or_else(|e| panic!("{e}"));
+        check_rendered(&argv, &s).unwrap();
+        let joined = argv.join(" ");
+        for want in [
+            "-x264-params keyint=48:min-keyint=48:scenecut=0",
+            r"select=expr=not(mod(n\,10)),scale=w=160:h=-2:flags=bicubic,tile=layout=3x3",
+            r"overlay=x=W-w-10:y=H-h-10:enable=between(t\,1\,5)[wm]",
+            "-metadata title=My clip: part 1",
+        ] {
+            assert!(joined.contains(want), "{want} not in {joined}");
+        }
+    }
+
+    #[test]
+    fn rendering_is_canonical_and_tampering_with_any_byte_is_caught() {
+        let s = io();
+        let argv = render(
+            r"-i {{in}} -vf 'scale=w=iw/2:h=-2, fps=25' -c:v libx264 -x264-params keyint=5 {{out}}",
+            &s,
+            2,
+        )
+        .unwrap();
+        check_rendered(&argv, &s).unwrap();
+        let i = argv.iter().position(|a| a.starts_with("scale=")).unwrap();
+        for (k, tampered) in [
+            r"scale=w=iw/2:h=-2,fps=fps=25 ",
+            r"scale=w='iw/2':h=-2,fps=fps=25",
+            r"scale=w=iw/2:h=-2:flags=bicubic,fps=25",
+            r"scale=w=iw\/2:h=-2:flags=bicubic,fps=fps=25",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut v = argv.clone();
+            v[i] = tampered.to_string();
+            assert!(check_rendered(&v, &s).is_err(), "{k}: {tampered}");
+        }
+        let mut v = argv.clone();
+        let j = v.iter().position(|a| a == "keyint=5").unwrap();
+        v[j] = "keyint=5:cqmfile=/etc/passwd".into();
+        assert!(check_rendered(&v, &s).is_err());
+    }
+}
