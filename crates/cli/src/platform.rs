@@ -240,6 +240,15 @@ impl Platform {
             }
         };
         let presigner = Presigner::new(&s3)?;
+        // Immutable results rest on the store refusing wrong bodies and overwrites: check it
+        // does, before serving anything (the embedded store too: it is cheap).
+        let probe_http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .no_proxy()
+            .build()?;
+        mpegflow_objstore::probe::probe(&presigner, &probe_http, &random_hex(8))
+            .await
+            .with_context(|| format!("checking the object store at {}", s3.endpoint))?;
         let state = AppState::new(store, presigner, cfg.control.clone());
 
         let api = TcpListener::bind(&cfg.api_addr)

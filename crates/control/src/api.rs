@@ -14,6 +14,8 @@ use mpegflow_domain::command::{render, IoSpec};
 use mpegflow_domain::job::JobState;
 use mpegflow_domain::names::{asset_key, is_sha256_hex};
 use mpegflow_domain::token::{Secret, TokenKind};
+use mpegflow_objstore::media::{content_type_for_filename, safe_content_type};
+use mpegflow_objstore::PutSpec;
 use mpegflow_store::{Asset, Job, NewAsset, NewJob, StoreError, Submitted};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -259,14 +261,26 @@ async fn create_asset(
             ));
         }
     }
-    if let Some(size) = req.size {
-        if size > state.config.max_upload_bytes {
-            return Err(ControlError::invalid(
-                "too_large",
-                format!("size exceeds {} bytes", state.config.max_upload_bytes),
-            ));
-        }
+    // The size is signed into the upload URL, so the store refuses any other body.
+    let Some(size) = req.size else {
+        return Err(ControlError::invalid(
+            "size_required",
+            "size (the exact byte length of the upload) is required",
+        ));
+    };
+    let limit = state.config.upload_limit();
+    if size > limit {
+        let why = if limit == mpegflow_objstore::media::SINGLE_PUT_LIMIT {
+            " (the most one PUT may carry; multipart uploads are not offered)"
+        } else {
+            ""
+        };
+        return Err(ControlError::invalid(
+            "too_large",
+            format!("size {size} exceeds the upload limit of {limit} bytes{why}"),
+        ));
     }
+    let content_type = safe_content_type(req.content_type.as_deref());
     let id = Uuid::now_v7();
     let key = asset_key(tenant.org_id, id);
     let presigned = state
@@ -274,10 +288,13 @@ async fn create_asset(
         .put(
             &key,
             state.config.presign_ttl(),
-            req.size,
-            req.sha256.as_deref(),
+            &PutSpec {
+                size,
+                sha256_hex: req.sha256.as_deref(),
+                content_type: Some(&content_type),
+            },
         )
-        .map_err(|e| ControlError::invalid("invalid_sha256", e.to_string()))?;
+        .map_err(|e| ControlError::invalid("invalid_upload", e.to_string()))?;
     state
         .store
         .create_asset(&NewAsset {
@@ -285,8 +302,8 @@ async fn create_asset(
             org_id: tenant.org_id,
             object_key: &key,
             filename: &req.filename,
-            content_type: req.content_type.as_deref(),
-            declared_size: req.size.map(|s| s as i64),
+            content_type: Some(&content_type),
+            declared_size: Some(size as i64),
             declared_sha256: req.sha256.as_deref(),
         })
         .await?;
@@ -299,7 +316,7 @@ async fn create_asset(
             id.to_string(),
             &key,
             &presigned,
-            json!({}),
+            json!({ "size": size, "content_type": content_type }),
         ))
         .await?;
     let body = json!({
@@ -318,6 +335,10 @@ async fn get_asset(
     Ok(Json(asset_json(&asset)))
 }
 
+/// Records a pending asset's bytes. Its upload URL was write-once, so once the object exists
+/// nothing can change it: the size is checked against the signed one and the SHA-256 is the
+/// store's checksum of the signed `x-amz-checksum-sha256`, or — when none was declared — the
+/// control plane's own hash of the stored object.
 async fn complete_asset(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -327,38 +348,56 @@ async fn complete_asset(
     if asset.state == "ready" {
         return Ok(Json(asset_json(&asset)));
     }
-    let head = state
+    let mut stored = state
         .head_object(&asset.object_key)
         .await
         .map_err(ControlError::Unavailable)?;
-    let Some(head) = head else {
+    let declared_size = asset.declared_size.unwrap_or(-1);
+    if let Some(head) = &stored {
+        // A declared SHA-256 was signed in and checked by the store while the body streamed.
+        let needs_hash = asset.declared_sha256.is_none() && head.sha256.is_none();
+        if needs_hash && head.size as i64 == declared_size {
+            stored = state
+                .hash_object(&asset.object_key, head.size)
+                .await
+                .map_err(ControlError::Unavailable)?;
+        }
+    }
+    let Some(head) = stored else {
         return Err(ControlError::Conflict {
             code: "upload_missing",
             message: "nothing was uploaded for this asset".into(),
         });
     };
-    let size = head.size as i64;
-    if asset.declared_size.is_some_and(|d| d != size) {
+    if head.size as i64 != declared_size {
         return Err(ControlError::Conflict {
             code: "size_mismatch",
             message: "uploaded size differs from the declared size".into(),
         });
     }
-    if let (Some(declared), Some(stored)) = (&asset.declared_sha256, &head.sha256) {
-        if declared != stored {
+    let sha256 = match (&asset.declared_sha256, &head.sha256) {
+        (Some(declared), Some(stored)) if declared != stored => {
             return Err(ControlError::Conflict {
                 code: "checksum_mismatch",
                 message: "stored checksum differs".into(),
-            });
+            })
         }
-    }
+        (_, Some(stored)) => stored.clone(),
+        (Some(declared), None) => declared.clone(),
+        (None, None) => {
+            return Err(ControlError::Unavailable(
+                "could not establish the uploaded object's SHA-256".into(),
+            ))
+        }
+    };
     let asset = state
         .store
-        .complete_asset(tenant.org_id, asset.id, size, head.sha256.as_deref())
+        .complete_asset(tenant.org_id, asset.id, head.size as i64, &sha256)
         .await?;
     Ok(Json(asset_json(&asset)))
 }
 
+/// A download URL that makes the store answer with a safe content type and as an attachment.
 async fn download_asset(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -371,9 +410,16 @@ async fn download_asset(
             message: "the asset has not been completed".into(),
         });
     }
-    let presigned = state
-        .presigner
-        .get(&asset.object_key, state.config.presign_ttl());
+    let content_type = match asset.content_type.as_deref() {
+        Some(t) => safe_content_type(Some(t)),
+        None => safe_content_type(Some(content_type_for_filename(&asset.filename))),
+    };
+    let presigned = state.presigner.download(
+        &asset.object_key,
+        state.config.presign_ttl(),
+        &asset.filename,
+        Some(&content_type),
+    );
     state
         .store
         .audit(&presign_audit(
@@ -386,9 +432,10 @@ async fn download_asset(
             json!({}),
         ))
         .await?;
-    Ok(Json(
-        json!({ "url": presigned.url, "expires_at": rfc3339(presigned.expires_at) }),
-    ))
+    Ok(Json(json!({
+        "url": presigned.url, "expires_at": rfc3339(presigned.expires_at),
+        "content_type": content_type,
+    })))
 }
 
 // ---------------------------------------------------------------- jobs

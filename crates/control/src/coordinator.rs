@@ -3,16 +3,21 @@
 //! URLs that job needs, and accepts reports only from the current lease holder.
 
 use crate::error::{ControlError, Result};
-use crate::outputs::{check_produced, io_spec, stored_inputs, stored_outputs, ProducedFile};
+use crate::outputs::{
+    check_files, check_produced, io_spec, match_grants, match_stored, stored_inputs,
+    stored_outputs, ProducedFile, Unverified,
+};
 use crate::{presign_audit, AppState};
 use mpegflow_domain::command::OutputDecl;
 use mpegflow_domain::job::{error_code, Failure};
 use mpegflow_domain::names::output_key;
 use mpegflow_domain::token::{Secret, TokenKind};
+use mpegflow_objstore::media::content_type_for_filename;
+use mpegflow_objstore::PutSpec;
 use mpegflow_proto as pb;
 use mpegflow_store::{
-    AttemptRecord, AuditEntry, HeartbeatResult, Job, Lease, OutputObject, Report, ReportResult,
-    WorkerInfo, WorkerTokenInfo,
+    AttemptRecord, AuditEntry, GrantLimits, GrantResult, HeartbeatResult, Job, Lease, OutputObject,
+    Report, ReportResult, UploadGrant, WorkerInfo, WorkerTokenInfo,
 };
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
@@ -150,25 +155,63 @@ impl CoordinatorService {
         Ok((assignment, audit))
     }
 
-    /// Confirms every produced file is really in the store with its size, through presigned HEADs.
+    /// Establishes that the store holds exactly what the attempt reports: the report must equal
+    /// the attempt's upload grants, and each granted object must be in the store with the
+    /// granted size and SHA-256 — the store's checksum, or the control plane's own hash of the
+    /// object when the store keeps none. Never the worker's word.
     async fn verify_uploaded(
         &self,
         job: &Job,
         files: &[ProducedFile],
-    ) -> std::result::Result<(), String> {
-        for f in files {
-            let key = output_key(job.org_id, job.id, job.attempts as u32, &f.path);
-            match self.state.head_object(&key).await {
-                Ok(Some(head)) if head.size == f.size => {}
-                Ok(_) => {
-                    return Err(format!(
-                        "{} was not uploaded with its declared size",
-                        f.path
-                    ))
-                }
-                Err(e) => return Err(format!("{}: {e}", f.path)),
+    ) -> Result<std::result::Result<(), Unverified>> {
+        let grants = self.state.store.upload_grants(job.id, job.attempts).await?;
+        if let Err(u) = match_grants(files, &grants) {
+            return Ok(Err(u));
+        }
+        for g in &grants {
+            let key = output_key(job.org_id, job.id, job.attempts as u32, &g.path);
+            let mut stored = self
+                .state
+                .head_object(&key)
+                .await
+                .map_err(ControlError::Unavailable)?;
+            if stored.as_ref().is_some_and(|h| h.sha256.is_none()) {
+                stored = self
+                    .state
+                    .hash_object(&key, g.size.max(0) as u64)
+                    .await
+                    .map_err(ControlError::Unavailable)?;
+            }
+            if let Err(u) = match_stored(g, stored.as_ref()) {
+                return Ok(Err(u));
             }
         }
+        Ok(Ok(()))
+    }
+
+    /// The audit row of an attempt whose outputs could not be verified.
+    async fn output_unverified(
+        &self,
+        job: &Job,
+        worker_id: Uuid,
+        u: &Unverified,
+        reported: &[ProducedFile],
+    ) -> Result<()> {
+        tracing::warn!(job_id = %job.id, org_id = %job.org_id, %worker_id, code = u.code, message = %u.message, "attempt's outputs not verified");
+        self.state
+            .store
+            .audit(&AuditEntry {
+                org_id: Some(job.org_id),
+                actor: format!("worker:{worker_id}"),
+                action: "job.output_unverified",
+                job_id: Some(job.id),
+                subject: Some(worker_id.to_string()),
+                details: json!({
+                    "attempt": job.attempts, "code": u.code, "message": u.message,
+                    "reported": reported.iter().map(|f| json!({ "path": f.path, "size": f.size, "sha256": f.sha256 })).collect::<Vec<_>>(),
+                }),
+            })
+            .await?;
         Ok(())
     }
 
@@ -417,35 +460,107 @@ impl pb::Coordinator for CoordinatorService {
             tracing::info_span!("request_upload_urls", %job_id, org_id = %job.org_id, %worker_id);
         let _g = span.enter();
         let spec = io_spec(&job)?;
-        let files = check_produced(
+        let files = check_files(
             &spec,
             r.files.into_iter().map(|f| (f.path, f.size, f.sha256)),
             self.state.config.max_output_bytes,
             self.state.config.max_output_files,
         )?;
-        let ttl = self.state.config.presign_ttl();
+        let asked: Vec<UploadGrant> = files
+            .iter()
+            .map(|f| UploadGrant {
+                path: f.path.clone(),
+                size: f.size as i64,
+                sha256: f.sha256.clone(),
+            })
+            .collect();
+        let limits = GrantLimits {
+            max_files: self.state.config.max_output_files.into(),
+            max_bytes: i64::try_from(self.state.config.max_output_bytes).unwrap_or(i64::MAX),
+            max_calls: i32::try_from(self.state.config.max_upload_url_calls).unwrap_or(i32::MAX),
+        };
+        let lease = Lease {
+            job_id,
+            worker_id,
+            fencing_token: &r.fencing_token,
+        };
+        let (attempt, new) = match self
+            .state
+            .store
+            .grant_uploads(lease, &asked, limits)
+            .await
+            .map_err(ControlError::from)?
+        {
+            GrantResult::Granted { attempt, new } => (attempt, new),
+            GrantResult::LeaseLost => {
+                return Err(ControlError::LeaseLost(
+                    "this worker no longer holds the lease on that job".into(),
+                )
+                .into())
+            }
+            GrantResult::Conflict(message) => {
+                return Err(ControlError::Conflict {
+                    code: "upload_already_granted",
+                    message,
+                }
+                .into())
+            }
+            GrantResult::TooMany(message) => {
+                return Err(ControlError::invalid("output_limit", message).into())
+            }
+            GrantResult::CallsExhausted(n) => {
+                return Err(ControlError::Conflict {
+                    code: "upload_calls_exhausted",
+                    message: format!("at most {n} RequestUploadUrls calls per attempt"),
+                }
+                .into())
+            }
+        };
+        let ttl = self.state.config.upload_url_ttl();
         let mut uploads = Vec::with_capacity(files.len());
-        let mut audit = Vec::with_capacity(files.len());
+        let mut audit = Vec::with_capacity(new.len() + 1);
         for f in &files {
-            let key = output_key(job.org_id, job.id, job.attempts as u32, &f.path);
+            let key = output_key(job.org_id, job.id, attempt as u32, &f.path);
             let p = self
                 .state
                 .presigner
-                .put(&key, ttl, Some(f.size), Some(&f.sha256))
+                .put(
+                    &key,
+                    ttl,
+                    &PutSpec {
+                        size: f.size,
+                        sha256_hex: Some(&f.sha256),
+                        content_type: Some(content_type_for_filename(&f.name)),
+                    },
+                )
                 .map_err(|e| ControlError::invalid("output_rejected", e.to_string()))?;
-            audit.push(presign_audit(
-                job.org_id,
-                format!("worker:{worker_id}"),
-                Some(job.id),
-                f.path.clone(),
-                &key,
-                &p,
-                json!({ "worker_id": worker_id, "attempt": job.attempts, "size": f.size, "sha256": f.sha256 }),
-            ));
+            if new.contains(&f.path) {
+                audit.push(presign_audit(
+                    job.org_id,
+                    format!("worker:{worker_id}"),
+                    Some(job.id),
+                    f.path.clone(),
+                    &key,
+                    &p,
+                    json!({ "worker_id": worker_id, "attempt": attempt, "size": f.size, "sha256": f.sha256 }),
+                ));
+            }
             uploads.push(pb::UploadUrl {
                 path: f.path.clone(),
                 url: p.url,
                 headers: p.headers.into_iter().collect(),
+            });
+        }
+        let reissued = files.len() - new.len();
+        if reissued > 0 {
+            // Same keys, same pins: one line for the lot rather than one per URL.
+            audit.push(AuditEntry {
+                org_id: Some(job.org_id),
+                actor: format!("worker:{worker_id}"),
+                action: "presign.put_reissued",
+                job_id: Some(job.id),
+                subject: None,
+                details: json!({ "worker_id": worker_id, "attempt": attempt, "urls": reissued, "ttl_seconds": ttl.as_secs() }),
             });
         }
         self.state
@@ -453,7 +568,10 @@ impl pb::Coordinator for CoordinatorService {
             .audit_many(&audit)
             .await
             .map_err(ControlError::from)?;
-        Ok(Response::new(pb::RequestUploadUrlsResponse { uploads }))
+        Ok(Response::new(pb::RequestUploadUrlsResponse {
+            uploads,
+            expires_in_seconds: ttl.as_secs() as u32,
+        }))
     }
 
     async fn report_job_status(
@@ -510,6 +628,7 @@ impl pb::Coordinator for CoordinatorService {
         let span = tracing::info_span!("report_job_status", %job_id, org_id = %job.org_id, %worker_id, attempt = job.attempts);
         async move {
             let outcome = pb::Outcome::try_from(r.outcome).unwrap_or(pb::Outcome::Unspecified);
+            let mut verified_hashes = json!([]);
             let report = match outcome {
                 pb::Outcome::Succeeded => {
                     let spec = io_spec(&job)?;
@@ -530,13 +649,19 @@ impl pb::Coordinator for CoordinatorService {
                             })
                         }
                         Err(e) => return Err(e),
-                        Ok(files) => match self.verify_uploaded(&job, &files).await {
-                            Err(message) => Report::Failed(Failure {
-                                code: error_code::OUTPUT_MISSING.into(),
-                                message,
-                                retryable: false,
-                            }),
+                        Ok(files) => match self.verify_uploaded(&job, &files).await? {
+                            // The worker, not the tenant's command, is at fault: another attempt
+                            // (bounded by max_attempts) may well succeed elsewhere.
+                            Err(u) => {
+                                self.output_unverified(&job, worker_id, &u, &files).await?;
+                                Report::Failed(Failure {
+                                    code: u.code.to_owned(),
+                                    message: u.message,
+                                    retryable: true,
+                                })
+                            }
                             Ok(()) => {
+                                verified_hashes = json!(files.iter().map(|f| json!({ "path": f.path, "size": f.size, "sha256": f.sha256 })).collect::<Vec<_>>());
                                 let (result, outputs) = result_of(&job, &spec, &files);
                                 Report::Succeeded { result, outputs }
                             }
@@ -556,6 +681,10 @@ impl pb::Coordinator for CoordinatorService {
                     ))
                 }
             };
+            // The attempt's record shows output hashes only once they are verified: a worker's
+            // claim is never displayed as a fact.
+            let mut record = record_of(&r);
+            record.output_hashes = verified_hashes;
             let security_event = match &report {
                 Report::Failed(f) if f.code == error_code::SECURITY_VIOLATION => {
                     Some(f.message.clone())
@@ -572,7 +701,7 @@ impl pb::Coordinator for CoordinatorService {
                         fencing_token: &r.fencing_token,
                     },
                     report,
-                    record_of(&r),
+                    record,
                     self.state.config.retry_policy(),
                     rand::random(),
                 )

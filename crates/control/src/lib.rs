@@ -6,6 +6,7 @@
 pub mod api;
 pub mod coordinator;
 pub mod error;
+mod objects;
 mod outputs;
 
 use mpegflow_domain::job::RetryPolicy;
@@ -44,6 +45,8 @@ pub struct ControlConfig {
     /// `-threads` given to each input and output a tenant leaves unset (inside the jail FFmpeg
     /// cannot count CPUs itself).
     pub job_threads: u32,
+    /// RequestUploadUrls calls one attempt may make (a worker re-asks when its URLs age).
+    pub max_upload_url_calls: u32,
 }
 
 impl Default for ControlConfig {
@@ -63,6 +66,7 @@ impl Default for ControlConfig {
             reaper_interval_ms: 2_000,
             max_poll_seconds: 20,
             job_threads: mpegflow_domain::command::DEFAULT_THREADS,
+            max_upload_url_calls: 32,
         }
     }
 }
@@ -80,6 +84,18 @@ impl ControlConfig {
     }
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds.into())
+    }
+    /// TTL of a worker's upload URLs: two leases (at least a minute), never above the presign
+    /// TTL. The worker asks again, idempotently, when its URLs are half-way to expiry.
+    pub fn upload_url_ttl(&self) -> Duration {
+        let two_leases = u64::from(self.lease_seconds).saturating_mul(2).max(60);
+        Duration::from_secs(two_leases).min(self.presign_ttl())
+    }
+    /// The most a tenant may upload as one asset: the configured limit, and never more than
+    /// one PUT can carry.
+    pub fn upload_limit(&self) -> u64 {
+        self.max_upload_bytes
+            .min(mpegflow_objstore::media::SINGLE_PUT_LIMIT)
     }
 }
 
@@ -119,6 +135,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// For HEAD requests against the object store (through presigned URLs too).
     pub http: reqwest::Client,
+    /// For reading whole objects: no total timeout, but a stalled read fails.
+    pub http_streaming: reqwest::Client,
 }
 
 impl AppState {
@@ -135,53 +153,17 @@ impl AppState {
                 .no_proxy()
                 .build()
                 .expect("a default reqwest client builds"),
+            http_streaming: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .no_proxy()
+                .build()
+                .expect("a default reqwest client builds"),
         }
     }
 }
 
-/// What the object store says about an object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectHead {
-    pub size: u64,
-    /// Hex SHA-256, when the store kept a checksum.
-    pub sha256: Option<String>,
-}
-
-impl AppState {
-    /// HEADs an object through a short-lived presigned URL; `Ok(None)` when it does not exist.
-    pub async fn head_object(&self, key: &str) -> std::result::Result<Option<ObjectHead>, String> {
-        use base64::Engine;
-        let head = self.presigner.head(key, Duration::from_secs(60));
-        let resp = self
-            .http
-            .head(&head.url)
-            .send()
-            .await
-            .map_err(|e| format!("object store unreachable: {e}"))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(format!("object store answered {}", resp.status()));
-        }
-        let size = resp
-            .headers()
-            .get(reqwest::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .ok_or("object store sent no content-length")?;
-        let sha256 = resp
-            .headers()
-            .get("x-amz-checksum-sha256")
-            .and_then(|v| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(v.as_bytes())
-                    .ok()
-            })
-            .filter(|raw| raw.len() == 32)
-            .map(hex::encode);
-        Ok(Some(ObjectHead { size, sha256 }))
-    }
-}
+pub use objects::ObjectHead;
 
 /// The audit line every presigned URL leaves: who, which key, which method, until when.
 /// `extra` adds call-specific details (worker, attempt, size…).

@@ -8,7 +8,15 @@
 //! * any `x-amz-*` header the signature does not cover (an unsigned `x-amz-copy-source` would
 //!   otherwise turn a presigned PUT into a server-side copy of any object);
 //! * any query parameter besides the SigV4 ones (no sub-resources: ACLs, multipart, tagging…);
-//! * any method but GET, HEAD and PUT, and any path that is not an object in the bucket.
+//! * any method but GET, HEAD and PUT, and any path that is not an object in the bucket;
+//! * a PUT whose signature does not cover `If-None-Match` (every upload URL is write-once).
+//!
+//! GETs may carry the signed `response-content-type` / `response-content-disposition`
+//! parameters, which s3s 0.14.1 turns into the response's headers.
+//!
+//! Behind the guard, [`WriteOnce`] passes only GET, HEAD and PUT on to `s3s-fs`, refuses a PUT
+//! without `If-None-Match: *`, and holds a per-key lock from its existence check to the rename,
+//! so two PUTs of one key cannot both succeed and nothing overwrites a stored object.
 //!
 //! The method and the key are covered by the signature (s3s checks it), so a URL authorizes
 //! exactly one method on exactly one key.
@@ -23,14 +31,19 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::SimpleAuth;
+use s3s::dto::{
+    GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput, PutObjectInput,
+    PutObjectOutput,
+};
 use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::{S3Request, S3Response, S3Result, S3};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -71,7 +84,12 @@ pub enum Refusal {
     Path(String),
     #[error("x-amz-checksum-sha256 is not a base64 SHA-256")]
     BadChecksum,
+    #[error("a PUT must carry a signed If-None-Match: * (objects are write-once)")]
+    NotWriteOnce,
 }
+
+/// GET-only query parameters (signed like every other one) that set the response's headers.
+const RESPONSE_OVERRIDES: &[&str] = &["response-content-type", "response-content-disposition"];
 
 /// The guard, as a pure function of the request line and headers.
 pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
@@ -94,7 +112,8 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
     let mut signed = BTreeSet::new();
     for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         let key = k.to_ascii_lowercase();
-        if !SIGV4_PARAMS.contains(&key.as_str()) {
+        let override_ok = req.method() == Method::GET && RESPONSE_OVERRIDES.contains(&key.as_str());
+        if !SIGV4_PARAMS.contains(&key.as_str()) && !override_ok {
             return Err(Refusal::QueryParam(k.into_owned()));
         }
         match key.as_str() {
@@ -117,7 +136,108 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
             return Err(Refusal::UnsignedHeader(name.to_owned()));
         }
     }
+    if req.method() == Method::PUT
+        && (!signed.contains("if-none-match")
+            || req
+                .headers()
+                .get(http::header::IF_NONE_MATCH)
+                .map(|v| v.as_bytes())
+                != Some(b"*"))
+    {
+        return Err(Refusal::NotWriteOnce);
+    }
     Ok(())
+}
+
+/// What the embedded store enforces beyond s3s. Everything is on by default; switching a part
+/// off exists only so tests can show that [`crate::probe`] notices a store without it.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardOptions {
+    /// Hash PUT bodies while they stream and fail them before s3s-fs stores a wrong one.
+    pub verify_checksum_while_streaming: bool,
+    /// Honour `If-None-Match: *` atomically per key.
+    pub write_once: bool,
+}
+
+impl Default for GuardOptions {
+    fn default() -> Self {
+        GuardOptions {
+            verify_checksum_while_streaming: true,
+            write_once: true,
+        }
+    }
+}
+
+/// The `s3s-fs` file system reduced to GET, HEAD and a write-once PUT.
+struct WriteOnce {
+    fs: s3s_fs::FileSystem,
+    /// Keys with a PUT in flight.
+    writing: Mutex<HashSet<(String, String)>>,
+    write_once: bool,
+}
+
+/// Removes a key from the in-flight set when its PUT ends, however it ends.
+struct Writing<'a>(&'a Mutex<HashSet<(String, String)>>, (String, String));
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for WriteOnce {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.fs.get_object(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.fs.head_object(req).await
+    }
+
+    async fn put_object(
+        &self,
+        mut req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        if !self.write_once {
+            req.input.if_none_match = None;
+            return self.fs.put_object(req).await;
+        }
+        if !req.input.if_none_match.as_ref().is_some_and(|c| c.is_any()) {
+            return Err(s3s::s3_error!(
+                AccessDenied,
+                "objects are write-once: send If-None-Match: *"
+            ));
+        }
+        let key = (req.input.bucket.clone(), req.input.key.clone());
+        if !self
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            // What S3 answers to concurrent conditional writes.
+            let mut e = s3s::S3Error::with_message(
+                s3s::S3ErrorCode::Custom("ConditionalRequestConflict".into()),
+                "another write of this object is in progress",
+            );
+            e.set_status_code(StatusCode::CONFLICT);
+            return Err(e);
+        }
+        let _writing = Writing(&self.writing, key);
+        // s3s-fs checks that the object does not exist, streams to a temporary file and renames
+        // it into place; with the key held, no other PUT can slip between the check and the rename.
+        self.fs.put_object(req).await
+    }
 }
 
 /// A request body that fails at its end unless its SHA-256 is the expected one.
@@ -211,6 +331,7 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s
 struct Guarded {
     inner: S3Service,
     bucket: String,
+    options: GuardOptions,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Guarded {
@@ -225,7 +346,9 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
         }
         let mismatch = Arc::new(AtomicBool::new(false));
         let req = match declared_sha256(&req) {
-            Ok(Some(expected)) if req.method() == Method::PUT => {
+            Ok(Some(expected))
+                if req.method() == Method::PUT && self.options.verify_checksum_while_streaming =>
+            {
                 let flag = mismatch.clone();
                 req.map(|b| s3s::Body::http_body_unsync(VerifiedBody::new(b, expected, flag)))
             }
@@ -234,7 +357,13 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
         };
         let inner = self.inner.clone();
         Box::pin(async move {
-            let resp = inner.call(req).await;
+            let mut resp = inner.call(req).await;
+            if let Ok(r) = resp.as_mut() {
+                r.headers_mut().insert(
+                    http::header::X_CONTENT_TYPE_OPTIONS,
+                    http::HeaderValue::from_static("nosniff"),
+                );
+            }
             if mismatch.load(Ordering::SeqCst) {
                 return Ok(error_response(
                     StatusCode::BAD_REQUEST,
@@ -265,10 +394,25 @@ pub async fn serve(
     cfg: EmbeddedConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, cfg, GuardOptions::default(), shutdown).await
+}
+
+/// [`serve`] with some protections switched off: for tests of [`crate::probe`] only.
+#[doc(hidden)]
+pub async fn serve_with(
+    listener: TcpListener,
+    cfg: EmbeddedConfig,
+    options: GuardOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     prepare(&cfg)?;
     let fs =
         s3s_fs::FileSystem::new(&cfg.root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-    let mut builder = S3ServiceBuilder::new(fs);
+    let mut builder = S3ServiceBuilder::new(WriteOnce {
+        fs,
+        writing: Mutex::default(),
+        write_once: options.write_once,
+    });
     builder.set_auth(SimpleAuth::from_single(
         cfg.access_key.clone(),
         cfg.secret_key.clone(),
@@ -276,6 +420,7 @@ pub async fn serve(
     let service = Guarded {
         inner: builder.build(),
         bucket: cfg.bucket.clone(),
+        options,
     };
 
     let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -321,7 +466,7 @@ mod tests {
         b.body(()).unwrap()
     }
 
-    const Q: &str = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host%3Bx-amz-checksum-sha256&X-Amz-Signature=00";
+    const Q: &str = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host%3Bif-none-match%3Bx-amz-checksum-sha256&X-Amz-Signature=00";
 
     #[test]
     fn table() {
@@ -337,8 +482,44 @@ mod tests {
             (
                 "PUT",
                 ok.clone(),
-                vec![("x-amz-checksum-sha256", "abc")],
+                vec![("x-amz-checksum-sha256", "abc"), ("if-none-match", "*")],
                 Ok(()),
+            ),
+            (
+                "PUT",
+                ok.clone(),
+                vec![("x-amz-checksum-sha256", "abc")],
+                Err(Refusal::NotWriteOnce),
+            ),
+            (
+                "PUT",
+                ok.clone(),
+                vec![("if-none-match", "\"etag\"")],
+                Err(Refusal::NotWriteOnce),
+            ),
+            (
+                "PUT",
+                ok.replace("host%3Bif-none-match%3B", "host%3B"),
+                vec![("if-none-match", "*")],
+                Err(Refusal::NotWriteOnce),
+            ),
+            (
+                "GET",
+                format!("{ok}&response-content-type=video%2Fmp4&response-content-disposition=attachment"),
+                vec![],
+                Ok(()),
+            ),
+            (
+                "PUT",
+                format!("{ok}&response-content-type=text%2Fhtml"),
+                vec![("if-none-match", "*")],
+                Err(Refusal::QueryParam("response-content-type".into())),
+            ),
+            (
+                "GET",
+                format!("{ok}&response-content-encoding=gzip"),
+                vec![],
+                Err(Refusal::QueryParam("response-content-encoding".into())),
             ),
             (
                 "PUT",

@@ -45,6 +45,8 @@ pub enum PresignError {
     Endpoint(String, String),
     #[error("a SHA-256 checksum must be 64 hex characters")]
     BadChecksum,
+    #[error("{0} bytes is more than one PUT may carry (5 GiB); multipart uploads are not offered")]
+    TooLarge(u64),
 }
 
 /// A presigned request: method, URL and the headers the caller must send exactly.
@@ -121,30 +123,64 @@ impl Presigner {
         Self::finish("GET", url, BTreeMap::new(), ttl)
     }
 
-    pub fn head(&self, key: &str, ttl: Duration) -> Presigned {
+    /// A GET that makes the store answer with `content_type` (reduced to the safe list) and
+    /// `Content-Disposition: attachment` naming `filename`. Both are query parameters covered by
+    /// the signature, so they cannot be changed or dropped.
+    pub fn download(
+        &self,
+        key: &str,
+        ttl: Duration,
+        filename: &str,
+        content_type: Option<&str>,
+    ) -> Presigned {
         let ttl = ttl.min(MAX_TTL);
-        let url = self
-            .bucket
-            .head_object(Some(&self.credentials), key)
-            .sign(ttl);
-        Self::finish("HEAD", url, BTreeMap::new(), ttl)
+        let mut action = self.bucket.get_object(Some(&self.credentials), key);
+        action.query_mut().insert(
+            "response-content-type",
+            crate::media::safe_content_type(content_type),
+        );
+        action.query_mut().insert(
+            "response-content-disposition",
+            crate::media::attachment_disposition(filename),
+        );
+        let url = action.sign(ttl);
+        Self::finish("GET", url, BTreeMap::new(), ttl)
     }
 
-    /// A PUT for `key`. A given size and SHA-256 are signed in as `content-length` and
-    /// `x-amz-checksum-sha256`, so the store refuses any other body.
+    /// A HEAD that asks the store for the object's stored checksum too.
+    pub fn head(&self, key: &str, ttl: Duration) -> Presigned {
+        let ttl = ttl.min(MAX_TTL);
+        let mut headers = BTreeMap::new();
+        headers.insert("x-amz-checksum-mode".to_owned(), "ENABLED".to_owned());
+        let mut action = self.bucket.head_object(Some(&self.credentials), key);
+        for (k, v) in &headers {
+            action.headers_mut().insert(k.clone(), v.clone());
+        }
+        let url = action.sign(ttl);
+        Self::finish("HEAD", url, headers, ttl)
+    }
+
+    /// A write-once PUT for `key`: its size, content type, `If-None-Match: *` and (when given)
+    /// its SHA-256 are signed in, so the store refuses any other body and any overwrite of an
+    /// existing object. The caller must send every returned header exactly.
     pub fn put(
         &self,
         key: &str,
         ttl: Duration,
-        size: Option<u64>,
-        sha256_hex: Option<&str>,
+        spec: &PutSpec<'_>,
     ) -> Result<Presigned, PresignError> {
+        if spec.size > crate::media::SINGLE_PUT_LIMIT {
+            return Err(PresignError::TooLarge(spec.size));
+        }
         let ttl = ttl.min(MAX_TTL);
         let mut headers = BTreeMap::new();
-        if let Some(size) = size {
-            headers.insert("content-length".to_owned(), size.to_string());
-        }
-        if let Some(sha) = sha256_hex {
+        headers.insert("content-length".to_owned(), spec.size.to_string());
+        headers.insert(
+            "content-type".to_owned(),
+            crate::media::safe_content_type(spec.content_type),
+        );
+        headers.insert("if-none-match".to_owned(), "*".to_owned());
+        if let Some(sha) = spec.sha256_hex {
             headers.insert("x-amz-checksum-sha256".to_owned(), sha256_hex_to_b64(sha)?);
         }
         let mut action = self.bucket.put_object(Some(&self.credentials), key);
@@ -153,5 +189,85 @@ impl Presigner {
         }
         let url = action.sign(ttl);
         Ok(Self::finish("PUT", url, headers, ttl))
+    }
+}
+
+/// What a PUT URL pins.
+#[derive(Debug, Clone, Copy)]
+pub struct PutSpec<'a> {
+    pub size: u64,
+    pub sha256_hex: Option<&'a str>,
+    /// Reduced to the safe list ([`crate::media::safe_content_type`]).
+    pub content_type: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn presigner() -> Presigner {
+        Presigner::new(&S3Config {
+            endpoint: "http://127.0.0.1:9".into(),
+            region: "us-east-1".into(),
+            bucket: "b".into(),
+            path_style: true,
+            access_key: "ak".into(),
+            secret_key: "sk".into(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_put_is_write_once_sized_and_typed() {
+        let p = presigner();
+        let sha = "ab".repeat(32);
+        let put = p
+            .put(
+                "k",
+                Duration::from_secs(60),
+                &PutSpec {
+                    size: 7,
+                    sha256_hex: Some(&sha),
+                    content_type: Some("text/html"),
+                },
+            )
+            .unwrap();
+        assert_eq!(put.headers["content-length"], "7");
+        assert_eq!(put.headers["if-none-match"], "*");
+        assert_eq!(put.headers["content-type"], "application/octet-stream");
+        assert!(put.headers.contains_key("x-amz-checksum-sha256"));
+        let signed = put.url.split("X-Amz-SignedHeaders=").nth(1).unwrap();
+        let signed = signed.split('&').next().unwrap().replace("%3B", ";");
+        for h in [
+            "content-length",
+            "content-type",
+            "host",
+            "if-none-match",
+            "x-amz-checksum-sha256",
+        ] {
+            assert!(
+                signed.split(';').any(|s| s == h),
+                "{h} not signed: {signed}"
+            );
+        }
+        let big = PutSpec {
+            size: crate::media::SINGLE_PUT_LIMIT + 1,
+            sha256_hex: None,
+            content_type: None,
+        };
+        assert!(matches!(
+            p.put("k", Duration::from_secs(60), &big),
+            Err(PresignError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn downloads_are_attachments_with_a_safe_type() {
+        let p = presigner();
+        let get = p.download("k", Duration::from_secs(60), "x.html", Some("text/html"));
+        let url = Url::parse(&get.url).unwrap();
+        let q: BTreeMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["response-content-type"], "application/octet-stream");
+        assert!(q["response-content-disposition"].starts_with("attachment; filename=\"x.html\""));
     }
 }

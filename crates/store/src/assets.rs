@@ -68,23 +68,29 @@ impl Store {
         )
     }
 
+    /// Marks a pending asset ready with the size and SHA-256 the control plane established.
+    /// An asset completed meanwhile keeps its record (its object is write-once, so both
+    /// completions saw the same bytes).
     pub async fn complete_asset(
         &self,
         org_id: Uuid,
         id: Uuid,
         size: i64,
-        sha256: Option<&str>,
+        sha256: &str,
     ) -> Result<Asset> {
-        sqlx::query_as(
-            "UPDATE assets SET state = 'ready', size = $3, sha256 = COALESCE($4, declared_sha256), completed_at = now()
-             WHERE id = $1 AND org_id = $2 RETURNING *",
+        let updated: Option<Asset> = sqlx::query_as(
+            "UPDATE assets SET state = 'ready', size = $3, sha256 = $4, completed_at = now()
+             WHERE id = $1 AND org_id = $2 AND state = 'pending' RETURNING *",
         )
         .bind(id)
         .bind(org_id)
         .bind(size)
         .bind(sha256)
         .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)
+        .await?;
+        match updated {
+            Some(a) => Ok(a),
+            None => self.get_asset(org_id, id).await,
+        }
     }
 }

@@ -8,12 +8,14 @@
 mod admin;
 mod assets;
 mod audit;
+mod grants;
 mod jobs;
 mod workers;
 
 pub use admin::*;
 pub use assets::*;
 pub use audit::*;
+pub use grants::*;
 pub use jobs::*;
 pub use workers::*;
 

@@ -6,10 +6,11 @@ use crate::{Client, Worker};
 use mpegflow_domain::command::{check_rendered, IoSpec};
 use mpegflow_domain::job::error_code;
 use mpegflow_proto as pb;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
@@ -370,13 +371,59 @@ impl Run<'_> {
 
         self.stages.start("upload");
         let files = self.collect_outputs(&spec, &limits).await?;
+        // URLs live a few minutes: ask again (idempotently, same pins) for what is left once
+        // they are half-way to expiry.
+        let mut urls = self.upload_urls(client, &files).await?;
+        let mut done = 0;
+        while done < files.len() {
+            if urls.refresh_at <= Instant::now() {
+                urls = self.upload_urls(client, &files[done..]).await?;
+            }
+            let f = &files[done];
+            let up = urls.by_path.get(&f.path).ok_or_else(|| {
+                JobFailure::new(
+                    error_code::OUTPUT_UPLOAD_FAILED,
+                    format!("coordinator sent no upload URL for {:?}", f.path),
+                    true,
+                )
+            })?;
+            let path = self.dir.join("out").join(&f.path);
+            let sent = tokio::select! {
+                r = transfer::upload(&self.worker.http, &up.url, &up.headers, &path) => r,
+                () = self.cancel.cancelled() => return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false)),
+            };
+            match sent {
+                // Write-once: the object is already there, and the store only ever took the
+                // pinned bytes for it (an earlier try of ours went through).
+                Ok(()) | Err(transfer::TransferError::Status { status: 412, .. }) => {}
+                Err(e) => {
+                    return Err(JobFailure::new(
+                        error_code::OUTPUT_UPLOAD_FAILED,
+                        format!("{}: {e}", f.path),
+                        e.retryable(),
+                    ))
+                }
+            }
+            done += 1;
+        }
+        self.stages.end();
+        Ok(files)
+    }
+
+    /// Upload URLs for `files`, by path, and when to ask again.
+    async fn upload_urls(
+        &self,
+        client: &mut Client,
+        files: &[pb::ProducedFile],
+    ) -> Result<UploadUrls, JobFailure> {
         let req = pb::RequestUploadUrlsRequest {
             worker_id: self.worker.worker_id.clone(),
             job_id: self.a.job_id.clone(),
             fencing_token: self.a.fencing_token.clone(),
-            files: files.clone(),
+            files: files.to_vec(),
         };
-        let uploads = client
+        let asked = Instant::now();
+        let resp = client
             .request_upload_urls(req)
             .await
             .map_err(|s| match s.code() {
@@ -388,8 +435,10 @@ impl Run<'_> {
                     s.message().to_owned(),
                     true,
                 ),
-            })?;
-        for up in &uploads.get_ref().uploads {
+            })?
+            .into_inner();
+        let mut by_path = HashMap::new();
+        for up in resp.uploads {
             // Upload only what we listed, whatever the answer says.
             if !files.iter().any(|f| f.path == up.path) {
                 return Err(JobFailure::new(
@@ -398,16 +447,13 @@ impl Run<'_> {
                     false,
                 ));
             }
-            let path = self.dir.join("out").join(&up.path);
-            tokio::select! {
-                r = transfer::upload(&self.worker.http, &up.url, &up.headers, &path) => r.map_err(|e| {
-                    JobFailure::new(error_code::OUTPUT_UPLOAD_FAILED, format!("{}: {e}", up.path), e.retryable())
-                })?,
-                () = self.cancel.cancelled() => return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false)),
-            }
+            by_path.insert(up.path.clone(), up);
         }
-        self.stages.end();
-        Ok(files)
+        let half_life = Duration::from_secs(u64::from(resp.expires_in_seconds.max(2)) / 2);
+        Ok(UploadUrls {
+            by_path,
+            refresh_at: asked + half_life,
+        })
     }
 
     /// The jail for one FFmpeg (`write`: may write `out/`) or ffprobe process of this job.
@@ -664,4 +710,10 @@ mod tests {
             }
         }
     }
+}
+
+/// Upload URLs of some of a job's files, and when to ask for fresh ones.
+struct UploadUrls {
+    by_path: HashMap<String, pb::UploadUrl>,
+    refresh_at: Instant,
 }

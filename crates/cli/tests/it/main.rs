@@ -14,3 +14,4 @@ mod isolation;
 mod jail;
 mod presign;
 mod replicas;
+mod results;

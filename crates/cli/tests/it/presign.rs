@@ -1,5 +1,14 @@
 use crate::harness::*;
+use mpegflow_objstore::PutSpec;
 use std::time::Duration;
+
+fn spec(size: usize, sha: &str) -> PutSpec<'_> {
+    PutSpec {
+        size: size as u64,
+        sha256_hex: Some(sha),
+        content_type: None,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_store_honours_exactly_what_was_signed() {
@@ -12,7 +21,7 @@ async fn the_embedded_store_honours_exactly_what_was_signed() {
 
     // The signed PUT works, with its signed headers.
     let put = p
-        .put("orgs/a/assets/1", hour, Some(body.len() as u64), Some(&sha))
+        .put("orgs/a/assets/1", hour, &spec(body.len(), &sha))
         .unwrap();
     let send_put =
         |url: String, headers: std::collections::BTreeMap<String, String>, b: Vec<u8>| {
@@ -62,7 +71,7 @@ async fn the_embedded_store_honours_exactly_what_was_signed() {
 
     // An added x-amz-* header the signature does not cover (a server-side copy attempt).
     let put2 = p
-        .put("orgs/a/assets/2", hour, Some(body.len() as u64), Some(&sha))
+        .put("orgs/a/assets/2", hour, &spec(body.len(), &sha))
         .unwrap();
     let mut h = put2.headers.clone();
     h.insert(
@@ -88,14 +97,14 @@ async fn the_embedded_store_honours_exactly_what_was_signed() {
     assert!(r.status().is_client_error(), "{}", r.status());
     assert!(!exists("orgs/a/assets/2").await, "nothing was stored");
     let overwrite = p
-        .put("orgs/a/assets/1", hour, Some(body.len() as u64), Some(&sha))
+        .put("orgs/a/assets/1", hour, &spec(body.len(), &sha))
         .unwrap();
     let mut forged = body.clone();
     forged[1] ^= 1;
     let r = send_put(overwrite.url, overwrite.headers, forged)
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 412, "objects are write-once");
     assert_eq!(
         http.get(&get.url)
             .send()

@@ -1,0 +1,91 @@
+//! Reading the object store from the control plane, through short-lived presigned URLs.
+
+use crate::AppState;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// What the object store says about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    pub size: u64,
+    /// Hex SHA-256, when the store kept a checksum.
+    pub sha256: Option<String>,
+}
+
+impl AppState {
+    /// HEADs an object; `Ok(None)` when it does not exist.
+    pub async fn head_object(&self, key: &str) -> Result<Option<ObjectHead>, String> {
+        use base64::Engine;
+        let head = self.presigner.head(key, Duration::from_secs(60));
+        let mut req = self.http.head(&head.url);
+        for (k, v) in &head.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("object store unreachable: {e}"))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(format!("object store answered {}", resp.status()));
+        }
+        let size = resp
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .ok_or("object store sent no content-length")?;
+        let sha256 = resp
+            .headers()
+            .get("x-amz-checksum-sha256")
+            .and_then(|v| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_bytes())
+                    .ok()
+            })
+            .filter(|raw| raw.len() == 32)
+            .map(hex::encode);
+        Ok(Some(ObjectHead { size, sha256 }))
+    }
+
+    /// Reads an object and hashes it as it streams (constant memory), stopping past
+    /// `max_bytes`; `Ok(None)` when it does not exist. Objects are write-once, so the hash is
+    /// that of the object for good.
+    pub async fn hash_object(
+        &self,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<Option<ObjectHead>, String> {
+        let get = self.presigner.get(key, Duration::from_secs(300));
+        let mut resp = self
+            .http_streaming
+            .get(&get.url)
+            .send()
+            .await
+            .map_err(|e| format!("object store unreachable: {e}"))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(format!("object store answered {}", resp.status()));
+        }
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the object: {e}"))?
+        {
+            size += chunk.len() as u64;
+            if size > max_bytes {
+                return Err(format!("the object is larger than {max_bytes} bytes"));
+            }
+            hasher.update(&chunk);
+        }
+        Ok(Some(ObjectHead {
+            size,
+            sha256: Some(hex::encode(hasher.finalize())),
+        }))
+    }
+}
