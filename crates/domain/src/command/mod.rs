@@ -876,6 +876,7 @@ mod tests {
             "-i {{in}} -map 0:v:0 -map 0:a? -c copy {{out}}",
             "-i {{in}} -vf drawbox=x=10:y=10:w=100:h=100:color=red@0.5 {{out}}",
             "-i {{in}} -x264-params keyint=50:min-keyint=50 -c:v libx264 {{out}}",
+            "-i {{in}} -map 0 -disposition:a:0 0 -disposition:v:0 +default {{out}}",
         ];
         for t in ok {
             let argv = render(t, &s, DEFAULT_THREADS).unwrap_or_else(|e| panic!("{t}: {e}"));

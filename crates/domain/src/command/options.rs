@@ -222,7 +222,9 @@ const CODEC_FLAGS: &[&str] = &[
     "gray",
     "loop",
 ];
+/// Disposition flags; "0" clears them all (`-disposition:a:1 0`).
 const DISPOSITIONS: &[&str] = &[
+    "0",
     "default",
     "dub",
     "original",
