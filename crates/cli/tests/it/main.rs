@@ -13,3 +13,5 @@ mod isolation;
 mod jail;
 mod presign;
 mod replicas;
+mod running_limits;
+mod signals;
