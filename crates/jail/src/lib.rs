@@ -19,12 +19,13 @@
 //! process's own thread group (see `seccomp.rs`), and Landlock's scoping (ABI ≥ 6) adds a
 //! second wall where the kernel has it. [`Layers::landlock_abi_max`] models an older kernel.
 //!
-//! The seccomp policy is three stacked filters; the kernel applies the most restrictive answer:
+//! The seccomp policy is four stacked filters; the kernel applies the most restrictive answer:
 //! a *tripwire* that kills the process (SIGSYS) on syscalls no transcode makes — sockets,
 //! ptrace, process_vm_*, mount, namespaces, io_uring, bpf, new processes (fork, vfork, clone
 //! without CLONE_THREAD) and the like; an *allowlist* of what FFmpeg needs, answering EPERM to
-//! anything else; and `clone3` → ENOSYS so glibc falls back to `clone`, whose flags the
-//! tripwire can inspect.
+//! anything else; `clone3` → ENOSYS so glibc falls back to `clone`, whose flags the
+//! tripwire can inspect; and `tgkill` only to the process's own tgid, a filter the child
+//! builds on its stack from `getpid()` (the one value the parent cannot know before fork).
 
 mod elf;
 mod seccomp;
