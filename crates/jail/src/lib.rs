@@ -15,12 +15,17 @@
 //!    no signals or abstract sockets outside the jail (ABI ≥ 6);
 //! 7. seccomp, last (an allowlist blocks the `seccomp` call any later filter would need).
 //!
-//! The seccomp policy is three stacked filters; the kernel applies the most restrictive answer:
+//! Signals never leave the job, on any kernel: seccomp confines every signalling route to the
+//! process's own thread group (see `seccomp.rs`), and Landlock's scoping (ABI ≥ 6) adds a
+//! second wall where the kernel has it. [`Layers::landlock_abi_max`] models an older kernel.
+//!
+//! The seccomp policy is four stacked filters; the kernel applies the most restrictive answer:
 //! a *tripwire* that kills the process (SIGSYS) on syscalls no transcode makes — sockets,
 //! ptrace, process_vm_*, mount, namespaces, io_uring, bpf, new processes (fork, vfork, clone
 //! without CLONE_THREAD) and the like; an *allowlist* of what FFmpeg needs, answering EPERM to
-//! anything else; and `clone3` → ENOSYS so glibc falls back to `clone`, whose flags the
-//! tripwire can inspect.
+//! anything else; `clone3` → ENOSYS so glibc falls back to `clone`, whose flags the
+//! tripwire can inspect; and `tgkill` only to the process's own tgid, a filter the child
+//! builds on its stack from `getpid()` (the one value the parent cannot know before fork).
 
 mod elf;
 mod seccomp;
@@ -84,6 +89,9 @@ impl Default for Limits {
 pub struct Layers {
     pub landlock: bool,
     pub seccomp: bool,
+    /// Use at most this Landlock ABI even if the kernel offers more, to run as on an older
+    /// kernel (e.g. 2 for Debian 12's 6.1) and show the jail holds there too.
+    pub landlock_abi_max: Option<i32>,
 }
 
 impl Default for Layers {
@@ -91,6 +99,7 @@ impl Default for Layers {
         Layers {
             landlock: true,
             seccomp: true,
+            landlock_abi_max: None,
         }
     }
 }
@@ -113,7 +122,7 @@ pub struct Jail {
     abi: ABI,
     abi_version: i32,
     layers: Layers,
-    filters: Arc<Vec<seccompiler::BpfProgram>>,
+    filters: Option<Arc<seccomp::Compiled>>,
     system_read: Vec<PathBuf>,
 }
 
@@ -143,14 +152,18 @@ pub struct Enforcement {
 
 impl Jail {
     pub fn new(layers: Layers) -> Result<Jail, JailError> {
-        let abi_version = landlock_abi_version();
+        let kernel_abi = landlock_abi_version();
+        let abi_version = match layers.landlock_abi_max {
+            Some(max) => kernel_abi.min(max),
+            None => kernel_abi,
+        };
         if layers.landlock && abi_version < 1 {
             return Err(JailError::LandlockUnavailable(abi_version));
         }
         let filters = if layers.seccomp {
-            seccomp::compile().map_err(JailError::Seccomp)?
+            Some(Arc::new(seccomp::compile().map_err(JailError::Seccomp)?))
         } else {
-            Vec::new()
+            None
         };
         let mut system_read = Vec::new();
         for p in [
@@ -172,7 +185,7 @@ impl Jail {
             abi: ABI::from(abi_version),
             abi_version,
             layers,
-            filters: Arc::new(filters),
+            filters,
             system_read,
         })
     }
@@ -323,7 +336,7 @@ impl Jail {
 #[derive(Debug)]
 pub struct Prepared {
     ruleset: Option<OwnedFd>,
-    filters: Arc<Vec<seccompiler::BpfProgram>>,
+    filters: Option<Arc<seccomp::Compiled>>,
     rlimits: [(libc::__rlimit_resource_t, u64, u64); 6],
     identity: Option<(u32, u32)>,
     landlock_required: bool,
@@ -392,9 +405,8 @@ impl Prepared {
             None => {}
         }
         // 7. seccomp, last.
-        for prog in self.filters.iter() {
-            seccompiler::apply_filter(prog)
-                .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+        if let Some(filters) = &self.filters {
+            filters.apply()?;
         }
         Ok(())
     }

@@ -1,16 +1,219 @@
-//! Running ffprobe and ffmpeg: argv in, exit status, stderr and progress out.
+//! Running ffprobe and ffmpeg: argv in, exit status, stderr and progress out. Everything read
+//! from the process is read in fixed-size chunks into fixed-size buffers: a jailed process
+//! cannot make the worker's memory grow, whatever it writes.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-/// Most stderr kept per process (the head and the tail are what matter).
-const MAX_STDERR: usize = 16 * 1024 * 1024;
+/// Read size for the process's pipes.
+const CHUNK: usize = 64 * 1024;
+/// Stderr kept for the record: its first and last bytes (FFmpeg's banner and its final error).
+pub const STDERR_HEAD: usize = 256 * 1024;
+pub const STDERR_TAIL: usize = 256 * 1024;
+/// Longest progress line read; a longer one is skipped, never buffered.
+pub const MAX_PROGRESS_LINE: usize = 4096;
+/// Most of stdout kept when it is an answer (ffprobe's), not progress; the rest is drained.
+pub const MAX_STDOUT: usize = 64 * 1024;
+
+/// The first `head` and the last `tail` bytes of a stream, with a count of what was dropped.
+#[derive(Debug)]
+pub struct HeadTail {
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    head_max: usize,
+    tail_max: usize,
+    omitted: u64,
+}
+
+impl HeadTail {
+    pub fn new(head_max: usize, tail_max: usize) -> Self {
+        HeadTail {
+            head: Vec::with_capacity(head_max.min(CHUNK)),
+            tail: VecDeque::new(),
+            head_max,
+            tail_max,
+            omitted: 0,
+        }
+    }
+
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        let to_head = (self.head_max - self.head.len()).min(bytes.len());
+        self.head.extend_from_slice(&bytes[..to_head]);
+        bytes = &bytes[to_head..];
+        if bytes.len() >= self.tail_max {
+            self.omitted += (self.tail.len() + bytes.len() - self.tail_max) as u64;
+            self.tail.clear();
+            self.tail.extend(&bytes[bytes.len() - self.tail_max..]);
+        } else {
+            let over = (self.tail.len() + bytes.len()).saturating_sub(self.tail_max);
+            self.tail.drain(..over);
+            self.omitted += over as u64;
+            self.tail.extend(bytes);
+        }
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        let mut out = self.head;
+        if self.omitted > 0 {
+            out.extend_from_slice(
+                format!("\n[... {} bytes omitted ...]\n", self.omitted).as_bytes(),
+            );
+        }
+        out.extend(self.tail);
+        out
+    }
+}
+
+/// Splits a byte stream into lines of at most `max` bytes; longer lines are skipped whole
+/// (their bytes are never kept), so memory stays `max` whatever the stream holds.
+#[derive(Debug)]
+pub struct BoundedLines {
+    line: Vec<u8>,
+    max: usize,
+    skipping: bool,
+}
+
+impl BoundedLines {
+    pub fn new(max: usize) -> Self {
+        BoundedLines {
+            line: Vec::with_capacity(max),
+            max,
+            skipping: false,
+        }
+    }
+
+    /// Feeds `bytes`, calling `on_line` for each complete line that fits (without its `\n`).
+    pub fn feed(&mut self, mut bytes: &[u8], mut on_line: impl FnMut(&[u8])) {
+        while !bytes.is_empty() {
+            let (body, complete) = match memchr::memchr(b'\n', bytes) {
+                Some(i) => {
+                    let body = &bytes[..i];
+                    bytes = &bytes[i + 1..];
+                    (body, true)
+                }
+                None => (std::mem::take(&mut bytes), false),
+            };
+            if !self.skipping {
+                if self.line.len() + body.len() > self.max {
+                    self.skipping = true;
+                    self.line.clear();
+                } else {
+                    self.line.extend_from_slice(body);
+                }
+            }
+            if complete {
+                if !self.skipping {
+                    on_line(&self.line);
+                }
+                self.line.clear();
+                self.skipping = false;
+            }
+        }
+    }
+}
+
+/// Applies one `-progress` line to `progress`.
+fn progress_line(line: &[u8], progress: &Progress, duration_us: u64) {
+    let Ok(line) = std::str::from_utf8(line) else {
+        return;
+    };
+    if let Some(v) = line
+        .strip_prefix("out_time_us=")
+        .or_else(|| line.strip_prefix("out_time_ms="))
+    {
+        if let (Ok(us), true) = (v.trim().parse::<u64>(), duration_us > 0) {
+            progress.set(us as f64 / duration_us as f64);
+        }
+    } else if line == "progress=end" {
+        progress.set(1.0);
+    }
+}
+
+/// A bound on what a process may write under a directory while it runs.
+#[derive(Debug, Clone)]
+pub struct OutputBound {
+    pub dir: PathBuf,
+    /// Total bytes (0: unbounded). A file counts the larger of its length and its allocated
+    /// blocks, so neither sparse files nor preallocation hide from it.
+    pub max_bytes: u64,
+    /// Entries, files and directories alike (0: unbounded).
+    pub max_files: u64,
+}
+
+/// How often [`watch_output`] measures. The overshoot past a bound is at most what the
+/// process writes in one interval (plus one walk's duration).
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Bytes and entries under `dir`, without following symlinks; stops counting once past
+/// `stop_bytes` or `stop_files` (so a tree of a million files costs one bounded walk).
+pub fn usage(dir: &Path, stop_bytes: u64, stop_files: u64) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            files += 1;
+            bytes = bytes.saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            if (stop_bytes > 0 && bytes > stop_bytes) || (stop_files > 0 && files > stop_files) {
+                return (bytes, files);
+            }
+        }
+    }
+    (bytes, files)
+}
+
+/// Measures `bound.dir` every [`WATCH_INTERVAL`] until cancelled; past a bound it records why
+/// in `tripped` and cancels `stop` (which kills the process group), then returns.
+pub async fn watch_output(
+    bound: OutputBound,
+    stop: CancellationToken,
+    tripped: Arc<Mutex<Option<String>>>,
+) {
+    if bound.max_bytes == 0 && bound.max_files == 0 {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_INTERVAL) => {}
+            () = stop.cancelled() => return,
+        }
+        let b = bound.clone();
+        let Ok((bytes, files)) =
+            tokio::task::spawn_blocking(move || usage(&b.dir, b.max_bytes, b.max_files)).await
+        else {
+            continue;
+        };
+        let why = if bound.max_bytes > 0 && bytes > bound.max_bytes {
+            format!("outputs exceed {} bytes while ffmpeg ran", bound.max_bytes)
+        } else if bound.max_files > 0 && files > bound.max_files {
+            format!(
+                "more than {} output files while ffmpeg ran",
+                bound.max_files
+            )
+        } else {
+            continue;
+        };
+        if let Ok(mut t) = tripped.lock() {
+            *t = Some(why);
+        }
+        stop.cancel();
+        return;
+    }
+}
 
 /// Resolves a program name to an absolute path through `PATH`, once at start.
 pub fn resolve(program: &Path) -> Option<PathBuf> {
@@ -109,42 +312,37 @@ pub async fn run(
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
 
+    // Both pipes are read to their end in fixed chunks (a writer never blocks on us, so the
+    // timeout and the kill below stay in charge) and kept only within fixed bounds.
     let stderr_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
+        let mut kept = HeadTail::new(STDERR_HEAD, STDERR_TAIL);
+        let mut chunk = vec![0u8; CHUNK];
         loop {
             match stderr.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) if buf.len() < MAX_STDERR => buf.extend_from_slice(&chunk[..n]),
-                Ok(_) => {}
+                Ok(n) => kept.push(&chunk[..n]),
             }
         }
-        buf
+        kept.into_bytes()
     });
     let progress_owned = progress.map(|(p, d)| (p.clone(), d));
     let stdout_task = tokio::spawn(async move {
         let mut kept = Vec::new();
-        match progress_owned {
-            Some((p, duration_us)) => {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(v) = line
-                        .strip_prefix("out_time_us=")
-                        .or_else(|| line.strip_prefix("out_time_ms="))
-                    {
-                        if let (Ok(us), true) = (v.trim().parse::<u64>(), duration_us > 0) {
-                            p.set(us as f64 / duration_us as f64);
-                        }
-                    } else if line == "progress=end" {
-                        p.set(1.0);
-                    }
+        let mut lines = BoundedLines::new(MAX_PROGRESS_LINE);
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            let n = match stdout.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            match &progress_owned {
+                Some((p, duration_us)) => {
+                    lines.feed(&chunk[..n], |line| progress_line(line, p, *duration_us))
                 }
-            }
-            None => {
-                let _ = (&mut stdout)
-                    .take(MAX_STDERR as u64)
-                    .read_to_end(&mut kept)
-                    .await;
+                None => {
+                    let room = MAX_STDOUT.saturating_sub(kept.len()).min(n);
+                    kept.extend_from_slice(&chunk[..room]);
+                }
             }
         }
         kept
@@ -240,5 +438,71 @@ pub async fn probe_duration_us(
         Exit::Signal(s) => Err(format!("ffprobe killed by signal {s}")),
         Exit::TimedOut => Err("ffprobe timed out".into()),
         Exit::Canceled => Err("canceled".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_and_tail_are_kept_and_the_middle_counted() {
+        let mut ht = HeadTail::new(4, 4);
+        ht.push(b"ab");
+        ht.push(b"cdef");
+        ht.push(b"ghij");
+        ht.push(b"k");
+        let out = ht.into_bytes();
+        assert_eq!(out, b"abcd\n[... 3 bytes omitted ...]\nhijk");
+        let mut ht = HeadTail::new(4, 4);
+        ht.push(b"abc");
+        assert_eq!(ht.into_bytes(), b"abc");
+        let mut ht = HeadTail::new(2, 3);
+        ht.push(&[b'x'; 100]);
+        ht.push(b"yz");
+        assert_eq!(ht.into_bytes(), b"xx\n[... 97 bytes omitted ...]\nxyz");
+    }
+
+    #[test]
+    fn overlong_lines_are_skipped_without_being_kept() {
+        let mut lines = BoundedLines::new(8);
+        let mut got = Vec::new();
+        let mut feed = |l: &mut BoundedLines, b: &[u8]| l.feed(b, |line| got.push(line.to_vec()));
+        feed(&mut lines, b"short\nthis one is far too long");
+        feed(&mut lines, &[b'x'; 10_000]);
+        feed(&mut lines, b"\nok=1\npart");
+        feed(&mut lines, b"ial\n");
+        assert_eq!(
+            got,
+            vec![b"short".to_vec(), b"ok=1".to_vec(), b"partial".to_vec()]
+        );
+        assert!(lines.line.capacity() <= 8, "never grew past the bound");
+    }
+
+    #[test]
+    fn progress_lines_set_the_fraction() {
+        let p = Progress::unknown();
+        progress_line(b"out_time_us=500000", &p, 1_000_000);
+        assert_eq!(p.get(), Some(0.5));
+        progress_line(b"out_time_us=\xff", &p, 1_000_000);
+        assert_eq!(p.get(), Some(0.5));
+        progress_line(b"progress=end", &p, 1_000_000);
+        assert_eq!(p.get(), Some(1.0));
+    }
+
+    #[test]
+    fn usage_counts_sparse_files_and_stops_past_the_bound() {
+        let dir = std::env::temp_dir().join(format!("mpegflow-usage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/one"), vec![1u8; 1000]).unwrap();
+        let sparse = std::fs::File::create(dir.join("a/b/sparse")).unwrap();
+        sparse.set_len(1 << 30).unwrap();
+        let (bytes, files) = usage(&dir, 0, 0);
+        assert_eq!(files, 4);
+        assert!(bytes >= (1 << 30) + 1000, "{bytes}");
+        let (_, files) = usage(&dir, 0, 2);
+        assert_eq!(files, 3, "stops one past the bound");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

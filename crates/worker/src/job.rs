@@ -348,17 +348,31 @@ impl Run<'_> {
         let timeout = Duration::from_secs(limits.timeout_seconds.max(1).into());
         self.progress.set(0.0);
         let jail = self.jail_for(&self.worker.ffmpeg, &limits, true)?;
+        // The output limits hold while FFmpeg runs: a watcher kills it once out/ grows past
+        // them (RLIMIT_FSIZE bounds each single file on top).
+        let encode = self.cancel.child_token();
+        let tripped = Arc::new(std::sync::Mutex::new(None));
+        let watcher = tokio::spawn(ffmpeg::watch_output(
+            ffmpeg::OutputBound {
+                dir: self.dir.join("out"),
+                max_bytes: limits.max_output_bytes,
+                max_files: limits.max_output_files.into(),
+            },
+            encode.clone(),
+            tripped.clone(),
+        ));
         let finished = ffmpeg::run(
             &self.worker.ffmpeg,
             &self.a.argv,
             &self.dir,
             timeout,
-            &self.cancel,
+            &encode,
             Some((&self.progress, duration_us.unwrap_or(0))),
             jail,
         )
-        .await
-        .map_err(|e| {
+        .await;
+        watcher.abort();
+        let finished = finished.map_err(|e| {
             JobFailure::new(
                 error_code::WORKER_ERROR,
                 format!("cannot start ffmpeg: {e}"),
@@ -367,6 +381,9 @@ impl Run<'_> {
         })?;
         self.stderr = finished.stderr;
         self.stages.end();
+        if let Some(why) = tripped.lock().ok().and_then(|mut t| t.take()) {
+            return Err(JobFailure::new(error_code::OUTPUT_LIMIT, why, false));
+        }
         classify_exit(&finished.exit, &self.stderr, timeout)?;
 
         self.stages.start("upload");

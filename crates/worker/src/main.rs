@@ -46,6 +46,10 @@ struct Args {
     /// self-test refuses such a jail.
     #[arg(long, value_name = "LAYER")]
     jail_disable_layer: Vec<String>,
+    /// Use at most this Landlock ABI even where the kernel offers more, to run exactly as on an
+    /// older kernel (e.g. 2 for Debian 12's 6.1). The other layers do not depend on it.
+    #[arg(long, env = "MPEGFLOW_LANDLOCK_ABI_MAX", value_name = "N")]
+    landlock_abi_max: Option<i32>,
 }
 
 fn read_token(args: &Args) -> anyhow::Result<String> {
@@ -100,7 +104,10 @@ fn main() -> anyhow::Result<()> {
     let jail = if args.insecure_no_jail {
         None
     } else {
-        let mut layers = mpegflow_jail::Layers::default();
+        let mut layers = mpegflow_jail::Layers {
+            landlock_abi_max: args.landlock_abi_max,
+            ..mpegflow_jail::Layers::default()
+        };
         for l in &args.jail_disable_layer {
             match l.as_str() {
                 "landlock" => layers.landlock = false,

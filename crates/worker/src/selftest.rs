@@ -1,6 +1,7 @@
 //! The start-up self-test: the worker proves the jail holds before it takes any work. A jailed
 //! copy of this binary (`mpegflow-worker __jail-probe …`) must be able to read an allowed file,
-//! must be refused a forbidden one, and must be killed for creating a socket.
+//! must be refused a forbidden one, must not be able to signal the worker, and must be killed
+//! for creating a socket.
 
 use mpegflow_jail::{Jail, Policy};
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +17,7 @@ pub const PROBE_OK: i32 = 0;
 pub const PROBE_DENIED: i32 = 10;
 pub const PROBE_OTHER_ERROR: i32 = 11;
 
-/// The probe itself, run inside the jail: `read PATH` or `socket`.
+/// The probe itself, run inside the jail: `read PATH`, `signal` or `socket`.
 pub fn probe(args: &[String]) -> i32 {
     match args {
         [mode, path] if mode == "read" => match std::fs::read(path) {
@@ -26,6 +27,29 @@ pub fn probe(args: &[String]) -> i32 {
             }
             Err(_) => PROBE_OTHER_ERROR,
         },
+        [mode] if mode == "signal" => {
+            // SAFETY: plain system calls. SIGWINCH is ignored by default, so nothing breaks if
+            // the jail fails and the signal does reach the worker.
+            unsafe {
+                let ppid = libc::getppid() as libc::c_long;
+                let sig = libc::SIGWINCH as libc::c_long;
+                // glibc's raise (tgkill to itself) must still work, or FFmpeg's abort() breaks.
+                if libc::raise(libc::SIGWINCH) != 0 {
+                    return PROBE_OTHER_ERROR;
+                }
+                let refused = |rc: libc::c_long| {
+                    rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+                };
+                let tgkill = refused(libc::syscall(libc::SYS_tgkill, ppid, ppid, sig));
+                let kill = refused(libc::syscall(libc::SYS_kill, ppid, sig));
+                let setown = refused(libc::fcntl(1, libc::F_SETOWN, ppid) as libc::c_long);
+                if tgkill && kill && setown {
+                    PROBE_DENIED
+                } else {
+                    PROBE_OK
+                }
+            }
+        }
         [mode] if mode == "socket" => {
             // SAFETY: plain socket(2) call; the fd is closed right away.
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
@@ -110,6 +134,12 @@ pub fn run(jail: &Jail, work_dir: &Path, identity: Option<(u32, u32)>) -> Result
         if s.code() != Some(PROBE_DENIED) {
             return Err(format!(
                 "file-system confinement (Landlock) is not enforced: a forbidden read gave {s}"
+            ));
+        }
+        let s = run_probe(jail, &policy, &dir, &["signal"])?;
+        if s.code() != Some(PROBE_DENIED) {
+            return Err(format!(
+                "signals are not confined: a jailed process could signal the worker ({s})"
             ));
         }
         let s = run_probe(jail, &policy, &dir, &["socket"])?;

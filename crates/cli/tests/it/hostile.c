@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -26,7 +28,7 @@
 static const char *out_path;
 
 static void verdict(const char *fmt, ...) {
-    char buf[512];
+    char buf[20480];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
@@ -59,6 +61,146 @@ static void tcp(const char *name, int port) {
     if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) verdict("ESCAPED %s: connected to 127.0.0.1:%d", name, port);
     else verdict("BLOCKED %s: connect: %s", name, strerror(errno));
     close(s);
+}
+
+
+/* ---- signals: every route a process has to signal another one ---- */
+
+static char report[16384];
+static size_t report_len;
+static int escaped;
+
+static void note(const char *route, long target, int sig, long rc) {
+    int e = errno;
+    if (rc >= 0) escaped++;
+    if (report_len < sizeof report - 128)
+        report_len += snprintf(report + report_len, sizeof report - report_len, "%s %ld sig %d: %s\n",
+                               route, target, sig, rc >= 0 ? "SUCCEEDED" : strerror(e));
+}
+
+/* Tries every route at `t` with `sig`. Routes through fd 1 (our stdout pipe) set its owner. */
+static void signal_routes(long t, int sig) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    info.si_signo = sig;
+    info.si_code = SI_QUEUE;
+    note("kill", t, sig, syscall(SYS_kill, t, sig));
+    if (t <= 0) return; /* process groups and "everyone": kill(2) is the only route */
+    note("tgkill", t, sig, syscall(SYS_tgkill, t, t, sig));
+    note("tgkill_hibits", t, sig, syscall(SYS_tgkill, t | (1L << 32), t, sig));
+    note("tkill", t, sig, syscall(SYS_tkill, t, sig));
+    note("rt_sigqueueinfo", t, sig, syscall(SYS_rt_sigqueueinfo, t, sig, &info));
+    note("rt_tgsigqueueinfo", t, sig, syscall(SYS_rt_tgsigqueueinfo, t, t, sig, &info));
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/%ld", t);
+    int pfd = open(proc, O_RDONLY | O_DIRECTORY);
+    note("open_proc_pidfd", t, sig, pfd);
+    note("pidfd_send_signal", t, sig, syscall(SYS_pidfd_send_signal, pfd >= 0 ? pfd : 0, sig, NULL, 0));
+    if (pfd >= 0) close(pfd);
+    /* SIGIO (or F_SETSIG's signal) to an owner of our choosing when I/O is possible on fd 1. */
+    struct f_owner_ex owner = { .type = F_OWNER_PID, .pid = (pid_t)t };
+    note("fcntl_F_SETSIG", t, sig, fcntl(1, F_SETSIG, sig));
+    note("fcntl_F_SETOWN", t, sig, fcntl(1, F_SETOWN, (int)t));
+    note("fcntl_F_SETOWN_EX", t, sig, fcntl(1, F_SETOWN_EX, &owner));
+    int fl = fcntl(1, F_GETFL);
+    note("fcntl_O_ASYNC", t, sig, fcntl(1, F_SETFL, (fl < 0 ? 0 : fl) | O_ASYNC));
+    int pid = (int)t, on = 1;
+    note("ioctl_FIOSETOWN", t, sig, ioctl(1, FIOSETOWN, &pid));
+    note("ioctl_SIOCSPGRP", t, sig, ioctl(1, SIOCSPGRP, &pid));
+    note("ioctl_FIOASYNC", t, sig, ioctl(1, FIOASYNC, &on));
+    /* Give any armed owner a reason to be signalled. */
+    (void)!write(1, "\n", 1);
+    fcntl(1, F_SETFL, fl < 0 ? 0 : fl);
+}
+
+/* ARG: comma-separated signal numbers. The targets (pids, space-separated) arrive in
+ * in/targets once the test has looked at this process; wait for it. */
+static void signal_matrix(const char *name, const char *arg) {
+    char buf[512] = {0};
+    for (int i = 0; i < 1200; i++) {
+        int fd = open("in/targets", O_RDONLY);
+        if (fd >= 0) {
+            ssize_t n = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (n > 0 && buf[n - 1] == '\n') break;
+            memset(buf, 0, sizeof buf);
+        }
+        usleep(50000);
+    }
+    if (!buf[0]) { verdict("ERROR %s: no targets", name); return; }
+    char sigs[128];
+    snprintf(sigs, sizeof sigs, "%s", arg);
+    int tried = 0;
+    for (char *s = strtok(sigs, ","); s; s = strtok(NULL, ",")) {
+        int sig = atoi(s);
+        char targets[512];
+        snprintf(targets, sizeof targets, "%s", buf);
+        char *save = NULL;
+        for (char *t = strtok_r(targets, " \n", &save); t; t = strtok_r(NULL, " \n", &save)) {
+            signal_routes(atol(t), sig);
+            tried++;
+        }
+    }
+    /* Signals to ourselves (what raise/abort/pthread_kill do) still work. */
+    signal(SIGWINCH, SIG_IGN);
+    int self_ok = raise(SIGWINCH) == 0;
+    verdict("%s %s: %d route(s) succeeded, %d target/signal pairs, own raise %s\n%s",
+            escaped ? "ESCAPED" : "BLOCKED", name, escaped, tried, self_ok ? "works" : "FAILED", report);
+}
+
+/* ---- many threads writing many files ---- */
+
+static char flood_dir[512];
+static int flood_files;
+static size_t flood_kib;
+
+static void *flood_thread(void *arg) {
+    long t = (long)arg;
+    char *b = calloc(1, 1 << 20);
+    char path[600];
+    for (int i = 0; i < flood_files; i++) {
+        snprintf(path, sizeof path, "%s/flood_%ld_%d.bin", flood_dir, t, i);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) continue;
+        for (size_t left = flood_kib << 10; left > 0;) {
+            size_t n = left < (1 << 20) ? left : (1 << 20);
+            ssize_t w = write(fd, b, n);
+            if (w <= 0) break;
+            left -= (size_t)w;
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+/* ARG: THREADS:FILES:KIB — each thread writes FILES files of KIB KiB next to the output. */
+static void disk_flood(const char *name, const char *arg) {
+    int threads = 1;
+    sscanf(arg, "%d:%d:%zu", &threads, &flood_files, &flood_kib);
+    snprintf(flood_dir, sizeof flood_dir, "%s", out_path);
+    char *slash = strrchr(flood_dir, '/');
+    if (slash) *slash = 0; else strcpy(flood_dir, ".");
+    pthread_t th[64];
+    if (threads > 64) threads = 64;
+    for (long i = 0; i < threads; i++) pthread_create(&th[i], NULL, flood_thread, (void *)i);
+    for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
+    /* Linger, so that everything written is still there for anyone looking. */
+    sleep(3);
+    verdict("ESCAPED %s: wrote everything", name);
+}
+
+/* ARG: MiB — that many MiB on a stream without a single newline, then a verdict. */
+static void flood_fd(int fd, const char *name, const char *arg) {
+    size_t mib = (size_t)atol(arg);
+    char *b = malloc(1 << 20);
+    memset(b, 'x', 1 << 20);
+    for (size_t i = 0; i < mib; i++)
+        for (size_t off = 0; off < (1 << 20);) {
+            ssize_t w = write(fd, b + off, (1 << 20) - off);
+            if (w <= 0) { verdict("ERROR %s: write: %s", name, strerror(errno)); return; }
+            off += (size_t)w;
+        }
+    verdict("OK %s: wrote %zu MiB", name, mib);
 }
 
 int main(int argc, char **argv) {
@@ -195,6 +337,14 @@ int main(int argc, char **argv) {
         close(fd);
         return 0; /* the oversized file is the "verdict" */
     }
+    else if (!strcmp(name, "signal_matrix")) signal_matrix(name, arg);
+    else if (!strcmp(name, "pidfd_open")) {
+        long fd = syscall(SYS_pidfd_open, atol(arg), 0);
+        if (fd >= 0) verdict("ESCAPED %s: pidfd for %s", name, arg); else verdict("BLOCKED %s: %s", name, strerror(errno));
+    }
+    else if (!strcmp(name, "disk_flood")) disk_flood(name, arg);
+    else if (!strcmp(name, "stdout_flood")) flood_fd(1, name, arg);
+    else if (!strcmp(name, "stderr_flood")) flood_fd(2, name, arg);
     else if (!strcmp(name, "sleep")) { sleep(atoi(arg)); verdict("ESCAPED %s: slept", name); }
     else { fprintf(stderr, "unknown attack %s\n", name); return 2; }
     return 0;

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Compiles the hostile program once per test binary.
-fn hostile() -> &'static Path {
+pub(crate) fn hostile() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("mpegflow-hostile-{}", std::process::id()));
@@ -19,7 +19,7 @@ fn hostile() -> &'static Path {
         let bin = dir.join("hostile-ffmpeg");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/hostile.c");
         let st = std::process::Command::new("cc")
-            .args(["-O1", "-o"])
+            .args(["-O1", "-pthread", "-o"])
             .arg(&bin)
             .arg(&src)
             .status()
@@ -159,6 +159,10 @@ fn attacks(env: &Env) -> Vec<Attack> {
 }
 
 async fn setup(jailed: bool, keep_root: bool) -> Env {
+    setup_with(jailed, keep_root, &[]).await
+}
+
+async fn setup_with(jailed: bool, keep_root: bool, worker_args: &[&str]) -> Env {
     let config = mpegflow_control::ControlConfig {
         max_output_bytes: 8 << 20,
         ..test_control_config()
@@ -195,6 +199,7 @@ async fn setup(jailed: bool, keep_root: bool) -> Env {
     if !jailed {
         args.push("--insecure-no-jail");
     }
+    args.extend_from_slice(worker_args);
     let pid = tp
         .platform
         .spawn_worker_with(&token, &args, keep_root)
@@ -242,8 +247,8 @@ async fn verdict(env: &Env, job: &Value) -> String {
     std::fs::read_to_string(dest).unwrap()
 }
 
-async fn jailed_suite(keep_root: bool) {
-    let mut env = setup(true, keep_root).await;
+async fn jailed_suite(keep_root: bool, worker_args: &[&str]) {
+    let mut env = setup_with(true, keep_root, worker_args).await;
     let list = attacks(&env);
     assert!(list.len() >= 20);
     let mut report = Vec::new();
@@ -291,8 +296,9 @@ async fn jailed_suite(keep_root: bool) {
     let expected = list.iter().filter(|a| a.jailed == SV).count() as i64;
     assert_eq!(events, expected);
     eprintln!(
-        "jailed ({}): {} attacks\n  {}",
+        "jailed ({}{}): {} attacks\n  {}",
         if keep_root { "root" } else { "unprivileged" },
+        worker_args.join(" "),
         report.len(),
         report.join("\n  ")
     );
@@ -301,7 +307,14 @@ async fn jailed_suite(keep_root: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_escape_is_blocked_for_an_unprivileged_worker() {
-    jailed_suite(false).await;
+    jailed_suite(false, &[]).await;
+}
+
+/// As on Debian 12's kernel (Landlock ABI 2: no TCP rules, no signal or socket scoping): the
+/// other layers still stop every attack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_escape_is_blocked_for_an_unprivileged_worker_on_landlock_abi_2() {
+    jailed_suite(false, &["--landlock-abi-max", "2"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +322,7 @@ async fn every_escape_is_blocked_for_a_root_worker() {
     if !root_setup_available("running the worker as root") {
         return;
     }
-    jailed_suite(true).await;
+    jailed_suite(true, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

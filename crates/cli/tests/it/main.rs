@@ -15,3 +15,5 @@ mod jail;
 mod presign;
 mod replicas;
 mod results;
+mod running_limits;
+mod signals;

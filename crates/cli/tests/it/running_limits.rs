@@ -1,0 +1,208 @@
+//! Limits hold while the job runs, not only after FFmpeg exits: a stand-in that floods its
+//! progress pipe or stderr costs the worker a bounded amount of memory, and one that writes
+//! from many threads into many files is stopped with `output_limit` while it writes.
+
+use crate::harness::*;
+use crate::jail::hostile;
+use mpegflow::client::ApiClient;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+async fn run_attack(client: &ApiClient, clip: &Path, attack: &str, timeout: u32) -> Value {
+    let asset = client.upload(clip).await.unwrap();
+    let job = client
+        .submit(
+            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
+            &[("out".into(), "verdict.txt".into())].into(),
+            &format!("-i {{{{in}}}} -metadata comment=attack:{attack} {{{{out}}}}"),
+            serde_json::json!({ "timeout_seconds": timeout }),
+        )
+        .await
+        .unwrap();
+    client
+        .wait(job["id"].as_str().unwrap(), |_| {})
+        .await
+        .unwrap()
+}
+
+async fn verdict(tp: &TestPlatform, client: &ApiClient, job: &Value) -> String {
+    let dest = tp.path(&format!("verdict-{}.txt", job["id"].as_str().unwrap()));
+    let id = job["outputs"]["out"]["asset_id"].as_str().unwrap();
+    client.download(id, &dest).await.unwrap();
+    std::fs::read_to_string(dest).unwrap()
+}
+
+/// 2 GiB without a newline on stdout (read as FFmpeg's -progress) and on stderr: the worker's
+/// peak memory grows by a bounded amount, and the job still ends normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_gib_line_on_stdout_or_stderr_costs_the_worker_bounded_memory() {
+    let mut tp = TestPlatform::start(0, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let (_, token) = tp.worker_token("default").await;
+    let worker = tp
+        .platform
+        .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
+        .await
+        .unwrap();
+    // One ordinary job first, so the baseline includes everything a job costs anyway.
+    let warm = run_attack(&client, &clip, "none", 60).await;
+    assert_eq!(warm["state"], "succeeded", "{warm:#}");
+    let before = peak_rss(worker);
+    for attack in ["stdout_flood:2048", "stderr_flood:2048"] {
+        let job = run_attack(&client, &clip, attack, 600).await;
+        assert_eq!(job["state"], "succeeded", "{attack}: {job:#}");
+        let v = verdict(&tp, &client, &job).await;
+        assert!(v.starts_with("OK"), "{attack}: {v}");
+    }
+    let after = peak_rss(worker);
+    eprintln!(
+        "worker VmHWM: {} KiB before, {} KiB after 2 × 2 GiB without a newline",
+        before >> 10,
+        after >> 10
+    );
+    assert!(
+        after < before + (32 << 20),
+        "the worker's peak memory grew from {before} to {after} bytes"
+    );
+    assert!(tp.platform.worker_alive(worker));
+    tp.stop().await;
+}
+
+/// Bytes (allocated or apparent, the larger) and entries under `dir`, walked independently of
+/// the worker's own accounting.
+fn disk_use(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut bytes, mut entries) = (0, 0);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(list) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in list.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            entries += 1;
+            bytes += m.len().max(m.blocks() * 512);
+            if m.is_dir() {
+                pending.push(e.path());
+            }
+        }
+    }
+    (bytes, entries)
+}
+
+/// Samples the disk use under `dir` until stopped; keeps the peak.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    peak_bytes: Arc<AtomicU64>,
+    peak_files: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// `base` is subtracted: what the directory held before the job.
+    fn start(dir: PathBuf, base: (u64, u64)) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak_bytes = Arc::new(AtomicU64::new(0));
+        let peak_files = Arc::new(AtomicU64::new(0));
+        let (s, b, f) = (stop.clone(), peak_bytes.clone(), peak_files.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let (bytes, files) = disk_use(&dir);
+                b.fetch_max(bytes.saturating_sub(base.0), Ordering::Relaxed);
+                f.fetch_max(files.saturating_sub(base.1), Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        Sampler {
+            stop,
+            peak_bytes,
+            peak_files,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        (
+            self.peak_bytes.load(Ordering::Relaxed),
+            self.peak_files.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// An unprivileged worker (no kernel-enforced bound on out/): 16 threads write 2 GiB into 1024
+/// files, then 16 threads create 16,000 empty files. The worker stops each while it writes:
+/// the job fails `output_limit` from the watcher, and the disk never holds more than the limit
+/// plus what the stand-in writes in one watch interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_limit_holds_while_ffmpeg_runs() {
+    const MAX_BYTES: u64 = 8 << 20;
+    const MAX_FILES: u32 = 50;
+    let config = mpegflow_control::ControlConfig {
+        max_output_bytes: MAX_BYTES,
+        max_output_files: MAX_FILES,
+        ..test_control_config()
+    };
+    let mut tp = TestPlatform::start(0, config).await;
+    let client = tp.org("acme").await;
+    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let (_, token) = tp.worker_token("default").await;
+    let worker = tp
+        .platform
+        .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
+        .await
+        .unwrap();
+    let work = tp.platform.data_dir.join("work");
+    let mut report = Vec::new();
+    for (attack, what) in [
+        ("disk_flood:16:64:2048", "bytes"),
+        ("disk_flood:16:1000:0", "files"),
+    ] {
+        let sampler = Sampler::start(work.clone(), disk_use(&work));
+        let job = run_attack(&client, &clip, attack, 300).await;
+        let (peak_bytes, peak_files) = sampler.finish();
+        assert_eq!(job["state"], "failed", "{attack}: {job:#}");
+        assert_eq!(job["error"]["code"], "output_limit", "{attack}: {job:#}");
+        let message = job["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("while ffmpeg ran"),
+            "{attack}: stopped while running, not after: {message}"
+        );
+        report.push(format!(
+            "{attack}: peak {} KiB, {peak_files} entries ({message})",
+            peak_bytes >> 10
+        ));
+        match what {
+            // The stand-in would write 2 GiB; the worker stops it within one interval.
+            "bytes" => assert!(
+                peak_bytes < MAX_BYTES + (512 << 20),
+                "{attack}: disk use peaked at {peak_bytes} bytes"
+            ),
+            _ => assert!(
+                peak_files < u64::from(MAX_FILES) + 8_000,
+                "{attack}: {peak_files} entries"
+            ),
+        }
+    }
+    eprintln!("output limits while running:\n  {}", report.join("\n  "));
+    assert!(tp.platform.worker_alive(worker));
+    tp.stop().await;
+}
