@@ -31,6 +31,9 @@ pub enum ControlError {
     LeaseLost(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A bound on the caller was reached (workers per token, open long-polls, failed logins).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -79,6 +82,9 @@ impl ControlError {
             ControlError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ControlError::LeaseLost(_) => (StatusCode::CONFLICT, "lease_lost"),
             ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ControlError::ResourceExhausted(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted")
+            }
             ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -131,6 +137,7 @@ impl From<ControlError> for tonic::Status {
                 Status::failed_precondition(e.to_string())
             }
             ControlError::Unavailable(_) => Status::unavailable(e.to_string()),
+            ControlError::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
             ControlError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error")

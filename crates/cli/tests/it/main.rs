@@ -13,3 +13,4 @@ mod isolation;
 mod jail;
 mod presign;
 mod replicas;
+mod tokens;
