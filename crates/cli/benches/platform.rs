@@ -72,6 +72,8 @@ async fn start(dir: &Path, cluster: &Cluster, db: &str, workers: usize) -> Platf
         control: ControlConfig {
             heartbeat_seconds: 1,
             max_poll_seconds: 2,
+            // Thousands of simulated workers register before any of them polls.
+            worker_ttl_seconds: 3600,
             ..ControlConfig::default()
         },
         ..PlatformConfig::default()
@@ -118,11 +120,15 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
                 idempotency_key: None,
                 request_hash: vec![],
                 actor: "bench".into(),
+                grammar: mpegflow_domain::fingerprint::COMMAND_GRAMMAR.into(),
             })
             .await
             .unwrap();
     }
-    let (_, token) = store.create_worker_token("default", "bench").await.unwrap();
+    let (_, token) = store
+        .create_worker_token("default", "bench", bench_limits())
+        .await
+        .unwrap();
     let auth: tonic::metadata::MetadataValue<_> =
         format!("Bearer {}", token.expose()).parse().unwrap();
     let channel = tonic::transport::Endpoint::from_shared(platform.coordinator_url.clone())
@@ -134,7 +140,7 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
     let mut ids = Vec::with_capacity(JOBS + 1);
     let mut c = pb::CoordinatorClient::new(channel.clone());
     for _ in 0..=JOBS {
-        let mut r = tonic::Request::new(pb::RegisterWorkerRequest::default());
+        let mut r = tonic::Request::new(register_request());
         r.metadata_mut().insert("authorization", auth.clone());
         ids.push(c.register_worker(r).await.unwrap().into_inner().worker_id);
     }
@@ -190,6 +196,29 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
     println!("coordinator: control-plane process CPU {:.3} ms/assignment (includes the simulated gRPC clients); PostgreSQL CPU {:.3} ms/assignment", cpu * 1e3 / assigned as f64, pg * 1e3 / assigned as f64);
     println!("coordinator: {audits} audit rows (job.assigned + presign.get)");
     platform.stop(Duration::from_secs(5)).await;
+}
+
+/// One token plays thousands of workers here.
+fn bench_limits() -> mpegflow_store::TokenLimits {
+    mpegflow_store::TokenLimits {
+        max_workers: 10_000,
+        leases_per_minute: Some(1_000_000),
+    }
+}
+
+/// A registration with the fingerprint of an FFmpeg implementing the current grammar.
+fn register_request() -> pb::RegisterWorkerRequest {
+    pb::RegisterWorkerRequest {
+        fingerprint: Some(pb::FfmpegFingerprint {
+            version: format!(
+                "ffmpeg version {}.0 bench",
+                mpegflow_domain::fingerprint::COMMAND_GRAMMAR
+            ),
+            configuration: String::new(),
+            grammar: mpegflow_domain::fingerprint::COMMAND_GRAMMAR.into(),
+        }),
+        ..Default::default()
+    }
 }
 
 async fn sqlx_inputs(store: &mpegflow_store::Store, job_id: &str) -> serde_json::Value {
@@ -354,7 +383,7 @@ async fn latency_bench(dir: &Path, cluster: &Cluster) {
     let platform = start(dir, cluster, "bench_latency", 0).await;
     let (_, token) = platform
         .store()
-        .create_worker_token("default", "bench")
+        .create_worker_token("default", "bench", bench_limits())
         .await
         .unwrap();
     let auth: tonic::metadata::MetadataValue<_> =
@@ -366,7 +395,7 @@ async fn latency_bench(dir: &Path, cluster: &Cluster) {
         .await
         .unwrap();
     let mut c = pb::CoordinatorClient::new(channel);
-    let mut r = tonic::Request::new(pb::RegisterWorkerRequest::default());
+    let mut r = tonic::Request::new(register_request());
     r.metadata_mut().insert("authorization", auth.clone());
     let worker_id = c.register_worker(r).await.unwrap().into_inner().worker_id;
     let n = 50;

@@ -135,14 +135,27 @@ enum PoolCmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Create a worker token bound to a pool; prints {"id","token","pool"}.
+    /// Create a worker token bound to a pool; prints {"id","token","pool","max_workers"}.
     Create {
         #[arg(long, default_value = "default")]
         pool: String,
         #[arg(long, default_value = "cli")]
         label: String,
+        /// Most workers registered with this token at once (a registration lapses seconds
+        /// after its worker stops calling, so a rolling update's surge needs a little headroom).
+        #[arg(long, default_value_t = mpegflow_store::DEFAULT_MAX_WORKERS,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        max_workers: u32,
+        /// Most leases per minute (default: max-workers times the control plane's per-worker rate).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        leases_per_minute: Option<u32>,
     },
     Revoke {
+        id: String,
+    },
+    /// Lift a suspension (tokens are suspended when too many leases end without a finished
+    /// encode); the strikes that led to it are forgiven.
+    Unsuspend {
         id: String,
     },
 }
@@ -498,17 +511,36 @@ async fn admin(data_dir: Option<PathBuf>, cmd: AdminCmd) -> Result<i32> {
             json!({ "id": pool.id, "name": pool.name, "org_id": pool.org_id })
         }
         AdminCmd::WorkerToken {
-            cmd: TokenCmd::Create { pool, label },
+            cmd:
+                TokenCmd::Create {
+                    pool,
+                    label,
+                    max_workers,
+                    leases_per_minute,
+                },
         } => {
-            let (id, token) =
-                store
-                    .create_worker_token(&pool, &label)
-                    .await
-                    .map_err(|e| match e {
-                        mpegflow_store::StoreError::NotFound => anyhow!("pool {pool:?} not found"),
-                        e => e.into(),
-                    })?;
-            json!({ "id": id, "token": token.expose(), "pool": pool })
+            let limits = mpegflow_store::TokenLimits {
+                max_workers,
+                leases_per_minute,
+            };
+            let (id, token) = store
+                .create_worker_token(&pool, &label, limits)
+                .await
+                .map_err(|e| match e {
+                    mpegflow_store::StoreError::NotFound => anyhow!("pool {pool:?} not found"),
+                    e => e.into(),
+                })?;
+            json!({ "id": id, "token": token.expose(), "pool": pool, "max_workers": max_workers,
+                    "leases_per_minute": leases_per_minute })
+        }
+        AdminCmd::WorkerToken {
+            cmd: TokenCmd::Unsuspend { id },
+        } => {
+            store
+                .unsuspend_worker_token(parse_id(&id)?)
+                .await
+                .map_err(|_| anyhow!("no suspended live worker token {id}"))?;
+            json!({ "unsuspended": id })
         }
         AdminCmd::WorkerToken {
             cmd: TokenCmd::Revoke { id },

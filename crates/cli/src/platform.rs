@@ -48,9 +48,11 @@ impl Default for PlatformConfig {
             grpc_addr: "127.0.0.1:7070".into(),
             s3_addr: "127.0.0.1:9000".into(),
             s3: None,
+            // At least two: a tenant-blaming failure is final only when a second worker confirms it.
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
-                .unwrap_or(2),
+                .unwrap_or(2)
+                .max(2),
             worker_bin: None,
             control: ControlConfig::default(),
             pg_for_tests: false,
@@ -289,10 +291,16 @@ impl Platform {
             fleet_token: None,
         };
         if cfg.workers > 0 {
+            // Sized to the fleet: a stolen fleet token cannot register extra workers while
+            // these run.
+            let limits = mpegflow_store::TokenLimits {
+                max_workers: u32::try_from(cfg.workers).unwrap_or(u32::MAX).min(10_000),
+                leases_per_minute: None,
+            };
             let (token_id, token) = platform
                 .state
                 .store
-                .create_worker_token("default", "local fleet")
+                .create_worker_token("default", "local fleet", limits)
                 .await?;
             platform.fleet_token = Some(token_id);
             for _ in 0..cfg.workers {

@@ -590,6 +590,8 @@ async fn submit_job(
         idempotency_key,
         request_hash,
         actor: tenant.actor(),
+        // The grammar the command was validated against: only workers implementing it run it.
+        grammar: state.config.ffmpeg_grammar.clone(),
     };
     match state.store.submit_job(new).await {
         Ok(Submitted::Created(job)) => {

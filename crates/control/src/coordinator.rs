@@ -9,6 +9,7 @@ use crate::outputs::{
 };
 use crate::{presign_audit, AppState};
 use mpegflow_domain::command::OutputDecl;
+use mpegflow_domain::fingerprint::Fingerprint;
 use mpegflow_domain::job::{error_code, Failure};
 use mpegflow_domain::names::output_key;
 use mpegflow_domain::token::{Secret, TokenKind};
@@ -16,11 +17,15 @@ use mpegflow_objstore::media::content_type_for_filename;
 use mpegflow_objstore::PutSpec;
 use mpegflow_proto as pb;
 use mpegflow_store::{
-    AttemptRecord, AuditEntry, GrantLimits, GrantResult, HeartbeatResult, Job, Lease, OutputObject,
-    Report, ReportResult, UploadGrant, WorkerInfo, WorkerTokenInfo,
+    AttemptRecord, AuditEntry, Claim, Claimant, GrantLimits, GrantResult, HeartbeatResult, Job,
+    Lease, OutputObject, Registration, Report, ReportResult, UploadGrant, WorkerContact,
+    WorkerInfo, WorkerTokenInfo,
 };
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -33,81 +38,189 @@ const STDERR_TAIL: usize = 4 * 1024;
 
 pub struct CoordinatorService {
     state: AppState,
+    guards: Arc<Guards>,
+}
+
+/// Bounds this replica keeps in memory, checked before the database is touched.
+///
+/// Per replica by design: a peer or token spread over N replicas gets N times the bound, which
+/// is known and small, and nothing here needs a shared row. The hard per-token bounds (live
+/// workers, lease rate, strikes) are in the database.
+#[derive(Default)]
+struct Guards {
+    /// Bad-credential budget per peer address (a token bucket).
+    peers: Mutex<HashMap<IpAddr, Bucket>>,
+    /// Open GetWorkAssignment calls per token.
+    polls: Mutex<HashMap<Uuid, u32>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Most peer addresses remembered; beyond it, peers whose budget is whole are forgotten first.
+const MAX_PEERS: usize = 16_384;
+
+impl Guards {
+    fn refill(b: &mut Bucket, burst: f64, per_sec: f64) {
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec).min(burst);
+        b.at = now;
+    }
+
+    /// Whether `peer` still has budget for a call (bad credentials use it up).
+    fn peer_allowed(&self, peer: IpAddr, burst: f64, per_sec: f64) -> bool {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        match peers.get_mut(&peer) {
+            Some(b) => {
+                Self::refill(b, burst, per_sec);
+                b.tokens >= 1.0
+            }
+            None => true,
+        }
+    }
+
+    fn peer_failed(&self, peer: IpAddr, burst: f64, per_sec: f64) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.len() >= MAX_PEERS && !peers.contains_key(&peer) {
+            peers.retain(|_, b| {
+                Self::refill(b, burst, per_sec);
+                b.tokens < burst
+            });
+        }
+        let b = peers.entry(peer).or_insert(Bucket {
+            tokens: burst,
+            at: Instant::now(),
+        });
+        Self::refill(b, burst, per_sec);
+        b.tokens = (b.tokens - 1.0).max(0.0);
+    }
+
+    /// Takes one of the token's long-poll slots, or `None` when all `max` are open.
+    fn open_poll(self: &Arc<Self>, token_id: Uuid, max: u32) -> Option<PollSlot> {
+        let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
+        let n = polls.entry(token_id).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PollSlot {
+            guards: self.clone(),
+            token_id,
+        })
+    }
+}
+
+/// An open long-poll; its slot is given back when the call ends (or its client goes away).
+struct PollSlot {
+    guards: Arc<Guards>,
+    token_id: Uuid,
+}
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        let mut polls = self.guards.polls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = polls.get_mut(&self.token_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                polls.remove(&self.token_id);
+            }
+        }
+    }
 }
 
 impl CoordinatorService {
     pub fn new(state: AppState) -> Self {
-        CoordinatorService { state }
+        CoordinatorService {
+            state,
+            guards: Arc::default(),
+        }
+    }
+
+    fn peer_budget(&self) -> (f64, f64) {
+        let c = &self.state.config;
+        (
+            f64::from(c.auth_failure_burst.max(1)),
+            f64::from(c.auth_failures_per_minute) / 60.0,
+        )
     }
 
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<WorkerTokenInfo> {
+        let peer = req
+            .remote_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let (burst, per_sec) = self.peer_budget();
+        let failures = &self.state.metrics.coordinator_auth_failures;
+        if !self.guards.peer_allowed(peer, burst, per_sec) {
+            failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "coordinator call refused: too many bad credentials from this address");
+            return Err(ControlError::ResourceExhausted(
+                "too many calls with bad credentials from this address; try again later".into(),
+            ));
+        }
+        let fail = || {
+            failures.fetch_add(1, Ordering::Relaxed);
+            self.guards.peer_failed(peer, burst, per_sec);
+            tracing::warn!(%peer, "coordinator authentication failure");
+            ControlError::Unauthenticated
+        };
         let value = req
             .metadata()
             .get(pb::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let token = value
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ControlError::Unauthenticated)?;
-        let secret = Secret::parse(TokenKind::WorkerToken, token)
-            .map_err(|_| ControlError::Unauthenticated)?;
+        let Some(token) = value.and_then(|v| v.strip_prefix("Bearer ")) else {
+            return Err(fail());
+        };
+        let Ok(secret) = Secret::parse(TokenKind::WorkerToken, token) else {
+            return Err(fail());
+        };
         let info = self
             .state
             .store
             .authenticate_worker_token(&secret.hash())
-            .await?;
-        info.ok_or_else(|| {
-            tracing::warn!("coordinator authentication failure");
-            self.state
-                .metrics
-                .coordinator_auth_failures
-                .fetch_add(1, Ordering::Relaxed);
-            ControlError::Unauthenticated
-        })
+            .await?
+            .ok_or_else(fail)?;
+        if info.suspended {
+            return Err(ControlError::PermissionDenied(format!(
+                "worker token {} is suspended: too many of its leases ended without a finished encode; \
+                 an admin lifts it with `mpegflow admin worker-token unsuspend {}`",
+                info.token_id, info.token_id
+            )));
+        }
+        Ok(info)
     }
 
-    /// Authenticates the token and checks that `worker_id` was registered with it.
+    /// Authenticates the token and checks that `worker_id` was registered with it, recording the
+    /// contact. An expired registration may still finish the job it holds (the lease's fencing
+    /// token guards that); only new work needs a live one.
     async fn authenticate_worker<T>(
         &self,
         req: &Request<T>,
         worker_id: &str,
-    ) -> Result<(WorkerTokenInfo, Uuid)> {
+    ) -> Result<(WorkerTokenInfo, Uuid, WorkerContact)> {
         let token = self.authenticate(req).await?;
         let worker_id = Uuid::parse_str(worker_id)
             .map_err(|_| ControlError::PermissionDenied("unknown worker".into()))?;
-        if !self
+        match self
             .state
             .store
-            .worker_belongs_to(worker_id, token.token_id)
+            .touch_worker(worker_id, token.token_id)
             .await?
         {
-            return Err(ControlError::PermissionDenied("unknown worker".into()));
+            WorkerContact::Unknown => Err(ControlError::PermissionDenied("unknown worker".into())),
+            contact => Ok((token, worker_id, contact)),
         }
-        Ok((token, worker_id))
     }
 
-    /// Authenticates a call about one job: the token, its worker, and the job id.
-    async fn job_call<T: JobCall>(&self, req: Request<T>) -> Result<(Uuid, Uuid, T)> {
-        let (_, worker_id) = self
-            .authenticate_worker(&req, req.get_ref().worker_id())
-            .await?;
-        let r = req.into_inner();
-        let job_id = Self::parse_job_id(r.job_id())?;
-        Ok((worker_id, job_id, r))
-    }
-
-    fn parse_job_id(id: &str) -> Result<Uuid> {
-        Uuid::parse_str(id)
-            .map_err(|_| ControlError::LeaseLost("this worker holds no lease on that job".into()))
-    }
-
-    /// What the worker receives for a claimed job, and the audit lines of its presigns.
-    fn assignment(
+    /// Presigned GETs of a job's inputs, living as long as the lease (plus slack), with the
+    /// audit lines that record them.
+    fn input_files(
         &self,
         worker_id: Uuid,
         job: &Job,
-        fencing_token: &str,
-    ) -> Result<(pb::JobAssignment, Vec<AuditEntry<'static>>)> {
-        let ttl = self.state.config.presign_ttl();
+    ) -> Result<(Vec<pb::InputFile>, Vec<AuditEntry<'static>>)> {
+        let ttl = self.state.config.input_url_ttl();
         let mut inputs = Vec::new();
         let mut audit = Vec::new();
         for input in stored_inputs(job)? {
@@ -128,8 +241,35 @@ impl CoordinatorService {
                 size: input.size.unwrap_or(0).max(0) as u64,
                 sha256: input.sha256.unwrap_or_default(),
                 filename: input.filename,
+                url_expires_at_unix: p.expires_at.unix_timestamp(),
             });
         }
+        Ok((inputs, audit))
+    }
+
+    /// Authenticates a call about one job: the token, its worker, and the job id.
+    async fn job_call<T: JobCall>(&self, req: Request<T>) -> Result<(Uuid, Uuid, T)> {
+        let (_, worker_id, _) = self
+            .authenticate_worker(&req, req.get_ref().worker_id())
+            .await?;
+        let r = req.into_inner();
+        let job_id = Self::parse_job_id(r.job_id())?;
+        Ok((worker_id, job_id, r))
+    }
+
+    fn parse_job_id(id: &str) -> Result<Uuid> {
+        Uuid::parse_str(id)
+            .map_err(|_| ControlError::LeaseLost("this worker holds no lease on that job".into()))
+    }
+
+    /// What the worker receives for a claimed job, and the audit lines of its presigns.
+    fn assignment(
+        &self,
+        worker_id: Uuid,
+        job: &Job,
+        fencing_token: &str,
+    ) -> Result<(pb::JobAssignment, Vec<AuditEntry<'static>>)> {
+        let (inputs, audit) = self.input_files(worker_id, job)?;
         let argv: Vec<String> = serde_json::from_value(job.argv.clone())
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         let assignment = pb::JobAssignment {
@@ -333,24 +473,80 @@ impl pb::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let token = self.authenticate(&req).await?;
         let r = req.into_inner();
+        let wanted = &self.state.config.ffmpeg_grammar;
+        let fingerprint = r
+            .fingerprint
+            .as_ref()
+            .ok_or_else(|| "no FFmpeg fingerprint".to_owned())
+            .and_then(|f| {
+                Fingerprint::check(&f.version, &f.configuration, &f.grammar)
+                    .map_err(|e| e.to_string())
+            });
+        let (grammar, config_sha) = match &fingerprint {
+            Ok(f) => (f.grammar.to_string(), f.configuration_sha256()),
+            Err(_) => (String::new(), String::new()),
+        };
         let info = WorkerInfo {
             hostname: truncate(&r.hostname, 255),
             worker_version: truncate(&r.worker_version, 64),
             ffmpeg_version: truncate(&r.ffmpeg_version, 255),
             image_hash: truncate(&r.image_hash, 128),
+            ffmpeg_grammar: grammar.clone(),
+            ffmpeg_configuration_sha256: config_sha,
         };
-        let worker_id = self
+        let worker_id = match self
             .state
             .store
             .register_worker(&token, &info)
             .await
-            .map_err(ControlError::from)?;
-        tracing::info!(%worker_id, pool = %token.pool_name, "worker registered");
+            .map_err(ControlError::from)?
+        {
+            Registration::Registered(id) => id,
+            Registration::Full { live, max } => {
+                self.state
+                    .metrics
+                    .worker_registrations_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(token_id = %token.token_id, live, max, "worker registration refused: token at its maximum of live workers");
+                return Err(ControlError::ResourceExhausted(format!(
+                    "worker token {} already has {live} live workers, its maximum ({max}); a registration expires {}s after its worker's last call",
+                    token.token_id, self.state.config.worker_ttl_seconds
+                ))
+                .into());
+            }
+        };
+        if grammar != *wanted {
+            let reason = match &fingerprint {
+                Ok(f) => format!("its FFmpeg implements command grammar {}", f.grammar),
+                Err(e) => format!("its FFmpeg fingerprint is unusable: {e}"),
+            };
+            self.state
+                .metrics
+                .worker_fingerprint_mismatches
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%worker_id, ffmpeg_version = %info.ffmpeg_version, %reason, expected = %wanted,
+                "worker's FFmpeg does not match the command grammar: it will get no work");
+            self.state
+                .store
+                .audit(&AuditEntry {
+                    org_id: None,
+                    actor: format!("worker_token:{}", token.token_id),
+                    action: "worker.fingerprint_mismatch",
+                    job_id: None,
+                    subject: Some(worker_id.to_string()),
+                    details: json!({ "ffmpeg_version": info.ffmpeg_version, "reason": reason, "expected_grammar": wanted }),
+                })
+                .await
+                .map_err(ControlError::from)?;
+        }
+        tracing::info!(%worker_id, pool = %token.pool_name, grammar = %info.ffmpeg_grammar, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id: worker_id.to_string(),
             pool: token.pool_name,
             lease_seconds: self.state.config.lease_seconds,
             heartbeat_seconds: self.state.config.heartbeat_seconds,
+            grammar: wanted.clone(),
+            registration_ttl_seconds: self.state.config.worker_ttl_seconds,
         }))
     }
 
@@ -358,9 +554,30 @@ impl pb::Coordinator for CoordinatorService {
         &self,
         req: Request<pb::GetWorkAssignmentRequest>,
     ) -> Result<Response<pb::GetWorkAssignmentResponse>, Status> {
-        let (token, worker_id) = self
+        let (token, worker_id, contact) = self
             .authenticate_worker(&req, &req.get_ref().worker_id)
             .await?;
+        let WorkerContact::Live { grammar } = contact else {
+            return Err(ControlError::PermissionDenied(format!(
+                "worker registration expired ({}s without a call); register again",
+                self.state.config.worker_ttl_seconds
+            ))
+            .into());
+        };
+        let Some(_slot) = self
+            .guards
+            .open_poll(token.token_id, token.max_workers.max(1) as u32)
+        else {
+            self.state
+                .metrics
+                .long_polls_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ControlError::ResourceExhausted(format!(
+                "worker token {} already has {} open GetWorkAssignment calls, its maximum",
+                token.token_id, token.max_workers
+            ))
+            .into());
+        };
         let span = tracing::info_span!("get_work_assignment", %worker_id, pool = %token.pool_name);
         async move {
             if let Some(job_id) = self.state.store.lease_held_by(worker_id).await.map_err(ControlError::from)? {
@@ -368,30 +585,55 @@ impl pb::Coordinator for CoordinatorService {
             }
             let wait = Duration::from_secs(req.get_ref().wait_seconds.min(self.state.config.max_poll_seconds).into());
             let deadline = Instant::now() + wait;
+            // An open long-poll is contact: keep the registration alive while it waits.
+            let touch_every = Duration::from_secs(self.state.config.worker_ttl_seconds.max(3).into()) / 3;
+            let mut touched = Instant::now();
+            let mut throttled = false;
             loop {
                 let notified = self.state.job_queued.notified();
                 let fencing = fencing_token();
+                let claimant = Claimant { token: &token, worker_id, grammar: &grammar };
                 let claimed = self
                     .state
                     .store
-                    .claim_job(token.pool_id, worker_id, self.state.config.lease(), &fencing, |job| {
+                    .claim_job(claimant, self.state.config.lease(), &fencing, |job| {
                         self.assignment(worker_id, job, &fencing)
                     })
                     .await?;
-                if let Some((job, assignment)) = claimed {
-                    tracing::info!(job_id = %job.id, org_id = %job.org_id, attempt = job.attempts, "job assigned");
-                    self.state.job_changed.notify_waiters();
-                    return Ok(Response::new(pb::GetWorkAssignmentResponse { assignment: Some(assignment) }));
+                let mut nap = Duration::from_millis(250);
+                match claimed {
+                    Claim::Assigned(job, assignment) => {
+                        tracing::info!(job_id = %job.id, org_id = %job.org_id, attempt = job.attempts, "job assigned");
+                        self.state.job_changed.notify_waiters();
+                        return Ok(Response::new(pb::GetWorkAssignmentResponse { assignment: Some(assignment) }));
+                    }
+                    Claim::NoWork => {}
+                    Claim::Throttled(t) => {
+                        if !throttled {
+                            throttled = true;
+                            self.state.metrics.assignments_throttled.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(token_id = %token.token_id, reason = ?t.reason, wait_ms = t.wait.as_millis() as u64, "assignment throttled");
+                        }
+                        nap = t.wait.max(Duration::from_millis(50));
+                    }
                 }
                 let now = Instant::now();
                 if now >= deadline {
                     return Ok(Response::new(pb::GetWorkAssignmentResponse { assignment: None }));
                 }
+                if touched.elapsed() >= touch_every {
+                    touched = now;
+                    self.state.store.touch_worker(worker_id, token.token_id).await.map_err(ControlError::from)?;
+                }
                 // Other replicas queue jobs too: poll as well as listen.
-                let nap = (deadline - now).min(Duration::from_millis(250));
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(nap) => {}
+                let nap = (deadline - now).min(nap);
+                if throttled {
+                    tokio::time::sleep(nap).await;
+                } else {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(nap) => {}
+                    }
                 }
             }
         }
@@ -405,31 +647,49 @@ impl pb::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let (worker_id, job_id, r) = self.job_call(req).await?;
         let progress = (0.0..=1.0).contains(&r.progress).then_some(r.progress);
+        let lease = Lease {
+            job_id,
+            worker_id,
+            fencing_token: &r.fencing_token,
+        };
         let result = self
             .state
             .store
-            .heartbeat(
-                Lease {
-                    job_id,
-                    worker_id,
-                    fencing_token: &r.fencing_token,
-                },
-                progress,
-                self.state.config.lease(),
-            )
+            .heartbeat(lease, progress, self.state.config.lease())
             .await
             .map_err(ControlError::from)?;
         match result {
             HeartbeatResult::Extended => {
                 self.state.job_changed.notify_waiters();
+                let mut inputs = Vec::new();
+                if r.refresh_input_urls {
+                    // Re-issued to the lease holder only, and audited like the first ones.
+                    if let Some(job) = self
+                        .state
+                        .store
+                        .leased_job(lease)
+                        .await
+                        .map_err(ControlError::from)?
+                    {
+                        let (fresh, audit) = self.input_files(worker_id, &job)?;
+                        self.state
+                            .store
+                            .audit_many(&audit)
+                            .await
+                            .map_err(ControlError::from)?;
+                        inputs = fresh;
+                    }
+                }
                 Ok(Response::new(pb::HeartbeatResponse {
                     cancel: false,
                     lease_seconds: self.state.config.lease_seconds,
+                    inputs,
                 }))
             }
             HeartbeatResult::Canceled => Ok(Response::new(pb::HeartbeatResponse {
                 cancel: true,
                 lease_seconds: 0,
+                inputs: Vec::new(),
             })),
             HeartbeatResult::Lost => Err(ControlError::LeaseLost(
                 "this worker no longer holds the lease on that job".into(),
@@ -685,6 +945,7 @@ impl pb::Coordinator for CoordinatorService {
             // claim is never displayed as a fact.
             let mut record = record_of(&r);
             record.output_hashes = verified_hashes;
+            let blamed = matches!(&report, Report::Failed(f) if error_code::blames_tenant(&f.code));
             let security_event = match &report {
                 Report::Failed(f) if f.code == error_code::SECURITY_VIOLATION => {
                     Some(f.message.clone())
@@ -709,7 +970,12 @@ impl pb::Coordinator for CoordinatorService {
             match result {
                 ReportResult::Applied(state) => {
                     tracing::info!(%state, "job report applied");
-                    if let Some(message) = security_event {
+                    if !state.is_terminal() && blamed {
+                        // One worker's word: the store requeued it for another worker and
+                        // audited `job.blame_unconfirmed`.
+                        self.state.metrics.blame_unconfirmed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%job_id, %worker_id, "tenant-blaming failure not confirmed yet: job goes to another worker");
+                    } else if let Some(message) = security_event {
                         self.security_violation(&job, worker_id, &message).await?;
                     }
                     self.state.job_changed.notify_waiters();

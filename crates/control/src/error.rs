@@ -40,6 +40,9 @@ pub enum ControlError {
     /// The route exists, but not with this method.
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
+    /// A bound on the caller was reached (workers per token, open long-polls, failed logins).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -101,6 +104,9 @@ impl ControlError {
             ControlError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
+            ControlError::ResourceExhausted(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted")
+            }
             ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -156,6 +162,7 @@ impl From<ControlError> for tonic::Status {
                 Status::failed_precondition(e.to_string())
             }
             ControlError::Unavailable(_) => Status::unavailable(e.to_string()),
+            ControlError::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
             ControlError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error")

@@ -47,6 +47,28 @@ pub struct ControlConfig {
     pub job_threads: u32,
     /// RequestUploadUrls calls one attempt may make (a worker re-asks when its URLs age).
     pub max_upload_url_calls: u32,
+    /// A worker registration without contact for this long expires (its slot frees up).
+    pub worker_ttl_seconds: u32,
+    /// Input GET URLs live for the lease plus this slack (and at most `presign_ttl_seconds`);
+    /// the lease holder gets fresh ones through its heartbeat.
+    pub input_url_slack_seconds: u32,
+    /// Leases per minute a token may take, per worker it may run (unless the token sets its own).
+    pub leases_per_worker_per_minute: u32,
+    /// Sliding window over which a token's strikes are counted.
+    pub strike_window_seconds: u32,
+    /// Strikes in the window from which a token's assignments back off exponentially.
+    pub throttle_after_strikes: u32,
+    pub throttle_base_ms: u64,
+    pub throttle_max_ms: u64,
+    /// Strikes in the window at which a token is suspended (until `admin worker-token unsuspend`).
+    pub suspend_after_strikes: u32,
+    /// Calls with bad credentials a peer address may make at once, then refilled at
+    /// `auth_failures_per_minute`; beyond it, its calls are refused before the database.
+    pub auth_failure_burst: u32,
+    pub auth_failures_per_minute: u32,
+    /// The FFmpeg grammar (major.minor) commands are validated against; jobs record it and go
+    /// only to workers whose FFmpeg implements it.
+    pub ffmpeg_grammar: String,
 }
 
 impl Default for ControlConfig {
@@ -67,6 +89,17 @@ impl Default for ControlConfig {
             max_poll_seconds: 20,
             job_threads: mpegflow_domain::command::DEFAULT_THREADS,
             max_upload_url_calls: 32,
+            worker_ttl_seconds: 15,
+            input_url_slack_seconds: 60,
+            leases_per_worker_per_minute: 120,
+            strike_window_seconds: 600,
+            throttle_after_strikes: 20,
+            throttle_base_ms: 1_000,
+            throttle_max_ms: 5_000,
+            suspend_after_strikes: 60,
+            auth_failure_burst: 20,
+            auth_failures_per_minute: 60,
+            ffmpeg_grammar: mpegflow_domain::fingerprint::COMMAND_GRAMMAR.to_owned(),
         }
     }
 }
@@ -97,6 +130,22 @@ impl ControlConfig {
         self.max_upload_bytes
             .min(mpegflow_objstore::media::SINGLE_PUT_LIMIT)
     }
+    /// Input GETs expire with the lease (plus slack), never later than any presigned URL.
+    pub fn input_url_ttl(&self) -> Duration {
+        let ttl = u64::from(self.lease_seconds) + u64::from(self.input_url_slack_seconds);
+        Duration::from_secs(ttl.max(1)).min(self.presign_ttl())
+    }
+    pub fn token_policy(&self) -> mpegflow_store::TokenPolicy {
+        mpegflow_store::TokenPolicy {
+            worker_ttl: Duration::from_secs(self.worker_ttl_seconds.max(1).into()),
+            leases_per_worker_per_minute: self.leases_per_worker_per_minute.max(1),
+            strike_window: Duration::from_secs(self.strike_window_seconds.max(1).into()),
+            throttle_after_strikes: self.throttle_after_strikes,
+            throttle_base: Duration::from_millis(self.throttle_base_ms),
+            throttle_max: Duration::from_millis(self.throttle_max_ms),
+            suspend_after_strikes: self.suspend_after_strikes.max(1),
+        }
+    }
 }
 
 /// Counters exposed at `/metrics` (Prometheus text format).
@@ -104,6 +153,11 @@ impl ControlConfig {
 pub struct Metrics {
     pub security_violations: std::sync::atomic::AtomicU64,
     pub coordinator_auth_failures: std::sync::atomic::AtomicU64,
+    pub worker_fingerprint_mismatches: std::sync::atomic::AtomicU64,
+    pub worker_registrations_refused: std::sync::atomic::AtomicU64,
+    pub long_polls_refused: std::sync::atomic::AtomicU64,
+    pub assignments_throttled: std::sync::atomic::AtomicU64,
+    pub blame_unconfirmed: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -115,9 +169,29 @@ impl Metrics {
              mpegflow_security_violations_total {}\n\
              # HELP mpegflow_coordinator_auth_failures_total Coordinator calls with a missing, wrong or revoked worker token.\n\
              # TYPE mpegflow_coordinator_auth_failures_total counter\n\
-             mpegflow_coordinator_auth_failures_total {}\n",
+             mpegflow_coordinator_auth_failures_total {}\n\
+             # HELP mpegflow_worker_fingerprint_mismatches_total Worker registrations whose FFmpeg does not implement the control plane's command grammar.\n\
+             # TYPE mpegflow_worker_fingerprint_mismatches_total counter\n\
+             mpegflow_worker_fingerprint_mismatches_total {}\n\
+             # HELP mpegflow_worker_registrations_refused_total Registrations refused because the token had its maximum of live workers.\n\
+             # TYPE mpegflow_worker_registrations_refused_total counter\n\
+             mpegflow_worker_registrations_refused_total {}\n\
+             # HELP mpegflow_long_polls_refused_total GetWorkAssignment calls refused because the token had its maximum of open long-polls.\n\
+             # TYPE mpegflow_long_polls_refused_total counter\n\
+             mpegflow_long_polls_refused_total {}\n\
+             # HELP mpegflow_assignments_throttled_total Assignments held back by a token's lease rate or strike backoff.\n\
+             # TYPE mpegflow_assignments_throttled_total counter\n\
+             mpegflow_assignments_throttled_total {}\n\
+             # HELP mpegflow_blame_unconfirmed_total Tenant-blaming failures requeued for confirmation by another worker.\n\
+             # TYPE mpegflow_blame_unconfirmed_total counter\n\
+             mpegflow_blame_unconfirmed_total {}\n",
             self.security_violations.load(Relaxed),
-            self.coordinator_auth_failures.load(Relaxed)
+            self.coordinator_auth_failures.load(Relaxed),
+            self.worker_fingerprint_mismatches.load(Relaxed),
+            self.worker_registrations_refused.load(Relaxed),
+            self.long_polls_refused.load(Relaxed),
+            self.assignments_throttled.load(Relaxed),
+            self.blame_unconfirmed.load(Relaxed)
         )
     }
 }
@@ -140,7 +214,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, presigner: Presigner, config: ControlConfig) -> Self {
+    pub fn new(mut store: Store, presigner: Presigner, config: ControlConfig) -> Self {
+        store.set_token_policy(config.token_policy());
         AppState {
             store,
             presigner,

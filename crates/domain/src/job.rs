@@ -90,6 +90,12 @@ pub mod error_code {
     pub const SECURITY_VIOLATION: &str = "security_violation";
     pub const WORKER_ERROR: &str = "worker_error";
     pub const COMMAND_REJECTED: &str = "command_rejected";
+
+    /// Codes that put the blame on the tenant's job. One worker's word is not enough for them:
+    /// the job runs again on another worker, and only a second such report makes it final.
+    pub fn blames_tenant(code: &str) -> bool {
+        code == INVALID_INPUT || code == SECURITY_VIOLATION
+    }
 }
 
 /// Why an attempt ended without success.

@@ -5,9 +5,11 @@
 //! * [`job`]: the job state machine.
 //! * [`backoff`]: retry delays.
 //! * [`names`]: aliases, file names and object keys.
+//! * [`fingerprint`]: which FFmpeg a worker runs, and the command grammar it implements.
 
 pub mod backoff;
 pub mod command;
+pub mod fingerprint;
 pub mod job;
 pub mod names;
 pub mod token;

@@ -15,12 +15,39 @@ pub struct Pool {
     pub org_id: Option<Uuid>,
 }
 
+/// Default cap on a token's live workers.
+pub const DEFAULT_MAX_WORKERS: u32 = 4;
+
 /// What a valid worker token stands for.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WorkerTokenInfo {
     pub token_id: Uuid,
     pub pool_id: Uuid,
     pub pool_name: String,
+    /// Most live registrations at once.
+    pub max_workers: i32,
+    /// Own lease rate, if set (otherwise derived from `max_workers`).
+    pub leases_per_minute: Option<i32>,
+    /// Suspended (strikes past the threshold): every call is refused until an admin lifts it.
+    pub suspended: bool,
+    /// Strikes before this are forgiven.
+    pub strikes_since: Option<time::OffsetDateTime>,
+}
+
+/// The bounds a new worker token carries.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenLimits {
+    pub max_workers: u32,
+    pub leases_per_minute: Option<u32>,
+}
+
+impl Default for TokenLimits {
+    fn default() -> Self {
+        TokenLimits {
+            max_workers: DEFAULT_MAX_WORKERS,
+            leases_per_minute: None,
+        }
+    }
 }
 
 /// Maps a unique-key violation to a readable conflict.
@@ -193,30 +220,74 @@ impl Store {
         &self,
         pool_name: &str,
         label: &str,
+        limits: TokenLimits,
     ) -> Result<(Uuid, Secret)> {
+        if !(1..=10_000).contains(&limits.max_workers) {
+            return Err(StoreError::Conflict(
+                "max_workers must be between 1 and 10000".into(),
+            ));
+        }
+        if limits.leases_per_minute == Some(0) {
+            return Err(StoreError::Conflict(
+                "leases_per_minute must be at least 1".into(),
+            ));
+        }
         let pool = self.pool_by_name(pool_name).await?;
         let secret = Secret::generate(TokenKind::WorkerToken);
         let id = Uuid::now_v7();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO worker_tokens (id, pool_id, label, hash) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(pool.id)
-            .bind(label)
-            .bind(secret.hash().as_bytes())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO worker_tokens (id, pool_id, label, hash, max_workers, leases_per_minute) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(pool.id)
+        .bind(label)
+        .bind(secret.hash().as_bytes())
+        .bind(limits.max_workers as i32)
+        .bind(limits.leases_per_minute.map(|n| n.min(i32::MAX as u32) as i32))
+        .execute(&mut *tx)
+        .await?;
         insert_audit(
             &mut *tx,
             &admin(
                 "worker_token.created",
                 pool.org_id,
                 id.to_string(),
-                json!({ "pool": pool.name, "label": label }),
+                json!({ "pool": pool.name, "label": label, "max_workers": limits.max_workers,
+                        "leases_per_minute": limits.leases_per_minute }),
             ),
         )
         .await?;
         tx.commit().await?;
         Ok((id, secret))
+    }
+
+    /// Lifts a suspension; the strikes that led to it are forgiven.
+    pub async fn unsuspend_worker_token(&self, token_id: Uuid) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE worker_tokens SET suspended_at = NULL, suspended_reason = NULL, strikes_since = now()
+             WHERE id = $1 AND suspended_at IS NOT NULL AND revoked_at IS NULL",
+        )
+        .bind(token_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        insert_audit(
+            &mut *tx,
+            &admin(
+                "worker_token.unsuspended",
+                None,
+                token_id.to_string(),
+                json!({}),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn revoke_worker_token(&self, token_id: Uuid) -> Result<()> {
@@ -250,7 +321,9 @@ impl Store {
         hash: &TokenHash,
     ) -> Result<Option<WorkerTokenInfo>> {
         Ok(sqlx::query_as(
-            "SELECT t.id AS token_id, t.pool_id, p.name AS pool_name FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
+            "SELECT t.id AS token_id, t.pool_id, p.name AS pool_name, t.max_workers, t.leases_per_minute,
+                    t.suspended_at IS NOT NULL AS suspended, t.strikes_since
+             FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
              WHERE t.hash = $1 AND t.revoked_at IS NULL",
         )
         .bind(hash.as_bytes())
@@ -291,4 +364,54 @@ async fn create_api_key_tx(
     )
     .await?;
     Ok((id, secret))
+}
+
+/// Suspends `token_id` when its strikes in the policy's window reach the threshold. Runs in the
+/// transaction that recorded a strike; touches the token's row only when it suspends.
+pub(crate) async fn suspend_if_struck_out(
+    tx: &mut sqlx::PgTransaction<'_>,
+    token_id: Uuid,
+    policy: &crate::TokenPolicy,
+) -> Result<bool> {
+    let strikes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_attempts a, worker_tokens t
+         WHERE t.id = $1 AND a.token_id = $1 AND a.strike
+           AND a.finished_at > greatest(now() - make_interval(secs => $2), COALESCE(t.strikes_since, '-infinity'))",
+    )
+    .bind(token_id)
+    .bind(policy.strike_window.as_secs_f64())
+    .fetch_one(&mut **tx)
+    .await?;
+    if strikes < i64::from(policy.suspend_after_strikes.max(1)) {
+        return Ok(false);
+    }
+    let reason = format!(
+        "{strikes} leases ended without a finished encode within {}s",
+        policy.strike_window.as_secs()
+    );
+    let suspended: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE worker_tokens SET suspended_at = now(), suspended_reason = $2
+         WHERE id = $1 AND suspended_at IS NULL RETURNING pool_id",
+    )
+    .bind(token_id)
+    .bind(&reason)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if suspended.is_none() {
+        return Ok(false);
+    }
+    insert_audit(
+        &mut **tx,
+        &AuditEntry {
+            org_id: None,
+            actor: "system:token_guard".into(),
+            action: "worker_token.suspended",
+            job_id: None,
+            subject: Some(token_id.to_string()),
+            details: json!({ "strikes": strikes, "window_seconds": policy.strike_window.as_secs(),
+                             "threshold": policy.suspend_after_strikes, "reason": reason }),
+        },
+    )
+    .await?;
+    Ok(true)
 }

@@ -3,7 +3,9 @@
 
 use crate::audit::insert_audit;
 use crate::{AuditEntry, Result, Store, StoreError};
-use mpegflow_domain::job::{transition, Event, Failure, JobState, RetryPolicy, Transition};
+use mpegflow_domain::job::{
+    error_code, transition, Event, Failure, JobState, RetryPolicy, Transition,
+};
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 use time::OffsetDateTime;
@@ -38,6 +40,7 @@ pub struct Job {
     pub created_at: OffsetDateTime,
     pub started_at: Option<OffsetDateTime>,
     pub finished_at: Option<OffsetDateTime>,
+    pub blame_worker_id: Option<Uuid>,
 }
 
 impl Job {
@@ -79,6 +82,8 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     pub request_hash: Vec<u8>,
     pub actor: String,
+    /// The FFmpeg command grammar the command was validated against.
+    pub grammar: String,
 }
 
 #[derive(Debug)]
@@ -95,6 +100,39 @@ pub struct Lease<'a> {
     pub job_id: Uuid,
     pub worker_id: Uuid,
     pub fencing_token: &'a str,
+}
+
+/// Who asks for work: the worker, its token, and the command grammar its FFmpeg implements.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimant<'a> {
+    pub token: &'a crate::WorkerTokenInfo,
+    pub worker_id: Uuid,
+    pub grammar: &'a str,
+}
+
+/// The answer to a request for work.
+#[derive(Debug)]
+pub enum Claim<T> {
+    Assigned(Job, T),
+    NoWork,
+    /// There is work, but this token must wait.
+    Throttled(Throttle),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub wait: Duration,
+    pub reason: ThrottleReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleReason {
+    LeaseRate { leases_per_minute: i64 },
+    Strikes { strikes: i64 },
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::from_secs(60))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -159,8 +197,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let inserted: Option<Job> = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, org_id, workflow_id, pool_id, state, command, argv, inputs, outputs, timeout_seconds,
-                               max_attempts, metadata, idempotency_key, request_hash)
-             VALUES ($1,$2,$1,$3,'queued',$4,$5,$6,$7,$8,$9,$10,$11,$12)
+                               max_attempts, metadata, idempotency_key, request_hash, grammar)
+             VALUES ($1,$2,$1,$3,'queued',$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)
              ON CONFLICT (org_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         ))
         .bind(new.id)
@@ -175,6 +213,7 @@ impl Store {
         .bind(&new.metadata)
         .bind(&new.idempotency_key)
         .bind(&new.request_hash)
+        .bind(&new.grammar)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job) = inserted else {
@@ -201,7 +240,7 @@ impl Store {
                 job_id: Some(job.id),
                 subject: None,
                 details: json!({ "command": job.command, "argv": job.argv, "inputs": job.inputs, "outputs": job.outputs,
-                                 "pool_id": job.pool_id, "workflow_id": job.workflow_id }),
+                                 "pool_id": job.pool_id, "workflow_id": job.workflow_id, "grammar": new.grammar }),
             },
         )
         .await?;
@@ -319,34 +358,53 @@ impl Store {
         .await?)
     }
 
-    /// Claims the oldest runnable job of `pool_id` for `worker_id`, or `None`. `presign` builds
-    /// what the worker receives from the claimed job, with the audit lines that record it; they
-    /// commit together with the claim.
+    /// Claims the oldest runnable job of the claimant's pool whose grammar its FFmpeg
+    /// implements, or says why not. `presign` builds what the worker receives from the claimed
+    /// job, with the audit lines that record it; they commit together with the claim.
+    ///
+    /// The token's lease rate and strike backoff are read from `job_attempts` (indexed by
+    /// token), only once a candidate row is locked: no per-token row is written here.
     pub async fn claim_job<T, E, F>(
         &self,
-        pool_id: Uuid,
-        worker_id: Uuid,
+        claimant: Claimant<'_>,
         lease: Duration,
         fencing_token: &str,
         presign: F,
-    ) -> Result<Option<(Job, T)>, E>
+    ) -> Result<Claim<T>, E>
     where
         E: From<StoreError>,
         F: FnOnce(&Job) -> Result<(T, Vec<AuditEntry<'static>>), E>,
     {
+        let policy = self.token_policy;
+        let token = claimant.token;
+        let worker_id = claimant.worker_id;
         let db = |e: sqlx::Error| E::from(StoreError::from(e));
         let mut tx = self.pool.begin().await.map_err(db)?;
+        // A job blamed on its tenant by one worker goes to another worker, and to a worker of
+        // another token while one of those is live in the pool.
         let candidate: Option<(Uuid, String, i32)> = sqlx::query_as(
-            "SELECT id, state, attempts FROM jobs WHERE pool_id = $1 AND state = 'queued' AND run_after <= now()
+            "SELECT id, state, attempts FROM jobs j
+             WHERE pool_id = $1 AND state = 'queued' AND run_after <= now() AND grammar = $4
+               AND (blame_worker_id IS NULL OR (blame_worker_id <> $2 AND (blame_token_id IS DISTINCT FROM $3 OR NOT EXISTS (
+                    SELECT 1 FROM workers w WHERE w.pool_id = $1 AND w.token_id <> $3 AND w.ffmpeg_grammar = $4
+                      AND w.last_seen_at > now() - make_interval(secs => $5)))))
              ORDER BY run_after, created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
-        .bind(pool_id)
+        .bind(token.pool_id)
+        .bind(worker_id)
+        .bind(token.token_id)
+        .bind(claimant.grammar)
+        .bind(policy.worker_ttl.as_secs_f64())
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
         let Some((id, state, attempts)) = candidate else {
-            return Ok(None);
+            return Ok(Claim::NoWork);
         };
+        if let Some(wait) = self.token_gate(&mut tx, token).await? {
+            // Dropping the transaction unlocks the row for other workers.
+            return Ok(Claim::Throttled(wait));
+        }
         let state: JobState = state
             .parse()
             .map_err(|e: mpegflow_domain::job::UnknownState| StoreError::Conflict(e.to_string()))?;
@@ -372,13 +430,16 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
-        sqlx::query("INSERT INTO job_attempts (job_id, attempt, worker_id) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(job.attempts)
-            .bind(worker_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO job_attempts (job_id, attempt, worker_id, token_id) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(job.attempts)
+        .bind(worker_id)
+        .bind(token.token_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         let (out, mut audit) = presign(&job)?;
         audit.insert(
             0,
@@ -388,12 +449,66 @@ impl Store {
                 action: "job.assigned",
                 job_id: Some(id),
                 subject: Some(worker_id.to_string()),
-                details: json!({ "attempt": job.attempts, "lease_seconds": lease.as_secs() }),
+                details: json!({ "attempt": job.attempts, "lease_seconds": lease.as_secs(),
+                                 "token_id": token.token_id, "grammar": claimant.grammar }),
             },
         );
         crate::audit::insert_audits(&mut *tx, &audit).await?;
         tx.commit().await.map_err(db)?;
-        Ok(Some((job, out)))
+        Ok(Claim::Assigned(job, out))
+    }
+
+    /// How long the token must wait before its next lease, if at all: its lease rate over the
+    /// last minute, and an exponential backoff once its strikes pass the throttle threshold.
+    async fn token_gate(
+        &self,
+        tx: &mut sqlx::PgTransaction<'_>,
+        token: &crate::WorkerTokenInfo,
+    ) -> Result<Option<Throttle>> {
+        let policy = self.token_policy;
+        let (recent, rate_wait, strikes, since_strike): (i64, Option<f64>, i64, Option<f64>) =
+            sqlx::query_as(
+                "SELECT
+                   (SELECT count(*) FROM job_attempts WHERE token_id = $1 AND assigned_at > now() - interval '60 seconds'),
+                   (SELECT EXTRACT(EPOCH FROM min(assigned_at) + interval '60 seconds' - now())::float8
+                      FROM job_attempts WHERE token_id = $1 AND assigned_at > now() - interval '60 seconds'),
+                   (SELECT count(*) FROM job_attempts WHERE token_id = $1 AND strike
+                      AND finished_at > greatest(now() - make_interval(secs => $2), COALESCE($3, '-infinity'::timestamptz))),
+                   (SELECT EXTRACT(EPOCH FROM now() - max(finished_at))::float8 FROM job_attempts WHERE token_id = $1 AND strike
+                      AND finished_at > greatest(now() - make_interval(secs => $2), COALESCE($3, '-infinity'::timestamptz)))",
+            )
+            .bind(token.token_id)
+            .bind(policy.strike_window.as_secs_f64())
+            .bind(token.strikes_since)
+            .fetch_one(&mut **tx)
+            .await?;
+        let rate = token.leases_per_minute.map_or_else(
+            || i64::from(token.max_workers) * i64::from(policy.leases_per_worker_per_minute),
+            i64::from,
+        );
+        if recent >= rate.max(1) {
+            return Ok(Some(Throttle {
+                wait: secs(rate_wait.unwrap_or(1.0)),
+                reason: ThrottleReason::LeaseRate {
+                    leases_per_minute: rate,
+                },
+            }));
+        }
+        let over = strikes - i64::from(policy.throttle_after_strikes);
+        if over >= 0 {
+            let backoff = policy
+                .throttle_base
+                .saturating_mul(1u32 << over.min(20) as u32)
+                .min(policy.throttle_max);
+            let since = secs(since_strike.unwrap_or(0.0));
+            if since < backoff {
+                return Ok(Some(Throttle {
+                    wait: backoff - since,
+                    reason: ThrottleReason::Strikes { strikes },
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// The job a worker holds under `fencing_token`, if it still holds it.
@@ -463,10 +578,26 @@ impl Store {
             Report::Failed(f) => ("failed", Some(f.clone())),
             Report::Canceled => ("canceled", None),
         };
-        sqlx::query(
+        let live = job.state() != JobState::Canceled;
+        // A tenant-blaming code is one worker's word until a second worker repeats it.
+        let blame = failure
+            .as_ref()
+            .filter(|f| live && error_code::blames_tenant(&f.code));
+        let unconfirmed_blame =
+            blame.is_some() && job.blame_worker_id.is_none_or(|w| w == worker_id);
+        // Counted against the token: an attempt that ended without a finished encode by the
+        // worker's doing (infrastructure trouble it reported, an unasked cancellation, or a blame
+        // nobody confirmed yet). The tenant's own failures are not.
+        let strike = live
+            && match &report {
+                Report::Succeeded { .. } => false,
+                Report::Failed(f) => f.retryable || unconfirmed_blame,
+                Report::Canceled => true,
+            };
+        let token_id: Option<Uuid> = sqlx::query_scalar(
             "UPDATE job_attempts SET finished_at = now(), outcome = $3, exit_code = $4, error_code = $5, error_message = $6,
-                    stderr_zstd = $7, ffmpeg_version = $8, stages = $9, input_hashes = $10, output_hashes = $11
-             WHERE job_id = $1 AND attempt = $2",
+                    stderr_zstd = $7, ffmpeg_version = $8, stages = $9, input_hashes = $10, output_hashes = $11, strike = $12
+             WHERE job_id = $1 AND attempt = $2 RETURNING token_id",
         )
         .bind(job_id)
         .bind(job.attempts)
@@ -479,14 +610,52 @@ impl Store {
         .bind(&record.stages)
         .bind(&record.input_hashes)
         .bind(&record.output_hashes)
-        .execute(&mut *tx)
-        .await?;
+        .bind(strike)
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten();
         let actor = format!("worker:{worker_id}");
-        if job.state() == JobState::Canceled {
+        if !live {
             insert_audit(&mut *tx, &AuditEntry { org_id: Some(job.org_id), actor, action: "job.attempt_ended", job_id: Some(job_id), subject: None,
                 details: json!({ "attempt": job.attempts, "outcome": outcome, "job_state": "canceled" }) }).await?;
             tx.commit().await?;
             return Ok(ReportResult::RecordedCanceled);
+        }
+        if let (Some(token_id), true) = (token_id, strike) {
+            crate::admin::suspend_if_struck_out(&mut tx, token_id, &self.token_policy).await?;
+        }
+        if let (true, Some(f)) = (unconfirmed_blame, blame) {
+            // Back to the queue at once, for another worker (see `claim_job`); it does not use
+            // up the tenant's attempts beyond the one it took.
+            sqlx::query(
+                "UPDATE jobs SET state = 'queued', lease_worker_id = NULL, lease_expires_at = NULL, fencing_token = NULL,
+                        run_after = now(), error_code = $2, error_message = $3, progress = NULL,
+                        blame_worker_id = $4, blame_token_id = $5,
+                        max_attempts = GREATEST(max_attempts, attempts + 1)
+                 WHERE id = $1",
+            )
+            .bind(job_id)
+            .bind(&f.code)
+            .bind(format!("reported by one worker, awaiting confirmation by another: {}", f.message))
+            .bind(worker_id)
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?;
+            insert_audit(
+                &mut *tx,
+                &AuditEntry {
+                    org_id: Some(job.org_id),
+                    actor,
+                    action: "job.blame_unconfirmed",
+                    job_id: Some(job_id),
+                    subject: Some(worker_id.to_string()),
+                    details: json!({ "attempt": job.attempts, "error_code": f.code, "message": f.message,
+                                     "token_id": token_id, "exit_code": record.exit_code }),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(ReportResult::Applied(JobState::Queued));
         }
         let event = match &report {
             Report::Succeeded { .. } => Event::Succeed,
@@ -546,7 +715,8 @@ impl Store {
                 details: json!({ "attempt": job.attempts, "outcome": outcome, "state": new_state,
                                  "error_code": failure.as_ref().map(|f| &f.code), "exit_code": record.exit_code,
                                  "ffmpeg_version": record.ffmpeg_version, "inputs": record.input_hashes,
-                                 "outputs": record.output_hashes, "stages": record.stages }),
+                                 "outputs": record.output_hashes, "stages": record.stages,
+                                 "blame_confirmed_after": blame.and(job.blame_worker_id) }),
             },
         )
         .await?;
@@ -629,14 +799,18 @@ impl Store {
                 jitter,
             )
             .map_err(|e| StoreError::Conflict(e.to_string()))?;
-            sqlx::query(
-                "UPDATE job_attempts SET finished_at = now(), outcome = 'lease_expired', error_code = 'lease_expired'
-                 WHERE job_id = $1 AND attempt = $2 AND finished_at IS NULL",
+            let token_id: Option<Uuid> = sqlx::query_scalar(
+                "UPDATE job_attempts SET finished_at = now(), outcome = 'lease_expired', error_code = 'lease_expired', strike = true
+                 WHERE job_id = $1 AND attempt = $2 AND finished_at IS NULL RETURNING token_id",
             )
             .bind(job.id)
             .bind(job.attempts)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+            if let Some(token_id) = token_id {
+                crate::admin::suspend_if_struck_out(&mut tx, token_id, &self.token_policy).await?;
+            }
             let state = self.apply(&mut tx, &job, &t, None).await?;
             insert_audit(
                 &mut *tx,

@@ -60,6 +60,39 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    token_policy: TokenPolicy,
+}
+
+/// How far one worker token may go: registration liveness, lease rate, and the strikes (leases
+/// that ended without a finished encode by the worker's doing) that throttle and suspend it.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenPolicy {
+    /// A registration without contact for this long no longer counts, and must register again.
+    pub worker_ttl: Duration,
+    /// Leases per minute per allowed worker, when the token sets no rate of its own.
+    pub leases_per_worker_per_minute: u32,
+    /// Strikes are counted over this sliding window.
+    pub strike_window: Duration,
+    /// From this many strikes in the window, assignments back off exponentially.
+    pub throttle_after_strikes: u32,
+    pub throttle_base: Duration,
+    pub throttle_max: Duration,
+    /// At this many strikes in the window the token is suspended until an admin lifts it.
+    pub suspend_after_strikes: u32,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        TokenPolicy {
+            worker_ttl: Duration::from_secs(15),
+            leases_per_worker_per_minute: 120,
+            strike_window: Duration::from_secs(600),
+            throttle_after_strikes: 20,
+            throttle_base: Duration::from_secs(1),
+            throttle_max: Duration::from_secs(5),
+            suspend_after_strikes: 60,
+        }
+    }
 }
 
 impl Store {
@@ -71,7 +104,19 @@ impl Store {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            token_policy: TokenPolicy::default(),
+        })
+    }
+
+    /// Sets the limits worker tokens are held to (the control plane's configuration).
+    pub fn set_token_policy(&mut self, policy: TokenPolicy) {
+        self.token_policy = policy;
+    }
+
+    pub fn token_policy(&self) -> TokenPolicy {
+        self.token_policy
     }
 
     pub fn pool(&self) -> &PgPool {

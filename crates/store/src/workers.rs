@@ -9,20 +9,63 @@ pub struct WorkerInfo {
     pub worker_version: String,
     pub ffmpeg_version: String,
     pub image_hash: String,
+    /// The command grammar its FFmpeg implements (empty: none the platform knows).
+    pub ffmpeg_grammar: String,
+    pub ffmpeg_configuration_sha256: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Registration {
+    Registered(Uuid),
+    /// The token already has `live` live registrations, its maximum.
+    Full {
+        live: i64,
+        max: i32,
+    },
+}
+
+/// What a worker's contact says about its registration.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WorkerContact {
+    /// Live (and now refreshed); the grammar its FFmpeg implements.
+    Live { grammar: String },
+    /// Registered with this token, but silent for longer than the TTL: must register again.
+    Expired,
+    /// Not a worker of this token.
+    Unknown,
 }
 
 impl Store {
-    /// Registers one worker process under a token; its id is the provenance "which worker".
+    /// Registers one worker process under a token, unless the token already has its maximum of
+    /// live workers. Its id is the provenance "which worker".
     pub async fn register_worker(
         &self,
         token: &WorkerTokenInfo,
         info: &WorkerInfo,
-    ) -> Result<Uuid> {
-        let id = Uuid::now_v7();
+    ) -> Result<Registration> {
+        let ttl = self.token_policy.worker_ttl.as_secs_f64();
         let mut tx = self.pool.begin().await?;
+        // Registrations of one token are serialised on its row; claims never lock it.
+        let max: i32 =
+            sqlx::query_scalar("SELECT max_workers FROM worker_tokens WHERE id = $1 FOR UPDATE")
+                .bind(token.token_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM workers WHERE token_id = $1 AND last_seen_at > now() - make_interval(secs => $2)",
+        )
+        .bind(token.token_id)
+        .bind(ttl)
+        .fetch_one(&mut *tx)
+        .await?;
+        if live >= i64::from(max) {
+            return Ok(Registration::Full { live, max });
+        }
+        let id = Uuid::now_v7();
         sqlx::query(
-            "INSERT INTO workers (id, token_id, pool_id, hostname, worker_version, ffmpeg_version, image_hash)
-             VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            "INSERT INTO workers (id, token_id, pool_id, hostname, worker_version, ffmpeg_version, image_hash,
+                                  ffmpeg_grammar, ffmpeg_configuration_sha256)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
         )
         .bind(id)
         .bind(token.token_id)
@@ -31,6 +74,8 @@ impl Store {
         .bind(&info.worker_version)
         .bind(&info.ffmpeg_version)
         .bind(&info.image_hash)
+        .bind(&info.ffmpeg_grammar)
+        .bind(&info.ffmpeg_configuration_sha256)
         .execute(&mut *tx)
         .await?;
         insert_audit(
@@ -42,12 +87,15 @@ impl Store {
                 job_id: None,
                 subject: Some(id.to_string()),
                 details: json!({ "pool": token.pool_name, "hostname": info.hostname, "version": info.worker_version,
-                                 "ffmpeg_version": info.ffmpeg_version, "image_hash": info.image_hash }),
+                                 "ffmpeg_version": info.ffmpeg_version, "image_hash": info.image_hash,
+                                 "ffmpeg_grammar": info.ffmpeg_grammar,
+                                 "ffmpeg_configuration_sha256": info.ffmpeg_configuration_sha256,
+                                 "live_workers": live + 1, "max_workers": max }),
             },
         )
         .await?;
         tx.commit().await?;
-        Ok(id)
+        Ok(Registration::Registered(id))
     }
 
     /// Whether `worker_id` was registered with `token_id` (a token cannot speak for another's workers).
@@ -59,5 +107,39 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(n.is_some())
+    }
+
+    /// Records contact from a worker and tells whether its registration is live. An expired
+    /// registration is not revived: its slot may have gone to another worker.
+    pub async fn touch_worker(&self, worker_id: Uuid, token_id: Uuid) -> Result<WorkerContact> {
+        let grammar: Option<String> = sqlx::query_scalar(
+            "UPDATE workers SET last_seen_at = now()
+             WHERE id = $1 AND token_id = $2 AND last_seen_at > now() - make_interval(secs => $3)
+             RETURNING ffmpeg_grammar",
+        )
+        .bind(worker_id)
+        .bind(token_id)
+        .bind(self.token_policy.worker_ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(grammar) = grammar {
+            return Ok(WorkerContact::Live { grammar });
+        }
+        Ok(if self.worker_belongs_to(worker_id, token_id).await? {
+            WorkerContact::Expired
+        } else {
+            WorkerContact::Unknown
+        })
+    }
+
+    /// How many registrations of `token_id` are live.
+    pub async fn live_workers(&self, token_id: Uuid) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM workers WHERE token_id = $1 AND last_seen_at > now() - make_interval(secs => $2)",
+        )
+        .bind(token_id)
+        .bind(self.token_policy.worker_ttl.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?)
     }
 }

@@ -9,8 +9,9 @@ use mpegflow_proto as pb;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
@@ -68,8 +69,77 @@ impl Stages {
     }
 }
 
+/// The job's input URLs. They expire with the lease; while it lives, fresh ones come with a
+/// heartbeat that asks for them, and downloads (and their retries) use the freshest.
+#[derive(Clone)]
+struct InputUrls {
+    /// alias → (URL, expiry in Unix seconds), and how many times they were refreshed.
+    urls: Arc<Mutex<(HashMap<String, (String, i64)>, u64)>>,
+    wanted: Arc<AtomicBool>,
+    /// Wakes the heartbeat loop at once.
+    wake: Arc<Notify>,
+}
+
+/// Tries per input download (each after the first with fresh URLs).
+const DOWNLOAD_TRIES: u32 = 3;
+/// URLs closer to expiry than this are refreshed before a download starts.
+const URL_MARGIN_SECS: i64 = 30;
+
+impl InputUrls {
+    fn new(inputs: &[pb::InputFile]) -> Self {
+        let map = inputs
+            .iter()
+            .map(|i| (i.alias.clone(), (i.url.clone(), i.url_expires_at_unix)))
+            .collect();
+        InputUrls {
+            urls: Arc::new(Mutex::new((map, 0))),
+            wanted: Arc::default(),
+            wake: Arc::default(),
+        }
+    }
+
+    fn get(&self, alias: &str) -> Option<(String, i64, u64)> {
+        let g = self.urls.lock().unwrap_or_else(|e| e.into_inner());
+        g.0.get(alias).map(|(u, e)| (u.clone(), *e, g.1))
+    }
+
+    fn store(&self, fresh: &[pb::InputFile]) {
+        let mut g = self.urls.lock().unwrap_or_else(|e| e.into_inner());
+        for i in fresh {
+            // Only the inputs this job was given.
+            if let Some(slot) = g.0.get_mut(&i.alias) {
+                *slot = (i.url.clone(), i.url_expires_at_unix);
+            }
+        }
+        g.1 += 1;
+        self.wanted.store(false, Ordering::Relaxed);
+    }
+
+    /// Asks the next heartbeat for fresh URLs and waits (boundedly) for them.
+    async fn refresh(&self, generation: u64, within: Duration) {
+        self.wanted.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.urls.lock().unwrap_or_else(|e| e.into_inner()).1 != generation {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!("no fresh input URLs arrived; trying with the ones held");
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 struct Run<'a> {
     worker: &'a Worker,
+    urls: InputUrls,
     a: &'a pb::JobAssignment,
     dir: PathBuf,
     cancel: CancellationToken,
@@ -93,8 +163,10 @@ pub async fn execute(
         .work_dir
         .join(format!("{}-{}", a.job_id, a.attempt));
     let cancel = shutdown_hard.child_token();
+    let urls = InputUrls::new(&a.inputs);
     let mut run = Run {
         worker,
+        urls: urls.clone(),
         a: &a,
         dir,
         cancel: cancel.clone(),
@@ -115,6 +187,7 @@ pub async fn execute(
         cancel.clone(),
         run.canceled_by_tenant.clone(),
         run.lease_lost.clone(),
+        urls,
     ));
     let ended = run.go(client).await;
     heartbeat.abort();
@@ -193,15 +266,20 @@ async fn heartbeat_loop(
     cancel: CancellationToken,
     canceled_by_tenant: Arc<AtomicBool>,
     lease_lost: Arc<AtomicBool>,
+    urls: InputUrls,
 ) {
     loop {
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = urls.wake.notified() => {}
+        }
         let req = pb::HeartbeatRequest {
             worker_id: worker_id.clone(),
             job_id: job_id.clone(),
             fencing_token: fencing_token.clone(),
             progress: progress.get().unwrap_or(-1.0),
             stage: String::new(),
+            refresh_input_urls: urls.wanted.load(Ordering::Relaxed),
         };
         match client.heartbeat(req).await {
             Ok(r) if r.get_ref().cancel => {
@@ -209,7 +287,11 @@ async fn heartbeat_loop(
                 cancel.cancel();
                 return;
             }
-            Ok(_) => {}
+            Ok(r) => {
+                if !r.get_ref().inputs.is_empty() {
+                    urls.store(&r.get_ref().inputs);
+                }
+            }
             Err(s)
                 if matches!(
                     s.code(),
@@ -280,13 +362,7 @@ impl Run<'_> {
         self.stages.start("download");
         for input in &self.a.inputs {
             let dest = self.dir.join(&input.path);
-            let max = self.worker.config.max_input_bytes;
-            let got: Digested = tokio::select! {
-                r = transfer::download(&self.worker.http, &input.url, &dest, max) => r.map_err(|e| {
-                    JobFailure::new(error_code::INPUT_FETCH_FAILED, format!("input {:?}: {e}", input.alias), e.retryable())
-                })?,
-                () = self.cancel.cancelled() => return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false)),
-            };
+            let got = self.download(input, &dest).await?;
             if (!input.sha256.is_empty() && input.sha256 != got.sha256)
                 || (input.size != 0 && input.size != got.size)
             {
@@ -471,6 +547,54 @@ impl Run<'_> {
             by_path,
             refresh_at: asked + half_life,
         })
+    }
+
+    /// Downloads one input, retrying transient failures (and expired URLs) with fresh URLs
+    /// from the coordinator.
+    async fn download(
+        &self,
+        input: &pb::InputFile,
+        dest: &std::path::Path,
+    ) -> Result<Digested, JobFailure> {
+        let max = self.worker.config.max_input_bytes;
+        let wait_for_urls =
+            Duration::from_secs(2 * u64::from(self.worker.heartbeat_seconds.max(1)) + 5);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (mut url, expires, generation) = self.urls.get(&input.alias).unwrap_or((
+                input.url.clone(),
+                input.url_expires_at_unix,
+                0,
+            ));
+            if tries > 1 || (expires != 0 && expires - unix_now() < URL_MARGIN_SECS) {
+                self.urls.refresh(generation, wait_for_urls).await;
+                if let Some((fresh, _, _)) = self.urls.get(&input.alias) {
+                    url = fresh;
+                }
+            }
+            let _ = tokio::fs::remove_file(dest).await;
+            let r = tokio::select! {
+                r = transfer::download(&self.worker.http, &url, dest, max) => r,
+                () = self.cancel.cancelled() => return Err(JobFailure::new(error_code::WORKER_ERROR, "canceled", false)),
+            };
+            match r {
+                Ok(d) => return Ok(d),
+                Err(e) => {
+                    // 403: most likely an expired URL, which fresh ones cure.
+                    let expired = matches!(e, transfer::TransferError::Status { status: 403, .. });
+                    if (e.retryable() || expired) && tries < DOWNLOAD_TRIES {
+                        tracing::warn!(alias = %input.alias, "input download failed, retrying with fresh URLs: {e}");
+                        continue;
+                    }
+                    return Err(JobFailure::new(
+                        error_code::INPUT_FETCH_FAILED,
+                        format!("input {:?}: {e}", input.alias),
+                        e.retryable() || expired,
+                    ));
+                }
+            }
+        }
     }
 
     /// The jail for one FFmpeg (`write`: may write `out/`) or ffprobe process of this job.

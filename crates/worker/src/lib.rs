@@ -79,6 +79,87 @@ pub struct Worker {
     pub job_identity: Option<(u32, u32)>,
 }
 
+/// This worker's FFmpeg: `-version`, `-buildconf`, and the grammar they imply. An FFmpeg whose
+/// release cannot be told gets no grammar: the worker registers, says why, and gets no work.
+async fn fingerprint(ffmpeg: &std::path::Path) -> Result<pb::FfmpegFingerprint, WorkerError> {
+    let output = |arg: &'static str| async move {
+        let out = tokio::process::Command::new(ffmpeg)
+            .arg(arg)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let version = output("-version").await?;
+    let buildconf = output("-buildconf").await?;
+    Ok(
+        match mpegflow_domain::fingerprint::Fingerprint::from_ffmpeg_output(&version, &buildconf) {
+            Ok(f) => pb::FfmpegFingerprint {
+                version: f.version,
+                configuration: f.configuration,
+                grammar: f.grammar.to_string(),
+            },
+            Err(e) => {
+                tracing::error!("cannot tell which command grammar this FFmpeg implements: {e}; it will get no work");
+                pb::FfmpegFingerprint {
+                    version: version.lines().next().unwrap_or_default().to_owned(),
+                    configuration: mpegflow_domain::fingerprint::configuration_of_buildconf(
+                        &buildconf,
+                    ),
+                    grammar: String::new(),
+                }
+            }
+        },
+    )
+}
+
+/// Registers, waiting while the coordinator is unreachable or the token has its maximum of live
+/// workers (a replaced worker's registration lapses within seconds). `None` on shutdown.
+async fn register(
+    client: &mut Client,
+    req: &pb::RegisterWorkerRequest,
+    shutdown: &CancellationToken,
+) -> Result<Option<pb::RegisterWorkerResponse>, WorkerError> {
+    let mut backoff = Duration::from_millis(500);
+    let r = loop {
+        match client.register_worker(req.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                ) =>
+            {
+                tracing::warn!("cannot register yet, retrying: {}", s.message());
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(s) => {
+                return Err(WorkerError::Refused(format!(
+                    "{}: {}",
+                    s.code(),
+                    s.message()
+                )))
+            }
+        }
+    };
+    let own = req.fingerprint.as_ref().map_or("", |f| f.grammar.as_str());
+    if r.grammar != own {
+        tracing::error!(
+            ffmpeg_version = %req.ffmpeg_version,
+            "this worker's FFmpeg implements command grammar {own:?}, but the control plane validates commands against {:?}: it will get no work until it runs a matching FFmpeg",
+            r.grammar
+        );
+    }
+    tracing::info!(worker_id = %r.worker_id, pool = %r.pool, ffmpeg_version = %req.ffmpeg_version, grammar = %own, "worker registered");
+    Ok(Some(r))
+}
+
 pub fn connect(coordinator: &str, token: &str) -> Result<Client, WorkerError> {
     let mut value: MetadataValue<_> = format!("Bearer {token}")
         .parse()
@@ -107,6 +188,7 @@ pub async fn run(
     let ffprobe = ffmpeg::resolve(&config.ffprobe)
         .ok_or_else(|| WorkerError::BinaryMissing(config.ffprobe.display().to_string()))?;
     let ffmpeg_version = ffmpeg::version(&ffmpeg).await?;
+    let fingerprint = fingerprint(&ffmpeg).await?;
     std::fs::create_dir_all(&config.work_dir)?;
     // SAFETY: geteuid has no preconditions.
     let job_identity = (unsafe { libc::geteuid() } == 0).then(|| {
@@ -126,33 +208,17 @@ pub async fn run(
     let mut client = connect(&config.coordinator, &token)?;
     drop(token);
 
-    let registered = loop {
-        let req = pb::RegisterWorkerRequest {
-            hostname: config.hostname.clone(),
-            worker_version: env!("CARGO_PKG_VERSION").into(),
-            ffmpeg_version: ffmpeg_version.clone(),
-            image_hash: config.image_hash.clone(),
-        };
-        match client.register_worker(req).await {
-            Ok(r) => break r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                tracing::warn!("coordinator unavailable, retrying: {}", s.message());
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    () = shutdown.cancelled() => return Ok(()),
-                }
-            }
-            Err(s) => {
-                return Err(WorkerError::Refused(format!(
-                    "{}: {}",
-                    s.code(),
-                    s.message()
-                )))
-            }
-        }
+    let registration = pb::RegisterWorkerRequest {
+        hostname: config.hostname.clone(),
+        worker_version: env!("CARGO_PKG_VERSION").into(),
+        ffmpeg_version: ffmpeg_version.clone(),
+        image_hash: config.image_hash.clone(),
+        fingerprint: Some(fingerprint),
     };
-    tracing::info!(worker_id = %registered.worker_id, pool = %registered.pool, %ffmpeg_version, "worker registered");
-    let worker = Worker {
+    let Some(registered) = register(&mut client, &registration, &shutdown).await? else {
+        return Ok(());
+    };
+    let mut worker = Worker {
         worker_id: registered.worker_id,
         heartbeat_seconds: registered.heartbeat_seconds,
         ffmpeg,
@@ -166,9 +232,6 @@ pub async fn run(
             .map_err(|e| WorkerError::Io(std::io::Error::other(e)))?,
         config,
     };
-    let span = tracing::info_span!("worker", worker_id = %worker.worker_id);
-    let _g = span.enter();
-
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         let req = pb::GetWorkAssignmentRequest {
@@ -183,23 +246,27 @@ pub async fn run(
             Ok(r) => {
                 backoff = Duration::from_millis(200);
                 if let Some(a) = r.into_inner().assignment {
-                    let span = tracing::info_span!("job", job_id = %a.job_id, attempt = a.attempt);
+                    let span = tracing::info_span!("job", worker_id = %worker.worker_id, job_id = %a.job_id, attempt = a.attempt);
                     let _g = span.enter();
                     tracing::info!("job started");
                     job::execute(&worker, &mut client, a, shutdown_hard.clone()).await;
                 }
             }
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-                ) =>
-            {
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {
                 return Err(WorkerError::Refused(format!(
                     "{}: {}",
                     s.code(),
                     s.message()
                 )));
+            }
+            Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                // An expired registration (or a suspended token, which registering again
+                // reports and ends on).
+                tracing::warn!("coordinator: {}; registering again", s.message());
+                match register(&mut client, &registration, &shutdown).await? {
+                    Some(r) => worker.worker_id = r.worker_id,
+                    None => break,
+                }
             }
             Err(s) => {
                 tracing::warn!("get work failed: {}: {}", s.code(), s.message());

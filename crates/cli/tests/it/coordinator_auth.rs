@@ -29,6 +29,7 @@ impl RawWorker {
     async fn register(&mut self) -> Result<String, tonic::Status> {
         let r = self.req(pb::RegisterWorkerRequest {
             hostname: "test".into(),
+            fingerprint: Some(fingerprint()),
             ..Default::default()
         });
         Ok(self.client.register_worker(r).await?.into_inner().worker_id)

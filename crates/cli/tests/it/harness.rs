@@ -123,10 +123,19 @@ impl TestPlatform {
     }
 
     pub async fn worker_token(&self, pool: &str) -> (uuid::Uuid, String) {
+        self.worker_token_with(pool, mpegflow_store::TokenLimits::default())
+            .await
+    }
+
+    pub async fn worker_token_with(
+        &self,
+        pool: &str,
+        limits: mpegflow_store::TokenLimits,
+    ) -> (uuid::Uuid, String) {
         let (id, t) = self
             .platform
             .store()
-            .create_worker_token(pool, "test")
+            .create_worker_token(pool, "test", limits)
             .await
             .unwrap();
         (id, t.expose().to_owned())
@@ -187,6 +196,21 @@ pub fn ffprobe(path: &Path) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The FFmpeg fingerprint a raw (test-driven) worker registers with: the installed FFmpeg's
+/// release as far as the command grammar goes.
+pub fn fingerprint() -> mpegflow_proto::FfmpegFingerprint {
+    fingerprint_of(mpegflow_domain::fingerprint::COMMAND_GRAMMAR)
+}
+
+/// A fingerprint of an FFmpeg `major.minor` release.
+pub fn fingerprint_of(grammar: &str) -> mpegflow_proto::FfmpegFingerprint {
+    mpegflow_proto::FfmpegFingerprint {
+        version: format!("ffmpeg version {grammar}.0 (test)"),
+        configuration: "--test".into(),
+        grammar: grammar.into(),
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -204,6 +204,9 @@ static void flood_fd(int fd, const char *name, const char *arg) {
 }
 
 int main(int argc, char **argv) {
+    /* The worker fingerprints its FFmpeg at start: pass as the release the grammar targets. */
+    if (argc == 2 && !strcmp(argv[1], "-version")) { puts("ffmpeg version 5.1-hostile stand-in"); return 0; }
+    if (argc == 2 && !strcmp(argv[1], "-buildconf")) { puts("  configuration:\n    --hostile"); return 0; }
     const char *attack = NULL;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "-metadata") && !strncmp(argv[i + 1], "comment=attack:", 15)) attack = argv[i + 1] + 15;

@@ -17,3 +17,4 @@ mod replicas;
 mod results;
 mod running_limits;
 mod signals;
+mod tokens;
