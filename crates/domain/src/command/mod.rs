@@ -533,10 +533,55 @@ impl<'s> Parser<'s> {
                 }
             }
         }
+        if let Target::Output { alias, entry } = &target {
+            self.check_muxer(options, alias, entry.as_deref())?;
+        }
         Ok(FileGroup {
             options: std::mem::take(options),
             target,
         })
+    }
+
+    /// The muxer an output really gets is the last `-f`, or else the one FFmpeg guesses from
+    /// the file name's extension: that one must be on the allowlist too. Muxers that write more
+    /// files than the one named (playlists with segments, image patterns) need a directory output,
+    /// where every file they write is a declared one.
+    fn check_muxer(
+        &self,
+        options: &[Opt],
+        alias: &str,
+        entry: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let name = match (entry, self.spec.outputs.get(alias)) {
+            (Some(e), _) => e,
+            (None, Some(decl)) => decl.name(),
+            (None, None) => return Err(CommandError::UndeclaredPlaceholder { arg: alias.into() }),
+        };
+        let shown = || match entry {
+            Some(e) => format!("{{{{{alias}}}}}/{e}"),
+            None => format!("{{{{{alias}}}}}"),
+        };
+        let explicit = options.iter().rev().find_map(|o| match (&o.value, o.name) {
+            (Value::Text(f), "f") => Some(f.as_str()),
+            _ => None,
+        });
+        let muxer = match explicit {
+            Some(f) => f,
+            None => options::guessed_muxer(name).ok_or_else(|| CommandError::FormatNotAllowed {
+                arg: shown(),
+                format: format!("guessed from the name {name:?}; name an allowed muxer with -f"),
+            })?,
+        };
+        let in_directory = entry.is_some();
+        let multi_file = matches!(muxer, "hls" | "dash" | "segment")
+            || (muxer == "image2" && name.contains('%'));
+        if multi_file && !in_directory {
+            return Err(CommandError::ForbiddenValue {
+                arg: shown(),
+                why: "this muxer writes several files: write it into a directory output ({{dir}}/name)",
+            });
+        }
+        Ok(())
     }
 
     /// Reads an argv the way FFmpeg's `split_commandline` does.
@@ -1115,6 +1160,45 @@ mod tests {
             let err = render(t, &s, DEFAULT_THREADS).unwrap_err();
             assert_eq!(err.argument(), Some(*arg), "{t}: {err}");
             assert!(err.to_string().contains(&format!("{arg:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn outputs_get_an_allowed_muxer_and_multi_file_muxers_a_directory() {
+        let mut s = IoSpec::default();
+        s.add_input("in", "clip.mp4").unwrap();
+        s.add_output("hls", "hls/").unwrap();
+        let refused = |out: &str, t: &str| {
+            let mut s = s.clone();
+            s.add_output("out", out).unwrap();
+            let t = format!("-i {{{{in}}}} {t} -f hls {{{{hls}}}}/i.m3u8");
+            let err = render(&t, &s, DEFAULT_THREADS).unwrap_err();
+            assert_eq!(err.argument(), Some("{{out}}"), "{t}: {err}");
+        };
+        // hls/dash write segments next to a file output, outside what was declared.
+        refused("out.mp4", "-f hls {{out}}");
+        refused("out.mp4", "-f dash {{out}}");
+        refused("out.mp4", "-f mp4 -f segment {{out}}");
+        refused("list.m3u8", "{{out}}");
+        refused("x.MPD", "{{out}}");
+        // A '%' in a file output's name is an image2 pattern: frame1.png, frame2.png…
+        refused("frame%d.png", "{{out}}");
+        refused("frame%d.mp4", "-f image2 {{out}}");
+        // Extensions FFmpeg maps to muxers that are not allowed, or to none.
+        refused("meta.ffmeta", "{{out}}");
+        refused("manifest.xml", "{{out}}");
+        refused("noext", "{{out}}");
+        let mut s2 = s.clone();
+        s2.add_output("out", "meta.ffmeta").unwrap();
+        let ok = [
+            "-i {{in}} -f mp4 {{out}} -f hls {{hls}}/i.m3u8",
+            "-i {{in}} -f mp4 {{out}} -f dash {{hls}}/i.mpd",
+            "-i {{in}} -f mp4 {{out}} -f image2 {{hls}}/f%03d.png",
+            "-i {{in}} -f mp4 {{out}} -f segment {{hls}}/s%03d.ts",
+        ];
+        for t in ok {
+            let argv = render(t, &s2, DEFAULT_THREADS).unwrap_or_else(|e| panic!("{t}: {e}"));
+            check_rendered(&argv, &s2).unwrap();
         }
     }
 
