@@ -334,6 +334,27 @@ enum Ref {
     Text,
 }
 
+/// Whether every `%` of a file name is `%%`, `%d` or `%0Nd` with one digit N: muxers expand
+/// these into segment and frame numbers, and FFmpeg pads to any width written there (hls
+/// allocates gigabytes for `%2000000000d`, image2 spins for minutes).
+fn is_bounded_pattern(name: &str) -> bool {
+    let b = name.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            match (b.get(i + 1), b.get(i + 2), b.get(i + 3)) {
+                (Some(b'%' | b'd'), _, _) => i += 2,
+                (Some(b'0'..=b'9'), Some(b'd'), _) => i += 3,
+                (Some(b'0'), Some(b'0'..=b'9'), Some(b'd')) => i += 4,
+                _ => return false,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
 /// Whether the parser reads a tenant's template or a rendered argv.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -377,12 +398,12 @@ impl<'s> Parser<'s> {
             (OutputDecl::File { .. }, "") => Ok(Ref::OutputFile(alias.to_owned())),
             (OutputDecl::Dir { .. }, "") => Ok(Ref::OutputDir(alias.to_owned())),
             (OutputDecl::Dir { .. }, rest) => match rest.strip_prefix('/') {
-                Some(name) if check_file_name(name).is_ok() => {
+                Some(name) if check_file_name(name).is_ok() && is_bounded_pattern(name) => {
                     Ok(Ref::OutputDirEntry(alias.to_owned(), name.to_owned()))
                 }
                 _ => Err(CommandError::ForbiddenValue {
                     arg: arg.to_owned(),
-                    why: "a directory output is used as {{dir}}/name with a plain file name",
+                    why: "a directory output is used as {{dir}}/name with a plain file name (a % only as %d, %0Nd with N up to 9, or %%)",
                 }),
             },
             (OutputDecl::File { .. }, _) => Err(undeclared()),
@@ -406,7 +427,7 @@ impl<'s> Parser<'s> {
             }
             if decl.is_dir() {
                 if let Some(name) = arg.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) {
-                    if check_file_name(name).is_ok() {
+                    if check_file_name(name).is_ok() && is_bounded_pattern(name) {
                         return Ref::OutputDirEntry(key.clone(), name.to_owned());
                     }
                 }
@@ -1160,6 +1181,35 @@ mod tests {
             let err = render(t, &s, DEFAULT_THREADS).unwrap_err();
             assert_eq!(err.argument(), Some(*arg), "{t}: {err}");
             assert!(err.to_string().contains(&format!("{arg:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn number_patterns_in_directory_entries_have_a_bounded_width() {
+        let mut s = IoSpec::default();
+        s.add_input("in", "clip.mp4").unwrap();
+        s.add_output("dir", "dir/").unwrap();
+        for name in ["s%d.ts", "s%03d.ts", "s%3d.ts", "s%%.ts", "f%02d-%d.png"] {
+            let t = format!("-i {{{{in}}}} -f segment {{{{dir}}}}/{name}");
+            let argv = render(&t, &s, DEFAULT_THREADS).unwrap_or_else(|e| panic!("{t}: {e}"));
+            check_rendered(&argv, &s).unwrap();
+        }
+        for name in [
+            "s%2000000000d.ts",
+            "s%010d.ts",
+            "s%v.ts",
+            "s%.ts",
+            "s%",
+            "s%0100d.ts",
+        ] {
+            let entry = format!("{{{{dir}}}}/{name}");
+            let t = format!("-i {{{{in}}}} -f hls {entry}");
+            let err = render(&t, &s, DEFAULT_THREADS).unwrap_err();
+            assert_eq!(err.argument(), Some(entry.as_str()), "{t}: {err}");
+            let t =
+                format!("-i {{{{in}}}} -f hls -hls_segment_filename {entry} {{{{dir}}}}/i.m3u8");
+            let err = render(&t, &s, DEFAULT_THREADS).unwrap_err();
+            assert_eq!(err.argument(), Some(entry.as_str()), "{t}: {err}");
         }
     }
 
