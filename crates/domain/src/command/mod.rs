@@ -593,6 +593,18 @@ impl<'s> Parser<'s> {
                 format: format!("guessed from the name {name:?}; name an allowed muxer with -f"),
             })?,
         };
+        // The segment muxer guesses its segments' muxer from the name too.
+        if muxer == "segment"
+            && !options.iter().any(|o| o.name == "segment_format")
+            && options::guessed_muxer(name).is_none()
+        {
+            return Err(CommandError::FormatNotAllowed {
+                arg: shown(),
+                format: format!(
+                    "segments guessed from the name {name:?}; name an allowed muxer with -segment_format"
+                ),
+            });
+        }
         let in_directory = entry.is_some();
         let multi_file = matches!(muxer, "hls" | "dash" | "segment")
             || (muxer == "image2" && name.contains('%'));
@@ -1238,6 +1250,20 @@ mod tests {
         refused("meta.ffmeta", "{{out}}");
         refused("manifest.xml", "{{out}}");
         refused("noext", "{{out}}");
+        // The segment muxer guesses the segments' muxer from the name the same way.
+        for t in [
+            "-i {{in}} -f segment {{hls}}/s%03d.ffmeta",
+            "-i {{in}} -f segment {{hls}}/s%03d.xml",
+        ] {
+            let err = render(t, &s, DEFAULT_THREADS).unwrap_err();
+            assert!(
+                err.argument()
+                    .is_some_and(|a| a.ends_with(".ffmeta") || a.ends_with(".xml")),
+                "{t}: {err}"
+            );
+        }
+        let t = "-i {{in}} -f segment -segment_format mpegts {{hls}}/s%03d.seg";
+        render(t, &s, DEFAULT_THREADS).unwrap_or_else(|e| panic!("{t}: {e}"));
         let mut s2 = s.clone();
         s2.add_output("out", "meta.ffmeta").unwrap();
         let ok = [
