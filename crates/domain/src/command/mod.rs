@@ -334,6 +334,27 @@ enum Ref {
     Text,
 }
 
+/// Whether every `%` of a file name is `%%`, `%d` or `%0Nd` with one digit N: muxers expand
+/// these into segment and frame numbers, and FFmpeg pads to any width written there (hls
+/// allocates gigabytes for `%2000000000d`, image2 spins for minutes).
+fn is_bounded_pattern(name: &str) -> bool {
+    let b = name.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            match (b.get(i + 1), b.get(i + 2), b.get(i + 3)) {
+                (Some(b'%' | b'd'), _, _) => i += 2,
+                (Some(b'0'..=b'9'), Some(b'd'), _) => i += 3,
+                (Some(b'0'), Some(b'0'..=b'9'), Some(b'd')) => i += 4,
+                _ => return false,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
 /// Whether the parser reads a tenant's template or a rendered argv.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -377,12 +398,12 @@ impl<'s> Parser<'s> {
             (OutputDecl::File { .. }, "") => Ok(Ref::OutputFile(alias.to_owned())),
             (OutputDecl::Dir { .. }, "") => Ok(Ref::OutputDir(alias.to_owned())),
             (OutputDecl::Dir { .. }, rest) => match rest.strip_prefix('/') {
-                Some(name) if check_file_name(name).is_ok() => {
+                Some(name) if check_file_name(name).is_ok() && is_bounded_pattern(name) => {
                     Ok(Ref::OutputDirEntry(alias.to_owned(), name.to_owned()))
                 }
                 _ => Err(CommandError::ForbiddenValue {
                     arg: arg.to_owned(),
-                    why: "a directory output is used as {{dir}}/name with a plain file name",
+                    why: "a directory output is used as {{dir}}/name with a plain file name (a % only as %d, %0Nd with N up to 9, or %%)",
                 }),
             },
             (OutputDecl::File { .. }, _) => Err(undeclared()),
@@ -406,7 +427,7 @@ impl<'s> Parser<'s> {
             }
             if decl.is_dir() {
                 if let Some(name) = arg.strip_prefix(&path).and_then(|r| r.strip_prefix('/')) {
-                    if check_file_name(name).is_ok() {
+                    if check_file_name(name).is_ok() && is_bounded_pattern(name) {
                         return Ref::OutputDirEntry(key.clone(), name.to_owned());
                     }
                 }
@@ -533,10 +554,67 @@ impl<'s> Parser<'s> {
                 }
             }
         }
+        if let Target::Output { alias, entry } = &target {
+            self.check_muxer(options, alias, entry.as_deref())?;
+        }
         Ok(FileGroup {
             options: std::mem::take(options),
             target,
         })
+    }
+
+    /// The muxer an output really gets is the last `-f`, or else the one FFmpeg guesses from
+    /// the file name's extension: that one must be on the allowlist too. Muxers that write more
+    /// files than the one named (playlists with segments, image patterns) need a directory output,
+    /// where every file they write is a declared one.
+    fn check_muxer(
+        &self,
+        options: &[Opt],
+        alias: &str,
+        entry: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let name = match (entry, self.spec.outputs.get(alias)) {
+            (Some(e), _) => e,
+            (None, Some(decl)) => decl.name(),
+            (None, None) => return Err(CommandError::UndeclaredPlaceholder { arg: alias.into() }),
+        };
+        let shown = || match entry {
+            Some(e) => format!("{{{{{alias}}}}}/{e}"),
+            None => format!("{{{{{alias}}}}}"),
+        };
+        let explicit = options.iter().rev().find_map(|o| match (&o.value, o.name) {
+            (Value::Text(f), "f") => Some(f.as_str()),
+            _ => None,
+        });
+        let muxer = match explicit {
+            Some(f) => f,
+            None => options::guessed_muxer(name).ok_or_else(|| CommandError::FormatNotAllowed {
+                arg: shown(),
+                format: format!("guessed from the name {name:?}; name an allowed muxer with -f"),
+            })?,
+        };
+        // The segment muxer guesses its segments' muxer from the name too.
+        if muxer == "segment"
+            && !options.iter().any(|o| o.name == "segment_format")
+            && options::guessed_muxer(name).is_none()
+        {
+            return Err(CommandError::FormatNotAllowed {
+                arg: shown(),
+                format: format!(
+                    "segments guessed from the name {name:?}; name an allowed muxer with -segment_format"
+                ),
+            });
+        }
+        let in_directory = entry.is_some();
+        let multi_file = matches!(muxer, "hls" | "dash" | "segment")
+            || (muxer == "image2" && name.contains('%'));
+        if multi_file && !in_directory {
+            return Err(CommandError::ForbiddenValue {
+                arg: shown(),
+                why: "this muxer writes several files: write it into a directory output ({{dir}}/name)",
+            });
+        }
+        Ok(())
     }
 
     /// Reads an argv the way FFmpeg's `split_commandline` does.
@@ -1115,6 +1193,88 @@ mod tests {
             let err = render(t, &s, DEFAULT_THREADS).unwrap_err();
             assert_eq!(err.argument(), Some(*arg), "{t}: {err}");
             assert!(err.to_string().contains(&format!("{arg:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn number_patterns_in_directory_entries_have_a_bounded_width() {
+        let mut s = IoSpec::default();
+        s.add_input("in", "clip.mp4").unwrap();
+        s.add_output("dir", "dir/").unwrap();
+        for name in ["s%d.ts", "s%03d.ts", "s%3d.ts", "s%%.ts", "f%02d-%d.png"] {
+            let t = format!("-i {{{{in}}}} -f segment {{{{dir}}}}/{name}");
+            let argv = render(&t, &s, DEFAULT_THREADS).unwrap_or_else(|e| panic!("{t}: {e}"));
+            check_rendered(&argv, &s).unwrap();
+        }
+        for name in [
+            "s%2000000000d.ts",
+            "s%010d.ts",
+            "s%v.ts",
+            "s%.ts",
+            "s%",
+            "s%0100d.ts",
+        ] {
+            let entry = format!("{{{{dir}}}}/{name}");
+            let t = format!("-i {{{{in}}}} -f hls {entry}");
+            let err = render(&t, &s, DEFAULT_THREADS).unwrap_err();
+            assert_eq!(err.argument(), Some(entry.as_str()), "{t}: {err}");
+            let t =
+                format!("-i {{{{in}}}} -f hls -hls_segment_filename {entry} {{{{dir}}}}/i.m3u8");
+            let err = render(&t, &s, DEFAULT_THREADS).unwrap_err();
+            assert_eq!(err.argument(), Some(entry.as_str()), "{t}: {err}");
+        }
+    }
+
+    #[test]
+    fn outputs_get_an_allowed_muxer_and_multi_file_muxers_a_directory() {
+        let mut s = IoSpec::default();
+        s.add_input("in", "clip.mp4").unwrap();
+        s.add_output("hls", "hls/").unwrap();
+        let refused = |out: &str, t: &str| {
+            let mut s = s.clone();
+            s.add_output("out", out).unwrap();
+            let t = format!("-i {{{{in}}}} {t} -f hls {{{{hls}}}}/i.m3u8");
+            let err = render(&t, &s, DEFAULT_THREADS).unwrap_err();
+            assert_eq!(err.argument(), Some("{{out}}"), "{t}: {err}");
+        };
+        // hls/dash write segments next to a file output, outside what was declared.
+        refused("out.mp4", "-f hls {{out}}");
+        refused("out.mp4", "-f dash {{out}}");
+        refused("out.mp4", "-f mp4 -f segment {{out}}");
+        refused("list.m3u8", "{{out}}");
+        refused("x.MPD", "{{out}}");
+        // A '%' in a file output's name is an image2 pattern: frame1.png, frame2.png…
+        refused("frame%d.png", "{{out}}");
+        refused("frame%d.mp4", "-f image2 {{out}}");
+        // Extensions FFmpeg maps to muxers that are not allowed, or to none.
+        refused("meta.ffmeta", "{{out}}");
+        refused("manifest.xml", "{{out}}");
+        refused("noext", "{{out}}");
+        // The segment muxer guesses the segments' muxer from the name the same way.
+        for t in [
+            "-i {{in}} -f segment {{hls}}/s%03d.ffmeta",
+            "-i {{in}} -f segment {{hls}}/s%03d.xml",
+        ] {
+            let err = render(t, &s, DEFAULT_THREADS).unwrap_err();
+            assert!(
+                err.argument()
+                    .is_some_and(|a| a.ends_with(".ffmeta") || a.ends_with(".xml")),
+                "{t}: {err}"
+            );
+        }
+        let t = "-i {{in}} -f segment -segment_format mpegts {{hls}}/s%03d.seg";
+        render(t, &s, DEFAULT_THREADS).unwrap_or_else(|e| panic!("{t}: {e}"));
+        let mut s2 = s.clone();
+        s2.add_output("out", "meta.ffmeta").unwrap();
+        let ok = [
+            "-i {{in}} -f mp4 {{out}} -f hls {{hls}}/i.m3u8",
+            "-i {{in}} -f mp4 {{out}} -f dash {{hls}}/i.mpd",
+            "-i {{in}} -f mp4 {{out}} -f image2 {{hls}}/f%03d.png",
+            "-i {{in}} -f mp4 {{out}} -f segment {{hls}}/s%03d.ts",
+        ];
+        for t in ok {
+            let argv = render(t, &s2, DEFAULT_THREADS).unwrap_or_else(|e| panic!("{t}: {e}"));
+            check_rendered(&argv, &s2).unwrap();
         }
     }
 

@@ -119,6 +119,69 @@ pub const MUXERS: &[&str] = &[
     "nut", "avi", "flv", "ivf", "h264", "hevc", "mjpeg", "rawvideo",
 ];
 
+/// The muxer FFmpeg 5.1's `av_guess_format` picks for an output file name's extension (matched
+/// case-insensitively), for extensions whose pick is on [`MUXERS`] (checked against the installed
+/// ffmpeg by the oracle test). Any other extension may pick a muxer that is not allowed
+/// (`.ffmeta` → ffmetadata, `.xml` → webm_dash_manifest…), so an output without `-f` needs one
+/// of these.
+pub const MUXER_BY_EXTENSION: &[(&str, &str)] = &[
+    ("mp4", "mp4"),
+    ("mov", "mov"),
+    ("m4v", "ipod"),
+    ("m4a", "ipod"),
+    ("m4b", "ipod"),
+    ("mkv", "matroska"),
+    ("webm", "webm"),
+    ("ts", "mpegts"),
+    ("m2t", "mpegts"),
+    ("m2ts", "mpegts"),
+    ("mts", "mpegts"),
+    ("m3u8", "hls"),
+    ("mpd", "dash"),
+    ("jpg", "image2"),
+    ("jpeg", "image2"),
+    ("png", "image2"),
+    ("bmp", "image2"),
+    ("tif", "image2"),
+    ("tiff", "image2"),
+    ("gif", "gif"),
+    ("apng", "apng"),
+    ("wav", "wav"),
+    ("mp3", "mp3"),
+    ("aac", "adts"),
+    ("adts", "adts"),
+    ("ogg", "ogg"),
+    ("oga", "oga"),
+    ("opus", "opus"),
+    ("flac", "flac"),
+    ("vtt", "webvtt"),
+    ("srt", "srt"),
+    ("ass", "ass"),
+    ("ssa", "ass"),
+    ("nut", "nut"),
+    ("avi", "avi"),
+    ("flv", "flv"),
+    ("ivf", "ivf"),
+    ("h264", "h264"),
+    ("264", "h264"),
+    ("hevc", "hevc"),
+    ("h265", "hevc"),
+    ("265", "hevc"),
+    ("mjpg", "mjpeg"),
+    ("mjpeg", "mjpeg"),
+    ("yuv", "rawvideo"),
+    ("rgb", "rawvideo"),
+];
+
+/// The allowed muxer FFmpeg guesses for `file_name`, if its extension is a known one.
+pub fn guessed_muxer(file_name: &str) -> Option<&'static str> {
+    let (_, ext) = file_name.rsplit_once('.')?;
+    MUXER_BY_EXTENSION
+        .iter()
+        .find(|(e, _)| e.eq_ignore_ascii_case(ext))
+        .map(|(_, m)| *m)
+}
+
 pub const BSFS: &[&str] = &[
     "h264_mp4toannexb",
     "hevc_mp4toannexb",
@@ -738,6 +801,16 @@ mod tests {
             );
             assert!(refusal(o.name).is_none(), "{}", o.name);
         }
+    }
+
+    #[test]
+    fn guessed_muxers_are_allowed_ones() {
+        for (_, m) in MUXER_BY_EXTENSION {
+            assert!(MUXERS.contains(m), "{m}");
+        }
+        assert_eq!(guessed_muxer("A.MP4"), Some("mp4"));
+        assert_eq!(guessed_muxer("meta.ffmeta"), None);
+        assert_eq!(guessed_muxer("noext"), None);
     }
 
     #[test]

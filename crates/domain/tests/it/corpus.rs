@@ -200,3 +200,63 @@ fn hostile_templates_are_refused_or_run_exactly_as_parsed() {
     );
     assert!(ran >= 12, "{ran}");
 }
+
+#[test]
+fn output_muxers_are_the_guessed_allowed_ones_and_stay_in_declared_outputs() {
+    use mpegflow_domain::command::options::MUXER_BY_EXTENSION;
+    use std::process::Command as Process;
+    // The extension table is what the installed FFmpeg really guesses.
+    let j = job(&[], &[]);
+    for (ext, muxer) in MUXER_BY_EXTENSION {
+        let out = Process::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=s=16x16:d=0.1",
+            ])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=d=0.1",
+                "-frames:v",
+                "1",
+                "-t",
+                "0.1",
+            ])
+            .arg(format!("x.{ext}"))
+            .current_dir(&j.dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("Output #0, {muxer}, to ")),
+            ".{ext} should pick {muxer}:\n{stderr}"
+        );
+    }
+    // A multi-file muxer on a file output, or a guessed muxer that is not allowed, is refused;
+    // into a directory output every file it writes is a declared one.
+    let j = job(&["in"], &[("out", "out.mp4"), ("dir", "dir/")]);
+    for t in [
+        "-i {{in}} -t 1 -f hls -hls_time 0.5 {{out}} -f null {{dir}}/x",
+        "-i {{in}} -t 1 -f dash -seg_duration 0.5 {{out}} -f null {{dir}}/x",
+    ] {
+        assert!(validate(t, &j.spec).is_err(), "{t}");
+    }
+    let j2 = job(&["in"], &[("out", "meta.ffmeta")]);
+    assert!(validate("-i {{in}} {{out}}", &j2.spec).is_err());
+    for t in [
+        "-i {{in}} -t 1 {{out}} -t 1 -f hls -hls_time 0.5 {{dir}}/index.m3u8",
+        "-i {{in}} -t 1 {{out}} -t 1 -f dash -seg_duration 0.5 {{dir}}/index.mpd",
+        "-i {{in}} -t 1 {{out}} -t 0.3 -f image2 {{dir}}/f%02d.png",
+    ] {
+        let r = oracle(&j, t);
+        assert!(
+            r.opened.iter().any(|p| p.starts_with("out/dir/")),
+            "{t}: wrote nothing into the directory"
+        );
+    }
+}

@@ -4,4 +4,5 @@
 mod arity;
 mod corpus;
 mod filters;
+mod fuzz;
 mod oracle;

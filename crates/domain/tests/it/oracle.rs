@@ -284,7 +284,7 @@ fn add_graph(out: &mut BTreeSet<(String, Vec<(String, String)>)>, g: &Graph) {
 }
 
 /// Paths outside the job that FFmpeg and the shared libraries it links open at start-up,
-/// whatever the command: the loader and libraries, glibc/gcrypt/gnutls/selinux configuration
+/// whatever the command (the time zone when a muxer dates its output): the loader and libraries, glibc/gcrypt/gnutls/selinux configuration
 /// probes, and CPU/NUMA topology. None of them depends on the template.
 const SYSTEM_PREFIXES: &[&str] = &[
     "/lib/",
@@ -304,6 +304,9 @@ const SYSTEM_PREFIXES: &[&str] = &[
     "/sys/devices/system/cpu/",
     "/sys/devices/system/node",
     "/dev/null",
+    // glibc's time zone, read by localtime() (the dash muxer dates its manifest).
+    "/etc/localtime",
+    "/usr/share/zoneinfo/",
 ];
 
 /// Checks every path FFmpeg opened: inside `in/`, inside a declared output, or a system path.
