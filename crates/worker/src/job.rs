@@ -790,6 +790,12 @@ fn classify_exit(exit: &Exit, stderr: &[u8], timeout: Duration) -> Result<(), Jo
     }
 }
 
+/// Upload URLs of some of a job's files, and when to ask for fresh ones.
+struct UploadUrls {
+    by_path: HashMap<String, pb::UploadUrl>,
+    refresh_at: Instant,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -851,10 +857,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Upload URLs of some of a job's files, and when to ask for fresh ones.
-struct UploadUrls {
-    by_path: HashMap<String, pb::UploadUrl>,
-    refresh_at: Instant,
 }

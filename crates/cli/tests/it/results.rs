@@ -639,3 +639,80 @@ async fn the_start_up_probe_names_what_a_store_lacks() {
     );
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writes_of_one_object_cannot_both_land() {
+    use tokio::io::AsyncWriteExt;
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let p = &tp.platform.state.presigner;
+    // Like an asset created without a sha256: only the size is pinned.
+    let url = p
+        .put(
+            "orgs/x/assets/race",
+            std::time::Duration::from_secs(60),
+            &mpegflow_objstore::PutSpec {
+                size: 8,
+                sha256_hex: None,
+                content_type: None,
+            },
+        )
+        .unwrap();
+    // Two PUTs whose headers arrive at once and whose bodies stall half-way.
+    let start =
+        |first_half: &'static [u8]| {
+            let (mut writer, reader) = tokio::io::duplex(64);
+            let mut r = http().put(&url.url).header("content-length", "8").body(
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(reader)),
+            );
+            for (k, v) in &url.headers {
+                if k != "content-length" {
+                    r = r.header(k, v);
+                }
+            }
+            let sent = tokio::spawn(async move { r.send().await.unwrap().status().as_u16() });
+            async move {
+                writer.write_all(first_half).await.unwrap();
+                (writer, sent)
+            }
+        };
+    let (mut wa, mut a) = start(b"AAAA").await;
+    let (mut wb, mut b) = start(b"BBBB").await;
+    // The store holds the key for the first PUT to reach it and refuses the other at once.
+    let (first, loser) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        tokio::select! {
+            s = &mut a => ('a', s.unwrap()),
+            s = &mut b => ('b', s.unwrap()),
+        }
+    })
+    .await
+    .expect("one of two concurrent writes of one object was refused while the other ran");
+    assert_eq!(loser, 409);
+    let (writer, rest, winner) = if first == 'a' {
+        (&mut wb, &b"BBBB"[..], b)
+    } else {
+        (&mut wa, &b"AAAA"[..], a)
+    };
+    writer.write_all(rest).await.unwrap();
+    writer.shutdown().await.unwrap();
+    assert_eq!(winner.await.unwrap(), 200);
+    let stored = http()
+        .get(
+            p.get("orgs/x/assets/race", std::time::Duration::from_secs(60))
+                .url,
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        &stored[..] == b"AAAAAAAA" || &stored[..] == b"BBBBBBBB",
+        "{stored:?}"
+    );
+    // And once it exists, nothing replaces it.
+    let headers: HashMap<String, String> = url.headers.clone().into_iter().collect();
+    assert_eq!(put(&url.url, &headers, b"CCCCCCCC").await, 412);
+    drop((wa, wb));
+    tp.stop().await;
+}
