@@ -113,7 +113,7 @@ pub struct Claimant<'a> {
 /// The answer to a request for work.
 #[derive(Debug)]
 pub enum Claim<T> {
-    Assigned(Job, T),
+    Assigned(Box<Job>, T),
     NoWork,
     /// There is work, but this token must wait.
     Throttled(Throttle),
@@ -455,7 +455,7 @@ impl Store {
         );
         crate::audit::insert_audits(&mut *tx, &audit).await?;
         tx.commit().await.map_err(db)?;
-        Ok(Claim::Assigned(job, out))
+        Ok(Claim::Assigned(Box::new(job), out))
     }
 
     /// How long the token must wait before its next lease, if at all: its lease rate over the
