@@ -193,6 +193,15 @@ pub async fn run(
                     let _g = span.enter();
                     tracing::info!("job started");
                     job::execute(&worker, &mut client, a, shutdown_hard.clone()).await;
+                    // Without its spawn helper a root worker can run nothing: stop, do not
+                    // take jobs only to fail them (SEAL is idempotent; it answers while alive).
+                    if let Some(spawner) = &worker.config.spawner {
+                        if let Err(mpegflow_jail::spawner::SpawnError::Io(e)) = spawner.seal() {
+                            return Err(WorkerError::Io(std::io::Error::other(format!(
+                                "the spawn helper is gone: {e}"
+                            ))));
+                        }
+                    }
                 }
             }
             Err(s)
