@@ -46,12 +46,17 @@ struct Args {
     /// self-test refuses such a jail.
     #[arg(long, value_name = "LAYER")]
     jail_disable_layer: Vec<String>,
-    /// As root: the first of the reserved ids. Worker processes take uids from the 65,536 ids
-    /// starting here, jobs from the `--job-uids` ids after those. The default sits above
-    /// systemd's container ranges and below 2^31; start-up refuses a range that overlaps
-    /// /etc/subuid, /etc/subgid or any user or group of the host.
+    /// As root: the first of the reserved ids. Worker processes take uids from the
+    /// `--worker-uids` ids starting here, jobs from the `--job-uids` ids after those. The
+    /// default sits above systemd's container ranges and below 2^31; start-up refuses a range
+    /// that overlaps /etc/subuid, /etc/subgid or any user or group of the host. (In a user
+    /// namespace, e.g. a Kubernetes pod with `hostUsers: false`, both ranges must lie inside
+    /// the namespace's mapped ids.)
     #[arg(long, default_value_t = 0x7000_0000)]
     uid_base: u32,
+    /// As root: how many worker uids to use (one per live worker process on the host).
+    #[arg(long, default_value_t = 65_536)]
+    worker_uids: u32,
     /// As root: how many job uids to use (each job gets a fresh one while it runs).
     #[arg(long, default_value_t = 65_536)]
     job_uids: u32,
@@ -63,9 +68,6 @@ struct Args {
     #[arg(long, default_value_t = 10 * 1024)]
     max_output_fs_mb: u64,
 }
-
-/// The 65,536 ids worker processes take their uid from.
-const WORKER_IDS: u32 = 65_536;
 
 /// As root: leases this worker's own uid, forks the privileged spawn helper (which keeps root
 /// and the lease), then drops this process to that uid with no capabilities and no way back.
@@ -82,12 +84,12 @@ fn drop_root(
     unsafe { libc::umask(0o077) };
     let workers = IdRange {
         base: args.uid_base,
-        count: WORKER_IDS,
+        count: args.worker_uids,
     };
     let jobs = IdRange {
         base: args
             .uid_base
-            .checked_add(WORKER_IDS)
+            .checked_add(args.worker_uids)
             .context("--uid-base is too large")?,
         count: args.job_uids,
     };
