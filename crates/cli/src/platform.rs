@@ -18,7 +18,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The user workers run as when the platform is started as root.
+/// The user an *unprivileged* worker runs as when the platform is started as root (see
+/// [`Platform::spawn_worker_with`]). By default a root platform starts workers as root and each
+/// drops to a uid of its own, keeping a privileged spawn helper that runs every job as a fresh
+/// uid (`mpegflow_jail::spawner`).
 pub const WORKER_USER: &str = "mpegflow-worker";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -316,16 +319,29 @@ impl Platform {
 
     /// Starts one more worker process with `token`. Returns its pid.
     pub async fn spawn_worker(&mut self, token: &str) -> Result<u32> {
-        self.spawn_worker_with(token, &[], false).await
+        self.spawn_worker_with(token, &[], true).await
     }
 
-    /// Starts a worker with extra arguments; `keep_root` leaves it running as root (when we are)
-    /// instead of dropping to the unprivileged worker user.
+    /// The pids of the worker processes this platform started (and has not seen exit).
+    pub fn worker_pids(&mut self) -> Vec<u32> {
+        self.workers
+            .iter_mut()
+            .filter_map(|w| match w.try_wait() {
+                Ok(None) => w.id(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Starts a worker with extra arguments. With `as_root` (and when we are root) the worker
+    /// starts as root, forks its spawn helper and drops to a uid of its own: every job then
+    /// runs as a fresh uid. Without it, the worker starts as the unprivileged worker user, as a
+    /// deployment without root would run it (one uid, Landlock + seccomp + rlimits only).
     pub async fn spawn_worker_with(
         &mut self,
         token: &str,
         extra_args: &[&str],
-        keep_root: bool,
+        as_root: bool,
     ) -> Result<u32> {
         let n = self.workers.len();
         let work_dir = self
@@ -334,7 +350,7 @@ impl Platform {
             .join(format!("{n}-{}", random_hex(4)));
         mkdir(&self.data_dir.join("work"), 0o711)?;
         mkdir(&work_dir, 0o700)?;
-        let drop_to = self.worker_uid.filter(|_| !keep_root);
+        let drop_to = self.worker_uid.filter(|_| !as_root);
         if let Some((uid, gid)) = drop_to {
             std::os::unix::fs::chown(&work_dir, Some(uid), Some(gid))?;
         }

@@ -8,7 +8,8 @@
 //! 1. parent-death signal (SIGKILL), so a jailed process never outlives its worker;
 //! 2. every inherited descriptor above stderr marked close-on-exec;
 //! 3. rlimits: address space, CPU seconds, file size, open files, processes, no core dumps;
-//! 4. as root only: new network/IPC/UTS namespaces, then the per-job uid/gid, no groups;
+//! 4. as root only: new network/IPC/UTS/mount namespaces, then the per-job uid/gid, no groups
+//!    (started by the privileged spawn helper, [`spawner`], inside a new pid namespace);
 //! 5. `no_new_privs`;
 //! 6. Landlock: execute only the program and its dynamic loader, read system libraries and the
 //!    declared read paths, write only the declared write paths; no TCP bind/connect (ABI ≥ 4);
@@ -28,7 +29,10 @@
 //! builds on its stack from `getpid()` (the one value the parent cannot know before fork).
 
 mod elf;
+pub mod ids;
+pub mod privilege;
 mod seccomp;
+pub mod spawner;
 
 use landlock::{
     Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -380,12 +384,20 @@ impl Prepared {
             };
             check(libc::setrlimit(*res, &lim) as libc::c_long)?;
         }
-        // 4. Root only: fresh namespaces, then the per-job identity.
+        // 4. Root only: fresh namespaces, then the per-job identity. (The spawn helper also
+        //    starts each job in its own pid namespace, one level up.)
         if let Some((uid, gid)) = self.identity {
-            check(
-                libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS)
-                    as libc::c_long,
-            )?;
+            check(libc::unshare(
+                libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNS,
+            ) as libc::c_long)?;
+            // Mounts made later on the host (other jobs' out/) do not propagate in here.
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) as libc::c_long)?;
             check(libc::setgroups(0, std::ptr::null()) as libc::c_long)?;
             check(libc::setresgid(gid, gid, gid) as libc::c_long)?;
             check(libc::setresuid(uid, uid, uid) as libc::c_long)?;

@@ -2,13 +2,14 @@
 //! from the process is read in fixed-size chunks into fixed-size buffers: a jailed process
 //! cannot make the worker's memory grow, whatever it writes.
 
+use mpegflow_jail::spawner::SpawnerClient;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -278,9 +279,157 @@ impl Progress {
     }
 }
 
-/// Runs `program argv` in `dir` with an empty environment, no stdin, in its own process group,
-/// killed (the whole group) on timeout or cancellation. With `progress`, stdout is read as
-/// FFmpeg `-progress` output against `duration_us`.
+/// How a process of a job is started.
+pub enum Launch {
+    /// By this worker, in the jail when given (an unprivileged worker).
+    Direct(Option<mpegflow_jail::Prepared>),
+    /// By the privileged spawn helper, as the job's own uid (a root worker).
+    Helper {
+        spawner: Arc<SpawnerClient>,
+        uid: u32,
+        program: mpegflow_jail::spawner::Program,
+        write_out: bool,
+        limits: mpegflow_jail::Limits,
+    },
+}
+
+type Pipe = Box<dyn AsyncRead + Unpin + Send>;
+
+/// A started process: this worker's child, or a job process the helper started.
+enum Running {
+    /// The child and its pid, kept: `Child::id` forgets it once the child is reaped.
+    Child(tokio::process::Child, Option<u32>),
+    Helper {
+        spawner: Arc<SpawnerClient>,
+        uid: u32,
+        status: tokio::net::unix::pipe::Receiver,
+    },
+}
+
+impl Running {
+    async fn start(
+        program: &Path,
+        argv: &[String],
+        dir: &Path,
+        launch: Launch,
+    ) -> std::io::Result<(Running, Pipe, Pipe)> {
+        match launch {
+            Launch::Direct(jail) => {
+                let mut cmd = Command::new(program);
+                cmd.args(argv)
+                    .current_dir(dir)
+                    .env_clear()
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0)
+                    .kill_on_drop(true);
+                if let Some(prepared) = jail {
+                    let prepared = std::sync::Arc::new(prepared);
+                    // SAFETY: `apply` only makes raw system calls and does not allocate, as
+                    // required between fork and exec.
+                    unsafe {
+                        cmd.pre_exec(move || prepared.apply());
+                    }
+                }
+                let mut child = cmd.spawn()?;
+                let stdout = child.stdout.take().expect("stdout is piped");
+                let stderr = child.stderr.take().expect("stderr is piped");
+                let pid = child.id();
+                Ok((
+                    Running::Child(child, pid),
+                    Box::new(stdout),
+                    Box::new(stderr),
+                ))
+            }
+            Launch::Helper {
+                spawner,
+                uid,
+                program,
+                write_out,
+                limits,
+            } => {
+                let args = argv.to_vec();
+                let client = spawner.clone();
+                let spawned = tokio::task::spawn_blocking(move || {
+                    client.spawn(uid, program, &args, write_out, &limits)
+                })
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+                use tokio::net::unix::pipe::Receiver;
+                let stdout = Receiver::from_owned_fd(spawned.stdout)?;
+                let stderr = Receiver::from_owned_fd(spawned.stderr)?;
+                let status = Receiver::from_owned_fd(spawned.status)?;
+                Ok((
+                    Running::Helper {
+                        spawner,
+                        uid,
+                        status,
+                    },
+                    Box::new(stdout),
+                    Box::new(stderr),
+                ))
+            }
+        }
+    }
+
+    /// How the process ended; for the helper's, once nothing of the job's namespace is left.
+    async fn wait(&mut self) -> std::io::Result<Exit> {
+        match self {
+            Running::Child(child, _) => {
+                let status = child.wait().await?;
+                use std::os::unix::process::ExitStatusExt;
+                Ok(match (status.code(), status.signal()) {
+                    (Some(c), _) => Exit::Code(c),
+                    (None, Some(s)) => Exit::Signal(s),
+                    _ => Exit::Code(-1),
+                })
+            }
+            Running::Helper { status, .. } => {
+                let mut raw = Vec::new();
+                (&mut *status).take(64).read_to_end(&mut raw).await?;
+                Ok(
+                    match <[u8; 4]>::try_from(raw.get(..4).unwrap_or_default()) {
+                        Ok(b) => {
+                            let st = i32::from_ne_bytes(b);
+                            if libc::WIFEXITED(st) {
+                                Exit::Code(libc::WEXITSTATUS(st))
+                            } else if libc::WIFSIGNALED(st) {
+                                Exit::Signal(libc::WTERMSIG(st))
+                            } else {
+                                Exit::Code(-1)
+                            }
+                        }
+                        // The namespace was killed before its init could report.
+                        Err(_) => Exit::Signal(libc::SIGKILL),
+                    },
+                )
+            }
+        }
+    }
+
+    /// Kills the process and everything it left (its process group, or its pid namespace).
+    fn kill(&self) {
+        match self {
+            Running::Child(_, pid) => {
+                if let Some(pid) = pid {
+                    // SAFETY: kill(2) with a negative pid signals the process group we created.
+                    unsafe { libc::kill(-(*pid as i32), libc::SIGKILL) };
+                }
+            }
+            Running::Helper { spawner, uid, .. } => {
+                if let Err(e) = spawner.kill(*uid) {
+                    tracing::error!("killing job uid {uid}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Runs `program argv` in `dir` with an empty environment, no stdin, in its own process group
+/// (or pid namespace), killed (all of it) on timeout or cancellation. With `progress`, stdout
+/// is read as FFmpeg `-progress` output against `duration_us`.
 pub async fn run(
     program: &Path,
     argv: &[String],
@@ -288,29 +437,9 @@ pub async fn run(
     timeout: Duration,
     cancel: &CancellationToken,
     progress: Option<(&Progress, u64)>,
-    jail: Option<mpegflow_jail::Prepared>,
+    launch: Launch,
 ) -> std::io::Result<Finished> {
-    let mut cmd = Command::new(program);
-    cmd.args(argv)
-        .current_dir(dir)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(prepared) = jail {
-        let prepared = std::sync::Arc::new(prepared);
-        // SAFETY: `apply` only makes raw system calls and does not allocate, as required
-        // between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || prepared.apply());
-        }
-    }
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let (mut child, mut stdout, mut stderr) = Running::start(program, argv, dir, launch).await?;
 
     // Both pipes are read to their end in fixed chunks (a writer never blocks on us, so the
     // timeout and the kill below stay in charge) and kept only within fixed bounds.
@@ -348,27 +477,13 @@ pub async fn run(
         kept
     });
 
-    let kill_group = || {
-        if let Some(pid) = pid {
-            // SAFETY: kill(2) with a negative pid signals the process group we created.
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-        }
-    };
     let exit = tokio::select! {
-        status = child.wait() => {
-            let status = status?;
-            use std::os::unix::process::ExitStatusExt;
-            match (status.code(), status.signal()) {
-                (Some(c), _) => Exit::Code(c),
-                (None, Some(s)) => Exit::Signal(s),
-                _ => Exit::Code(-1),
-            }
-        }
-        () = tokio::time::sleep(timeout) => { kill_group(); let _ = child.wait().await; Exit::TimedOut }
-        () = cancel.cancelled() => { kill_group(); let _ = child.wait().await; Exit::Canceled }
+        status = child.wait() => status?,
+        () = tokio::time::sleep(timeout) => { child.kill(); let _ = child.wait().await; Exit::TimedOut }
+        () = cancel.cancelled() => { child.kill(); let _ = child.wait().await; Exit::Canceled }
     };
-    // Reap anything left in the group (a process that forked and left).
-    kill_group();
+    // Reap anything left (a process that forked and left).
+    child.kill();
     let stderr = stderr_task.await.unwrap_or_default();
     let stdout = stdout_task.await.unwrap_or_default();
     Ok(Finished {
@@ -387,7 +502,7 @@ pub async fn probe_duration_us(
     dir: &Path,
     rel: &str,
     cancel: &CancellationToken,
-    jail: Option<mpegflow_jail::Prepared>,
+    launch: Launch,
 ) -> Result<Option<u64>, String> {
     let argv: Vec<String> = [
         "-v",
@@ -414,7 +529,7 @@ pub async fn probe_duration_us(
         Duration::from_secs(60),
         cancel,
         None,
-        jail,
+        launch,
     )
     .await
     .map_err(|e| format!("cannot run ffprobe: {e}"))?;

@@ -5,6 +5,7 @@ use crate::transfer::{self, Digested};
 use crate::{Client, Worker};
 use mpegflow_domain::command::{check_rendered, IoSpec};
 use mpegflow_domain::job::error_code;
+use mpegflow_jail::spawner::Program;
 use mpegflow_proto as pb;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -149,6 +150,8 @@ struct Run<'a> {
     stages: Stages,
     inputs: Vec<pb::InputHash>,
     stderr: Vec<u8>,
+    /// As root: the job's own uid, leased from the spawn helper for this run.
+    job_uid: Option<u32>,
 }
 
 /// Runs one assignment and reports its end to the coordinator.
@@ -176,6 +179,7 @@ pub async fn execute(
         stages: Stages::default(),
         inputs: Vec::new(),
         stderr: Vec::new(),
+        job_uid: None,
     };
     let heartbeat = tokio::spawn(heartbeat_loop(
         client.clone(),
@@ -204,6 +208,14 @@ pub async fn execute(
     } else {
         ended
     };
+    if let (Some(uid), Some(spawner)) = (run.job_uid, worker.config.spawner.clone()) {
+        // Frees the job uid only once nothing of the job is left.
+        match tokio::task::spawn_blocking(move || spawner.end(uid)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(job_id = %a.job_id, "ending job uid {uid}: {e}"),
+            Err(e) => tracing::error!(job_id = %a.job_id, "ending job uid {uid}: {e}"),
+        }
+    }
     let _ = tokio::fs::remove_dir_all(&run.dir).await;
     let stderr_zstd = zstd::encode_all(&run.stderr[..], 3).unwrap_or_default();
     let mut report = pb::ReportJobStatusRequest {
@@ -353,10 +365,18 @@ impl Run<'_> {
         tokio::fs::create_dir_all(self.dir.join("in"))
             .await
             .map_err(infra)?;
-        for alias in spec.outputs.keys() {
-            tokio::fs::create_dir_all(self.dir.join("out").join(alias))
+        if self.worker.config.spawner.is_some() {
+            // The helper mounts the job's own file system on out/ and makes the alias
+            // directories in it.
+            tokio::fs::create_dir_all(self.dir.join("out"))
                 .await
                 .map_err(infra)?;
+        } else {
+            for alias in spec.outputs.keys() {
+                tokio::fs::create_dir_all(self.dir.join("out").join(alias))
+                    .await
+                    .map_err(infra)?;
+            }
         }
 
         self.stages.start("download");
@@ -383,8 +403,8 @@ impl Run<'_> {
         }
         self.stages.end();
 
-        if let Some((uid, gid)) = self.worker.job_identity {
-            chown_tree(&self.dir, uid, gid).map_err(infra)?;
+        if let Some(spawner) = self.worker.config.spawner.clone() {
+            self.begin_identity(spawner, &spec).await?;
         }
 
         self.stages.start("validate");
@@ -392,6 +412,7 @@ impl Run<'_> {
         let mut duration_us = None;
         for input in &self.a.inputs {
             let jail = self.jail_for(&self.worker.ffprobe, &limits, false)?;
+            let jail = self.launch_for(Program::Ffprobe, jail, &limits, false);
             match ffmpeg::probe_duration_us(
                 &self.worker.ffprobe,
                 &self.dir,
@@ -437,6 +458,7 @@ impl Run<'_> {
             encode.clone(),
             tripped.clone(),
         ));
+        let jail = self.launch_for(Program::Ffmpeg, jail, &limits, true);
         let finished = ffmpeg::run(
             &self.worker.ffmpeg,
             &self.a.argv,
@@ -457,10 +479,29 @@ impl Run<'_> {
         })?;
         self.stderr = finished.stderr;
         self.stages.end();
+        if let (Some(uid), Some(spawner)) = (self.job_uid, self.worker.config.spawner.clone()) {
+            // Nothing of the job runs past here, and out/ becomes this worker's to upload.
+            tokio::task::spawn_blocking(move || spawner.handover(uid))
+                .await
+                .map_err(|e| infra(std::io::Error::other(e)))?
+                .map_err(|e| infra(std::io::Error::other(e)))?;
+        }
         if let Some(why) = tripped.lock().ok().and_then(|mut t| t.take()) {
             return Err(JobFailure::new(error_code::OUTPUT_LIMIT, why, false));
         }
-        classify_exit(&finished.exit, &self.stderr, timeout)?;
+        if let Err(f) = classify_exit(&finished.exit, &self.stderr, timeout) {
+            if self.job_uid.is_some() && output_fs_full(&self.dir.join("out")) {
+                return Err(JobFailure {
+                    code: error_code::OUTPUT_LIMIT,
+                    message: format!(
+                        "ffmpeg filled the job's output file system ({} bytes, {} files at most)",
+                        limits.max_output_bytes, limits.max_output_files
+                    ),
+                    ..f
+                });
+            }
+            return Err(f);
+        }
 
         self.stages.start("upload");
         let files = self.collect_outputs(&spec, &limits).await?;
@@ -597,6 +638,84 @@ impl Run<'_> {
         }
     }
 
+    /// Leases the job's own uid from the spawn helper, which also bounds `out/`.
+    async fn begin_identity(
+        &mut self,
+        spawner: std::sync::Arc<mpegflow_jail::spawner::SpawnerClient>,
+        spec: &IoSpec,
+    ) -> Result<(), JobFailure> {
+        let fail = |e: String| {
+            JobFailure::new(error_code::WORKER_ERROR, format!("job identity: {e}"), true)
+        };
+        // Inputs are read by the job's uid through the job's group on the directories.
+        for input in &self.a.inputs {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                self.dir.join(&input.path),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        }
+        let name = self
+            .dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let aliases: Vec<String> = spec.outputs.keys().cloned().collect();
+        let limits = self.a.limits.unwrap_or_default();
+        let uid = tokio::task::spawn_blocking(move || {
+            let aliases: Vec<&str> = aliases.iter().map(String::as_str).collect();
+            spawner.begin(
+                &name,
+                &aliases,
+                limits.max_output_bytes,
+                u64::from(limits.max_output_files),
+            )
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+        self.job_uid = Some(uid);
+        Ok(())
+    }
+
+    /// How one process of this job starts: through the spawn helper as the job's uid when
+    /// there is one, else directly in `jail`.
+    fn launch_for(
+        &self,
+        program: Program,
+        jail: Option<mpegflow_jail::Prepared>,
+        limits: &pb::Limits,
+        write: bool,
+    ) -> ffmpeg::Launch {
+        match (self.job_uid, &self.worker.config.spawner) {
+            (Some(uid), Some(spawner)) => ffmpeg::Launch::Helper {
+                spawner: spawner.clone(),
+                uid,
+                program,
+                write_out: write,
+                limits: self.jail_limits(limits),
+            },
+            _ => ffmpeg::Launch::Direct(jail),
+        }
+    }
+
+    fn jail_limits(&self, limits: &pb::Limits) -> mpegflow_jail::Limits {
+        let timeout = u64::from(limits.timeout_seconds.max(1));
+        mpegflow_jail::Limits {
+            address_space_bytes: self.worker.config.memory_limit_bytes,
+            // FFmpeg is multi-threaded: allow several cores' worth of CPU time in the wall time.
+            cpu_seconds: timeout.saturating_mul(4),
+            file_size_bytes: if limits.max_output_bytes > 0 {
+                limits.max_output_bytes
+            } else {
+                u64::MAX
+            },
+            ..mpegflow_jail::Limits::default()
+        }
+    }
+
     /// The jail for one FFmpeg (`write`: may write `out/`) or ffprobe process of this job.
     fn jail_for(
         &self,
@@ -607,7 +726,10 @@ impl Run<'_> {
         let Some(jail) = &self.worker.config.jail else {
             return Ok(None);
         };
-        let timeout = u64::from(limits.timeout_seconds.max(1));
+        if self.job_uid.is_some() {
+            // The helper builds the jail itself.
+            return Ok(None);
+        }
         let policy = mpegflow_jail::Policy {
             read: vec![self.dir.join("in")],
             write: if write {
@@ -615,18 +737,8 @@ impl Run<'_> {
             } else {
                 vec![]
             },
-            limits: mpegflow_jail::Limits {
-                address_space_bytes: self.worker.config.memory_limit_bytes,
-                // FFmpeg is multi-threaded: allow several cores' worth of CPU time in the wall time.
-                cpu_seconds: timeout.saturating_mul(4),
-                file_size_bytes: if limits.max_output_bytes > 0 {
-                    limits.max_output_bytes
-                } else {
-                    u64::MAX
-                },
-                ..mpegflow_jail::Limits::default()
-            },
-            identity: self.worker.job_identity,
+            limits: self.jail_limits(limits),
+            identity: None,
         };
         jail.prepare(program, &policy).map(Some).map_err(|e| {
             JobFailure::new(
@@ -713,15 +825,16 @@ impl Run<'_> {
     }
 }
 
-/// Makes the job directory the per-job uid's (a root worker runs each job as its own uid).
-fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    if std::fs::symlink_metadata(path)?.is_dir() {
-        for e in std::fs::read_dir(path)? {
-            chown_tree(&e?.path(), uid, gid)?;
-        }
+/// Whether the job's bounded `out/` file system ran out of space or inodes.
+fn output_fs_full(out: &std::path::Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(out.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs fills a struct we own from a NUL-terminated path.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(path.as_ptr(), &mut st) == 0 && (st.f_bfree == 0 || st.f_ffree == 0)
     }
-    Ok(())
 }
 
 /// Maps how FFmpeg ended to the job's outcome: limits and tripwires get their own codes.

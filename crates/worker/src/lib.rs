@@ -50,6 +50,9 @@ pub struct WorkerConfig {
     pub jail: Option<mpegflow_jail::Jail>,
     /// Address-space limit of each jailed process.
     pub memory_limit_bytes: u64,
+    /// As root: the privileged spawn helper that runs each job as its own uid (this worker
+    /// process itself has dropped to an unprivileged uid of its own).
+    pub spawner: Option<std::sync::Arc<mpegflow_jail::spawner::SpawnerClient>>,
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -75,8 +78,6 @@ pub struct Worker {
     pub ffmpeg_version: String,
     pub heartbeat_seconds: u32,
     pub http: reqwest::Client,
-    /// As root: the uid/gid jobs of this worker run as (one per worker process).
-    pub job_identity: Option<(u32, u32)>,
 }
 
 /// This worker's FFmpeg: `-version`, `-buildconf`, and the grammar they imply. An FFmpeg whose
@@ -190,18 +191,24 @@ pub async fn run(
     let ffmpeg_version = ffmpeg::version(&ffmpeg).await?;
     let fingerprint = fingerprint(&ffmpeg).await?;
     std::fs::create_dir_all(&config.work_dir)?;
-    // SAFETY: geteuid has no preconditions.
-    let job_identity = (unsafe { libc::geteuid() } == 0).then(|| {
-        // Unique among live worker processes on this host (pids are unique and below 2^22).
-        let id = 1_000_000 + std::process::id();
-        (id, id)
-    });
+    let per_job_uid = config.spawner.is_some();
     match &config.jail {
         Some(jail) => {
-            selftest::run(jail, &config.work_dir, job_identity).map_err(WorkerError::JailSelfTest)?;
+            match &config.spawner {
+                Some(spawner) => {
+                    selftest::run_privileged(spawner, &config.work_dir)
+                        .map_err(WorkerError::JailSelfTest)?;
+                    // From here on the helper starts nothing but ffmpeg and ffprobe.
+                    spawner
+                        .seal()
+                        .map_err(|e| WorkerError::JailSelfTest(e.to_string()))?;
+                }
+                None => selftest::run(jail, &config.work_dir, None)
+                    .map_err(WorkerError::JailSelfTest)?,
+            }
             let e = jail.enforcement();
             tracing::info!(landlock_abi = e.landlock_abi, landlock_fs = e.landlock_fs, landlock_tcp = e.landlock_tcp,
-                landlock_scopes = e.landlock_scopes, seccomp = e.seccomp, per_job_uid = job_identity.is_some(), "jail self-test passed");
+                landlock_scopes = e.landlock_scopes, seccomp = e.seccomp, per_job_uid, "jail self-test passed");
         }
         None => tracing::error!("RUNNING WITHOUT A JAIL (--insecure-no-jail): FFmpeg runs unconfined; a crafted input can reach everything this worker can"),
     }
@@ -224,7 +231,6 @@ pub async fn run(
         ffmpeg,
         ffprobe,
         ffmpeg_version,
-        job_identity,
         http: reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))
@@ -250,6 +256,15 @@ pub async fn run(
                     let _g = span.enter();
                     tracing::info!("job started");
                     job::execute(&worker, &mut client, a, shutdown_hard.clone()).await;
+                    // Without its spawn helper a root worker can run nothing: stop, do not
+                    // take jobs only to fail them (SEAL is idempotent; it answers while alive).
+                    if let Some(spawner) = &worker.config.spawner {
+                        if let Err(mpegflow_jail::spawner::SpawnError::Io(e)) = spawner.seal() {
+                            return Err(WorkerError::Io(std::io::Error::other(format!(
+                                "the spawn helper is gone: {e}"
+                            ))));
+                        }
+                    }
                 }
             }
             Err(s) if s.code() == tonic::Code::Unauthenticated => {

@@ -50,6 +50,111 @@ struct Args {
     /// older kernel (e.g. 2 for Debian 12's 6.1). The other layers do not depend on it.
     #[arg(long, env = "MPEGFLOW_LANDLOCK_ABI_MAX", value_name = "N")]
     landlock_abi_max: Option<i32>,
+    /// As root: the first of the reserved ids. Worker processes take uids from the
+    /// `--worker-uids` ids starting here, jobs from the `--job-uids` ids after those. The
+    /// default sits above systemd's container ranges and below 2^31; start-up refuses a range
+    /// that overlaps /etc/subuid, /etc/subgid or any user or group of the host. (In a user
+    /// namespace, e.g. a Kubernetes pod with `hostUsers: false`, both ranges must lie inside
+    /// the namespace's mapped ids.)
+    #[arg(long, default_value_t = 0x7000_0000)]
+    uid_base: u32,
+    /// As root: how many worker uids to use (one per live worker process on the host).
+    #[arg(long, default_value_t = 65_536)]
+    worker_uids: u32,
+    /// As root: how many job uids to use (each job gets a fresh one while it runs).
+    #[arg(long, default_value_t = 65_536)]
+    job_uids: u32,
+    /// As root: where the host's id leases live (root-only; shared by every worker).
+    #[arg(long, default_value = "/run/mpegflow")]
+    id_lock_dir: PathBuf,
+    /// As root: the largest out/ file system of a job, in MiB, whatever its output limit (it is
+    /// a tmpfs: memory or swap).
+    #[arg(long, default_value_t = 10 * 1024)]
+    max_output_fs_mb: u64,
+}
+
+/// As root: leases this worker's own uid, forks the privileged spawn helper (which keeps root
+/// and the lease), then drops this process to that uid with no capabilities and no way back.
+/// Runs while the process is still single-threaded.
+fn drop_root(
+    args: &Args,
+    work_dir: &std::path::Path,
+    jail: Option<&mpegflow_jail::Jail>,
+) -> anyhow::Result<Option<mpegflow_jail::spawner::SpawnerClient>> {
+    use mpegflow_jail::ids::{IdAllocator, IdRange};
+    use std::os::unix::fs::PermissionsExt;
+    // Job directories start private to this worker; the helper opens them to the job's group.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
+    let workers = IdRange {
+        base: args.uid_base,
+        count: args.worker_uids,
+    };
+    let jobs = IdRange {
+        base: args
+            .uid_base
+            .checked_add(args.worker_uids)
+            .context("--uid-base is too large")?,
+        count: args.job_uids,
+    };
+    for range in [workers, jobs] {
+        range.check_against_host().map_err(anyhow::Error::msg)?;
+    }
+    let lease = IdAllocator::open(&args.id_lock_dir, "worker", workers)
+        .and_then(|a| a.allocate())
+        .context("leasing a worker uid")?;
+    let uid = lease.id;
+    // A fresh work directory of this worker's own: others may pass (job uids must), not list.
+    std::fs::create_dir_all(work_dir)?;
+    if std::fs::read_dir(work_dir)?.next().is_some() {
+        bail!(
+            "the work directory {} must be empty (it is given to this worker's own uid)",
+            work_dir.display()
+        );
+    }
+    std::os::unix::fs::chown(work_dir, Some(uid), Some(uid))?;
+    std::fs::set_permissions(work_dir, std::fs::Permissions::from_mode(0o711))?;
+    let spawner = match jail {
+        Some(jail) => {
+            let resolve = |p: &PathBuf| {
+                mpegflow_worker::ffmpeg::resolve(p)
+                    .and_then(|p| std::fs::canonicalize(p).ok())
+                    .with_context(|| format!("{} not found", p.display()))
+            };
+            let cfg = mpegflow_jail::spawner::SpawnerConfig {
+                work_dir: std::fs::canonicalize(work_dir)?,
+                worker: (uid, uid),
+                ffmpeg: resolve(&args.ffmpeg)?,
+                ffprobe: resolve(&args.ffprobe)?,
+                probe: mpegflow_jail::spawner::own_binary(),
+                job_ids: jobs,
+                lock_dir: args.id_lock_dir.clone(),
+                max_limits: mpegflow_jail::Limits {
+                    address_space_bytes: args.memory_limit_mb.saturating_mul(1024 * 1024),
+                    cpu_seconds: 7 * 24 * 3600,
+                    file_size_bytes: u64::MAX,
+                    ..mpegflow_jail::Limits::default()
+                },
+                max_output_fs_bytes: args.max_output_fs_mb.saturating_mul(1024 * 1024),
+            };
+            // SAFETY: no thread has been started yet.
+            Some(
+                unsafe { mpegflow_jail::spawner::start(cfg, jail.clone(), vec![lease.into_fd()]) }
+                    .context("starting the spawn helper")?,
+            )
+        }
+        None => {
+            // Held for the life of this process.
+            std::mem::forget(lease);
+            None
+        }
+    };
+    mpegflow_jail::privilege::drop_to(uid, uid).context("dropping root")?;
+    tracing::info!(
+        uid,
+        "dropped root; jobs run as their own uids through the spawn helper"
+    );
+    Ok(spawner)
 }
 
 fn read_token(args: &Args) -> anyhow::Result<String> {
@@ -91,16 +196,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let token = read_token(&args)?;
-    // No core dumps and no ptrace by same-uid processes: the token lives in this memory.
-    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let work_dir = args.work_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("mpegflow-worker-{}", std::process::id()))
     });
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
     let jail = if args.insecure_no_jail {
         None
     } else {
@@ -120,6 +218,19 @@ fn main() -> anyhow::Result<()> {
                 .context("building the jail (pass --insecure-no-jail to run unconfined)")?,
         )
     };
+    // SAFETY: geteuid has no preconditions.
+    let spawner = if unsafe { libc::geteuid() } == 0 {
+        drop_root(&args, &work_dir, jail.as_ref())?.map(std::sync::Arc::new)
+    } else {
+        None
+    };
+    let token = read_token(&args)?;
+    // No core dumps and no ptrace by same-uid processes: the token lives in this memory.
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
     let config = WorkerConfig {
         jail,
         memory_limit_bytes: args.memory_limit_mb.saturating_mul(1024 * 1024),
@@ -131,6 +242,7 @@ fn main() -> anyhow::Result<()> {
         image_hash: args.image_hash.clone(),
         max_input_bytes: args.max_input_bytes,
         poll_seconds: args.poll_seconds,
+        spawner,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

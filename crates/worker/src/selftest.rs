@@ -3,7 +3,8 @@
 //! must be refused a forbidden one, must not be able to signal the worker, and must be killed
 //! for creating a socket.
 
-use mpegflow_jail::{Jail, Policy};
+use mpegflow_jail::spawner::{Program, SpawnerClient};
+use mpegflow_jail::{Jail, Limits, Policy};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -152,4 +153,104 @@ pub fn run(jail: &Jail, work_dir: &Path, identity: Option<(u32, u32)>) -> Result
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// The same three probes for a root worker, through the spawn helper: as a leased job uid, in
+/// the job's namespaces, with the job's directory layout (`in/` granted, a file beside it not).
+pub fn run_privileged(spawner: &SpawnerClient, work_dir: &Path) -> Result<(), String> {
+    let name = format!("selftest-{}", std::process::id());
+    let dir = work_dir.join(&name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let setup = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir.join("in"))?;
+        std::fs::create_dir_all(dir.join("out"))?;
+        std::fs::write(dir.join("in/allowed"), b"ok")?;
+        std::fs::write(dir.join("forbidden"), b"secret")?;
+        for f in [dir.join("in/allowed"), dir.join("forbidden")] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))?;
+        }
+        Ok(())
+    };
+    setup().map_err(|e| format!("self-test directory: {e}"))?;
+    let uid = spawner
+        .begin(&name, &[], 1 << 20, 16)
+        .map_err(|e| e.to_string())?;
+    let probe = |args: &[&str]| -> Result<i32, String> {
+        let mut argv = vec![PROBE_ARG.to_owned()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let limits = Limits {
+            address_space_bytes: 1 << 30,
+            cpu_seconds: 30,
+            file_size_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let spawned = spawner
+            .spawn(uid, Program::SelfTestProbe, &argv, false, &limits)
+            .map_err(|e| format!("cannot start the jailed probe: {e}"))?;
+        wait_status(&spawned.status).map_err(|e| format!("waiting for the probe: {e}"))
+    };
+    let result = (|| {
+        let s = probe(&["read", "in/allowed"])?;
+        if !(libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == PROBE_OK) {
+            return Err(format!(
+                "a jailed process could not read an allowed file (status {s:#x})"
+            ));
+        }
+        let s = probe(&["read", "forbidden"])?;
+        if !(libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == PROBE_DENIED) {
+            return Err(format!(
+                "file-system confinement (Landlock) is not enforced: a forbidden read gave status {s:#x}"
+            ));
+        }
+        let s = probe(&["socket"])?;
+        if !(libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGSYS) {
+            return Err(format!(
+                "the seccomp tripwire is not enforced: socket() gave status {s:#x}"
+            ));
+        }
+        Ok(())
+    })();
+    let ended = spawner
+        .handover(uid)
+        .and_then(|()| spawner.end(uid))
+        .map_err(|e| e.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    result.and(ended)
+}
+
+/// Blocks until the helper reports a wait status on `status` (or the namespace was killed).
+fn wait_status(status: &std::os::fd::OwnedFd) -> std::io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let mut got = Vec::new();
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: status.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll/read on a descriptor we own, into buffers we own.
+        unsafe {
+            libc::poll(&mut pfd, 1, 60_000);
+            let mut b = [0u8; 8];
+            let n = libc::read(status.as_raw_fd(), b.as_mut_ptr().cast(), b.len());
+            match n {
+                0 => break,
+                n if n > 0 => got.extend_from_slice(&b[..n as usize]),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::Interrupted
+                    {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+    Ok(
+        match <[u8; 4]>::try_from(got.get(..4).unwrap_or_default()) {
+            Ok(b) => i32::from_ne_bytes(b),
+            Err(_) => libc::SIGKILL,
+        },
+    )
 }

@@ -10,6 +10,7 @@ mod commands;
 mod coordinator_auth;
 mod e2e;
 mod fencing;
+mod identity;
 mod isolation;
 mod jail;
 mod presign;

@@ -191,11 +191,22 @@ async fn signal_matrix(keep_root: bool, worker_args: &[&str]) {
     assert_eq!(attempts, 4 * (4 * 15 + 1), "{v}");
     assert!(!v.contains("SUCCEEDED"), "{v}");
 
-    // pidfd_open is a tripwire: the attacker dies, the target does not.
+    // pidfd_open is a tripwire: the attacker dies, the target does not. The resulting
+    // `security_violation` is final only once a second worker confirms it: a third worker, of
+    // another token, is there to do so while worker A holds the victim.
+    let (_, token2) = tp.worker_token("default").await;
+    tp.platform
+        .spawn_worker_with(&token2, &args, keep_root)
+        .await
+        .unwrap();
     let trip = submit_attack(&client, &clip, &format!("pidfd_open:{worker_b}"), 60).await;
     let trip = client.wait(&trip, |_| {}).await.unwrap();
     assert_eq!(trip["state"], "failed", "{trip:#}");
     assert_eq!(trip["error"]["code"], "security_violation", "{trip:#}");
+    assert_eq!(
+        trip["attempts"], 2,
+        "confirmed by a second worker: {trip:#}"
+    );
 
     for (name, pid) in [
         ("the attacker's worker", worker_b),

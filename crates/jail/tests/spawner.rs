@@ -1,0 +1,182 @@
+//! The privileged spawn helper refuses what it must: uid 0, uids outside its range or not
+//! leased by it, any program but ffmpeg/ffprobe (and the self-test probe before `SEAL`), and
+//! job directories it cannot open without following links. What it does start runs as the
+//! leased uid. Needs root (skips otherwise); runs without the libtest harness because the
+//! helper is forked from this process, which must be single-threaded for that.
+
+use mpegflow_jail::ids::IdRange;
+use mpegflow_jail::spawner::{self, Program, SpawnError, SpawnerConfig};
+use mpegflow_jail::{Jail, Layers, Limits};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+const WORKER: u32 = 0x70ff_0000;
+const JOB_BASE: u32 = 0x7100_0000;
+
+fn read_all(fd: &OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut b = [0u8; 4096];
+        // SAFETY: poll/read on a descriptor we own into buffers we own.
+        let n = unsafe {
+            libc::poll(&mut p, 1, 30_000);
+            libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len())
+        };
+        match n {
+            0 => return out,
+            n if n > 0 => out.extend_from_slice(&b[..n as usize]),
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => panic!("read: {}", std::io::Error::last_os_error()),
+        }
+    }
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<T, SpawnError>, needle: &str) {
+    match r {
+        Err(SpawnError::Refused(m)) => assert!(m.contains(needle), "{m:?} lacks {needle:?}"),
+        other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
+    }
+}
+
+fn job_dir(work: &Path, name: &str) {
+    for d in ["", "in", "out"] {
+        let p = work.join(name).join(d);
+        std::fs::create_dir_all(&p).unwrap();
+        std::os::unix::fs::chown(&p, Some(WORKER), Some(WORKER)).unwrap();
+    }
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("mpegflow-spawner-test-{}", std::process::id()));
+    let work = base.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(&work, Some(WORKER), Some(WORKER)).unwrap();
+    let id = std::fs::canonicalize("/usr/bin/id").unwrap();
+    let cfg = SpawnerConfig {
+        work_dir: std::fs::canonicalize(&work).unwrap(),
+        worker: (WORKER, WORKER),
+        ffmpeg: id.clone(),
+        ffprobe: id,
+        probe: Some(std::fs::canonicalize("/usr/bin/true").unwrap()),
+        job_ids: IdRange {
+            base: JOB_BASE,
+            count: 8,
+        },
+        lock_dir: base.join("locks"),
+        max_limits: Limits::default(),
+        max_output_fs_bytes: 1 << 20,
+    };
+    let jail = Jail::new(Layers::default()).expect("jail");
+    // SAFETY: no thread has been started (harness = false).
+    let client = unsafe { spawner::start(cfg, jail, Vec::new()) }.expect("start the helper");
+    let limits = Limits::default();
+    job_dir(&work, "job-1");
+    let uid = client.begin("job-1", &["out"], 1 << 20, 4).expect("begin");
+    assert!((JOB_BASE..JOB_BASE + 8).contains(&uid), "{uid}");
+
+    refused(
+        client.spawn(0, Program::Ffmpeg, &[], true, &limits),
+        "uid 0",
+    );
+    refused(
+        client.spawn(JOB_BASE - 1, Program::Ffmpeg, &[], true, &limits),
+        "outside the job range",
+    );
+    refused(
+        client.spawn(JOB_BASE + 8, Program::Ffmpeg, &[], true, &limits),
+        "outside the job range",
+    );
+    let other = if uid == JOB_BASE {
+        JOB_BASE + 1
+    } else {
+        JOB_BASE
+    };
+    refused(
+        client.spawn(other, Program::Ffmpeg, &[], true, &limits),
+        "not a live job",
+    );
+    for code in [0u8, 4, 7, 255] {
+        refused(
+            client.spawn_raw(uid, code, &[], true, &limits),
+            "is not ffmpeg or ffprobe",
+        );
+    }
+    // The self-test probe runs until the worker seals the helper, never after.
+    let probe = client
+        .spawn(uid, Program::SelfTestProbe, &[], false, &limits)
+        .expect("probe before seal");
+    assert_eq!(read_all(&probe.status), 0i32.to_ne_bytes());
+    client.seal().unwrap();
+    refused(
+        client.spawn(uid, Program::SelfTestProbe, &[], false, &limits),
+        "is not ffmpeg or ffprobe",
+    );
+    refused(
+        client.begin("../etc", &[], 1, 1),
+        "invalid job directory name",
+    );
+    refused(client.begin("job-1", &[], 1, 1), "already live");
+    refused(
+        client.begin("job-2", &["Bad/alias"], 1, 1),
+        "invalid output alias",
+    );
+    // A job directory whose in/ is a link elsewhere is not followed.
+    job_dir(&work, "job-3");
+    std::fs::remove_dir(work.join("job-3/in")).unwrap();
+    std::os::unix::fs::symlink("/etc", work.join("job-3/in")).unwrap();
+    refused(client.begin("job-3", &[], 1, 1), "in/");
+
+    // What it does start runs as the leased uid and gid, with no supplementary groups.
+    let s = client
+        .spawn(uid, Program::Ffmpeg, &["-u".into()], true, &limits)
+        .expect("spawn");
+    let out = read_all(&s.stdout);
+    assert_eq!(String::from_utf8_lossy(&out).trim(), uid.to_string());
+    assert_eq!(read_all(&s.status), 0i32.to_ne_bytes());
+    let s = client
+        .spawn(uid, Program::Ffprobe, &["-G".into()], false, &limits)
+        .expect("spawn");
+    assert_eq!(
+        String::from_utf8_lossy(&read_all(&s.stdout)).trim(),
+        uid.to_string()
+    );
+    // A figure for the report (not an assertion): a start through the helper, to exit.
+    let t = std::time::Instant::now();
+    for _ in 0..20 {
+        let s = client
+            .spawn(uid, Program::Ffmpeg, &["-u".into()], true, &limits)
+            .expect("spawn");
+        read_all(&s.status);
+    }
+    eprintln!(
+        "spawn helper: `id -u` as a job uid, start to exit: {:.1} ms each (20 runs)",
+        t.elapsed().as_secs_f64() * 1000.0 / 20.0
+    );
+    client.handover(uid).expect("handover");
+    refused(
+        client.spawn(uid, Program::Ffmpeg, &[], true, &limits),
+        "handed over",
+    );
+    client.end(uid).expect("end");
+    refused(
+        client.spawn(uid, Program::Ffmpeg, &[], true, &limits),
+        "not a live job",
+    );
+    assert!(!mpegflow_jail::ids::ids_in_use().contains(&uid));
+    drop(client);
+    let _ = std::fs::remove_dir_all(&base);
+    println!("spawn helper: every refusal held; jobs ran as uid {uid}");
+}
