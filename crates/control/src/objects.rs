@@ -21,16 +21,9 @@ impl AppState {
         for (k, v) in &head.headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("object store unreachable: {e}"))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        let Some(resp) = existing(req.send().await)? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(format!("object store answered {}", resp.status()));
-        }
+        };
         let size = resp
             .headers()
             .get(reqwest::header::CONTENT_LENGTH)
@@ -58,18 +51,9 @@ impl AppState {
         max_bytes: u64,
     ) -> Result<Option<ObjectHead>, String> {
         let get = self.presigner.get(key, Duration::from_secs(300));
-        let mut resp = self
-            .http_streaming
-            .get(&get.url)
-            .send()
-            .await
-            .map_err(|e| format!("object store unreachable: {e}"))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        let Some(mut resp) = existing(self.http_streaming.get(&get.url).send().await)? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(format!("object store answered {}", resp.status()));
-        }
+        };
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = resp
@@ -88,4 +72,17 @@ impl AppState {
             sha256: Some(hex::encode(hasher.finalize())),
         }))
     }
+}
+
+/// The store's answer about one object: the response when it exists, `None` when it does not,
+/// an error for anything else.
+fn existing(sent: reqwest::Result<reqwest::Response>) -> Result<Option<reqwest::Response>, String> {
+    let resp = sent.map_err(|e| format!("object store unreachable: {e}"))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !resp.status().is_success() {
+        return Err(format!("object store answered {}", resp.status()));
+    }
+    Ok(Some(resp))
 }

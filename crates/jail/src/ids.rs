@@ -225,28 +225,10 @@ impl IdAllocator {
 /// Every uid and gid that a process runs with or a mount carries (`uid=`/`gid=` options).
 pub fn ids_in_use() -> std::collections::HashSet<u32> {
     let mut ids = std::collections::HashSet::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let name = e.file_name();
-            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-                continue;
-            };
-            for line in status.lines() {
-                if let Some(rest) = line
-                    .strip_prefix("Uid:")
-                    .or_else(|| line.strip_prefix("Gid:"))
-                {
-                    ids.extend(
-                        rest.split_whitespace()
-                            .filter_map(|v| v.parse::<u32>().ok()),
-                    );
-                }
-            }
-        }
-    }
+    each_process_id(|id| {
+        ids.insert(id);
+        false
+    });
     for line in std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
@@ -265,10 +247,22 @@ pub fn ids_in_use() -> std::collections::HashSet<u32> {
     ids
 }
 
-/// Whether any process runs with `id` as a real, effective, saved or file-system uid or gid.
+/// Whether any process runs with `id` as a real, effective, saved or file-system uid or gid
+/// (true when `/proc` cannot be read: an id is only free when it is known to be).
 pub fn processes_with(id: u32) -> bool {
+    let mut found = false;
+    let readable = each_process_id(|seen| {
+        found = seen == id;
+        found
+    });
+    found || !readable
+}
+
+/// Calls `visit` with every uid and gid of every process until it returns true; false when
+/// `/proc` cannot be read at all.
+fn each_process_id(mut visit: impl FnMut(u32) -> bool) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return true;
+        return false;
     };
     for e in dir.flatten() {
         if !e
@@ -283,17 +277,23 @@ pub fn processes_with(id: u32) -> bool {
             continue;
         };
         for line in status.lines() {
-            if let Some(rest) = line
+            let Some(rest) = line
                 .strip_prefix("Uid:")
                 .or_else(|| line.strip_prefix("Gid:"))
+            else {
+                continue;
+            };
+            for id in rest
+                .split_whitespace()
+                .filter_map(|v| v.parse::<u32>().ok())
             {
-                if rest.split_whitespace().any(|v| v.parse::<u32>() == Ok(id)) {
+                if visit(id) {
                     return true;
                 }
             }
         }
     }
-    false
+    true
 }
 
 #[cfg(test)]

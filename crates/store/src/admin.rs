@@ -264,52 +264,44 @@ impl Store {
 
     /// Lifts a suspension; the strikes that led to it are forgiven.
     pub async fn unsuspend_worker_token(&self, token_id: Uuid) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
+        self.update_worker_token_audited(
+            token_id,
             "UPDATE worker_tokens SET suspended_at = NULL, suspended_reason = NULL, strikes_since = now()
              WHERE id = $1 AND suspended_at IS NOT NULL AND revoked_at IS NULL",
+            "worker_token.unsuspended",
         )
-        .bind(token_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Err(StoreError::NotFound);
-        }
-        insert_audit(
-            &mut *tx,
-            &admin(
-                "worker_token.unsuspended",
-                None,
-                token_id.to_string(),
-                json!({}),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     pub async fn revoke_worker_token(&self, token_id: Uuid) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
+        self.update_worker_token_audited(
+            token_id,
             "UPDATE worker_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+            "worker_token.revoked",
         )
-        .bind(token_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .await
+    }
+
+    /// Runs one admin change of a worker token (`$1` = its id) and its audit row in one
+    /// transaction; a token the change does not apply to is `NotFound`.
+    async fn update_worker_token_audited(
+        &self,
+        token_id: Uuid,
+        update: &'static str,
+        action: &'static str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(update)
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if n == 0 {
             return Err(StoreError::NotFound);
         }
         insert_audit(
             &mut *tx,
-            &admin(
-                "worker_token.revoked",
-                None,
-                token_id.to_string(),
-                json!({}),
-            ),
+            &admin(action, None, token_id.to_string(), json!({})),
         )
         .await?;
         tx.commit().await?;

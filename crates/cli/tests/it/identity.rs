@@ -9,15 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 macro_rules! needs_root {
     () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (per-job uids exist only for a root worker)");
+        if !root_setup_available("per-job uids (they exist only for a root worker)") {
             return;
         }
     };
@@ -197,7 +191,7 @@ async fn each_job_runs_as_a_fresh_uid_sequentially_and_concurrently() {
             &client,
             &input,
             &[("out", "who.txt")],
-            "-i {{in}} -metadata comment=whoami:0 {{out}}",
+            "-i {{in}} -metadata comment=whoami:0 -f mp4 {{out}}",
         )
         .await;
         job_ids.push(whoami(&client, &tp, &job).await);
@@ -207,14 +201,14 @@ async fn each_job_runs_as_a_fresh_uid_sequentially_and_concurrently() {
         &client,
         &input,
         &[("out", "who.txt")],
-        "-i {{in}} -metadata comment=whoami:3 {{out}}",
+        "-i {{in}} -metadata comment=whoami:3 -f mp4 {{out}}",
     )
     .await;
     let b = submit(
         &client,
         &input,
         &[("out", "who.txt")],
-        "-i {{in}} -metadata comment=whoami:3 {{out}}",
+        "-i {{in}} -metadata comment=whoami:3 -f mp4 {{out}}",
     )
     .await;
     let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
@@ -276,7 +270,7 @@ async fn one_worker_cannot_read_another_workers_job_files() {
         &client,
         &input,
         &[("out", "who.txt")],
-        "-i {{in}} -metadata comment=whoami:5 {{out}}",
+        "-i {{in}} -metadata comment=whoami:5 -f mp4 {{out}}",
     )
     .await;
     let id = job["id"].as_str().unwrap().to_owned();
@@ -406,7 +400,7 @@ async fn the_output_file_system_stops_many_writers_while_they_run() {
         &client,
         &input,
         &[("frames", "frames/")],
-        "-i {{in}} -metadata comment=fill:8:40:1 {{frames}}/x.bin",
+        "-i {{in}} -metadata comment=fill:8:40:1 -f mp4 {{frames}}/x.bin",
     )
     .await;
     let id = job["id"].as_str().unwrap().to_owned();

@@ -42,6 +42,9 @@ static void *filler(void *arg) {
 }
 
 int main(int argc, char **argv) {
+    /* The worker registers its FFmpeg's fingerprint: answer as the installed release would. */
+    if (argc == 2 && !strcmp(argv[1], "-version")) { puts("ffmpeg version 5.1-identity stand-in"); return 0; }
+    if (argc == 2 && !strcmp(argv[1], "-buildconf")) { puts("  configuration:\n    --identity"); return 0; }
     const char *mode = NULL;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "-metadata") && !strncmp(argv[i + 1], "comment=", 8)) mode = argv[i + 1] + 8;

@@ -225,7 +225,7 @@ async fn setup_with(jailed: bool, keep_root: bool, worker_args: &[&str]) -> Env 
 async fn run_attack(env: &Env, attack: &Attack) -> Value {
     let asset = env.client.upload(&env.clip).await.unwrap();
     let command = format!(
-        "-i {{{{in}}}} -metadata comment=attack:{}:{} {{{{out}}}}",
+        "-i {{{{in}}}} -metadata comment=attack:{}:{} -f mp4 {{{{out}}}}",
         attack.name, attack.arg
     );
     let timeout = if attack.name == "sleep" { 2 } else { 60 };

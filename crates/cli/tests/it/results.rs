@@ -33,6 +33,7 @@ impl RawWorker {
         };
         let r = w.req(pb::RegisterWorkerRequest {
             hostname: "liar".into(),
+            fingerprint: Some(fingerprint()),
             ..Default::default()
         });
         w.id = w

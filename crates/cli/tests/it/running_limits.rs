@@ -28,7 +28,7 @@ async fn run_attack(client: &ApiClient, clip: &Path, attack: &str, timeout: u32)
         .submit(
             &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
             &[("out".into(), "verdict.txt".into())].into(),
-            &format!("-i {{{{in}}}} -metadata comment=attack:{attack} {{{{out}}}}"),
+            &format!("-i {{{{in}}}} -metadata comment=attack:{attack} -f mp4 {{{{out}}}}"),
             serde_json::json!({ "timeout_seconds": timeout }),
         )
         .await

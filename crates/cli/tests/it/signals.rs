@@ -63,7 +63,7 @@ async fn submit_attack(client: &ApiClient, clip: &Path, attack: &str, timeout: u
         .submit(
             &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
             &[("out".into(), "verdict.txt".into())].into(),
-            &format!("-i {{{{in}}}} -metadata comment=attack:{attack} {{{{out}}}}"),
+            &format!("-i {{{{in}}}} -metadata comment=attack:{attack} -f mp4 {{{{out}}}}"),
             serde_json::json!({ "timeout_seconds": timeout }),
         )
         .await
