@@ -104,7 +104,7 @@ fn hand_targets(job_dir: &Path, targets: &[i64]) {
     std::fs::rename(&tmp, job_dir.join("in/targets")).unwrap();
 }
 
-/// A stand-in for the control plane: an ordinary process of the attacker's own uid.
+/// A stand-in for the control plane: an ordinary process of the given uid.
 fn same_uid_process(uid: u32, gid: u32) -> std::process::Child {
     std::process::Command::new("sleep")
         .arg("600")
@@ -170,8 +170,11 @@ async fn signal_matrix(keep_root: bool, worker_args: &[&str]) {
         120,
     )
     .await;
-    let (attacker, job_dir) = wait_for_stand_in(&attack_job, "signal_matrix").await;
-    let (uid, gid) = real_ids(attacker);
+    let (_attacker, job_dir) = wait_for_stand_in(&attack_job, "signal_matrix").await;
+    // A stand-in for the control plane under the uid closest to the attacker's: its own when
+    // worker and job share one (unprivileged), its worker's when each job has a uid of its own
+    // (root), since nothing outside a job ever runs under the job's uid.
+    let (uid, gid) = real_ids(worker_b);
     let mut control = same_uid_process(uid, gid);
     let control_pid = control.id();
     // -1: every process the attacker may signal.
@@ -212,7 +215,10 @@ async fn signal_matrix(keep_root: bool, worker_args: &[&str]) {
         ("the attacker's worker", worker_b),
         ("another worker", worker_a),
         ("another job's jailed process", victim),
-        ("a process of the attacker's own uid", control_pid),
+        (
+            "a process of the attacker's (unprivileged) or its worker's (root) uid",
+            control_pid,
+        ),
     ] {
         assert!(
             running(pid),
