@@ -74,11 +74,16 @@ impl Stages {
 /// heartbeat that asks for them, and downloads (and their retries) use the freshest.
 #[derive(Clone)]
 struct InputUrls {
-    /// alias → (URL, expiry in Unix seconds), and how many times they were refreshed.
-    urls: Arc<Mutex<(HashMap<String, (String, i64)>, u64)>>,
+    urls: Arc<Mutex<HeldUrls>>,
     wanted: Arc<AtomicBool>,
     /// Wakes the heartbeat loop at once.
     wake: Arc<Notify>,
+}
+
+/// alias → (URL, expiry in Unix seconds), and how many times they were refreshed.
+struct HeldUrls {
+    by_alias: HashMap<String, (String, i64)>,
+    generation: u64,
 }
 
 /// Tries per input download (each after the first with fresh URLs).
@@ -93,7 +98,10 @@ impl InputUrls {
             .map(|i| (i.alias.clone(), (i.url.clone(), i.url_expires_at_unix)))
             .collect();
         InputUrls {
-            urls: Arc::new(Mutex::new((map, 0))),
+            urls: Arc::new(Mutex::new(HeldUrls {
+                by_alias: map,
+                generation: 0,
+            })),
             wanted: Arc::default(),
             wake: Arc::default(),
         }
@@ -101,18 +109,20 @@ impl InputUrls {
 
     fn get(&self, alias: &str) -> Option<(String, i64, u64)> {
         let g = self.urls.lock().unwrap_or_else(|e| e.into_inner());
-        g.0.get(alias).map(|(u, e)| (u.clone(), *e, g.1))
+        g.by_alias
+            .get(alias)
+            .map(|(u, e)| (u.clone(), *e, g.generation))
     }
 
     fn store(&self, fresh: &[pb::InputFile]) {
         let mut g = self.urls.lock().unwrap_or_else(|e| e.into_inner());
         for i in fresh {
             // Only the inputs this job was given.
-            if let Some(slot) = g.0.get_mut(&i.alias) {
+            if let Some(slot) = g.by_alias.get_mut(&i.alias) {
                 *slot = (i.url.clone(), i.url_expires_at_unix);
             }
         }
-        g.1 += 1;
+        g.generation += 1;
         self.wanted.store(false, Ordering::Relaxed);
     }
 
@@ -122,7 +132,13 @@ impl InputUrls {
         self.wake.notify_one();
         let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
-            if self.urls.lock().unwrap_or_else(|e| e.into_inner()).1 != generation {
+            if self
+                .urls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .generation
+                != generation
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
