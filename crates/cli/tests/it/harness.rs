@@ -279,3 +279,22 @@ pub fn root_setup_available(what: &str) -> bool {
     }
     root
 }
+
+/// Compiles a C stand-in for FFmpeg from `tests/it/<source>` into a per-process temp directory
+/// (world-readable, so dropped worker and job uids can run it); call it once per binary.
+pub fn compile_standin(source: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mpegflow-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it")
+        .join(source);
+    let st = std::process::Command::new("cc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("cc");
+    assert!(st.success(), "compiling {source}");
+    bin
+}

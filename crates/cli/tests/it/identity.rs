@@ -20,20 +20,7 @@ macro_rules! needs_root {
 /// Compiles the identity stand-in once per test binary.
 fn standin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("mpegflow-standin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("identity-standin");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/identity_standin.c");
-        let st = std::process::Command::new("cc")
-            .args(["-O1", "-pthread", "-o"])
-            .arg(&bin)
-            .arg(&src)
-            .status()
-            .expect("cc");
-        assert!(st.success(), "compiling the identity stand-in");
-        bin
-    })
+    BIN.get_or_init(|| compile_standin("identity_standin.c", "identity-standin"))
 }
 
 /// The `Key:` lines of /proc/<pid>/status.

@@ -13,20 +13,28 @@ use std::time::Duration;
 /// Compiles the hostile program once per test binary.
 pub(crate) fn hostile() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("mpegflow-hostile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("hostile-ffmpeg");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/hostile.c");
-        let st = std::process::Command::new("cc")
-            .args(["-O1", "-pthread", "-o"])
-            .arg(&bin)
-            .arg(&src)
-            .status()
-            .expect("cc");
-        assert!(st.success(), "compiling the hostile program");
-        bin
-    })
+    BIN.get_or_init(|| compile_standin("hostile.c", "hostile-ffmpeg"))
+}
+
+/// Submits a job whose FFmpeg is the hostile stand-in running `attack` (`name:arg`); its
+/// verdict lands in the output `verdict.txt`. Returns the job id.
+pub(crate) async fn submit_attack(
+    client: &ApiClient,
+    clip: &Path,
+    attack: &str,
+    timeout: u32,
+) -> String {
+    let asset = client.upload(clip).await.unwrap();
+    let job = client
+        .submit(
+            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
+            &[("out".into(), "verdict.txt".into())].into(),
+            &format!("-i {{{{in}}}} -metadata comment=attack:{attack} -f mp4 {{{{out}}}}"),
+            serde_json::json!({ "timeout_seconds": timeout }),
+        )
+        .await
+        .unwrap();
+    job["id"].as_str().unwrap().to_owned()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,7 +3,7 @@
 //! from many threads into many files is stopped with `output_limit` while it writes.
 
 use crate::harness::*;
-use crate::jail::hostile;
+use crate::jail::{hostile, submit_attack};
 use mpegflow::client::ApiClient;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -23,20 +23,8 @@ fn peak_rss(pid: u32) -> u64 {
 }
 
 async fn run_attack(client: &ApiClient, clip: &Path, attack: &str, timeout: u32) -> Value {
-    let asset = client.upload(clip).await.unwrap();
-    let job = client
-        .submit(
-            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
-            &[("out".into(), "verdict.txt".into())].into(),
-            &format!("-i {{{{in}}}} -metadata comment=attack:{attack} -f mp4 {{{{out}}}}"),
-            serde_json::json!({ "timeout_seconds": timeout }),
-        )
-        .await
-        .unwrap();
-    client
-        .wait(job["id"].as_str().unwrap(), |_| {})
-        .await
-        .unwrap()
+    let job = submit_attack(client, clip, attack, timeout).await;
+    client.wait(&job, |_| {}).await.unwrap()
 }
 
 async fn verdict(tp: &TestPlatform, client: &ApiClient, job: &Value) -> String {

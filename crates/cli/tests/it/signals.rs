@@ -8,7 +8,7 @@
 //! (Debian 12's 6.1, without Landlock's signal scoping). Unjailed, the same routes land.
 
 use crate::harness::*;
-use crate::jail::hostile;
+use crate::jail::{hostile, submit_attack};
 use mpegflow::client::ApiClient;
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
@@ -55,20 +55,6 @@ fn real_ids(pid: u32) -> (u32, u32) {
             .unwrap()
     };
     (field("Uid:"), field("Gid:"))
-}
-
-async fn submit_attack(client: &ApiClient, clip: &Path, attack: &str, timeout: u32) -> String {
-    let asset = client.upload(clip).await.unwrap();
-    let job = client
-        .submit(
-            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
-            &[("out".into(), "verdict.txt".into())].into(),
-            &format!("-i {{{{in}}}} -metadata comment=attack:{attack} -f mp4 {{{{out}}}}"),
-            serde_json::json!({ "timeout_seconds": timeout }),
-        )
-        .await
-        .unwrap();
-    job["id"].as_str().unwrap().to_owned()
 }
 
 async fn verdict(tp: &TestPlatform, client: &ApiClient, job: &Value) -> String {
