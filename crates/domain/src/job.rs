@@ -96,6 +96,16 @@ pub mod error_code {
     pub fn blames_tenant(code: &str) -> bool {
         code == INVALID_INPUT || code == SECURITY_VIOLATION
     }
+
+    /// Whether a failure with `code` from `reporter` is final as a blame on the tenant: only
+    /// when an earlier attempt was blamed by another worker (`earlier_blamer`).
+    pub fn blame_confirmed<W: PartialEq>(
+        code: &str,
+        earlier_blamer: Option<W>,
+        reporter: W,
+    ) -> bool {
+        blames_tenant(code) && earlier_blamer.is_some_and(|w| w != reporter)
+    }
 }
 
 /// Why an attempt ended without success.
@@ -115,6 +125,10 @@ pub enum Event {
     Succeed,
     /// The running attempt failed.
     Fail(Failure),
+    /// The running attempt failed with a code that blames the tenant ([`error_code::blames_tenant`]),
+    /// and no other worker has said so yet: one worker's word is not final, so the job runs again
+    /// at once on another worker, whatever attempts it has used.
+    BlameUnconfirmed(Failure),
     /// The running attempt's lease ran out without a report.
     LeaseExpired,
     /// The tenant cancelled.
@@ -178,6 +192,7 @@ pub fn transition(
         Event::Assign => "assign",
         Event::Succeed => "succeed",
         Event::Fail(_) => "fail",
+        Event::BlameUnconfirmed(_) => "blame_unconfirmed",
         Event::LeaseExpired => "lease_expired",
         Event::Cancel => "cancel",
     };
@@ -204,6 +219,16 @@ pub fn transition(
             failure: None,
         },
         (Running, Event::Fail(f)) => retry_or_fail(f.clone()),
+        (Running, Event::BlameUnconfirmed(f)) => Transition::Requeue {
+            not_before: now,
+            failure: Failure {
+                message: format!(
+                    "reported by one worker, awaiting confirmation by another: {}",
+                    f.message
+                ),
+                ..f.clone()
+            },
+        },
         (Running, Event::LeaseExpired) => retry_or_fail(Failure {
             code: error_code::LEASE_EXPIRED.into(),
             message: "the worker stopped reporting before its lease ran out".into(),
@@ -366,5 +391,76 @@ mod tests {
             assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
         }
         assert!("bogus".parse::<JobState>().is_err());
+    }
+
+    #[test]
+    fn an_unconfirmed_blame_requeues_at_once_even_without_attempts_left() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let policy = RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let blame = Failure {
+            code: error_code::SECURITY_VIOLATION.into(),
+            message: "SIGSYS".into(),
+            retryable: false,
+        };
+        let t = transition(
+            Running,
+            &Event::BlameUnconfirmed(blame.clone()),
+            1,
+            &policy,
+            now,
+            0.5,
+        )
+        .unwrap();
+        let Transition::Requeue {
+            not_before,
+            failure,
+        } = t
+        else {
+            panic!("{t:?}")
+        };
+        assert_eq!(not_before, now);
+        assert_eq!(failure.code, blame.code);
+        assert!(
+            failure.message.contains("awaiting confirmation"),
+            "{}",
+            failure.message
+        );
+        // The same report, once confirmed, is final.
+        assert_eq!(
+            transition(Running, &Event::Fail(blame.clone()), 1, &policy, now, 0.5).unwrap(),
+            Transition::Finish {
+                state: Failed,
+                failure: Some(blame)
+            }
+        );
+        assert!(transition(
+            Queued,
+            &Event::BlameUnconfirmed(fail_failure()),
+            1,
+            &policy,
+            now,
+            0.5
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_blame_is_confirmed_only_by_another_worker() {
+        use error_code::{blame_confirmed, INVALID_INPUT, TIME_LIMIT};
+        assert!(!blame_confirmed(INVALID_INPUT, None, 1));
+        assert!(!blame_confirmed(INVALID_INPUT, Some(1), 1));
+        assert!(blame_confirmed(INVALID_INPUT, Some(2), 1));
+        assert!(!blame_confirmed(TIME_LIMIT, Some(2), 1));
+    }
+
+    fn fail_failure() -> Failure {
+        Failure {
+            code: "x".into(),
+            message: "m".into(),
+            retryable: false,
+        }
     }
 }

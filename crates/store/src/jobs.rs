@@ -583,8 +583,8 @@ impl Store {
         let blame = failure
             .as_ref()
             .filter(|f| live && error_code::blames_tenant(&f.code));
-        let unconfirmed_blame =
-            blame.is_some() && job.blame_worker_id.is_none_or(|w| w == worker_id);
+        let unconfirmed_blame = blame
+            .is_some_and(|f| !error_code::blame_confirmed(&f.code, job.blame_worker_id, worker_id));
         // Counted against the token: an attempt that ended without a finished encode by the
         // worker's doing (infrastructure trouble it reported, an unasked cancellation, or a blame
         // nobody confirmed yet). The tenant's own failures are not.
@@ -624,40 +624,8 @@ impl Store {
         if let (Some(token_id), true) = (token_id, strike) {
             crate::admin::suspend_if_struck_out(&mut tx, token_id, &self.token_policy).await?;
         }
-        if let (true, Some(f)) = (unconfirmed_blame, blame) {
-            // Back to the queue at once, for another worker (see `claim_job`); it does not use
-            // up the tenant's attempts beyond the one it took.
-            sqlx::query(
-                "UPDATE jobs SET state = 'queued', lease_worker_id = NULL, lease_expires_at = NULL, fencing_token = NULL,
-                        run_after = now(), error_code = $2, error_message = $3, progress = NULL,
-                        blame_worker_id = $4, blame_token_id = $5,
-                        max_attempts = GREATEST(max_attempts, attempts + 1)
-                 WHERE id = $1",
-            )
-            .bind(job_id)
-            .bind(&f.code)
-            .bind(format!("reported by one worker, awaiting confirmation by another: {}", f.message))
-            .bind(worker_id)
-            .bind(token_id)
-            .execute(&mut *tx)
-            .await?;
-            insert_audit(
-                &mut *tx,
-                &AuditEntry {
-                    org_id: Some(job.org_id),
-                    actor,
-                    action: "job.blame_unconfirmed",
-                    job_id: Some(job_id),
-                    subject: Some(worker_id.to_string()),
-                    details: json!({ "attempt": job.attempts, "error_code": f.code, "message": f.message,
-                                     "token_id": token_id, "exit_code": record.exit_code }),
-                },
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(ReportResult::Applied(JobState::Queued));
-        }
         let event = match &report {
+            Report::Failed(f) if unconfirmed_blame => Event::BlameUnconfirmed(f.clone()),
             Report::Succeeded { .. } => Event::Succeed,
             Report::Failed(f) => Event::Fail(f.clone()),
             Report::Canceled => Event::Fail(Failure {
@@ -682,6 +650,19 @@ impl Store {
         let new_state = self
             .apply(&mut tx, &job, &t, record.stderr_tail.as_deref())
             .await?;
+        if unconfirmed_blame {
+            // For another worker (see `claim_job`), and with an attempt left for it.
+            sqlx::query(
+                "UPDATE jobs SET blame_worker_id = $2, blame_token_id = $3,
+                        max_attempts = GREATEST(max_attempts, attempts + 1)
+                 WHERE id = $1",
+            )
+            .bind(job_id)
+            .bind(worker_id)
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         if let Report::Succeeded { result, outputs } = &report {
             sqlx::query("UPDATE jobs SET result = $2, progress = 1 WHERE id = $1")
                 .bind(job_id)
@@ -709,10 +690,17 @@ impl Store {
             &AuditEntry {
                 org_id: Some(job.org_id),
                 actor,
-                action: if new_state.is_terminal() { "job.finished" } else { "job.requeued" },
+                action: if unconfirmed_blame {
+                    "job.blame_unconfirmed"
+                } else if new_state.is_terminal() {
+                    "job.finished"
+                } else {
+                    "job.requeued"
+                },
                 job_id: Some(job_id),
-                subject: None,
-                details: json!({ "attempt": job.attempts, "outcome": outcome, "state": new_state,
+                subject: unconfirmed_blame.then(|| worker_id.to_string()),
+                details: json!({ "attempt": job.attempts, "outcome": outcome, "state": new_state, "token_id": token_id,
+                                 "message": failure.as_ref().map(|f| &f.message),
                                  "error_code": failure.as_ref().map(|f| &f.code), "exit_code": record.exit_code,
                                  "ffmpeg_version": record.ffmpeg_version, "inputs": record.input_hashes,
                                  "outputs": record.output_hashes, "stages": record.stages,
