@@ -186,7 +186,7 @@ async fn a_capped_token_cannot_register_more_workers_until_a_registration_lapses
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_concurrent_long_polls_per_token_are_refused() {
     let config = ControlConfig {
-        max_poll_seconds: 15,
+        max_poll_seconds: 30,
         ..test_control_config()
     };
     let tp = TestPlatform::start(0, config).await;
@@ -194,15 +194,16 @@ async fn too_many_concurrent_long_polls_per_token_are_refused() {
     let mut r = Rogue::connect(&tp, &token).await;
     let w1 = r.register().await.unwrap();
     let w2 = r.register().await.unwrap();
-    // Two long-polls open (the token's maximum), then more from the same workers.
+    // Two long-polls open (the token's maximum), then more from the same workers. The long
+    // polls hold for 30 s so that a slow start on a loaded machine still overlaps the window.
     let mut open = Vec::new();
     for w in [&w1, &w2] {
         let (mut r, w) = (r.clone(), w.clone());
-        open.push(tokio::spawn(async move { r.poll(&w, 15).await }));
+        open.push(tokio::spawn(async move { r.poll(&w, 30).await }));
     }
     let refused = eventually(
         "a third long-poll to be refused",
-        Duration::from_secs(12),
+        Duration::from_secs(25),
         || {
             let (mut r, w) = (r.clone(), w1.clone());
             async move {
