@@ -98,37 +98,34 @@ impl Store {
         Ok(Registration::Registered(id))
     }
 
-    /// Whether `worker_id` was registered with `token_id` (a token cannot speak for another's workers).
-    pub async fn worker_belongs_to(&self, worker_id: Uuid, token_id: Uuid) -> Result<bool> {
-        let n: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM workers WHERE id = $1 AND token_id = $2")
-                .bind(worker_id)
-                .bind(token_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(n.is_some())
-    }
-
-    /// Records contact from a worker and tells whether its registration is live. An expired
-    /// registration is not revived: its slot may have gone to another worker.
+    /// Records contact from a worker and tells whether its registration is live, in one round
+    /// trip. An expired registration is not revived: its slot may have gone to another worker.
+    /// The contact time is written at most every third of the TTL, not on every call: a live
+    /// worker's heartbeats and polls cost reads, and its registration still lapses within a TTL
+    /// of its last call.
     pub async fn touch_worker(&self, worker_id: Uuid, token_id: Uuid) -> Result<WorkerContact> {
-        let grammar: Option<String> = sqlx::query_scalar(
-            "UPDATE workers SET last_seen_at = now()
-             WHERE id = $1 AND token_id = $2 AND last_seen_at > now() - make_interval(secs => $3)
-             RETURNING ffmpeg_grammar",
+        let ttl = self.token_policy.worker_ttl.as_secs_f64();
+        let row: Option<(String, bool)> = sqlx::query_as(
+            "WITH w AS (
+                SELECT ffmpeg_grammar, last_seen_at > now() - make_interval(secs => $3) AS live
+                FROM workers WHERE id = $1 AND token_id = $2
+             ), touched AS (
+                UPDATE workers SET last_seen_at = now()
+                WHERE id = $1 AND token_id = $2
+                  AND last_seen_at > now() - make_interval(secs => $3)
+                  AND last_seen_at <= now() - make_interval(secs => $3 / 3)
+             )
+             SELECT ffmpeg_grammar, live FROM w",
         )
         .bind(worker_id)
         .bind(token_id)
-        .bind(self.token_policy.worker_ttl.as_secs_f64())
+        .bind(ttl)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some(grammar) = grammar {
-            return Ok(WorkerContact::Live { grammar });
-        }
-        Ok(if self.worker_belongs_to(worker_id, token_id).await? {
-            WorkerContact::Expired
-        } else {
-            WorkerContact::Unknown
+        Ok(match row {
+            Some((grammar, true)) => WorkerContact::Live { grammar },
+            Some((_, false)) => WorkerContact::Expired,
+            None => WorkerContact::Unknown,
         })
     }
 
