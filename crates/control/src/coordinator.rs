@@ -423,11 +423,7 @@ fn error_code_of(code: &str) -> String {
 }
 
 fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    mpegflow_domain::names::truncate_utf8(s, max).to_owned()
 }
 
 /// The `outputs` part of a finished job's result, and the assets to create.

@@ -1,6 +1,7 @@
 //! Reading the object store from the control plane, through short-lived presigned URLs.
 
 use crate::AppState;
+use mpegflow_objstore::presign::sha256_b64_to_raw;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -15,7 +16,6 @@ pub struct ObjectHead {
 impl AppState {
     /// HEADs an object; `Ok(None)` when it does not exist.
     pub async fn head_object(&self, key: &str) -> Result<Option<ObjectHead>, String> {
-        use base64::Engine;
         let head = self.presigner.head(key, Duration::from_secs(60));
         let mut req = self.http.head(&head.url);
         for (k, v) in &head.headers {
@@ -32,12 +32,7 @@ impl AppState {
         let sha256 = resp
             .headers()
             .get("x-amz-checksum-sha256")
-            .and_then(|v| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(v.as_bytes())
-                    .ok()
-            })
-            .filter(|raw| raw.len() == 32)
+            .and_then(|v| sha256_b64_to_raw(v.as_bytes()))
             .map(hex::encode);
         Ok(Some(ObjectHead { size, sha256 }))
     }

@@ -137,11 +137,7 @@ pub fn configuration_of_buildconf(out: &str) -> String {
 }
 
 fn truncate(s: &str) -> String {
-    let mut end = s.len().min(MAX_TEXT);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    crate::names::truncate_utf8(s, MAX_TEXT).to_owned()
 }
 
 #[cfg(test)]

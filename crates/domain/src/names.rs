@@ -68,6 +68,15 @@ pub fn output_key(org: Uuid, job: Uuid, attempt: u32, rel_path: &str) -> String 
     format!("orgs/{org}/jobs/{job}/attempts/{attempt}/{rel_path}")
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

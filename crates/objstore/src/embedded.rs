@@ -26,7 +26,6 @@
 //! (s3s-fs 0.14.1 itself compares the checksum only *after* renaming the file into place, so a
 //! wrong body would be stored and merely answered with an error.)
 
-use base64::Engine;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -303,10 +302,9 @@ fn declared_sha256<B>(req: &Request<B>) -> Result<Option<[u8; 32]>, Refusal> {
     let Some(v) = req.headers().get("x-amz-checksum-sha256") else {
         return Ok(None);
     };
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(v.as_bytes())
-        .map_err(|_| Refusal::BadChecksum)?;
-    raw.try_into().map(Some).map_err(|_| Refusal::BadChecksum)
+    crate::presign::sha256_b64_to_raw(v.as_bytes())
+        .map(Some)
+        .ok_or(Refusal::BadChecksum)
 }
 
 fn refuse(r: &Refusal) -> Response<s3s::Body> {

@@ -82,6 +82,15 @@ pub fn sha256_hex_to_b64(hex_digest: &str) -> Result<String, PresignError> {
     Ok(base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
+/// The raw digest of an `x-amz-checksum-sha256` value, if it is one.
+pub fn sha256_b64_to_raw(b64: &[u8]) -> Option<[u8; 32]> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()?
+        .try_into()
+        .ok()
+}
+
 impl Presigner {
     pub fn new(cfg: &S3Config) -> Result<Self, PresignError> {
         let endpoint: Url = cfg.endpoint.parse().map_err(|e: url::ParseError| {
