@@ -509,7 +509,7 @@ impl pb::Coordinator for CoordinatorService {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(token_id = %token.token_id, live, max, "worker registration refused: token at its maximum of live workers");
                 return Err(ControlError::ResourceExhausted(format!(
-                    "worker token {} already has {live} live workers, its maximum ({max}); a registration expires {}s after its worker's last call",
+                    "worker token {} already has {live} live workers, its maximum ({max}); a registration expires {}s after its worker's last call once it holds no lease",
                     token.token_id, self.state.config.worker_ttl_seconds
                 ))
                 .into());
@@ -608,6 +608,9 @@ impl pb::Coordinator for CoordinatorService {
                         return Ok(Response::new(pb::GetWorkAssignmentResponse { assignment: Some(assignment) }));
                     }
                     Claim::NoWork => {}
+                    Claim::LeaseHeld(job_id) => {
+                        return Err(ControlError::Conflict { code: "lease_held", message: format!("worker already holds the lease on job {job_id}") }.into());
+                    }
                     Claim::Throttled(t) => {
                         if !throttled {
                             throttled = true;
@@ -655,7 +658,12 @@ impl pb::Coordinator for CoordinatorService {
         let result = self
             .state
             .store
-            .heartbeat(lease, progress, self.state.config.lease())
+            .heartbeat(
+                lease,
+                progress,
+                self.state.config.lease(),
+                self.state.config.attempt_grace(),
+            )
             .await
             .map_err(ControlError::from)?;
         match result {

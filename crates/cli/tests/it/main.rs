@@ -5,6 +5,7 @@ mod harness;
 
 mod audit;
 mod bad_input;
+mod broker_attacks;
 mod cancel;
 mod commands;
 mod coordinator_auth;
