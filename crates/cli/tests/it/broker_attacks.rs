@@ -216,3 +216,111 @@ async fn a_heartbeating_rogue_cannot_hold_a_job_past_its_timeout() {
     assert_eq!(job["error"]["code"], "lease_expired", "{job:#}");
     tp.stop().await;
 }
+
+/// FFmpeg (the tenant's code, in the threat model) writes a NUL byte to stderr. An honest
+/// worker forwards its stderr as it is; the coordinator must still record the attempt, or each
+/// such job costs the honest token a strike until the pool's token is suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_byte_on_ffmpegs_stderr_does_not_break_an_honest_workers_report() {
+    use crate::jail::{hostile, submit_attack};
+    let config = ControlConfig {
+        max_attempts: 1,
+        ..test_control_config()
+    };
+    let mut tp = TestPlatform::start(0, config).await;
+    let client = tp.org("acme").await;
+    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let (token_id, token) = tp.worker_token("default").await;
+    tp.platform
+        .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
+        .await
+        .unwrap();
+    for (exit, state) in [(0, "succeeded"), (1, "failed")] {
+        let id = submit_attack(&client, &clip, &format!("stderr_nul:{exit}"), 60).await;
+        let job = client.wait(&id, |_| {}).await.unwrap();
+        assert_eq!(job["state"], state, "{job:#}");
+        if state == "failed" {
+            assert_eq!(job["error"]["code"], "ffmpeg_failed", "{job:#}");
+            let tail = job["error"]["stderr_tail"].as_str().unwrap();
+            assert!(
+                tail.contains("before") && tail.contains("after"),
+                "{tail:?}"
+            );
+        }
+        assert_eq!(job["attempts"], 1, "{job:#}");
+    }
+    let strikes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE token_id = $1 AND strike")
+            .bind(token_id)
+            .fetch_one(tp.platform.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(strikes, 0, "the honest token was struck");
+    tp.stop().await;
+}
+
+/// Everything a worker says is text the coordinator stores: NUL characters in any field get
+/// a clean answer, never an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_from_a_rogue_worker_get_no_internal_error() {
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+    let (_, token) = tp.worker_token_with("default", limits(2)).await;
+    let mut r = Rogue::connect(&tp, &token).await;
+    let nul = "a\0b";
+    let req = r.req(pb::RegisterWorkerRequest {
+        hostname: nul.into(),
+        worker_version: nul.into(),
+        ffmpeg_version: nul.into(),
+        image_hash: nul.into(),
+        fingerprint: Some(pb::FfmpegFingerprint {
+            version: format!("{}\0", fingerprint().version),
+            ..fingerprint()
+        }),
+    });
+    let registered = r.client.register_worker(req).await;
+    assert!(
+        !matches!(&registered, Err(s) if s.code() == Code::Internal || s.code() == Code::Unknown),
+        "{registered:?}"
+    );
+    let w = r.register().await.unwrap();
+    let a = r
+        .poll(&w, 2)
+        .await
+        .unwrap()
+        .expect("the rogue gets the job");
+    let req = r.req(pb::ReportJobStatusRequest {
+        worker_id: w.clone(),
+        job_id: a.job_id.clone(),
+        fencing_token: a.fencing_token.clone(),
+        outcome: pb::Outcome::Failed as i32,
+        error_code: "ffmpeg_failed".into(),
+        error_message: nul.into(),
+        retryable: false,
+        exit_code: 1,
+        ffmpeg_version: nul.into(),
+        stages: vec![pb::Stage {
+            name: nul.into(),
+            ..Default::default()
+        }],
+        inputs: vec![pb::InputHash {
+            alias: nul.into(),
+            sha256: nul.into(),
+            ..Default::default()
+        }],
+        outputs: vec![pb::ProducedFile {
+            path: nul.into(),
+            sha256: nul.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let reported = r.client.report_job_status(req).await;
+    assert!(reported.is_ok(), "{reported:?}");
+    let job = client.job(job["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(job["state"], "failed", "{job:#}");
+    assert_eq!(job["error"]["code"], "ffmpeg_failed", "{job:#}");
+    tp.stop().await;
+}

@@ -19,4 +19,5 @@ mod replicas;
 mod results;
 mod running_limits;
 mod signals;
+mod store_attacks;
 mod tokens;
