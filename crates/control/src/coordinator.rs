@@ -33,6 +33,9 @@ use uuid::Uuid;
 
 /// Largest compressed stderr kept per attempt.
 const MAX_STDERR_ZSTD: usize = 8 * 1024 * 1024;
+/// Stages and input hashes kept from one report (a worker has a handful of each).
+const MAX_STAGES: usize = 32;
+const MAX_INPUT_HASHES: usize = 64;
 /// How much of stderr's end is kept readable on the job.
 const STDERR_TAIL: usize = 4 * 1024;
 
@@ -408,7 +411,10 @@ fn stderr_tail(zstd_bytes: &[u8]) -> Option<String> {
     }
     let buf = crate::outputs::decompress_stderr(zstd_bytes);
     let start = buf.len().saturating_sub(STDERR_TAIL);
-    Some(String::from_utf8_lossy(&buf[start..]).into_owned())
+    Some(worker_text(
+        &String::from_utf8_lossy(&buf[start..]),
+        usize::MAX,
+    ))
 }
 
 fn error_code_of(code: &str) -> String {
@@ -422,8 +428,11 @@ fn error_code_of(code: &str) -> String {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    mpegflow_domain::names::truncate_utf8(s, max).to_owned()
+/// A worker's text as the database can store it: at most `max` bytes (on a character
+/// boundary), NUL characters replaced. A worker relays what FFmpeg — the tenant's code — wrote,
+/// so a NUL must not make its report unstorable (the honest worker would lose its lease).
+fn worker_text(s: &str, max: usize) -> String {
+    mpegflow_domain::names::truncate_utf8(s, max).replace('\0', "\u{fffd}")
 }
 
 /// The `outputs` part of a finished job's result, and the assets to create.
@@ -483,10 +492,10 @@ impl pb::Coordinator for CoordinatorService {
             Err(_) => (String::new(), String::new()),
         };
         let info = WorkerInfo {
-            hostname: truncate(&r.hostname, 255),
-            worker_version: truncate(&r.worker_version, 64),
-            ffmpeg_version: truncate(&r.ffmpeg_version, 255),
-            image_hash: truncate(&r.image_hash, 128),
+            hostname: worker_text(&r.hostname, 255),
+            worker_version: worker_text(&r.worker_version, 64),
+            ffmpeg_version: worker_text(&r.ffmpeg_version, 255),
+            image_hash: worker_text(&r.image_hash, 128),
             ffmpeg_grammar: grammar.clone(),
             ffmpeg_configuration_sha256: config_sha,
         };
@@ -505,7 +514,7 @@ impl pb::Coordinator for CoordinatorService {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(token_id = %token.token_id, live, max, "worker registration refused: token at its maximum of live workers");
                 return Err(ControlError::ResourceExhausted(format!(
-                    "worker token {} already has {live} live workers, its maximum ({max}); a registration expires {}s after its worker's last call",
+                    "worker token {} already has {live} live workers, its maximum ({max}); a registration expires {}s after its worker's last call once it holds no lease",
                     token.token_id, self.state.config.worker_ttl_seconds
                 ))
                 .into());
@@ -604,6 +613,12 @@ impl pb::Coordinator for CoordinatorService {
                         return Ok(Response::new(pb::GetWorkAssignmentResponse { assignment: Some(assignment) }));
                     }
                     Claim::NoWork => {}
+                    Claim::TokenInactive => {
+                        return Err(ControlError::PermissionDenied("worker token revoked or suspended".into()).into());
+                    }
+                    Claim::LeaseHeld(job_id) => {
+                        return Err(ControlError::Conflict { code: "lease_held", message: format!("worker already holds the lease on job {job_id}") }.into());
+                    }
                     Claim::Throttled(t) => {
                         if !throttled {
                             throttled = true;
@@ -651,7 +666,12 @@ impl pb::Coordinator for CoordinatorService {
         let result = self
             .state
             .store
-            .heartbeat(lease, progress, self.state.config.lease())
+            .heartbeat(
+                lease,
+                progress,
+                self.state.config.lease(),
+                self.state.config.attempt_grace(),
+            )
             .await
             .map_err(ControlError::from)?;
         match result {
@@ -926,7 +946,7 @@ impl pb::Coordinator for CoordinatorService {
                 }
                 pb::Outcome::Failed => Report::Failed(Failure {
                     code: error_code_of(&r.error_code),
-                    message: truncate(&r.error_message, 4096),
+                    message: worker_text(&r.error_message, 4096),
                     retryable: r.retryable,
                 }),
                 pb::Outcome::Canceled => Report::Canceled,
@@ -997,9 +1017,10 @@ fn record_of(r: &pb::ReportJobStatusRequest) -> AttemptRecord {
         exit_code: Some(r.exit_code),
         stderr_tail: stderr.as_deref().and_then(stderr_tail),
         stderr_zstd: stderr,
-        ffmpeg_version: Some(truncate(&r.ffmpeg_version, 255)),
-        stages: json!(r.stages.iter().map(|s| json!({ "name": truncate(&s.name, 32), "started_at_ms": s.started_at_ms, "finished_at_ms": s.finished_at_ms })).collect::<Vec<_>>()),
-        input_hashes: json!(r.inputs.iter().map(|i| json!({ "alias": truncate(&i.alias, 32), "size": i.size, "sha256": truncate(&i.sha256, 64) })).collect::<Vec<_>>()),
-        output_hashes: json!(r.outputs.iter().map(|o| json!({ "path": truncate(&o.path, 300), "size": o.size, "sha256": truncate(&o.sha256, 64) })).collect::<Vec<_>>()),
+        ffmpeg_version: Some(worker_text(&r.ffmpeg_version, 255)),
+        stages: json!(r.stages.iter().take(MAX_STAGES).map(|s| json!({ "name": worker_text(&s.name, 32), "started_at_ms": s.started_at_ms, "finished_at_ms": s.finished_at_ms })).collect::<Vec<_>>()),
+        input_hashes: json!(r.inputs.iter().take(MAX_INPUT_HASHES).map(|i| json!({ "alias": worker_text(&i.alias, 32), "size": i.size, "sha256": worker_text(&i.sha256, 64) })).collect::<Vec<_>>()),
+        // Shown only once verified against the grants and the store (see report_job_status).
+        output_hashes: json!([]),
     }
 }

@@ -36,6 +36,10 @@ pub struct ControlConfig {
     pub retry_max_ms: u64,
     pub default_timeout_seconds: u32,
     pub max_timeout_seconds: u32,
+    /// How long an attempt may run beyond its job's timeout (fetching inputs, uploading
+    /// outputs). Past it, heartbeats no longer extend the lease: a worker cannot hold a job
+    /// running for ever.
+    pub attempt_grace_seconds: u32,
     pub max_output_bytes: u64,
     pub max_output_files: u32,
     pub max_upload_bytes: u64,
@@ -82,6 +86,7 @@ impl Default for ControlConfig {
             retry_max_ms: 60_000,
             default_timeout_seconds: 3_600,
             max_timeout_seconds: 6 * 3_600,
+            attempt_grace_seconds: 3_600,
             max_output_bytes: 10 * 1024 * 1024 * 1024,
             max_output_files: 10_000,
             max_upload_bytes: 5 * 1024 * 1024 * 1024,
@@ -117,6 +122,9 @@ impl ControlConfig {
     }
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds.into())
+    }
+    pub fn attempt_grace(&self) -> Duration {
+        Duration::from_secs(self.attempt_grace_seconds.into())
     }
     /// TTL of a worker's upload URLs: two leases (at least a minute), never above the presign
     /// TTL. The worker asks again, idempotently, when its URLs are half-way to expiry.

@@ -117,6 +117,8 @@ pub enum Claim<T> {
     NoWork,
     /// There is work, but this token must wait.
     Throttled(Throttle),
+    /// The worker already holds the lease on this job.
+    LeaseHeld(Uuid),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,6 +382,29 @@ impl Store {
         let worker_id = claimant.worker_id;
         let db = |e: sqlx::Error| E::from(StoreError::from(e));
         let mut tx = self.pool.begin().await.map_err(db)?;
+        // One job at a time per worker: claims of one worker are serialised on its row (concurrent
+        // long-polls of one registration would otherwise each take a job), and a worker that
+        // still holds a lease gets nothing more.
+        let registered: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM workers WHERE id = $1 FOR UPDATE")
+                .bind(worker_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        if registered.is_none() {
+            return Ok(Claim::NoWork);
+        }
+        // A statement of its own, so it sees what a claim that held the lock just committed.
+        let held: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE lease_worker_id = $1 AND state = 'running' LIMIT 1",
+        )
+        .bind(worker_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        if let Some(job_id) = held {
+            return Ok(Claim::LeaseHeld(job_id));
+        }
         // A job blamed on its tenant by one worker goes to another worker, and to a worker of
         // another token while one of those is live in the pool.
         let candidate: Option<(Uuid, String, i32)> = sqlx::query_as(
@@ -523,16 +548,27 @@ impl Store {
         .await?)
     }
 
+    /// Extends a running job's lease, never past the attempt's deadline: its start plus the
+    /// job's timeout plus `grace` (for fetching inputs and uploading outputs). Past it the
+    /// holder has lost the lease, which then runs out for the reaper: a worker that heartbeats
+    /// without ever reporting cannot keep a job running for ever.
     pub async fn heartbeat(
         &self,
         lease_ref: Lease<'_>,
         progress: Option<f32>,
         lease: Duration,
+        grace: Duration,
     ) -> Result<HeartbeatResult> {
         let row: Option<String> = sqlx::query_scalar(
-            "UPDATE jobs SET lease_expires_at = CASE WHEN state = 'running' THEN now() + make_interval(secs => $4) ELSE lease_expires_at END,
+            "WITH deadline AS (
+               SELECT a.assigned_at + make_interval(secs => j.timeout_seconds + $6) AS at
+               FROM jobs j JOIN job_attempts a ON a.job_id = j.id AND a.attempt = j.attempts
+               WHERE j.id = $1)
+             UPDATE jobs SET lease_expires_at = CASE WHEN state = 'running'
+                        THEN LEAST(now() + make_interval(secs => $4), (SELECT at FROM deadline)) ELSE lease_expires_at END,
                     progress = CASE WHEN state = 'running' THEN COALESCE($5, progress) ELSE progress END
-             WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state IN ('running', 'canceled')
+             WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3
+               AND (state = 'canceled' OR (state = 'running' AND now() < (SELECT at FROM deadline)))
              RETURNING state",
         )
         .bind(lease_ref.job_id)
@@ -540,6 +576,7 @@ impl Store {
         .bind(lease_ref.fencing_token)
         .bind(lease.as_secs_f64())
         .bind(progress)
+        .bind(grace.as_secs_f64())
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row.as_deref() {

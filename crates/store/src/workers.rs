@@ -35,9 +35,17 @@ pub enum WorkerContact {
     Unknown,
 }
 
+/// The registrations of a token that take one of its `max_workers` slots: those in touch
+/// within the TTL, and those still holding a lease. A lapsed registration can still heartbeat
+/// and finish its job; were its slot free meanwhile, a token could hold ever more leases by
+/// letting registrations lapse and registering new ones.
+const OCCUPIED_SLOTS: &str = "SELECT count(*) FROM workers w WHERE w.token_id = $1
+     AND (w.last_seen_at > now() - make_interval(secs => $2)
+          OR EXISTS (SELECT 1 FROM jobs j WHERE j.lease_worker_id = w.id AND j.state = 'running'))";
+
 impl Store {
     /// Registers one worker process under a token, unless the token already has its maximum of
-    /// live workers. Its id is the provenance "which worker".
+    /// live workers (registrations in touch or holding a lease). Its id is the provenance "which worker".
     pub async fn register_worker(
         &self,
         token: &WorkerTokenInfo,
@@ -51,13 +59,11 @@ impl Store {
                 .bind(token.token_id)
                 .fetch_one(&mut *tx)
                 .await?;
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM workers WHERE token_id = $1 AND last_seen_at > now() - make_interval(secs => $2)",
-        )
-        .bind(token.token_id)
-        .bind(ttl)
-        .fetch_one(&mut *tx)
-        .await?;
+        let live: i64 = sqlx::query_scalar(OCCUPIED_SLOTS)
+            .bind(token.token_id)
+            .bind(ttl)
+            .fetch_one(&mut *tx)
+            .await?;
         if live >= i64::from(max) {
             return Ok(Registration::Full { live, max });
         }
@@ -129,14 +135,12 @@ impl Store {
         })
     }
 
-    /// How many registrations of `token_id` are live.
+    /// How many registrations of `token_id` are live (in touch, or holding a lease).
     pub async fn live_workers(&self, token_id: Uuid) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM workers WHERE token_id = $1 AND last_seen_at > now() - make_interval(secs => $2)",
-        )
-        .bind(token_id)
-        .bind(self.token_policy.worker_ttl.as_secs_f64())
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(OCCUPIED_SLOTS)
+            .bind(token_id)
+            .bind(self.token_policy.worker_ttl.as_secs_f64())
+            .fetch_one(&self.pool)
+            .await?)
     }
 }

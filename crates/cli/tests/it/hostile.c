@@ -348,6 +348,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(name, "disk_flood")) disk_flood(name, arg);
     else if (!strcmp(name, "stdout_flood")) flood_fd(1, name, arg);
     else if (!strcmp(name, "stderr_flood")) flood_fd(2, name, arg);
+    else if (!strcmp(name, "stderr_nul")) {
+        /* NUL and invalid UTF-8 on stderr; exit status `arg` (0: the encode "succeeded"). */
+        if (write(2, "before\0after \xff\xfe\n", 16) != 16) return 1;
+        verdict("OK stderr_nul");
+        return atoi(arg);
+    }
     else if (!strcmp(name, "sleep")) { sleep(atoi(arg)); verdict("ESCAPED %s: slept", name); }
     else { fprintf(stderr, "unknown attack %s\n", name); return 2; }
     return 0;

@@ -5,6 +5,7 @@ mod harness;
 
 mod audit;
 mod bad_input;
+mod broker_attacks;
 mod cancel;
 mod commands;
 mod coordinator_auth;
@@ -18,4 +19,5 @@ mod replicas;
 mod results;
 mod running_limits;
 mod signals;
+mod store_attacks;
 mod tokens;

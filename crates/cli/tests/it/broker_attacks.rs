@@ -1,0 +1,326 @@
+//! Attacks on the broker by a holder of one worker token, played over raw gRPC against a real
+//! platform: more leases than the token's worker cap, and a tenant's job held past its timeout.
+
+use crate::harness::*;
+use mpegflow_control::ControlConfig;
+use mpegflow_proto as pb;
+use mpegflow_store::TokenLimits;
+use std::time::{Duration, Instant};
+use tonic::{Code, Request};
+
+#[derive(Clone)]
+struct Rogue {
+    client: pb::CoordinatorClient<tonic::transport::Channel>,
+    token: String,
+}
+
+impl Rogue {
+    async fn connect(tp: &TestPlatform, token: &str) -> Rogue {
+        Rogue {
+            client: pb::CoordinatorClient::connect(tp.platform.coordinator_url.clone())
+                .await
+                .unwrap(),
+            token: token.to_owned(),
+        }
+    }
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        r
+    }
+    async fn register(&mut self) -> Result<String, tonic::Status> {
+        let r = self.req(pb::RegisterWorkerRequest {
+            hostname: "rogue".into(),
+            fingerprint: Some(fingerprint()),
+            ..Default::default()
+        });
+        Ok(self.client.register_worker(r).await?.into_inner().worker_id)
+    }
+    async fn poll(
+        &mut self,
+        worker: &str,
+        wait: u32,
+    ) -> Result<Option<pb::JobAssignment>, tonic::Status> {
+        let r = self.req(pb::GetWorkAssignmentRequest {
+            worker_id: worker.into(),
+            wait_seconds: wait,
+        });
+        Ok(self
+            .client
+            .get_work_assignment(r)
+            .await?
+            .into_inner()
+            .assignment)
+    }
+    async fn heartbeat(
+        &mut self,
+        worker: &str,
+        a: &pb::JobAssignment,
+    ) -> Result<pb::HeartbeatResponse, tonic::Status> {
+        let r = self.req(pb::HeartbeatRequest {
+            worker_id: worker.into(),
+            job_id: a.job_id.clone(),
+            fencing_token: a.fencing_token.clone(),
+            progress: -1.0,
+            ..Default::default()
+        });
+        Ok(self.client.heartbeat(r).await?.into_inner())
+    }
+}
+
+fn limits(max_workers: u32) -> TokenLimits {
+    TokenLimits {
+        max_workers,
+        leases_per_minute: None,
+    }
+}
+
+async fn running_jobs(tp: &TestPlatform) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+        .fetch_one(tp.platform.store().pool())
+        .await
+        .unwrap()
+}
+
+/// One registration asks for work several times at once: it must still hold one job at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_never_holds_two_leases_through_concurrent_polls() {
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    for _ in 0..4 {
+        submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+    }
+    let (_, token) = tp.worker_token_with("default", limits(4)).await;
+    let mut r = Rogue::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+    let mut polls = Vec::new();
+    for _ in 0..4 {
+        let (mut r, w) = (r.clone(), w.clone());
+        polls.push(tokio::spawn(async move { r.poll(&w, 2).await }));
+    }
+    let mut assigned = 0;
+    for p in polls {
+        match p.await.unwrap() {
+            Ok(Some(_)) => assigned += 1,
+            Ok(None) => {}
+            Err(s) => assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}"),
+        }
+    }
+    assert_eq!(assigned, 1, "one worker was handed {assigned} jobs at once");
+    assert_eq!(running_jobs(&tp).await, 1);
+    tp.stop().await;
+}
+
+/// A worker whose registration lapsed keeps its lease alive by heartbeats, and its slot is
+/// taken by a fresh registration that claims another job: the token must still hold no more
+/// leases than its maximum of workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapsed_registrations_cannot_multiply_a_tokens_leases() {
+    let config = ControlConfig {
+        worker_ttl_seconds: 1,
+        lease_seconds: 30,
+        ..test_control_config()
+    };
+    let tp = TestPlatform::start(0, config).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    for _ in 0..4 {
+        submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+    }
+    let (_, token) = tp.worker_token_with("default", limits(1)).await;
+    let mut r = Rogue::connect(&tp, &token).await;
+    let mut held: Vec<(String, pb::JobAssignment)> = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(12) && held.len() < 4 {
+        if let Ok(w) = r.register().await {
+            if let Ok(Some(a)) = r.poll(&w, 1).await {
+                held.push((w, a));
+            }
+        }
+        // Fall silent past the registration TTL (well within the lease), then keep every
+        // lease alive from the lapsed registrations.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        for (w, a) in &held {
+            let _ = r.heartbeat(w, a).await;
+        }
+    }
+    let mut alive = 0;
+    for (w, a) in &held {
+        if r.heartbeat(w, a).await.is_ok_and(|h| !h.cancel) {
+            alive += 1;
+        }
+    }
+    assert!(
+        alive <= 1 && running_jobs(&tp).await <= 1,
+        "a token capped at 1 worker holds {alive} live leases ({} jobs running)",
+        running_jobs(&tp).await
+    );
+    tp.stop().await;
+}
+
+/// A rogue worker that heartbeats forever and never reports must not keep a tenant's job
+/// running past the job's own timeout: the lease stops being extended and the job moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeating_rogue_cannot_hold_a_job_past_its_timeout() {
+    let config = ControlConfig {
+        lease_seconds: 2,
+        attempt_grace_seconds: 2,
+        max_attempts: 1,
+        ..test_control_config()
+    };
+    let tp = TestPlatform::start(0, config).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let asset = client.upload(&input).await.unwrap();
+    let inputs = [("in".to_owned(), asset["id"].as_str().unwrap().to_owned())].into();
+    let outputs = [("out".to_owned(), "o.mp4".to_owned())].into();
+    let job = client
+        .submit(
+            &inputs,
+            &outputs,
+            "-i {{in}} {{out}}",
+            serde_json::json!({ "timeout_seconds": 1 }),
+        )
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let (_, token) = tp.worker_token_with("default", limits(1)).await;
+    let mut r = Rogue::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+    let a = r
+        .poll(&w, 2)
+        .await
+        .unwrap()
+        .expect("the rogue gets the job");
+    assert_eq!(a.job_id, id);
+    // Far past timeout + lease + the upload allowance, the rogue still heartbeats.
+    let start = Instant::now();
+    let mut refused = None;
+    while start.elapsed() < Duration::from_secs(40) {
+        match r.heartbeat(&w, &a).await {
+            Ok(_) => {}
+            Err(s) => {
+                refused = Some(s);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let refused = refused.expect("the rogue held the job running past its timeout");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let job = wait_for_state(&client, &id, "failed").await;
+    assert_eq!(job["error"]["code"], "lease_expired", "{job:#}");
+    tp.stop().await;
+}
+
+/// FFmpeg (the tenant's code, in the threat model) writes a NUL byte to stderr. An honest
+/// worker forwards its stderr as it is; the coordinator must still record the attempt, or each
+/// such job costs the honest token a strike until the pool's token is suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_byte_on_ffmpegs_stderr_does_not_break_an_honest_workers_report() {
+    use crate::jail::{hostile, submit_attack};
+    let config = ControlConfig {
+        max_attempts: 1,
+        ..test_control_config()
+    };
+    let mut tp = TestPlatform::start(0, config).await;
+    let client = tp.org("acme").await;
+    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let (token_id, token) = tp.worker_token("default").await;
+    tp.platform
+        .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
+        .await
+        .unwrap();
+    for (exit, state) in [(0, "succeeded"), (1, "failed")] {
+        let id = submit_attack(&client, &clip, &format!("stderr_nul:{exit}"), 60).await;
+        let job = client.wait(&id, |_| {}).await.unwrap();
+        assert_eq!(job["state"], state, "{job:#}");
+        if state == "failed" {
+            assert_eq!(job["error"]["code"], "ffmpeg_failed", "{job:#}");
+            let tail = job["error"]["stderr_tail"].as_str().unwrap();
+            assert!(
+                tail.contains("before") && tail.contains("after"),
+                "{tail:?}"
+            );
+        }
+        assert_eq!(job["attempts"], 1, "{job:#}");
+    }
+    let strikes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE token_id = $1 AND strike")
+            .bind(token_id)
+            .fetch_one(tp.platform.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(strikes, 0, "the honest token was struck");
+    tp.stop().await;
+}
+
+/// Everything a worker says is text the coordinator stores: NUL characters in any field get
+/// a clean answer, never an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_from_a_rogue_worker_get_no_internal_error() {
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+    let (_, token) = tp.worker_token_with("default", limits(2)).await;
+    let mut r = Rogue::connect(&tp, &token).await;
+    let nul = "a\0b";
+    let req = r.req(pb::RegisterWorkerRequest {
+        hostname: nul.into(),
+        worker_version: nul.into(),
+        ffmpeg_version: nul.into(),
+        image_hash: nul.into(),
+        fingerprint: Some(pb::FfmpegFingerprint {
+            version: format!("{}\0", fingerprint().version),
+            ..fingerprint()
+        }),
+    });
+    let registered = r.client.register_worker(req).await;
+    assert!(
+        !matches!(&registered, Err(s) if s.code() == Code::Internal || s.code() == Code::Unknown),
+        "{registered:?}"
+    );
+    let w = r.register().await.unwrap();
+    let a = r
+        .poll(&w, 2)
+        .await
+        .unwrap()
+        .expect("the rogue gets the job");
+    let req = r.req(pb::ReportJobStatusRequest {
+        worker_id: w.clone(),
+        job_id: a.job_id.clone(),
+        fencing_token: a.fencing_token.clone(),
+        outcome: pb::Outcome::Failed as i32,
+        error_code: "ffmpeg_failed".into(),
+        error_message: nul.into(),
+        retryable: false,
+        exit_code: 1,
+        ffmpeg_version: nul.into(),
+        stages: vec![pb::Stage {
+            name: nul.into(),
+            ..Default::default()
+        }],
+        inputs: vec![pb::InputHash {
+            alias: nul.into(),
+            sha256: nul.into(),
+            ..Default::default()
+        }],
+        outputs: vec![pb::ProducedFile {
+            path: nul.into(),
+            sha256: nul.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let reported = r.client.report_job_status(req).await;
+    assert!(reported.is_ok(), "{reported:?}");
+    let job = client.job(job["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(job["state"], "failed", "{job:#}");
+    assert_eq!(job["error"]["code"], "ffmpeg_failed", "{job:#}");
+    tp.stop().await;
+}
