@@ -18,7 +18,8 @@
 //!   kernel kills whatever is left in the namespace.
 //! - `KILL uid`: kills the job's namespace inits (and so the namespaces).
 //! - `HANDOVER uid`: kills them, waits for them, checks that no process of the uid remains, and
-//!   gives `out/` to the worker uid so it can upload.
+//!   gives `out/` to the worker uid so it can upload; once only (afterwards `out/` is the
+//!   worker's, and the helper never walks it as root again).
 //! - `END uid`: unmounts `out/`, gives the job directory back to the worker, checks again, and
 //!   only then frees the uid. A uid whose clean-up failed is never freed by this helper.
 //!
@@ -334,11 +335,22 @@ fn chown_tree(dir: RawFd, uid: u32, gid: u32, depth: usize) -> io::Result<()> {
                     chown_tree(sub.as_raw_fd(), uid, gid, depth + 1)?;
                 }
                 libc::S_IFREG => {
-                    cvt(libc::fchmodat(dir, c.as_ptr(), 0o600, 0) as libc::c_long)?;
-                    cvt(
-                        libc::fchownat(dir, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
-                            as libc::c_long,
-                    )?;
+                    // Changed through a descriptor opened without following a link: the name
+                    // may have become a link since the look above (`fchmodat` follows one).
+                    let file = owned(libc::openat(
+                        dir,
+                        c.as_ptr(),
+                        libc::O_RDONLY
+                            | libc::O_NOFOLLOW
+                            | libc::O_NONBLOCK
+                            | libc::O_NOCTTY
+                            | libc::O_CLOEXEC,
+                    ) as libc::c_long)?;
+                    if fstat(file.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+                        return Err(io::Error::other(format!("{name:?} changed its type")));
+                    }
+                    cvt(libc::fchmod(file.as_raw_fd(), 0o600) as libc::c_long)?;
+                    cvt(libc::fchown(file.as_raw_fd(), uid, gid) as libc::c_long)?;
                 }
                 // Anything else (the jail makes none) stays the job's: the worker refuses it.
                 _ => {}
@@ -626,6 +638,10 @@ struct Server {
     devnull: OwnedFd,
     jobs: HashMap<u32, Job>,
     sealed: bool,
+    /// Read end of a pipe only this process writes to: it hangs up when the helper is gone,
+    /// which is how a namespace init learns of it in the instant before its parent-death
+    /// signal is armed.
+    life: Option<OwnedFd>,
 }
 
 /// Forks the helper from a single-threaded root process. The child never returns; the parent
@@ -676,6 +692,7 @@ pub unsafe fn start(
                 devnull,
                 jobs: HashMap::new(),
                 sealed: false,
+                life: None,
             };
             let code = s.run(server, &keep_fds);
             drop(keep);
@@ -723,6 +740,16 @@ impl Server {
             );
             return 1;
         }
+        let _life_w = match pipe() {
+            Ok((r, w)) => {
+                self.life = Some(r);
+                w
+            }
+            Err(e) => {
+                eprintln!("spawn helper: {e}");
+                return 1;
+            }
+        };
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         loop {
             let mut polls = vec![libc::pollfd {
@@ -1040,7 +1067,17 @@ impl Server {
         let (wuid, wgid) = self.cfg.worker;
         let dir = job.dir.as_raw_fd();
         let devnull = self.devnull.as_raw_fd();
-        let fds = [stdout.as_raw_fd(), stderr.as_raw_fd(), status.as_raw_fd()];
+        let life = self
+            .life
+            .as_ref()
+            .map(|l| l.as_raw_fd())
+            .ok_or("the helper is not running")?;
+        let fds = [
+            stdout.as_raw_fd(),
+            stderr.as_raw_fd(),
+            status.as_raw_fd(),
+            life,
+        ];
 
         // SAFETY: this process is single-threaded, so the children may do anything; they only
         // make system calls on memory prepared above, and never return.
@@ -1110,6 +1147,11 @@ impl Server {
     }
 
     fn handover(&mut self, uid: u32) -> Result<(), String> {
+        // Once handed over, out/ is the worker's to change: walking it again as root would
+        // follow whatever the worker put there.
+        if self.jobs.get(&uid).is_some_and(|j| j.handed_over) {
+            return Err(format!("job uid {uid} was already handed over"));
+        }
         self.stop_processes(uid)?;
         let (wuid, wgid) = self.cfg.worker;
         let job = self.jobs.get_mut(&uid).ok_or("no such job")?;
@@ -1168,7 +1210,7 @@ unsafe fn namespace_init(
     envp: &[*const libc::c_char],
     dir: RawFd,
     devnull: RawFd,
-    [stdout, stderr, status]: [RawFd; 3],
+    [stdout, stderr, status, life]: [RawFd; 4],
     (wuid, wgid): (u32, u32),
 ) -> ! {
     libc::prctl(
@@ -1197,13 +1239,17 @@ unsafe fn namespace_init(
         libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
         libc::_exit(127);
     }
-    // Only the status pipe stays; the job cannot signal or trace this process (other uid,
-    // not dumpable, no privileges).
+    // Only the status pipe and the helper's life pipe stay; the job cannot signal or trace
+    // this process (other uid, not dumpable, no privileges).
     let keep = status;
-    if keep > 3 {
-        libc::syscall(libc::SYS_close_range, 3u32, keep as u32 - 1, 0u32);
+    let (low, high) = (keep.min(life) as u32, keep.max(life) as u32);
+    if low > 3 {
+        libc::syscall(libc::SYS_close_range, 3u32, low - 1, 0u32);
     }
-    libc::syscall(libc::SYS_close_range, keep as u32 + 1, u32::MAX, 0u32);
+    if high > low + 1 {
+        libc::syscall(libc::SYS_close_range, low + 1, high - 1, 0u32);
+    }
+    libc::syscall(libc::SYS_close_range, high + 1, u32::MAX, 0u32);
     if libc::setgroups(0, std::ptr::null()) != 0
         || libc::setresgid(wgid, wgid, wgid) != 0
         || libc::setresuid(wuid, wuid, wuid) != 0
@@ -1211,6 +1257,27 @@ unsafe fn namespace_init(
         libc::kill(child, libc::SIGKILL);
         libc::_exit(125);
     }
+    // Changing uid cleared the parent-death signal: arm it again, then make sure the helper
+    // did not die before it was (its end of the life pipe would have hung up). Otherwise this
+    // init, and with it the job, would outlive the helper.
+    let mut hup = libc::pollfd {
+        fd: life,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    if libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0,
+    ) != 0
+        || libc::poll(&mut hup, 1, 0) != 0
+    {
+        libc::kill(child, libc::SIGKILL);
+        libc::_exit(125);
+    }
+    libc::close(life);
     libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     let mut reported: libc::c_int = 127 << 8;
     if child > 0 {

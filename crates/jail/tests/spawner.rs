@@ -181,7 +181,180 @@ fn main() {
         "not a live job",
     );
     assert!(!mpegflow_jail::ids::ids_in_use().contains(&uid));
+
+    a_second_handover_is_refused_and_nothing_outside_out_changes(&client, &work, &base);
     drop(client);
+    a_job_dies_with_its_helper(&base, &work);
     let _ = std::fs::remove_dir_all(&base);
     println!("spawn helper: every refusal held; jobs ran as uid {uid}");
+}
+
+/// Forks a child that becomes the worker uid and runs `f` until killed.
+fn as_worker(f: impl FnOnce()) -> libc::pid_t {
+    // SAFETY: this test process is single-threaded; the child only makes system calls and
+    // allocates in its own copy of memory.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(WORKER, WORKER, WORKER) != 0
+                || libc::setresuid(WORKER, WORKER, WORKER) != 0
+            {
+                libc::_exit(1);
+            }
+            f();
+            libc::_exit(0);
+        }
+        pid
+    }
+}
+
+fn kill_and_reap(pid: libc::pid_t) {
+    // SAFETY: killing and reaping our own child by its pid.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// After HANDOVER the worker owns `out/` and may put anything there. A second HANDOVER would
+/// walk that tree again as root; with a file swapped for a link between the helper's look and
+/// its change, the change would land on the link's target outside the job. The helper refuses
+/// a second HANDOVER, and never follows a link when it changes a file.
+fn a_second_handover_is_refused_and_nothing_outside_out_changes(
+    client: &spawner::SpawnerClient,
+    work: &Path,
+    base: &Path,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let target = base.join("root-owned-target");
+    std::fs::write(&target, b"host file").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    job_dir(work, "job-4");
+    let uid = client.begin("job-4", &[], 1 << 20, 16).expect("begin");
+    client.handover(uid).expect("first handover");
+    let out = work.join("job-4/out");
+    // The (compromised) worker, as its own uid: "f" flips between a file and a link to the
+    // target as fast as it can.
+    let (f, alt) = (out.join("f"), out.join("alt"));
+    let swapper = as_worker(|| {
+        std::fs::write(&f, b"x").unwrap();
+        std::os::unix::fs::symlink(&target, &alt).unwrap();
+        let (f, alt) = (
+            std::ffi::CString::new(f.to_str().unwrap()).unwrap(),
+            std::ffi::CString::new(alt.to_str().unwrap()).unwrap(),
+        );
+        loop {
+            // SAFETY: renameat2 with NUL-terminated paths.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    f.as_ptr(),
+                    libc::AT_FDCWD,
+                    alt.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                );
+            }
+        }
+    });
+    let mut second = Vec::new();
+    for _ in 0..300 {
+        second.push(client.handover(uid));
+    }
+    kill_and_reap(swapper);
+    let mode = std::fs::metadata(&target).unwrap().mode() & 0o7777;
+    let accepted = second.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        mode, 0o644,
+        "the helper changed a file outside out/ ({accepted} repeated handovers accepted)"
+    );
+    refused(second.remove(0), "handed over");
+    client.end(uid).expect("end");
+}
+
+/// When the helper dies (an OOM kill, a crash), nothing it started outlives it: the namespace
+/// init dies with it, and so the job. (Changing uid clears the parent-death signal, so it must
+/// be set after the change.)
+fn a_job_dies_with_its_helper(base: &Path, work: &Path) {
+    let children = || -> std::collections::HashSet<i32> {
+        let me = std::process::id().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let after = stat.rsplit_once(')')?.1;
+                (after.split_whitespace().nth(1)? == me).then_some(pid)
+            })
+            .collect()
+    };
+    let before = children();
+    let cfg = SpawnerConfig {
+        work_dir: std::fs::canonicalize(work).unwrap(),
+        worker: (WORKER, WORKER),
+        ffmpeg: std::fs::canonicalize("/usr/bin/sleep").unwrap(),
+        ffprobe: std::fs::canonicalize("/usr/bin/sleep").unwrap(),
+        probe: None,
+        job_ids: IdRange {
+            base: JOB_BASE + 8,
+            count: 8,
+        },
+        lock_dir: base.join("locks"),
+        max_limits: Limits::default(),
+        max_output_fs_bytes: 1 << 20,
+    };
+    let jail = Jail::new(Layers::default()).expect("jail");
+    // SAFETY: single-threaded (every earlier child was a process, and is reaped).
+    let client = unsafe { spawner::start(cfg, jail, Vec::new()) }.expect("start a second helper");
+    let helper = *children()
+        .difference(&before)
+        .next()
+        .expect("the helper is a child of this process");
+    job_dir(work, "job-5");
+    let uid = client.begin("job-5", &[], 1 << 20, 4).expect("begin");
+    let s = client
+        .spawn(
+            uid,
+            Program::Ffmpeg,
+            &["1000".into()],
+            false,
+            &Limits::default(),
+        )
+        .expect("spawn sleep");
+    let running = || mpegflow_jail::ids::processes_with(uid);
+    let start = std::time::Instant::now();
+    while !running() && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(running(), "the job never started");
+    kill_and_reap(helper);
+    let start = std::time::Instant::now();
+    while running() && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let survived = running();
+    if survived {
+        // Clean up what this test started: every process of the job uid.
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            if status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.contains(&uid.to_string()))
+            {
+                // SAFETY: SIGKILL to a process this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    drop((s, client));
+    let out = std::ffi::CString::new(work.join("job-5/out").to_str().unwrap()).unwrap();
+    // SAFETY: unmounting the job's out/ the dead helper left behind.
+    unsafe { libc::umount2(out.as_ptr(), libc::MNT_DETACH) };
+    assert!(!survived, "the job of uid {uid} outlived its spawn helper");
 }
