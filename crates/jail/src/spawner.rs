@@ -40,6 +40,10 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 const MAX_ARGS: usize = 4096;
 const MAX_ALIASES: usize = 64;
 const MAX_TREE_DEPTH: usize = 32;
+/// Live jobs one helper keeps: a worker runs one job at a time; one more leaves room for a job
+/// whose clean-up failed (its uid is never freed). Bounds what one worker takes of the host's
+/// job uids and `out/` file systems.
+pub const MAX_LIVE_JOBS: usize = 2;
 
 const OP_BEGIN: u8 = 1;
 const OP_SPAWN: u8 = 2;
@@ -934,6 +938,12 @@ impl Server {
         }
         if self.jobs.values().any(|j| j.name == name) {
             return Err(format!("job {name:?} is already live"));
+        }
+        if self.jobs.len() >= MAX_LIVE_JOBS {
+            return Err(format!(
+                "{} live jobs already (end one first)",
+                self.jobs.len()
+            ));
         }
         let (wuid, wgid) = self.cfg.worker;
         let e = |what: &str| {

@@ -183,6 +183,7 @@ fn main() {
     assert!(!mpegflow_jail::ids::ids_in_use().contains(&uid));
 
     a_second_handover_is_refused_and_nothing_outside_out_changes(&client, &work, &base);
+    a_worker_holds_few_live_jobs(&client, &work);
     drop(client);
     a_job_dies_with_its_helper(&base, &work);
     let _ = std::fs::remove_dir_all(&base);
@@ -357,4 +358,38 @@ fn a_job_dies_with_its_helper(base: &Path, work: &Path) {
     // SAFETY: unmounting the job's out/ the dead helper left behind.
     unsafe { libc::umount2(out.as_ptr(), libc::MNT_DETACH) };
     assert!(!survived, "the job of uid {uid} outlived its spawn helper");
+}
+
+/// A worker runs one job at a time. A compromised one that kept calling BEGIN would otherwise
+/// take every job uid of the host (shared by all workers) and mount an `out/` file system per
+/// call, each as large as `--max-output-fs-mb`, which it may fill once handed over: the
+/// documented bound of workers × one `out/` would not hold.
+fn a_worker_holds_few_live_jobs(client: &spawner::SpawnerClient, work: &Path) {
+    let mut uids = Vec::new();
+    let mut refusal = None;
+    for i in 0..6 {
+        let name = format!("many-{i}");
+        job_dir(work, &name);
+        match client.begin(&name, &[], 1 << 20, 4) {
+            Ok(uid) => uids.push(uid),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    for uid in &uids {
+        client.end(*uid).expect("end");
+    }
+    assert!(
+        uids.len() <= spawner::MAX_LIVE_JOBS,
+        "{} live jobs at once",
+        uids.len()
+    );
+    refused(refusal.map_or(Ok(()), Err), "live jobs");
+    // And ending them makes room again.
+    let uid = client.begin("many-0", &[], 1 << 20, 4);
+    client
+        .end(uid.expect("begin after the others ended"))
+        .unwrap();
 }
