@@ -18,8 +18,8 @@
 //!   kernel kills whatever is left in the namespace.
 //! - `KILL uid`: kills the job's namespace inits (and so the namespaces).
 //! - `HANDOVER uid`: kills them, waits for them, checks that no process of the uid remains, and
-//!   gives `out/` to the worker uid so it can upload; once only (afterwards `out/` is the
-//!   worker's, and the helper never walks it as root again).
+//!   gives `out/` to the worker read-only (root's, the worker's group) so it can upload; once
+//!   only (the helper never walks `out/` as root again).
 //! - `END uid`: unmounts `out/`, gives the job directory back to the worker, checks again, and
 //!   only then frees the uid. A uid whose clean-up failed is never freed by this helper.
 //!
@@ -317,9 +317,9 @@ fn entries(dir: RawFd) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Gives everything under `dir` (and `dir`) to `uid`/`gid`, readable and writable by its
-/// owner only, never following a link. Children first: the new owner gets a directory only
-/// once nothing in it is left to change.
+/// Gives everything under `dir` (and `dir`) to `uid`/`gid`, readable (and directories
+/// searchable) by owner and group only, writable by no one but root, never following a link.
+/// Children first: a directory opens up only once nothing in it is left to change.
 fn chown_tree(dir: RawFd, uid: u32, gid: u32, depth: usize) -> io::Result<()> {
     if depth > MAX_TREE_DEPTH {
         return Err(io::Error::other("output tree too deep"));
@@ -353,14 +353,14 @@ fn chown_tree(dir: RawFd, uid: u32, gid: u32, depth: usize) -> io::Result<()> {
                     if fstat(file.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
                         return Err(io::Error::other(format!("{name:?} changed its type")));
                     }
-                    cvt(libc::fchmod(file.as_raw_fd(), 0o600) as libc::c_long)?;
+                    cvt(libc::fchmod(file.as_raw_fd(), 0o440) as libc::c_long)?;
                     cvt(libc::fchown(file.as_raw_fd(), uid, gid) as libc::c_long)?;
                 }
                 // Anything else (the jail makes none) stays the job's: the worker refuses it.
                 _ => {}
             }
         }
-        cvt(libc::fchmod(dir, 0o700) as libc::c_long)?;
+        cvt(libc::fchmod(dir, 0o550) as libc::c_long)?;
         cvt(libc::fchown(dir, uid, gid) as libc::c_long)?;
     }
     Ok(())
@@ -1163,12 +1163,15 @@ impl Server {
             return Err(format!("job uid {uid} was already handed over"));
         }
         self.stop_processes(uid)?;
-        let (wuid, wgid) = self.cfg.worker;
+        let (_, wgid) = self.cfg.worker;
         let job = self.jobs.get_mut(&uid).ok_or("no such job")?;
         if let Some(m) = &job.mount {
             // The mount descriptor is a path-only one; reopen its root to change it.
             let root = open_dir_at(m.as_raw_fd(), ".").map_err(|e| format!("out/: {e}"))?;
-            chown_tree(root.as_raw_fd(), wuid, wgid, 0).map_err(|e| format!("out/: {e}"))?;
+            // Read-only for the worker: root's, readable by the worker's group. The worker only
+            // uploads from out/; if it could write there, it could keep filling the file system
+            // through a descriptor after END detaches it, or plant links for root to walk.
+            chown_tree(root.as_raw_fd(), 0, wgid, 0).map_err(|e| format!("out/: {e}"))?;
         }
         job.handed_over = true;
         Ok(())

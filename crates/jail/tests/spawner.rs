@@ -184,6 +184,7 @@ fn main() {
 
     a_second_handover_is_refused_and_nothing_outside_out_changes(&client, &work, &base);
     a_worker_holds_few_live_jobs(&client, &work);
+    the_worker_gets_out_read_only(&client, &work);
     drop(client);
     a_job_dies_with_its_helper(&base, &work);
     let _ = std::fs::remove_dir_all(&base);
@@ -240,8 +241,10 @@ fn a_second_handover_is_refused_and_nothing_outside_out_changes(
     // target as fast as it can.
     let (f, alt) = (out.join("f"), out.join("alt"));
     let swapper = as_worker(|| {
-        std::fs::write(&f, b"x").unwrap();
-        std::os::unix::fs::symlink(&target, &alt).unwrap();
+        // (out/ is handed over read-only, so this fails now; the race below is then moot.)
+        if std::fs::write(&f, b"x").is_err() || std::os::unix::fs::symlink(&target, &alt).is_err() {
+            return;
+        }
         let (f, alt) = (
             std::ffi::CString::new(f.to_str().unwrap()).unwrap(),
             std::ffi::CString::new(alt.to_str().unwrap()).unwrap(),
@@ -392,4 +395,58 @@ fn a_worker_holds_few_live_jobs(client: &spawner::SpawnerClient, work: &Path) {
     client
         .end(uid.expect("begin after the others ended"))
         .unwrap();
+}
+
+/// The worker only uploads from `out/`. Were it handed over writable, a compromised worker
+/// could keep a descriptor into it across END (which only detaches the file system) and go on
+/// filling one tmpfs after another, past the bound of one `out/` per worker; or plant links
+/// for root to walk. It can read what the job wrote, and change nothing.
+fn the_worker_gets_out_read_only(client: &spawner::SpawnerClient, work: &Path) {
+    job_dir(work, "job-ro");
+    let uid = client
+        .begin("job-ro", &["video"], 1 << 20, 16)
+        .expect("begin");
+    let out = work.join("job-ro/out");
+    // What the job wrote (made here as root: the stand-in program writes nothing).
+    std::fs::write(out.join("video/result.mp4"), b"encoded").unwrap();
+    client.handover(uid).expect("handover");
+    let probe = |what: &'static str| {
+        let out = out.clone();
+        let pid = as_worker(move || {
+            let ok = match what {
+                "read" => {
+                    std::fs::read(out.join("video/result.mp4")).is_ok_and(|b| b == b"encoded")
+                }
+                "list" => std::fs::read_dir(out.join("video")).is_ok(),
+                "write" => std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(out.join("video/result.mp4"))
+                    .is_ok(),
+                "create" => std::fs::write(out.join("planted"), b"x").is_ok(),
+                "mkdir" => std::fs::create_dir(out.join("video/more")).is_ok(),
+                "chmod" => std::fs::set_permissions(
+                    out.join("video"),
+                    std::fs::Permissions::from_mode(0o777),
+                )
+                .is_ok(),
+                _ => false,
+            };
+            // SAFETY: leaving the forked child with its answer.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        });
+        let mut st = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0
+    };
+    let allowed: Vec<bool> = ["read", "list", "write", "create", "mkdir", "chmod"]
+        .into_iter()
+        .map(probe)
+        .collect();
+    client.end(uid).expect("end");
+    assert_eq!(
+        allowed,
+        [true, true, false, false, false, false],
+        "the worker's access to out/ after handover (read, list, write, create, mkdir, chmod)"
+    );
 }
