@@ -366,6 +366,50 @@ fn chown_tree(dir: RawFd, uid: u32, gid: u32, depth: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Truncates every file under `dir` to nothing and removes every entry, never following a
+/// link: open descriptors to them then hold no data.
+fn empty_tree(dir: RawFd, depth: usize) -> io::Result<()> {
+    if depth > MAX_TREE_DEPTH {
+        return Err(io::Error::other("tree too deep"));
+    }
+    // SAFETY: fstatat/openat/ftruncate/unlinkat on descriptors we own with NUL-terminated
+    // names.
+    unsafe {
+        for name in entries(dir)? {
+            let c = cstring(&name)?;
+            let mut st: libc::stat = std::mem::zeroed();
+            cvt(
+                libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) as libc::c_long,
+            )?;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => {
+                    let sub = open_dir_at(dir, &name)?;
+                    empty_tree(sub.as_raw_fd(), depth + 1)?;
+                    cvt(libc::unlinkat(dir, c.as_ptr(), libc::AT_REMOVEDIR) as libc::c_long)?;
+                }
+                kind => {
+                    if kind == libc::S_IFREG {
+                        let file = owned(libc::openat(
+                            dir,
+                            c.as_ptr(),
+                            libc::O_WRONLY
+                                | libc::O_NOFOLLOW
+                                | libc::O_NONBLOCK
+                                | libc::O_NOCTTY
+                                | libc::O_CLOEXEC,
+                        ) as libc::c_long)?;
+                        if fstat(file.as_raw_fd())?.st_mode & libc::S_IFMT == libc::S_IFREG {
+                            cvt(libc::ftruncate(file.as_raw_fd(), 0) as libc::c_long)?;
+                        }
+                    }
+                    cvt(libc::unlinkat(dir, c.as_ptr(), 0) as libc::c_long)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Removes `name` under `parent` and everything in it, never following a link.
 fn remove_tree_at(parent: RawFd, name: &str, depth: usize) -> io::Result<()> {
     if depth > MAX_TREE_DEPTH {
@@ -1182,6 +1226,11 @@ impl Server {
         let (wuid, wgid) = self.cfg.worker;
         let job = self.jobs.get_mut(&uid).ok_or("no such job")?;
         if let Some(m) = job.mount.take() {
+            // Unmounting only detaches: whoever still holds a descriptor into out/ (the worker
+            // after the handover) would keep its data in memory. Emptied first, it holds none.
+            if let Ok(root) = open_dir_at(m.as_raw_fd(), ".") {
+                let _ = empty_tree(root.as_raw_fd(), 0);
+            }
             let path =
                 cstring(&fd_path(m.as_raw_fd()).to_string_lossy()).map_err(|e| e.to_string())?;
             // SAFETY: unmounting the mount this descriptor is the root of.

@@ -185,6 +185,7 @@ fn main() {
     a_second_handover_is_refused_and_nothing_outside_out_changes(&client, &work, &base);
     a_worker_holds_few_live_jobs(&client, &work);
     the_worker_gets_out_read_only(&client, &work);
+    nothing_of_out_survives_end_for_a_descriptor_holder(&client, &work);
     drop(client);
     a_job_dies_with_its_helper(&base, &work);
     let _ = std::fs::remove_dir_all(&base);
@@ -448,5 +449,36 @@ fn the_worker_gets_out_read_only(client: &spawner::SpawnerClient, work: &Path) {
         allowed,
         [true, true, false, false, false, false],
         "the worker's access to out/ after handover (read, list, write, create, mkdir, chmod)"
+    );
+}
+
+/// END only detaches `out/`: a descriptor the worker kept into it would otherwise keep what the
+/// job wrote in memory, one job's worth per descriptor, past the bound of one `out/` per worker.
+/// The helper empties it first, so a kept descriptor holds nothing.
+fn nothing_of_out_survives_end_for_a_descriptor_holder(
+    client: &spawner::SpawnerClient,
+    work: &Path,
+) {
+    use std::io::Read;
+    job_dir(work, "job-keep");
+    let uid = client
+        .begin("job-keep", &["video"], 4 << 20, 16)
+        .expect("begin");
+    let out = work.join("job-keep/out");
+    std::fs::write(out.join("video/result.mp4"), vec![7u8; 1 << 20]).unwrap();
+    client.handover(uid).expect("handover");
+    // Kept open across END (here by the test; the worker can read it, so it can do the same).
+    let mut kept = std::fs::File::open(out.join("video/result.mp4")).unwrap();
+    let kept_dir = std::fs::File::open(out.join("video")).unwrap();
+    client.end(uid).expect("end");
+    let mut left = Vec::new();
+    kept.read_to_end(&mut left).unwrap();
+    let listed = std::fs::read_dir(format!("/proc/self/fd/{}", kept_dir.as_raw_fd()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        (left.len(), listed),
+        (0, 0),
+        "bytes and entries of out/ still reachable through kept descriptors after END"
     );
 }
