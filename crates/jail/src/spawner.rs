@@ -18,7 +18,8 @@
 //!   kernel kills whatever is left in the namespace.
 //! - `KILL uid`: kills the job's namespace inits (and so the namespaces).
 //! - `HANDOVER uid`: kills them, waits for them, checks that no process of the uid remains, and
-//!   gives `out/` to the worker uid so it can upload.
+//!   gives `out/` to the worker read-only (root's, the worker's group) so it can upload; once
+//!   only (the helper never walks `out/` as root again).
 //! - `END uid`: unmounts `out/`, gives the job directory back to the worker, checks again, and
 //!   only then frees the uid. A uid whose clean-up failed is never freed by this helper.
 //!
@@ -39,6 +40,10 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 const MAX_ARGS: usize = 4096;
 const MAX_ALIASES: usize = 64;
 const MAX_TREE_DEPTH: usize = 32;
+/// Live jobs one helper keeps: a worker runs one job at a time; one more leaves room for a job
+/// whose clean-up failed (its uid is never freed). Bounds what one worker takes of the host's
+/// job uids and `out/` file systems.
+pub const MAX_LIVE_JOBS: usize = 2;
 
 const OP_BEGIN: u8 = 1;
 const OP_SPAWN: u8 = 2;
@@ -312,9 +317,9 @@ fn entries(dir: RawFd) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Gives everything under `dir` (and `dir`) to `uid`/`gid`, readable and writable by its
-/// owner only, never following a link. Children first: the new owner gets a directory only
-/// once nothing in it is left to change.
+/// Gives everything under `dir` (and `dir`) to `uid`/`gid`, readable (and directories
+/// searchable) by owner and group only, writable by no one but root, never following a link.
+/// Children first: a directory opens up only once nothing in it is left to change.
 fn chown_tree(dir: RawFd, uid: u32, gid: u32, depth: usize) -> io::Result<()> {
     if depth > MAX_TREE_DEPTH {
         return Err(io::Error::other("output tree too deep"));
@@ -334,18 +339,73 @@ fn chown_tree(dir: RawFd, uid: u32, gid: u32, depth: usize) -> io::Result<()> {
                     chown_tree(sub.as_raw_fd(), uid, gid, depth + 1)?;
                 }
                 libc::S_IFREG => {
-                    cvt(libc::fchmodat(dir, c.as_ptr(), 0o600, 0) as libc::c_long)?;
-                    cvt(
-                        libc::fchownat(dir, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
-                            as libc::c_long,
-                    )?;
+                    // Changed through a descriptor opened without following a link: the name
+                    // may have become a link since the look above (`fchmodat` follows one).
+                    let file = owned(libc::openat(
+                        dir,
+                        c.as_ptr(),
+                        libc::O_RDONLY
+                            | libc::O_NOFOLLOW
+                            | libc::O_NONBLOCK
+                            | libc::O_NOCTTY
+                            | libc::O_CLOEXEC,
+                    ) as libc::c_long)?;
+                    if fstat(file.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+                        return Err(io::Error::other(format!("{name:?} changed its type")));
+                    }
+                    cvt(libc::fchmod(file.as_raw_fd(), 0o440) as libc::c_long)?;
+                    cvt(libc::fchown(file.as_raw_fd(), uid, gid) as libc::c_long)?;
                 }
                 // Anything else (the jail makes none) stays the job's: the worker refuses it.
                 _ => {}
             }
         }
-        cvt(libc::fchmod(dir, 0o700) as libc::c_long)?;
+        cvt(libc::fchmod(dir, 0o550) as libc::c_long)?;
         cvt(libc::fchown(dir, uid, gid) as libc::c_long)?;
+    }
+    Ok(())
+}
+
+/// Truncates every file under `dir` to nothing and removes every entry, never following a
+/// link: open descriptors to them then hold no data.
+fn empty_tree(dir: RawFd, depth: usize) -> io::Result<()> {
+    if depth > MAX_TREE_DEPTH {
+        return Err(io::Error::other("tree too deep"));
+    }
+    // SAFETY: fstatat/openat/ftruncate/unlinkat on descriptors we own with NUL-terminated
+    // names.
+    unsafe {
+        for name in entries(dir)? {
+            let c = cstring(&name)?;
+            let mut st: libc::stat = std::mem::zeroed();
+            cvt(
+                libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) as libc::c_long,
+            )?;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => {
+                    let sub = open_dir_at(dir, &name)?;
+                    empty_tree(sub.as_raw_fd(), depth + 1)?;
+                    cvt(libc::unlinkat(dir, c.as_ptr(), libc::AT_REMOVEDIR) as libc::c_long)?;
+                }
+                kind => {
+                    if kind == libc::S_IFREG {
+                        let file = owned(libc::openat(
+                            dir,
+                            c.as_ptr(),
+                            libc::O_WRONLY
+                                | libc::O_NOFOLLOW
+                                | libc::O_NONBLOCK
+                                | libc::O_NOCTTY
+                                | libc::O_CLOEXEC,
+                        ) as libc::c_long)?;
+                        if fstat(file.as_raw_fd())?.st_mode & libc::S_IFMT == libc::S_IFREG {
+                            cvt(libc::ftruncate(file.as_raw_fd(), 0) as libc::c_long)?;
+                        }
+                    }
+                    cvt(libc::unlinkat(dir, c.as_ptr(), 0) as libc::c_long)?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -626,6 +686,10 @@ struct Server {
     devnull: OwnedFd,
     jobs: HashMap<u32, Job>,
     sealed: bool,
+    /// Read end of a pipe only this process writes to: it hangs up when the helper is gone,
+    /// which is how a namespace init learns of it in the instant before its parent-death
+    /// signal is armed.
+    life: Option<OwnedFd>,
 }
 
 /// Forks the helper from a single-threaded root process. The child never returns; the parent
@@ -676,6 +740,7 @@ pub unsafe fn start(
                 devnull,
                 jobs: HashMap::new(),
                 sealed: false,
+                life: None,
             };
             let code = s.run(server, &keep_fds);
             drop(keep);
@@ -723,6 +788,16 @@ impl Server {
             );
             return 1;
         }
+        let _life_w = match pipe() {
+            Ok((r, w)) => {
+                self.life = Some(r);
+                w
+            }
+            Err(e) => {
+                eprintln!("spawn helper: {e}");
+                return 1;
+            }
+        };
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         loop {
             let mut polls = vec![libc::pollfd {
@@ -908,6 +983,12 @@ impl Server {
         if self.jobs.values().any(|j| j.name == name) {
             return Err(format!("job {name:?} is already live"));
         }
+        if self.jobs.len() >= MAX_LIVE_JOBS {
+            return Err(format!(
+                "{} live jobs already (end one first)",
+                self.jobs.len()
+            ));
+        }
         let (wuid, wgid) = self.cfg.worker;
         let e = |what: &str| {
             let what = what.to_owned();
@@ -1040,7 +1121,17 @@ impl Server {
         let (wuid, wgid) = self.cfg.worker;
         let dir = job.dir.as_raw_fd();
         let devnull = self.devnull.as_raw_fd();
-        let fds = [stdout.as_raw_fd(), stderr.as_raw_fd(), status.as_raw_fd()];
+        let life = self
+            .life
+            .as_ref()
+            .map(|l| l.as_raw_fd())
+            .ok_or("the helper is not running")?;
+        let fds = [
+            stdout.as_raw_fd(),
+            stderr.as_raw_fd(),
+            status.as_raw_fd(),
+            life,
+        ];
 
         // SAFETY: this process is single-threaded, so the children may do anything; they only
         // make system calls on memory prepared above, and never return.
@@ -1110,13 +1201,21 @@ impl Server {
     }
 
     fn handover(&mut self, uid: u32) -> Result<(), String> {
+        // Once handed over, out/ is the worker's to change: walking it again as root would
+        // follow whatever the worker put there.
+        if self.jobs.get(&uid).is_some_and(|j| j.handed_over) {
+            return Err(format!("job uid {uid} was already handed over"));
+        }
         self.stop_processes(uid)?;
-        let (wuid, wgid) = self.cfg.worker;
+        let (_, wgid) = self.cfg.worker;
         let job = self.jobs.get_mut(&uid).ok_or("no such job")?;
         if let Some(m) = &job.mount {
             // The mount descriptor is a path-only one; reopen its root to change it.
             let root = open_dir_at(m.as_raw_fd(), ".").map_err(|e| format!("out/: {e}"))?;
-            chown_tree(root.as_raw_fd(), wuid, wgid, 0).map_err(|e| format!("out/: {e}"))?;
+            // Read-only for the worker: root's, readable by the worker's group. The worker only
+            // uploads from out/; if it could write there, it could keep filling the file system
+            // through a descriptor after END detaches it, or plant links for root to walk.
+            chown_tree(root.as_raw_fd(), 0, wgid, 0).map_err(|e| format!("out/: {e}"))?;
         }
         job.handed_over = true;
         Ok(())
@@ -1127,6 +1226,11 @@ impl Server {
         let (wuid, wgid) = self.cfg.worker;
         let job = self.jobs.get_mut(&uid).ok_or("no such job")?;
         if let Some(m) = job.mount.take() {
+            // Unmounting only detaches: whoever still holds a descriptor into out/ (the worker
+            // after the handover) would keep its data in memory. Emptied first, it holds none.
+            if let Ok(root) = open_dir_at(m.as_raw_fd(), ".") {
+                let _ = empty_tree(root.as_raw_fd(), 0);
+            }
             let path =
                 cstring(&fd_path(m.as_raw_fd()).to_string_lossy()).map_err(|e| e.to_string())?;
             // SAFETY: unmounting the mount this descriptor is the root of.
@@ -1168,7 +1272,7 @@ unsafe fn namespace_init(
     envp: &[*const libc::c_char],
     dir: RawFd,
     devnull: RawFd,
-    [stdout, stderr, status]: [RawFd; 3],
+    [stdout, stderr, status, life]: [RawFd; 4],
     (wuid, wgid): (u32, u32),
 ) -> ! {
     libc::prctl(
@@ -1197,13 +1301,17 @@ unsafe fn namespace_init(
         libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
         libc::_exit(127);
     }
-    // Only the status pipe stays; the job cannot signal or trace this process (other uid,
-    // not dumpable, no privileges).
+    // Only the status pipe and the helper's life pipe stay; the job cannot signal or trace
+    // this process (other uid, not dumpable, no privileges).
     let keep = status;
-    if keep > 3 {
-        libc::syscall(libc::SYS_close_range, 3u32, keep as u32 - 1, 0u32);
+    let (low, high) = (keep.min(life) as u32, keep.max(life) as u32);
+    if low > 3 {
+        libc::syscall(libc::SYS_close_range, 3u32, low - 1, 0u32);
     }
-    libc::syscall(libc::SYS_close_range, keep as u32 + 1, u32::MAX, 0u32);
+    if high > low + 1 {
+        libc::syscall(libc::SYS_close_range, low + 1, high - 1, 0u32);
+    }
+    libc::syscall(libc::SYS_close_range, high + 1, u32::MAX, 0u32);
     if libc::setgroups(0, std::ptr::null()) != 0
         || libc::setresgid(wgid, wgid, wgid) != 0
         || libc::setresuid(wuid, wuid, wuid) != 0
@@ -1211,6 +1319,27 @@ unsafe fn namespace_init(
         libc::kill(child, libc::SIGKILL);
         libc::_exit(125);
     }
+    // Changing uid cleared the parent-death signal: arm it again, then make sure the helper
+    // did not die before it was (its end of the life pipe would have hung up). Otherwise this
+    // init, and with it the job, would outlive the helper.
+    let mut hup = libc::pollfd {
+        fd: life,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    if libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0,
+    ) != 0
+        || libc::poll(&mut hup, 1, 0) != 0
+    {
+        libc::kill(child, libc::SIGKILL);
+        libc::_exit(125);
+    }
+    libc::close(life);
     libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     let mut reported: libc::c_int = 127 << 8;
     if child > 0 {

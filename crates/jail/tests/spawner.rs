@@ -181,7 +181,304 @@ fn main() {
         "not a live job",
     );
     assert!(!mpegflow_jail::ids::ids_in_use().contains(&uid));
+
+    a_second_handover_is_refused_and_nothing_outside_out_changes(&client, &work, &base);
+    a_worker_holds_few_live_jobs(&client, &work);
+    the_worker_gets_out_read_only(&client, &work);
+    nothing_of_out_survives_end_for_a_descriptor_holder(&client, &work);
     drop(client);
+    a_job_dies_with_its_helper(&base, &work);
     let _ = std::fs::remove_dir_all(&base);
     println!("spawn helper: every refusal held; jobs ran as uid {uid}");
+}
+
+/// Forks a child that becomes the worker uid and runs `f` until killed.
+fn as_worker(f: impl FnOnce()) -> libc::pid_t {
+    // SAFETY: this test process is single-threaded; the child only makes system calls and
+    // allocates in its own copy of memory.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(WORKER, WORKER, WORKER) != 0
+                || libc::setresuid(WORKER, WORKER, WORKER) != 0
+            {
+                libc::_exit(1);
+            }
+            f();
+            libc::_exit(0);
+        }
+        pid
+    }
+}
+
+fn kill_and_reap(pid: libc::pid_t) {
+    // SAFETY: killing and reaping our own child by its pid.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// After HANDOVER the worker owns `out/` and may put anything there. A second HANDOVER would
+/// walk that tree again as root; with a file swapped for a link between the helper's look and
+/// its change, the change would land on the link's target outside the job. The helper refuses
+/// a second HANDOVER, and never follows a link when it changes a file.
+fn a_second_handover_is_refused_and_nothing_outside_out_changes(
+    client: &spawner::SpawnerClient,
+    work: &Path,
+    base: &Path,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let target = base.join("root-owned-target");
+    std::fs::write(&target, b"host file").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    job_dir(work, "job-4");
+    let uid = client.begin("job-4", &[], 1 << 20, 16).expect("begin");
+    client.handover(uid).expect("first handover");
+    let out = work.join("job-4/out");
+    // The (compromised) worker, as its own uid: "f" flips between a file and a link to the
+    // target as fast as it can.
+    let (f, alt) = (out.join("f"), out.join("alt"));
+    let swapper = as_worker(|| {
+        // (out/ is handed over read-only, so this fails now; the race below is then moot.)
+        if std::fs::write(&f, b"x").is_err() || std::os::unix::fs::symlink(&target, &alt).is_err() {
+            return;
+        }
+        let (f, alt) = (
+            std::ffi::CString::new(f.to_str().unwrap()).unwrap(),
+            std::ffi::CString::new(alt.to_str().unwrap()).unwrap(),
+        );
+        loop {
+            // SAFETY: renameat2 with NUL-terminated paths.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    f.as_ptr(),
+                    libc::AT_FDCWD,
+                    alt.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                );
+            }
+        }
+    });
+    let mut second = Vec::new();
+    for _ in 0..300 {
+        second.push(client.handover(uid));
+    }
+    kill_and_reap(swapper);
+    let mode = std::fs::metadata(&target).unwrap().mode() & 0o7777;
+    let accepted = second.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        mode, 0o644,
+        "the helper changed a file outside out/ ({accepted} repeated handovers accepted)"
+    );
+    refused(second.remove(0), "handed over");
+    client.end(uid).expect("end");
+}
+
+/// When the helper dies (an OOM kill, a crash), nothing it started outlives it: the namespace
+/// init dies with it, and so the job. (Changing uid clears the parent-death signal, so it must
+/// be set after the change.)
+fn a_job_dies_with_its_helper(base: &Path, work: &Path) {
+    let children = || -> std::collections::HashSet<i32> {
+        let me = std::process::id().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let after = stat.rsplit_once(')')?.1;
+                (after.split_whitespace().nth(1)? == me).then_some(pid)
+            })
+            .collect()
+    };
+    let before = children();
+    let cfg = SpawnerConfig {
+        work_dir: std::fs::canonicalize(work).unwrap(),
+        worker: (WORKER, WORKER),
+        ffmpeg: std::fs::canonicalize("/usr/bin/sleep").unwrap(),
+        ffprobe: std::fs::canonicalize("/usr/bin/sleep").unwrap(),
+        probe: None,
+        job_ids: IdRange {
+            base: JOB_BASE + 8,
+            count: 8,
+        },
+        lock_dir: base.join("locks"),
+        max_limits: Limits::default(),
+        max_output_fs_bytes: 1 << 20,
+    };
+    let jail = Jail::new(Layers::default()).expect("jail");
+    // SAFETY: single-threaded (every earlier child was a process, and is reaped).
+    let client = unsafe { spawner::start(cfg, jail, Vec::new()) }.expect("start a second helper");
+    let helper = *children()
+        .difference(&before)
+        .next()
+        .expect("the helper is a child of this process");
+    job_dir(work, "job-5");
+    let uid = client.begin("job-5", &[], 1 << 20, 4).expect("begin");
+    let s = client
+        .spawn(
+            uid,
+            Program::Ffmpeg,
+            &["1000".into()],
+            false,
+            &Limits::default(),
+        )
+        .expect("spawn sleep");
+    let running = || mpegflow_jail::ids::processes_with(uid);
+    let start = std::time::Instant::now();
+    while !running() && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(running(), "the job never started");
+    kill_and_reap(helper);
+    let start = std::time::Instant::now();
+    while running() && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let survived = running();
+    if survived {
+        // Clean up what this test started: every process of the job uid.
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            if status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.contains(&uid.to_string()))
+            {
+                // SAFETY: SIGKILL to a process this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    drop((s, client));
+    let out = std::ffi::CString::new(work.join("job-5/out").to_str().unwrap()).unwrap();
+    // SAFETY: unmounting the job's out/ the dead helper left behind.
+    unsafe { libc::umount2(out.as_ptr(), libc::MNT_DETACH) };
+    assert!(!survived, "the job of uid {uid} outlived its spawn helper");
+}
+
+/// A worker runs one job at a time. A compromised one that kept calling BEGIN would otherwise
+/// take every job uid of the host (shared by all workers) and mount an `out/` file system per
+/// call, each as large as `--max-output-fs-mb`, which it may fill once handed over: the
+/// documented bound of workers × one `out/` would not hold.
+fn a_worker_holds_few_live_jobs(client: &spawner::SpawnerClient, work: &Path) {
+    let mut uids = Vec::new();
+    let mut refusal = None;
+    for i in 0..6 {
+        let name = format!("many-{i}");
+        job_dir(work, &name);
+        match client.begin(&name, &[], 1 << 20, 4) {
+            Ok(uid) => uids.push(uid),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    for uid in &uids {
+        client.end(*uid).expect("end");
+    }
+    assert!(
+        uids.len() <= spawner::MAX_LIVE_JOBS,
+        "{} live jobs at once",
+        uids.len()
+    );
+    refused(refusal.map_or(Ok(()), Err), "live jobs");
+    // And ending them makes room again.
+    let uid = client.begin("many-0", &[], 1 << 20, 4);
+    client
+        .end(uid.expect("begin after the others ended"))
+        .unwrap();
+}
+
+/// The worker only uploads from `out/`. Were it handed over writable, a compromised worker
+/// could keep a descriptor into it across END (which only detaches the file system) and go on
+/// filling one tmpfs after another, past the bound of one `out/` per worker; or plant links
+/// for root to walk. It can read what the job wrote, and change nothing.
+fn the_worker_gets_out_read_only(client: &spawner::SpawnerClient, work: &Path) {
+    job_dir(work, "job-ro");
+    let uid = client
+        .begin("job-ro", &["video"], 1 << 20, 16)
+        .expect("begin");
+    let out = work.join("job-ro/out");
+    // What the job wrote (made here as root: the stand-in program writes nothing).
+    std::fs::write(out.join("video/result.mp4"), b"encoded").unwrap();
+    client.handover(uid).expect("handover");
+    let probe = |what: &'static str| {
+        let out = out.clone();
+        let pid = as_worker(move || {
+            let ok = match what {
+                "read" => {
+                    std::fs::read(out.join("video/result.mp4")).is_ok_and(|b| b == b"encoded")
+                }
+                "list" => std::fs::read_dir(out.join("video")).is_ok(),
+                "write" => std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(out.join("video/result.mp4"))
+                    .is_ok(),
+                "create" => std::fs::write(out.join("planted"), b"x").is_ok(),
+                "mkdir" => std::fs::create_dir(out.join("video/more")).is_ok(),
+                "chmod" => std::fs::set_permissions(
+                    out.join("video"),
+                    std::fs::Permissions::from_mode(0o777),
+                )
+                .is_ok(),
+                _ => false,
+            };
+            // SAFETY: leaving the forked child with its answer.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        });
+        let mut st = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0
+    };
+    let allowed: Vec<bool> = ["read", "list", "write", "create", "mkdir", "chmod"]
+        .into_iter()
+        .map(probe)
+        .collect();
+    client.end(uid).expect("end");
+    assert_eq!(
+        allowed,
+        [true, true, false, false, false, false],
+        "the worker's access to out/ after handover (read, list, write, create, mkdir, chmod)"
+    );
+}
+
+/// END only detaches `out/`: a descriptor the worker kept into it would otherwise keep what the
+/// job wrote in memory, one job's worth per descriptor, past the bound of one `out/` per worker.
+/// The helper empties it first, so a kept descriptor holds nothing.
+fn nothing_of_out_survives_end_for_a_descriptor_holder(
+    client: &spawner::SpawnerClient,
+    work: &Path,
+) {
+    use std::io::Read;
+    job_dir(work, "job-keep");
+    let uid = client
+        .begin("job-keep", &["video"], 4 << 20, 16)
+        .expect("begin");
+    let out = work.join("job-keep/out");
+    std::fs::write(out.join("video/result.mp4"), vec![7u8; 1 << 20]).unwrap();
+    client.handover(uid).expect("handover");
+    // Kept open across END (here by the test; the worker can read it, so it can do the same).
+    let mut kept = std::fs::File::open(out.join("video/result.mp4")).unwrap();
+    let kept_dir = std::fs::File::open(out.join("video")).unwrap();
+    client.end(uid).expect("end");
+    let mut left = Vec::new();
+    kept.read_to_end(&mut left).unwrap();
+    let listed = std::fs::read_dir(format!("/proc/self/fd/{}", kept_dir.as_raw_fd()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        (left.len(), listed),
+        (0, 0),
+        "bytes and entries of out/ still reachable through kept descriptors after END"
+    );
 }

@@ -152,29 +152,53 @@ pub struct OutputBound {
 /// process writes in one interval (plus one walk's duration).
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// What [`usage`] measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub files: u64,
+    /// A directory that exists but cannot be listed: what it holds is unknown. (A job sharing
+    /// the worker's uid can make one, e.g. with mode 0300, and write into it unseen.)
+    pub unlisted: Option<PathBuf>,
+}
+
 /// Bytes and entries under `dir`, without following symlinks; stops counting once past
-/// `stop_bytes` or `stop_files` (so a tree of a million files costs one bounded walk).
-pub fn usage(dir: &Path, stop_bytes: u64, stop_files: u64) -> (u64, u64) {
+/// `stop_bytes` or `stop_files` (so a tree of a million files costs one bounded walk), or at
+/// the first directory it cannot list.
+pub fn usage(dir: &Path, stop_bytes: u64, stop_files: u64) -> Usage {
     use std::os::unix::fs::MetadataExt;
-    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut u = Usage {
+        bytes: 0,
+        files: 0,
+        unlisted: None,
+    };
     let mut pending = vec![dir.to_owned()];
     while let Some(d) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            // Removed since it was seen (or out/ not made yet): nothing there to count.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => {
+                u.unlisted = Some(d);
+                return u;
+            }
         };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
-            files += 1;
-            bytes = bytes.saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
+            u.files += 1;
+            u.bytes = u
+                .bytes
+                .saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
             if meta.is_dir() {
                 pending.push(entry.path());
             }
-            if (stop_bytes > 0 && bytes > stop_bytes) || (stop_files > 0 && files > stop_files) {
-                return (bytes, files);
+            if (stop_bytes > 0 && u.bytes > stop_bytes) || (stop_files > 0 && u.files > stop_files)
+            {
+                return u;
             }
         }
     }
-    (bytes, files)
+    u
 }
 
 /// Measures `bound.dir` every [`WATCH_INTERVAL`] until cancelled; past a bound it records why
@@ -193,12 +217,21 @@ pub async fn watch_output(
             () = stop.cancelled() => return,
         }
         let b = bound.clone();
-        let Ok((bytes, files)) =
-            tokio::task::spawn_blocking(move || usage(&b.dir, b.max_bytes, b.max_files)).await
+        let Ok(Usage {
+            bytes,
+            files,
+            unlisted,
+        }) = tokio::task::spawn_blocking(move || usage(&b.dir, b.max_bytes, b.max_files)).await
         else {
             continue;
         };
-        let why = if bound.max_bytes > 0 && bytes > bound.max_bytes {
+        let why = if let Some(d) = unlisted {
+            let rel = d.strip_prefix(&bound.dir).unwrap_or(&d);
+            format!(
+                "an output directory ({}) could not be measured while ffmpeg ran",
+                rel.display()
+            )
+        } else if bound.max_bytes > 0 && bytes > bound.max_bytes {
             format!("outputs exceed {} bytes while ffmpeg ran", bound.max_bytes)
         } else if bound.max_files > 0 && files > bound.max_files {
             format!(
@@ -613,11 +646,10 @@ mod tests {
         std::fs::write(dir.join("a/one"), vec![1u8; 1000]).unwrap();
         let sparse = std::fs::File::create(dir.join("a/b/sparse")).unwrap();
         sparse.set_len(1 << 30).unwrap();
-        let (bytes, files) = usage(&dir, 0, 0);
-        assert_eq!(files, 4);
-        assert!(bytes >= (1 << 30) + 1000, "{bytes}");
-        let (_, files) = usage(&dir, 0, 2);
-        assert_eq!(files, 3, "stops one past the bound");
+        let u = usage(&dir, 0, 0);
+        assert_eq!((u.files, u.unlisted), (4, None));
+        assert!(u.bytes >= (1 << 30) + 1000, "{}", u.bytes);
+        assert_eq!(usage(&dir, 0, 2).files, 3, "stops one past the bound");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

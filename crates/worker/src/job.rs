@@ -232,7 +232,8 @@ pub async fn execute(
             Err(e) => tracing::error!(job_id = %a.job_id, "ending job uid {uid}: {e}"),
         }
     }
-    let _ = tokio::fs::remove_dir_all(&run.dir).await;
+    let dir = run.dir.clone();
+    let _ = tokio::task::spawn_blocking(move || remove_job_dir(&dir)).await;
     let stderr_zstd = zstd::encode_all(&run.stderr[..], 3).unwrap_or_default();
     let mut report = pb::ReportJobStatusRequest {
         worker_id: worker.worker_id.clone(),
@@ -465,11 +466,18 @@ impl Run<'_> {
         // them (RLIMIT_FSIZE bounds each single file on top).
         let encode = self.cancel.child_token();
         let tripped = Arc::new(std::sync::Mutex::new(None));
+        // With a job uid, out/ is a bounded file system the worker cannot even list until the
+        // handover: the kernel holds the limits there, and the watcher has nothing to do.
+        let watched = self.job_uid.is_none();
         let watcher = tokio::spawn(ffmpeg::watch_output(
             ffmpeg::OutputBound {
                 dir: self.dir.join("out"),
-                max_bytes: limits.max_output_bytes,
-                max_files: limits.max_output_files.into(),
+                max_bytes: if watched { limits.max_output_bytes } else { 0 },
+                max_files: if watched {
+                    limits.max_output_files.into()
+                } else {
+                    0
+                },
             },
             encode.clone(),
             tripped.clone(),
@@ -923,6 +931,33 @@ fn classify_exit(exit: &Exit, stderr: &[u8], timeout: Duration) -> Result<(), Jo
 struct UploadUrls {
     by_path: HashMap<String, pb::UploadUrl>,
     refresh_at: Instant,
+}
+
+/// Removes a job directory. A directory the job made without read or search permission for its
+/// owner (mode 0300, say; an unprivileged job shares the worker's uid) stops `remove_dir_all`
+/// and would keep what it holds on disk for good: its owner opens it up again and retries. The
+/// job is dead by now, so nothing swaps an entry between the look and the change.
+fn remove_job_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::remove_dir_all(dir).is_ok() {
+        return Ok(());
+    }
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        match std::fs::symlink_metadata(&d) {
+            Ok(m) if m.is_dir() => {}
+            _ => continue,
+        }
+        let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    pending.push(e.path());
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(dir)
 }
 
 #[cfg(test)]

@@ -105,15 +105,42 @@ fn drop_root(
         .context("leasing a worker uid")?;
     let uid = lease.id;
     // A fresh work directory of this worker's own: others may pass (job uids must), not list.
+    // Root changes it through a descriptor opened without following a link, and only if root
+    // (or this very uid) already owns it: its parent may be shared (the default is under /tmp),
+    // and a link or directory planted there by another uid must not be given away or adopted.
     std::fs::create_dir_all(work_dir)?;
-    if std::fs::read_dir(work_dir)?.next().is_some() {
+    let dir = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(work_dir)
+            .with_context(|| {
+                format!(
+                    "opening the work directory {} (it must be a directory, not a link)",
+                    work_dir.display()
+                )
+            })?
+    };
+    let owner = std::os::unix::fs::MetadataExt::uid(&dir.metadata()?);
+    if owner != 0 && owner != uid {
+        bail!(
+            "the work directory {} belongs to uid {owner}; as root it must be root's",
+            work_dir.display()
+        );
+    }
+    let by_fd = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ));
+    if std::fs::read_dir(&by_fd)?.next().is_some() {
         bail!(
             "the work directory {} must be empty (it is given to this worker's own uid)",
             work_dir.display()
         );
     }
-    std::os::unix::fs::chown(work_dir, Some(uid), Some(uid))?;
-    std::fs::set_permissions(work_dir, std::fs::Permissions::from_mode(0o711))?;
+    std::os::unix::fs::fchown(&dir, Some(uid), Some(uid))?;
+    dir.set_permissions(std::fs::Permissions::from_mode(0o711))?;
     let spawner = match jail {
         Some(jail) => {
             let resolve = |p: &PathBuf| {

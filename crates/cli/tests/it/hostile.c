@@ -19,6 +19,7 @@
 #include <sys/ptrace.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -189,6 +190,27 @@ static void disk_flood(const char *name, const char *arg) {
     verdict("ESCAPED %s: wrote everything", name);
 }
 
+/* ARG: THREADS:FILES:KIB — disk_flood, but into a directory it made writable and not
+   readable (mode 0300): nothing running as its uid can list what it writes there. */
+static void hidden_flood(const char *name, const char *arg) {
+    char out_dir[512];
+    snprintf(out_dir, sizeof out_dir, "%s", out_path);
+    char *slash = strrchr(out_dir, '/');
+    if (slash) *slash = 0; else strcpy(out_dir, ".");
+    char hidden[600];
+    snprintf(hidden, sizeof hidden, "%s/hidden", out_dir);
+    if (mkdir(hidden, 0300) != 0) { verdict("BLOCKED %s: mkdir: %s", name, strerror(errno)); return; }
+    int threads = 1;
+    sscanf(arg, "%d:%d:%zu", &threads, &flood_files, &flood_kib);
+    snprintf(flood_dir, sizeof flood_dir, "%s", hidden);
+    pthread_t th[64];
+    if (threads > 64) threads = 64;
+    for (long i = 0; i < threads; i++) pthread_create(&th[i], NULL, flood_thread, (void *)i);
+    for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
+    sleep(3);
+    verdict("ESCAPED %s: wrote everything unseen", name);
+}
+
 /* ARG: MiB — that many MiB on a stream without a single newline, then a verdict. */
 static void flood_fd(int fd, const char *name, const char *arg) {
     size_t mib = (size_t)atol(arg);
@@ -346,6 +368,7 @@ int main(int argc, char **argv) {
         if (fd >= 0) verdict("ESCAPED %s: pidfd for %s", name, arg); else verdict("BLOCKED %s: %s", name, strerror(errno));
     }
     else if (!strcmp(name, "disk_flood")) disk_flood(name, arg);
+    else if (!strcmp(name, "hidden_flood")) hidden_flood(name, arg);
     else if (!strcmp(name, "stdout_flood")) flood_fd(1, name, arg);
     else if (!strcmp(name, "stderr_flood")) flood_fd(2, name, arg);
     else if (!strcmp(name, "stderr_nul")) {

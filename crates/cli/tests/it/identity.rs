@@ -423,3 +423,39 @@ async fn the_output_file_system_stops_many_writers_while_they_run() {
     .await;
     tp.stop().await;
 }
+
+/// A root worker gives its work directory to its own uid. Its parent may be a shared one (the
+/// default is under /tmp), where another uid — say a compromised worker from before — can plant
+/// a link by that name to some empty directory of the host (`/usr/local/bin` often is). Root must
+/// not follow it: the worker refuses, and the link's target keeps its owner and mode.
+#[test]
+fn a_root_worker_does_not_follow_a_planted_link_for_its_work_directory() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    needs_root!();
+    let base = std::env::temp_dir().join(format!("mpegflow-workdir-link-{}", std::process::id()));
+    let target = base.join("host-dir");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let planted = base.join("work");
+    std::os::unix::fs::symlink(&target, &planted).unwrap();
+    let worker = mpegflow::platform::default_worker_bin().unwrap();
+    let out = std::process::Command::new(worker)
+        .args(["--coordinator", "http://127.0.0.1:9", "--token-file", "-"])
+        .arg("--work-dir")
+        .arg(&planted)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let meta = std::fs::metadata(&target).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = std::fs::remove_dir_all(&base);
+    assert!(!out.status.success(), "the worker started: {stderr}");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (0, 0, 0o755),
+        "root followed the planted link and gave its target away; worker said: {stderr}"
+    );
+    assert!(stderr.contains("work directory"), "{stderr}");
+}

@@ -196,3 +196,47 @@ async fn the_output_limit_holds_while_ffmpeg_runs() {
     assert!(tp.platform.worker_alive(worker));
     tp.stop().await;
 }
+
+/// An unprivileged worker shares its uid with the job, so a directory the job makes with mode
+/// 0300 (writable, not listable) is one the worker's watcher cannot list either. Writing there
+/// must not go unseen: the worker stops the job while it runs, and removes what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlistable_output_directory_does_not_hide_writes() {
+    const MAX_BYTES: u64 = 8 << 20;
+    let config = mpegflow_control::ControlConfig {
+        max_output_bytes: MAX_BYTES,
+        max_output_files: 50,
+        ..test_control_config()
+    };
+    let mut tp = TestPlatform::start(0, config).await;
+    let client = tp.org("acme").await;
+    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let (_, token) = tp.worker_token("default").await;
+    let worker = tp
+        .platform
+        .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
+        .await
+        .unwrap();
+    let work = tp.platform.data_dir.join("work");
+    let base = disk_use(&work);
+    // 4 threads × 8 files × 8 MiB: 256 MiB, 32 times the limit.
+    let sampler = Sampler::start(work.clone(), base);
+    let job = run_attack(&client, &clip, "hidden_flood:4:8:8192", 300).await;
+    let (peak_bytes, _) = sampler.finish();
+    assert_eq!(job["state"], "failed", "{job:#}");
+    assert_eq!(job["error"]["code"], "output_limit", "{job:#}");
+    let message = job["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("while ffmpeg ran"), "{message}");
+    assert!(
+        peak_bytes < 128 << 20,
+        "disk use peaked at {peak_bytes} bytes"
+    );
+    let after = disk_use(&work);
+    assert!(
+        after.0 <= base.0,
+        "the job left {} bytes behind in the work directory",
+        after.0 - base.0
+    );
+    assert!(tp.platform.worker_alive(worker));
+    tp.stop().await;
+}
