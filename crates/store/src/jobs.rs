@@ -119,6 +119,8 @@ pub enum Claim<T> {
     Throttled(Throttle),
     /// The worker already holds the lease on this job.
     LeaseHeld(Uuid),
+    /// The worker's token was revoked or suspended since the call was authenticated.
+    TokenInactive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,14 +387,22 @@ impl Store {
         // One job at a time per worker: claims of one worker are serialised on its row (concurrent
         // long-polls of one registration would otherwise each take a job), and a worker that
         // still holds a lease gets nothing more.
-        let registered: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM workers WHERE id = $1 FOR UPDATE")
-                .bind(worker_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        if registered.is_none() {
-            return Ok(Claim::NoWork);
+        // The token is checked again here: a long-poll authenticated before its token was
+        // revoked or suspended must not take a job afterwards.
+        let registered: Option<bool> = sqlx::query_scalar(
+            "SELECT t.revoked_at IS NULL AND t.suspended_at IS NULL
+             FROM workers w JOIN worker_tokens t ON t.id = w.token_id
+             WHERE w.id = $1 AND w.token_id = $2 FOR UPDATE OF w",
+        )
+        .bind(worker_id)
+        .bind(token.token_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        match registered {
+            None => return Ok(Claim::NoWork),
+            Some(false) => return Ok(Claim::TokenInactive),
+            Some(true) => {}
         }
         // A statement of its own, so it sees what a claim that held the lock just committed.
         let held: Option<Uuid> = sqlx::query_scalar(

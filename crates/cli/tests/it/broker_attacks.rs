@@ -324,3 +324,48 @@ async fn nul_characters_from_a_rogue_worker_get_no_internal_error() {
     assert_eq!(job["error"]["code"], "ffmpeg_failed", "{job:#}");
     tp.stop().await;
 }
+
+/// A long-poll opened before its token was revoked must not be handed a job afterwards:
+/// revocation is immediate, including for calls already waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_open_across_revocation_gets_no_job() {
+    let config = ControlConfig {
+        max_poll_seconds: 10,
+        ..test_control_config()
+    };
+    let tp = TestPlatform::start(0, config).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let asset = client.upload(&input).await.unwrap();
+    let (token_id, token) = tp.worker_token_with("default", limits(1)).await;
+    let mut r = Rogue::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+    let poll = {
+        let (mut r, w) = (r.clone(), w.clone());
+        tokio::spawn(async move { r.poll(&w, 10).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tp.platform
+        .store()
+        .revoke_worker_token(token_id)
+        .await
+        .unwrap();
+    let job = client
+        .submit(
+            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
+            &[("out".into(), "o.mp4".into())].into(),
+            "-i {{in}} {{out}}",
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    let answer = poll.await.unwrap();
+    assert!(
+        !matches!(&answer, Ok(Some(_))),
+        "a revoked token's open long-poll was handed job {}",
+        job["id"]
+    );
+    let job = client.job(job["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(job["state"], "queued", "{job:#}");
+    tp.stop().await;
+}

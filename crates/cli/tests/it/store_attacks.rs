@@ -95,8 +95,7 @@ async fn no_request_stores_bytes_other_than_the_signed_ones() {
         eprintln!("dup evil_first={evil_first}: {status}");
         if let Some(body) = stored(key).await {
             assert_eq!(
-                body,
-                good,
+                body, good,
                 "duplicate checksum (evil first: {evil_first}) stored other bytes ({status})"
             );
         }
@@ -116,8 +115,7 @@ async fn no_request_stores_bytes_other_than_the_signed_ones() {
         eprintln!("chunked with_length={with_length}: {status}");
         if let Some(body) = stored(key).await {
             assert_eq!(
-                body,
-                good,
+                body, good,
                 "chunked (length: {with_length}) stored other bytes ({status})"
             );
         }
