@@ -1,12 +1,15 @@
 //! A client of the tenant REST API, used by `mpegflow run`/`jobs`, by `up`'s sample job and by
-//! the integration tests.
+//! the integration tests. Every request and answer is a type of `mpegflow-api`.
 
-use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use anyhow::{bail, Context, Result};
+use mpegflow_api as api;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct ApiClient {
@@ -15,14 +18,49 @@ pub struct ApiClient {
     pub http: reqwest::Client,
 }
 
-/// An error answer of the API (problem+json).
+/// An error answer of the API.
 #[derive(Debug, thiserror::Error)]
-#[error("{status} {code}: {detail}")]
-pub struct Problem {
+#[error("{} {}: {}", .0.status, .0.code, .0.detail)]
+pub struct ApiError(pub api::Problem);
+
+/// A raw answer, for callers that send what the typed methods cannot (malformed requests).
+#[derive(Debug, Clone)]
+pub struct Answer {
     pub status: u16,
-    pub code: String,
-    pub detail: String,
-    pub body: Value,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&self.body).with_context(|| {
+            format!(
+                "answer {} is not the expected JSON: {}",
+                self.status, self.body
+            )
+        })
+    }
+
+    /// The body as a problem (for non-2xx answers); a body that is not one is described as one.
+    pub fn problem(&self) -> api::Problem {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| api::Problem {
+            type_: "about:blank".into(),
+            title: "unexpected answer".into(),
+            status: self.status,
+            code: "unexpected_answer".into(),
+            detail: self.body.chars().take(500).collect(),
+            argument: None,
+        })
+    }
+
+    fn into_result<T: DeserializeOwned>(self) -> Result<T> {
+        if (200..300).contains(&self.status) {
+            self.json()
+        } else {
+            Err(ApiError(self.problem()).into())
+        }
+    }
 }
 
 pub async fn sha256_file(path: &Path) -> Result<(u64, String)> {
@@ -55,14 +93,14 @@ impl ApiClient {
         }
     }
 
-    /// Sends a request; returns the status and JSON body whatever the status.
+    /// Sends a request with an optional JSON body; answers whatever the status.
     pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&impl Serialize>,
         headers: &[(&str, &str)],
-    ) -> Result<(u16, Value)> {
+    ) -> Result<Answer> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -78,59 +116,78 @@ impl ApiClient {
             .await
             .with_context(|| format!("calling {}{path}", self.base))?;
         let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Ok((status, json))
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = resp.text().await?;
+        Ok(Answer {
+            status,
+            content_type,
+            body,
+        })
     }
 
-    /// Like [`call`](Self::call), but a non-2xx answer is an error carrying the problem.
-    pub async fn ok(
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(reqwest::Method::GET, path, None::<&()>, &[])
+            .await?
+            .into_result()
+    }
+
+    async fn post<T: DeserializeOwned>(
         &self,
-        method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value> {
-        let (status, json) = self.call(method, path, body, &[]).await?;
-        if (200..300).contains(&status) {
-            return Ok(json);
-        }
-        Err(Problem {
-            status,
-            code: json["code"].as_str().unwrap_or("error").to_owned(),
-            detail: json["detail"].as_str().unwrap_or("").to_owned(),
-            body: json,
-        }
-        .into())
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
+        self.call(reqwest::Method::POST, path, body, &[])
+            .await?
+            .into_result()
+    }
+
+    pub async fn create_asset(&self, req: &api::AssetIn) -> Result<api::AssetUpload> {
+        self.post("/v1/assets", Some(req)).await
+    }
+
+    pub async fn asset(&self, id: Uuid) -> Result<api::Asset> {
+        self.get(&format!("/v1/assets/{id}")).await
+    }
+
+    pub async fn complete_asset(&self, id: Uuid) -> Result<api::Asset> {
+        self.post(&format!("/v1/assets/{id}/complete"), None::<&()>)
+            .await
+    }
+
+    pub async fn download_link(&self, id: Uuid) -> Result<api::AssetDownload> {
+        self.get(&format!("/v1/assets/{id}/download")).await
     }
 
     /// Uploads a local file as a new asset (size and SHA-256 signed in), and completes it.
-    pub async fn upload(&self, path: &Path) -> Result<Value> {
+    pub async fn upload(&self, path: &Path) -> Result<api::Asset> {
         let (size, sha256) = sha256_file(path).await?;
         let filename = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("input")
             .to_owned();
-        let asset = self
-            .ok(
-                reqwest::Method::POST,
-                "/v1/assets",
-                Some(&json!({ "filename": filename, "size": size, "sha256": sha256 })),
-            )
+        let upload = self
+            .create_asset(&api::AssetIn {
+                filename: api::FileName::parse(filename)?,
+                size,
+                sha256: Some(api::Sha256Hex::parse(sha256)?),
+                content_type: None,
+            })
             .await?;
-        let url = asset["upload_url"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no upload_url"))?;
         let file = tokio::fs::File::open(path).await?;
-        let mut req = self.http.put(url).body(reqwest::Body::wrap_stream(
-            tokio_util::io::ReaderStream::new(file),
-        ));
-        for (k, v) in asset["upload_headers"].as_object().into_iter().flatten() {
-            req = req.header(k.as_str(), v.as_str().unwrap_or_default());
+        let mut req = self
+            .http
+            .put(&upload.upload_url)
+            .body(reqwest::Body::wrap_stream(
+                tokio_util::io::ReaderStream::new(file),
+            ));
+        for (k, v) in &upload.upload_headers {
+            req = req.header(k.as_str(), v.as_str());
         }
         let resp = req.send().await.context("uploading to the object store")?;
         if !resp.status().is_success() {
@@ -140,68 +197,77 @@ impl ApiClient {
                 resp.text().await.unwrap_or_default()
             );
         }
-        let id = asset["id"].as_str().unwrap_or_default().to_owned();
-        self.ok(
-            reqwest::Method::POST,
-            &format!("/v1/assets/{id}/complete"),
-            None,
-        )
-        .await
+        self.complete_asset(upload.id).await
     }
 
-    pub async fn submit(
-        &self,
-        inputs: &BTreeMap<String, String>,
-        outputs: &BTreeMap<String, String>,
-        command: &str,
-        extra: Value,
-    ) -> Result<Value> {
-        let mut body = json!({ "inputs": inputs, "outputs": outputs, "command": command });
-        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-            b.extend(e.clone());
+    pub async fn submit(&self, job: &api::JobIn) -> Result<api::Job> {
+        self.post("/v1/jobs", Some(job)).await
+    }
+
+    pub async fn validate(&self, job: &api::JobValidateIn) -> Result<api::JobValidation> {
+        self.post("/v1/jobs/validate", Some(job)).await
+    }
+
+    pub async fn job(&self, id: Uuid) -> Result<api::Job> {
+        self.get(&format!("/v1/jobs/{id}")).await
+    }
+
+    pub async fn cancel(&self, id: Uuid) -> Result<api::Job> {
+        self.post(&format!("/v1/jobs/{id}/cancel"), None::<&()>)
+            .await
+    }
+
+    pub async fn list_jobs(&self, q: &api::ListJobsQuery) -> Result<api::JobList> {
+        let mut query = Vec::new();
+        if let Some(s) = q.state {
+            query.push(format!("state={s}"));
         }
-        self.ok(reqwest::Method::POST, "/v1/jobs", Some(&body))
-            .await
+        if let Some(c) = q.cursor {
+            query.push(format!("cursor={c}"));
+        }
+        if let Some(l) = q.limit {
+            query.push(format!("limit={l}"));
+        }
+        let path = if query.is_empty() {
+            "/v1/jobs".to_owned()
+        } else {
+            format!("/v1/jobs?{}", query.join("&"))
+        };
+        self.get(&path).await
     }
 
-    pub async fn job(&self, id: &str) -> Result<Value> {
-        self.ok(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
-            .await
+    /// FFmpeg's full stderr of one attempt.
+    pub async fn stderr(&self, id: Uuid, attempt: u32) -> Result<String> {
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{id}/attempts/{attempt}/stderr"),
+                None::<&()>,
+                &[],
+            )
+            .await?;
+        if (200..300).contains(&answer.status) {
+            Ok(answer.body)
+        } else {
+            Err(ApiError(answer.problem()).into())
+        }
     }
 
     /// Long-polls until the job ends, calling `on_progress` with each fresh view.
-    pub async fn wait(&self, id: &str, mut on_progress: impl FnMut(&Value)) -> Result<Value> {
+    pub async fn wait(&self, id: Uuid, mut on_progress: impl FnMut(&api::Job)) -> Result<api::Job> {
         loop {
-            let job = self
-                .ok(
-                    reqwest::Method::GET,
-                    &format!("/v1/jobs/{id}?wait_seconds=20"),
-                    None,
-                )
-                .await?;
+            let job: api::Job = self.get(&format!("/v1/jobs/{id}?wait_seconds=20")).await?;
             on_progress(&job);
-            if matches!(
-                job["state"].as_str(),
-                Some("succeeded" | "failed" | "canceled")
-            ) {
+            if job.state.is_terminal() {
                 return Ok(job);
             }
         }
     }
 
     /// Downloads an asset to `dest`, returning its size and SHA-256.
-    pub async fn download(&self, asset_id: &str, dest: &Path) -> Result<(u64, String)> {
-        let link = self
-            .ok(
-                reqwest::Method::GET,
-                &format!("/v1/assets/{asset_id}/download"),
-                None,
-            )
-            .await?;
-        let url = link["url"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no download url"))?;
-        let mut resp = self.http.get(url).send().await?;
+    pub async fn download(&self, asset_id: Uuid, dest: &Path) -> Result<(u64, String)> {
+        let link = self.download_link(asset_id).await?;
+        let mut resp = self.http.get(&link.url).send().await?;
         if !resp.status().is_success() {
             bail!("download refused: {}", resp.status());
         }
@@ -226,29 +292,26 @@ impl ApiClient {
     /// output's files into the directory `dests[alias]`.
     pub async fn download_outputs(
         &self,
-        job: &Value,
-        dests: &BTreeMap<String, std::path::PathBuf>,
-    ) -> Result<Vec<std::path::PathBuf>> {
+        job: &api::Job,
+        dests: &BTreeMap<String, PathBuf>,
+    ) -> Result<Vec<PathBuf>> {
         let mut written = Vec::new();
-        for (alias, out) in job["outputs"].as_object().into_iter().flatten() {
-            let Some(dest) = dests.get(alias) else {
+        for (alias, out) in &job.outputs {
+            let Some(dest) = dests.get(alias.as_str()) else {
                 continue;
             };
-            if let Some(files) = out["files"].as_array() {
-                for f in files {
-                    let name = f["path"].as_str().unwrap_or_default();
-                    if mpegflow_domain::names::check_file_name(name).is_err() {
-                        bail!("refusing odd output file name {name:?}");
+            let is_dir = out.filename.ends_with('/');
+            for f in &out.files {
+                let path = if is_dir {
+                    if mpegflow_domain::names::check_file_name(&f.path).is_err() {
+                        bail!("refusing odd output file name {:?}", f.path);
                     }
-                    let path = dest.join(name);
-                    self.download(f["asset_id"].as_str().unwrap_or_default(), &path)
-                        .await?;
-                    written.push(path);
-                }
-            } else {
-                self.download(out["asset_id"].as_str().unwrap_or_default(), dest)
-                    .await?;
-                written.push(dest.clone());
+                    dest.join(&f.path)
+                } else {
+                    dest.clone()
+                };
+                self.download(f.asset_id, &path).await?;
+                written.push(path);
             }
         }
         Ok(written)

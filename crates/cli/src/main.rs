@@ -2,8 +2,9 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use mpegflow::client::{ApiClient, Problem};
+use mpegflow::client::{ApiClient, ApiError};
 use mpegflow::platform::{Platform, PlatformConfig};
+use mpegflow_api as api;
 use mpegflow_store::Store;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -261,13 +262,13 @@ async fn serve(platform: &Platform, no_sample: bool) -> Result<i32> {
         let job = mpegflow::sample::run_sample(&client, &platform.data_dir)
             .await
             .context("sample job")?;
-        let out = &job["outputs"]["out"];
+        let out = job.outputs.values().flat_map(|o| &o.files).next();
         eprintln!(
             "mpegflow: sample job {} succeeded: {} ({} bytes, sha256 {}) -> {}",
-            job["id"].as_str().unwrap_or_default(),
-            out["filename"].as_str().unwrap_or_default(),
-            out["size"],
-            out["sha256"].as_str().unwrap_or_default(),
+            job.id,
+            out.map_or("", |f| f.path.as_str()),
+            out.map_or(0, |f| f.size),
+            out.map_or("", |f| f.sha256.as_str()),
             platform.data_dir.join("sample-160p.mp4").display()
         );
     }
@@ -327,44 +328,80 @@ async fn run(
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| anyhow!("--output {o:?}: no file name"))?;
-        declared_out.insert(
-            alias.clone(),
-            if is_dir {
-                format!("{name}/")
-            } else {
-                name.to_owned()
-            },
-        );
-        dests.insert(alias, p);
+        let name = if is_dir {
+            format!("{name}/")
+        } else {
+            name.to_owned()
+        };
+        let alias = api::Alias::parse(alias).map_err(|e| anyhow!("--output {o:?}: {e}"))?;
+        let name = api::OutputName::parse(name).map_err(|e| anyhow!("--output {o:?}: {e}"))?;
+        if declared_out.insert(alias.clone(), name).is_some() {
+            bail!("--output: alias {alias} given twice");
+        }
+        dests.insert(alias.to_string(), p);
     }
-    let mut declared_in = BTreeMap::new();
+    let mut local_in = BTreeMap::new();
     for i in &inputs {
         let (alias, path) = split_pair(i, "input")?;
-        eprintln!("uploading {path}");
-        let asset = client.upload(Path::new(&path)).await?;
-        declared_in.insert(alias, asset["id"].as_str().unwrap_or_default().to_owned());
+        let alias = api::Alias::parse(alias).map_err(|e| anyhow!("--input {i:?}: {e}"))?;
+        if declared_out.contains_key(&alias) || local_in.contains_key(&alias) {
+            bail!("--input: alias {alias} given twice");
+        }
+        local_in.insert(alias, PathBuf::from(path));
     }
-    let mut extra = json!({});
-    if let Some(p) = pool {
-        extra["pool"] = json!(p);
+    let pool = pool
+        .map(api::PoolName::parse)
+        .transpose()
+        .map_err(|e| anyhow!("--pool: {e}"))?;
+    let timeout_seconds = timeout
+        .map(api::TimeoutSeconds::parse)
+        .transpose()
+        .map_err(|e| anyhow!("--timeout: {e}"))?;
+    // The template is checked before anything is uploaded: a typo costs no upload.
+    let file_names = local_in
+        .iter()
+        .map(|(alias, path)| {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("input")
+                .to_owned();
+            Ok((alias.clone(), api::FileName::parse(name)?))
+        })
+        .collect::<Result<_>>()?;
+    let check = client
+        .validate(&api::JobValidateIn {
+            inputs: file_names,
+            outputs: declared_out.clone(),
+            command: command.clone(),
+            pool: pool.clone(),
+            timeout_seconds,
+        })
+        .await;
+    if let Some(code) = refused(&check, "job refused") {
+        return Ok(code);
     }
-    if let Some(t) = timeout {
-        extra["timeout_seconds"] = json!(t);
+    check?;
+    let mut declared_in = BTreeMap::new();
+    for (alias, path) in &local_in {
+        eprintln!("uploading {}", path.display());
+        let asset = client.upload(path).await?;
+        declared_in.insert(alias.clone(), asset.id);
     }
-    let job = match client
-        .submit(&declared_in, &declared_out, &command, extra)
-        .await
-    {
-        Ok(j) => j,
-        Err(e) => match e.downcast_ref::<Problem>() {
-            Some(p) => {
-                eprintln!("job refused: {} ({})", p.detail, p.code);
-                return Ok(1);
-            }
-            None => return Err(e),
-        },
-    };
-    let id = job["id"].as_str().unwrap_or_default().to_owned();
+    let submitted = client
+        .submit(&api::JobIn {
+            inputs: declared_in,
+            outputs: declared_out,
+            command,
+            pool,
+            timeout_seconds,
+            metadata: None,
+        })
+        .await;
+    if let Some(code) = refused(&submitted, "job refused") {
+        return Ok(code);
+    }
+    let id = submitted?.id;
     eprintln!("job {id} submitted");
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
@@ -375,78 +412,87 @@ async fn run(
         .progress_chars("=> "),
     );
     let job = client
-        .wait(&id, |j| {
-            let p = j["progress"].as_f64().unwrap_or(0.0);
+        .wait(id, |j| {
+            let p = j.progress.unwrap_or(0.0);
             bar.set_position((p * 1000.0) as u64);
-            bar.set_message(j["state"].as_str().unwrap_or("").to_owned());
+            bar.set_message(j.state.to_string());
         })
         .await?;
     bar.finish_and_clear();
-    match job["state"].as_str() {
-        Some("succeeded") => {
-            for path in client.download_outputs(&job, &dests).await? {
-                eprintln!("wrote {}", path.display());
-            }
-            eprintln!("job {id} succeeded");
-            Ok(0)
+    if job.state == api::JobState::Succeeded {
+        for path in client.download_outputs(&job, &dests).await? {
+            eprintln!("wrote {}", path.display());
         }
-        state => {
-            let err = &job["error"];
+        eprintln!("job {id} succeeded");
+        return Ok(0);
+    }
+    match &job.error {
+        Some(err) => {
             eprintln!(
                 "job {id} {}: {}: {}",
-                state.unwrap_or("?"),
-                err["code"].as_str().unwrap_or("-"),
-                err["message"].as_str().unwrap_or("")
+                job.state,
+                err.code,
+                err.message.as_deref().unwrap_or("")
             );
-            if let Some(tail) = err["stderr_tail"].as_str() {
+            if let Some(tail) = &err.stderr_tail {
                 eprintln!("--- ffmpeg stderr (tail) ---\n{tail}");
             }
-            Ok(1)
         }
+        None => eprintln!("job {id} {}", job.state),
     }
+    Ok(1)
+}
+
+/// When `result` is the API's refusal, says so and gives the exit code.
+fn refused<T>(result: &Result<T>, what: &str) -> Option<i32> {
+    let problem = result.as_ref().err()?.downcast_ref::<ApiError>()?;
+    match &problem.0.argument {
+        Some(arg) => eprintln!(
+            "{what}: {} ({}, argument {arg:?})",
+            problem.0.detail, problem.0.code
+        ),
+        None => eprintln!("{what}: {} ({})", problem.0.detail, problem.0.code),
+    }
+    Some(1)
 }
 
 async fn jobs(cmd: JobsCmd) -> Result<i32> {
     let client = env_client()?;
-    let print = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let print = |j: &api::Job| println!("{}", serde_json::to_string_pretty(j).unwrap_or_default());
+    let parse_id =
+        |id: &str| uuid::Uuid::parse_str(id).map_err(|_| anyhow!("{id:?} is not a job id"));
     let result = match cmd {
         JobsCmd::List { state, limit } => {
-            let mut path = format!("/v1/jobs?limit={limit}");
-            if let Some(s) = state {
-                path.push_str(&format!("&state={s}"));
-            }
-            client.ok(reqwest::Method::GET, &path, None).await.map(|v| {
-                for j in v["jobs"].as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {:<9}  {:>5.1}%  {}",
-                        j["id"].as_str().unwrap_or_default(),
-                        j["state"].as_str().unwrap_or_default(),
-                        j["progress"].as_f64().unwrap_or(0.0) * 100.0,
-                        j["created_at"].as_str().unwrap_or_default()
-                    );
-                }
-            })
+            let state = state
+                .map(|s| serde_json::from_value::<api::JobState>(Value::String(s)))
+                .transpose()
+                .map_err(|e| anyhow!("--state: {e}"))?;
+            client
+                .list_jobs(&api::ListJobsQuery {
+                    state,
+                    cursor: None,
+                    limit: Some(limit),
+                })
+                .await
+                .map(|page| {
+                    for j in &page.jobs {
+                        println!(
+                            "{}  {:<9}  {:>5.1}%  {}",
+                            j.id,
+                            j.state,
+                            j.progress.unwrap_or(0.0) * 100.0,
+                            j.created_at
+                        );
+                    }
+                })
         }
-        JobsCmd::Show { id } => client.job(&id).await.map(|v| print(&v)),
-        JobsCmd::Cancel { id } => client
-            .ok(
-                reqwest::Method::POST,
-                &format!("/v1/jobs/{id}/cancel"),
-                None,
-            )
-            .await
-            .map(|v| print(&v)),
+        JobsCmd::Show { id } => client.job(parse_id(&id)?).await.map(|j| print(&j)),
+        JobsCmd::Cancel { id } => client.cancel(parse_id(&id)?).await.map(|j| print(&j)),
     };
-    match result {
-        Ok(()) => Ok(0),
-        Err(e) => match e.downcast_ref::<Problem>() {
-            Some(p) => {
-                eprintln!("error: {} ({})", p.detail, p.code);
-                Ok(1)
-            }
-            None => Err(e),
-        },
+    if let Some(code) = refused(&result, "error") {
+        return Ok(code);
     }
+    result.map(|()| 0)
 }
 
 fn database_url(data_dir: Option<&Path>) -> Result<String> {
@@ -507,6 +553,7 @@ async fn admin(data_dir: Option<PathBuf>, cmd: AdminCmd) -> Result<i32> {
                 ),
                 None => None,
             };
+            mpegflow_domain::names::check_pool_name(&name)?;
             let pool = store.create_pool(&name, org_id).await?;
             json!({ "id": pool.id, "name": pool.name, "org_id": pool.org_id })
         }

@@ -2,6 +2,7 @@
 
 use crate::client::ApiClient;
 use anyhow::{bail, Context, Result};
+use mpegflow_api as api;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -46,27 +47,20 @@ pub async fn make_clip(path: &Path, seconds: u32, size: &str) -> Result<()> {
 }
 
 /// Uploads a clip, transcodes it to 160p on the platform, downloads and checks the result.
-pub async fn run_sample(client: &ApiClient, dir: &Path) -> Result<serde_json::Value> {
+pub async fn run_sample(client: &ApiClient, dir: &Path) -> Result<api::Job> {
     let clip = dir.join("sample-input.mp4");
     make_clip(&clip, 2, "320x240").await?;
     let asset = client.upload(&clip).await?;
-    let inputs = BTreeMap::from([(
-        "in".to_owned(),
-        asset["id"].as_str().unwrap_or_default().to_owned(),
-    )]);
-    let outputs = BTreeMap::from([("out".to_owned(), "sample-160p.mp4".to_owned())]);
     let job = client
-        .submit(
-            &inputs,
-            &outputs,
+        .submit(&api::JobIn::new(
+            [("in", asset.id)],
+            [("out", "sample-160p.mp4")],
             "-i {{in}} -vf scale=-2:160 -c:v libx264 -preset veryfast -c:a aac {{out}}",
-            serde_json::json!({}),
-        )
+        )?)
         .await?;
-    let id = job["id"].as_str().unwrap_or_default().to_owned();
-    let job = client.wait(&id, |_| {}).await?;
-    if job["state"] != "succeeded" {
-        bail!("sample job {id} ended {}: {}", job["state"], job["error"]);
+    let job = client.wait(job.id, |_| {}).await?;
+    if job.state != api::JobState::Succeeded {
+        bail!("sample job {} ended {}: {:?}", job.id, job.state, job.error);
     }
     let dest = dir.join("sample-160p.mp4");
     client

@@ -1,39 +1,37 @@
-//! The tenant REST API. Every handler is scoped to the org of the presented API key; another
+//! The tenant REST API: routes, request parsing and the OpenAPI document. Each handler parses
+//! the request, calls a use-case of [`crate::service`] and maps its answer; every body is a
+//! type of `mpegflow-api`. Every handler is scoped to the org of the presented API key; another
 //! org's ids answer exactly as missing ones do.
 
 use crate::error::{ControlError, Result};
-use crate::outputs::{stored_inputs, stored_outputs, StoredInput, StoredOutput};
-use crate::{presign_audit, AppState};
+use crate::service::{self, Tenant};
+use crate::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mpegflow_domain::command::{render, IoSpec};
-use mpegflow_domain::job::JobState;
-use mpegflow_domain::names::{asset_key, is_sha256_hex};
+use mpegflow_api as api;
 use mpegflow_domain::token::{Secret, TokenKind};
-use mpegflow_objstore::media::{content_type_for_filename, safe_content_type};
-use mpegflow_objstore::PutSpec;
-use mpegflow_store::{Asset, Job, NewAsset, NewJob, StoreError, Submitted};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
+use serde_json::Value;
+use std::sync::OnceLock;
+use std::time::Duration;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
 use uuid::Uuid;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/assets", post(create_asset))
         .route("/v1/assets/{id}", get(get_asset))
         .route("/v1/assets/{id}/complete", post(complete_asset))
         .route("/v1/assets/{id}/download", get(download_asset))
         .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/v1/jobs/validate", post(validate_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route(
@@ -42,21 +40,104 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ControlError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ControlError::MethodNotAllowed })
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// The authenticated tenant: the org of the presented API key.
-pub struct Tenant {
-    pub org_id: Uuid,
-    pub key_id: Uuid,
-}
+// ---------------------------------------------------------------- the document
 
-impl Tenant {
-    fn actor(&self) -> String {
-        format!("api_key:{}", self.key_id)
+/// The OpenAPI 3.1 document of this API, generated from the handlers and `mpegflow-api`'s
+/// types. `docs/openapi.json` is a committed copy; a test fails when the two differ.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "MpegFlow API",
+        description = "Run FFmpeg command templates on uploaded media, on a shared fleet of sandboxed workers. Authenticate with `Authorization: Bearer mfk_…` (an org's API key). Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        healthz, create_asset, get_asset, complete_asset, download_asset, submit_job,
+        validate_job, list_jobs, get_job, cancel_job, attempt_stderr
+    ),
+    modifiers(&ApiKeyAuth),
+    tags(
+        (name = "assets", description = "Uploaded inputs and produced outputs"),
+        (name = "jobs", description = "FFmpeg jobs"),
+        (name = "health", description = "Liveness"),
+    )
+)]
+pub struct ApiDoc;
+
+struct ApiKeyAuth;
+
+impl utoipa::Modify for ApiKeyAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An org's API key (`mfk_…`)"))
+                    .build(),
+            ),
+        );
     }
 }
+
+/// The document as served and committed.
+pub fn openapi_document() -> String {
+    let mut doc = ApiDoc::openapi();
+    // One version for the document and the code, whatever the crate's own version says.
+    doc.info.version = "1".into();
+    doc.to_pretty_json().unwrap_or_default() + "\n"
+}
+
+async fn openapi_json() -> Response {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(openapi_document);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.as_str(),
+    )
+        .into_response()
+}
+
+/// The problems every authenticated call can answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Errors {
+    /// The request is malformed or refused (`code` says why; `argument` names a refused
+    /// template argument).
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(api::Problem),
+    /// Missing, malformed, unknown or revoked API key.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthenticated(api::Problem),
+    /// No such resource in the caller's org (another org's ids answer the same).
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(api::Problem),
+    /// The route exists, but not with this method.
+    #[response(status = 405, content_type = "application/problem+json")]
+    MethodNotAllowed(api::Problem),
+    /// The resource is not in a state that allows this.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(api::Problem),
+    /// The body is larger than 1 MiB.
+    #[response(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(api::Problem),
+    /// The body is not declared as JSON.
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(api::Problem),
+    /// A limit on the caller was reached; retry later.
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(api::Problem),
+    /// The database or the object store is unreachable; retry later.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(api::Problem),
+}
+
+// ---------------------------------------------------------------- request parsing
 
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ControlError;
@@ -80,11 +161,8 @@ impl FromRequestParts<AppState> for Tenant {
     }
 }
 
-/// Largest JSON body any endpoint accepts.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
-
 /// JSON body whose rejections are problem+json like every other error: 415 for a body that is
-/// not declared JSON, 413 past [`MAX_BODY_BYTES`], 400 for malformed JSON, a wrong shape, or a
+/// not declared JSON, 413 past [`api::MAX_BODY_BYTES`], 400 for malformed JSON, a wrong shape, or a
 /// NUL character anywhere (PostgreSQL cannot store one, so it must never reach the store).
 pub struct Body<T>(pub T);
 
@@ -102,7 +180,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ControlError::PayloadTooLarge(MAX_BODY_BYTES),
+                StatusCode::PAYLOAD_TOO_LARGE => ControlError::PayloadTooLarge(api::MAX_BODY_BYTES),
                 _ => ControlError::invalid("invalid_body", e.body_text()),
             })?;
         let value: Value = serde_json::from_slice(&bytes)
@@ -181,27 +259,7 @@ fn parse_id(s: &str, what: &'static str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|_| ControlError::NotFound(what))
 }
 
-fn not_found(what: &'static str) -> impl Fn(ControlError) -> ControlError {
-    move |e| match e {
-        ControlError::NotFound(_) => ControlError::NotFound(what),
-        other => other,
-    }
-}
-
-/// The caller's asset with this id; anything else is simply not found.
-async fn tenant_asset(state: &AppState, tenant: &Tenant, id: &str) -> Result<Asset> {
-    let id = parse_id(id, "asset")?;
-    state
-        .store
-        .get_asset(tenant.org_id, id)
-        .await
-        .map_err(ControlError::from)
-        .map_err(not_found("asset"))
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
+// ---------------------------------------------------------------- handlers
 
 /// Counters only: no tenant data.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -214,584 +272,161 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz(State(state): State<AppState>) -> Result<Json<Value>> {
+/// Whether the control plane and its database answer.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, body = api::Health),
+        (status = 503, body = api::Problem, content_type = "application/problem+json")))]
+async fn healthz(State(state): State<AppState>) -> Result<Json<api::Health>> {
     state.store.ping().await?;
-    Ok(Json(json!({ "status": "ok" })))
+    Ok(Json(api::Health {
+        status: "ok".into(),
+    }))
 }
 
-// ---------------------------------------------------------------- assets
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateAsset {
-    filename: String,
-    content_type: Option<String>,
-    size: Option<u64>,
-    sha256: Option<String>,
-}
-
-fn asset_json(a: &Asset) -> Value {
-    json!({
-        "id": a.id, "filename": a.filename, "content_type": a.content_type, "state": a.state,
-        "size": a.size.or(a.declared_size), "sha256": a.sha256.as_ref().or(a.declared_sha256.as_ref()),
-        "source_job_id": a.source_job_id,
-        "created_at": rfc3339(a.created_at), "completed_at": a.completed_at.map(rfc3339),
-    })
-}
-
+/// Announce an upload: answers a presigned, write-once PUT URL for exactly `size` bytes.
+/// Upload with the returned headers, then complete the asset.
+#[utoipa::path(post, path = "/v1/assets", tag = "assets", request_body = api::AssetIn,
+    security(("api_key" = [])),
+    responses((status = 201, body = api::AssetUpload), Errors))]
 async fn create_asset(
     State(state): State<AppState>,
     tenant: Tenant,
-    Body(req): Body<CreateAsset>,
-) -> Result<Response> {
-    if req.filename.is_empty()
-        || req.filename.len() > 255
-        || req.filename.chars().any(char::is_control)
-    {
-        return Err(ControlError::invalid(
-            "invalid_filename",
-            "filename must be 1-255 characters without control characters",
-        ));
-    }
-    if let Some(sha) = &req.sha256 {
-        if !is_sha256_hex(sha) {
-            return Err(ControlError::invalid(
-                "invalid_sha256",
-                "sha256 must be 64 lowercase hex characters",
-            ));
-        }
-    }
-    // The size is signed into the upload URL, so the store refuses any other body.
-    let Some(size) = req.size else {
-        return Err(ControlError::invalid(
-            "size_required",
-            "size (the exact byte length of the upload) is required",
-        ));
-    };
-    let limit = state.config.upload_limit();
-    if size > limit {
-        let why = if limit == mpegflow_objstore::media::SINGLE_PUT_LIMIT {
-            " (the most one PUT may carry; multipart uploads are not offered)"
-        } else {
-            ""
-        };
-        return Err(ControlError::invalid(
-            "too_large",
-            format!("size {size} exceeds the upload limit of {limit} bytes{why}"),
-        ));
-    }
-    let content_type = safe_content_type(req.content_type.as_deref());
-    let id = Uuid::now_v7();
-    let key = asset_key(tenant.org_id, id);
-    let presigned = state
-        .presigner
-        .put(
-            &key,
-            state.config.presign_ttl(),
-            &PutSpec {
-                size,
-                sha256_hex: req.sha256.as_deref(),
-                content_type: Some(&content_type),
-            },
-        )
-        .map_err(|e| ControlError::invalid("invalid_upload", e.to_string()))?;
-    state
-        .store
-        .create_asset(&NewAsset {
-            id,
-            org_id: tenant.org_id,
-            object_key: &key,
-            filename: &req.filename,
-            content_type: Some(&content_type),
-            declared_size: Some(size as i64),
-            declared_sha256: req.sha256.as_deref(),
-        })
-        .await?;
-    state
-        .store
-        .audit(&presign_audit(
-            tenant.org_id,
-            tenant.actor(),
-            None,
-            id.to_string(),
-            &key,
-            &presigned,
-            json!({ "size": size, "content_type": content_type }),
-        ))
-        .await?;
-    let body = json!({
-        "id": id, "upload_url": presigned.url, "upload_method": presigned.method,
-        "upload_headers": presigned.headers, "expires_at": rfc3339(presigned.expires_at),
-    });
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Body(req): Body<api::AssetIn>,
+) -> Result<(StatusCode, Json<api::AssetUpload>)> {
+    let upload = service::assets::create(&state, &tenant, &req).await?;
+    Ok((StatusCode::CREATED, Json(upload)))
 }
 
+#[utoipa::path(get, path = "/v1/assets/{id}", tag = "assets",
+    params(("id" = Uuid, Path, description = "Asset id")), security(("api_key" = [])),
+    responses((status = 200, body = api::Asset), Errors))]
 async fn get_asset(
     State(state): State<AppState>,
     tenant: Tenant,
     Segments(id): Segments<String>,
-) -> Result<Json<Value>> {
-    let asset = tenant_asset(&state, &tenant, &id).await?;
-    Ok(Json(asset_json(&asset)))
+) -> Result<Json<api::Asset>> {
+    let id = parse_id(&id, "asset")?;
+    Ok(Json(service::assets::get(&state, &tenant, id).await?))
 }
 
-/// Records a pending asset's bytes. Its upload URL was write-once, so once the object exists
-/// nothing can change it: the size is checked against the signed one and the SHA-256 is the
-/// store's checksum of the signed `x-amz-checksum-sha256`, or — when none was declared — the
-/// control plane's own hash of the stored object.
+/// Confirm an upload: the stored bytes must have the announced size (and SHA-256). The asset
+/// is then ready and can never change.
+#[utoipa::path(post, path = "/v1/assets/{id}/complete", tag = "assets",
+    params(("id" = Uuid, Path, description = "Asset id")), security(("api_key" = [])),
+    responses((status = 200, body = api::Asset), Errors))]
 async fn complete_asset(
     State(state): State<AppState>,
     tenant: Tenant,
     Segments(id): Segments<String>,
-) -> Result<Json<Value>> {
-    let asset = tenant_asset(&state, &tenant, &id).await?;
-    if asset.state == "ready" {
-        return Ok(Json(asset_json(&asset)));
-    }
-    let mut stored = state
-        .head_object(&asset.object_key)
-        .await
-        .map_err(ControlError::Unavailable)?;
-    let declared_size = asset.declared_size.unwrap_or(-1);
-    if let Some(head) = &stored {
-        // A declared SHA-256 was signed in and checked by the store while the body streamed.
-        let needs_hash = asset.declared_sha256.is_none() && head.sha256.is_none();
-        if needs_hash && head.size as i64 == declared_size {
-            stored = state
-                .hash_object(&asset.object_key, head.size)
-                .await
-                .map_err(ControlError::Unavailable)?;
-        }
-    }
-    let Some(head) = stored else {
-        return Err(ControlError::Conflict {
-            code: "upload_missing",
-            message: "nothing was uploaded for this asset".into(),
-        });
-    };
-    if head.size as i64 != declared_size {
-        return Err(ControlError::Conflict {
-            code: "size_mismatch",
-            message: "uploaded size differs from the declared size".into(),
-        });
-    }
-    let sha256 = match (&asset.declared_sha256, &head.sha256) {
-        (Some(declared), Some(stored)) if declared != stored => {
-            return Err(ControlError::Conflict {
-                code: "checksum_mismatch",
-                message: "stored checksum differs".into(),
-            })
-        }
-        (_, Some(stored)) => stored.clone(),
-        (Some(declared), None) => declared.clone(),
-        (None, None) => {
-            return Err(ControlError::Unavailable(
-                "could not establish the uploaded object's SHA-256".into(),
-            ))
-        }
-    };
-    let asset = state
-        .store
-        .complete_asset(tenant.org_id, asset.id, head.size as i64, &sha256)
-        .await?;
-    Ok(Json(asset_json(&asset)))
+) -> Result<Json<api::Asset>> {
+    let id = parse_id(&id, "asset")?;
+    Ok(Json(service::assets::complete(&state, &tenant, id).await?))
 }
 
-/// A download URL that makes the store answer with a safe content type and as an attachment.
+/// A short-lived URL that serves a ready asset's bytes as an attachment.
+#[utoipa::path(get, path = "/v1/assets/{id}/download", tag = "assets",
+    params(("id" = Uuid, Path, description = "Asset id")), security(("api_key" = [])),
+    responses((status = 200, body = api::AssetDownload), Errors))]
 async fn download_asset(
     State(state): State<AppState>,
     tenant: Tenant,
     Segments(id): Segments<String>,
-) -> Result<Json<Value>> {
-    let asset = tenant_asset(&state, &tenant, &id).await?;
-    if asset.state != "ready" {
-        return Err(ControlError::Conflict {
-            code: "asset_not_ready",
-            message: "the asset has not been completed".into(),
-        });
-    }
-    let content_type = match asset.content_type.as_deref() {
-        Some(t) => safe_content_type(Some(t)),
-        None => safe_content_type(Some(content_type_for_filename(&asset.filename))),
-    };
-    let presigned = state.presigner.download(
-        &asset.object_key,
-        state.config.presign_ttl(),
-        &asset.filename,
-        Some(&content_type),
-    );
-    state
-        .store
-        .audit(&presign_audit(
-            tenant.org_id,
-            tenant.actor(),
-            asset.source_job_id,
-            asset.id.to_string(),
-            &asset.object_key,
-            &presigned,
-            json!({}),
-        ))
-        .await?;
-    Ok(Json(json!({
-        "url": presigned.url, "expires_at": rfc3339(presigned.expires_at),
-        "content_type": content_type,
-    })))
+) -> Result<Json<api::AssetDownload>> {
+    let id = parse_id(&id, "asset")?;
+    Ok(Json(service::assets::download(&state, &tenant, id).await?))
 }
 
-// ---------------------------------------------------------------- jobs
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitJob {
-    inputs: BTreeMap<String, String>,
-    outputs: BTreeMap<String, String>,
-    command: String,
-    pool: Option<String>,
-    timeout_seconds: Option<u32>,
-    metadata: Option<Map<String, Value>>,
-}
-
+/// Submit a job. With an `Idempotency-Key`, a repeated submission answers the first job (200);
+/// the same key with another body is refused (409).
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = api::JobIn,
+    params(("Idempotency-Key" = Option<api::IdempotencyKey>, Header, description = "Makes retries safe")),
+    security(("api_key" = [])),
+    responses((status = 201, body = api::Job, description = "Created"),
+        (status = 200, body = api::Job, description = "An earlier submission with this Idempotency-Key"),
+        Errors))]
 async fn submit_job(
     State(state): State<AppState>,
     tenant: Tenant,
     headers: HeaderMap,
-    Body(raw): Body<Value>,
-) -> Result<Response> {
+    Body(req): Body<api::JobIn>,
+) -> Result<(StatusCode, Json<api::Job>)> {
     let idempotency_key = match headers.get("idempotency-key") {
-        Some(v) => {
-            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255);
-            Some(
-                k.ok_or_else(|| {
-                    ControlError::invalid(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be 1-255 visible characters",
-                    )
-                })?
-                .to_owned(),
-            )
-        }
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| api::ParseError("not visible ASCII".into()))
+                .and_then(api::IdempotencyKey::parse)
+                .map_err(|e| ControlError::invalid("invalid_idempotency_key", e.to_string()))?,
+        ),
         None => None,
     };
-    // serde_json's map is ordered, so this hash is stable for the same request.
-    let request_hash = Sha256::digest(raw.to_string().as_bytes()).to_vec();
-    let req: SubmitJob = serde_json::from_value(raw)
-        .map_err(|e| ControlError::invalid("invalid_body", e.to_string()))?;
-
-    if req.inputs.is_empty() {
-        return Err(ControlError::invalid(
-            "invalid_job",
-            "a job needs at least one input",
-        ));
-    }
-    if req.outputs.is_empty() {
-        return Err(ControlError::invalid(
-            "invalid_job",
-            "a job needs at least one output",
-        ));
-    }
-    let timeout = req
-        .timeout_seconds
-        .unwrap_or(state.config.default_timeout_seconds);
-    if timeout == 0 || timeout > state.config.max_timeout_seconds {
-        return Err(ControlError::invalid(
-            "invalid_timeout",
-            format!(
-                "timeout_seconds must be 1-{}",
-                state.config.max_timeout_seconds
-            ),
-        ));
-    }
-    let metadata = Value::Object(req.metadata.unwrap_or_default());
-    if metadata.to_string().len() > 16 * 1024 {
-        return Err(ControlError::invalid(
-            "invalid_metadata",
-            "metadata must be at most 16 KiB of JSON",
-        ));
-    }
-
-    // Inputs: each must be a completed asset of this org.
-    let mut ids = Vec::new();
-    for (alias, id) in &req.inputs {
-        let id = Uuid::parse_str(id).map_err(|_| {
-            ControlError::invalid(
-                "unknown_asset",
-                format!("input {alias:?}: asset {id} not found"),
-            )
-        })?;
-        ids.push((alias.clone(), id));
-    }
-    let assets = state
-        .store
-        .get_assets(
-            tenant.org_id,
-            &ids.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
-        )
-        .await?;
-    let mut spec = IoSpec::default();
-    let mut inputs = Vec::new();
-    for (alias, id) in &ids {
-        let asset = assets.iter().find(|a| a.id == *id).ok_or_else(|| {
-            ControlError::invalid(
-                "unknown_asset",
-                format!("input {alias:?}: asset {id} not found"),
-            )
-        })?;
-        if asset.state != "ready" {
-            return Err(ControlError::invalid(
-                "asset_not_ready",
-                format!("input {alias:?}: asset {id} has not been completed"),
-            ));
-        }
-        spec.add_input(alias, &asset.filename)?;
-        inputs.push(StoredInput {
-            alias: alias.clone(),
-            asset_id: asset.id,
-            filename: asset.filename.clone(),
-            path: spec.input_path(alias).unwrap_or_default(),
-            object_key: asset.object_key.clone(),
-            size: asset.size,
-            sha256: asset.sha256.clone(),
-        });
-    }
-    let mut outputs = Vec::new();
-    for (alias, filename) in &req.outputs {
-        spec.add_output(alias, filename)?;
-        outputs.push(StoredOutput {
-            alias: alias.clone(),
-            filename: filename.clone(),
-        });
-    }
-    let argv = render(&req.command, &spec, state.config.job_threads)?;
-
-    let pool_name = req.pool.as_deref().unwrap_or("default");
-    let pool = match state.store.pool_by_name(pool_name).await {
-        Ok(p) if p.org_id.is_none() || p.org_id == Some(tenant.org_id) => p,
-        Ok(_) | Err(StoreError::NotFound) => {
-            return Err(ControlError::invalid(
-                "unknown_pool",
-                format!("pool {pool_name:?} not found"),
-            ))
-        }
-        Err(e) => return Err(e.into()),
-    };
-
-    let new = NewJob {
-        id: Uuid::now_v7(),
-        org_id: tenant.org_id,
-        pool_id: pool.id,
-        command: req.command,
-        argv: json!(argv),
-        inputs: serde_json::to_value(&inputs).map_err(|e| ControlError::Internal(e.to_string()))?,
-        outputs: serde_json::to_value(&outputs)
-            .map_err(|e| ControlError::Internal(e.to_string()))?,
-        timeout_seconds: timeout as i32,
-        max_attempts: state.config.max_attempts as i32,
-        metadata,
-        idempotency_key,
-        request_hash,
-        actor: tenant.actor(),
-        // The grammar the command was validated against: only workers implementing it run it.
-        grammar: state.config.ffmpeg_grammar.clone(),
-    };
-    match state.store.submit_job(new).await {
-        Ok(Submitted::Created(job)) => {
-            state.job_queued.notify_waiters();
-            tracing::info!(job_id = %job.id, org_id = %job.org_id, "job submitted");
-            Ok((StatusCode::CREATED, Json(job_json(&job, &pool.name, None))).into_response())
-        }
-        Ok(Submitted::Replayed(job)) => {
-            Ok((StatusCode::OK, Json(job_json(&job, &pool.name, None))).into_response())
-        }
-        Err(StoreError::Conflict(message)) => Err(ControlError::Conflict {
-            code: "idempotency_conflict",
-            message,
-        }),
-        Err(e) => Err(e.into()),
+    match service::jobs::submit(&state, &tenant, req, idempotency_key).await? {
+        service::jobs::Submission::Created(job) => Ok((StatusCode::CREATED, Json(job))),
+        service::jobs::Submission::Replayed(job) => Ok((StatusCode::OK, Json(job))),
     }
 }
 
-/// The public shape of a job.
-fn job_json(job: &Job, pool: &str, history: Option<Value>) -> Value {
-    let inputs: Map<String, Value> = stored_inputs(job)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| (i.alias, json!(i.asset_id)))
-        .collect();
-    let result_outputs = job
-        .result
-        .as_ref()
-        .and_then(|r| r.get("outputs"))
-        .and_then(Value::as_object);
-    let outputs: Map<String, Value> = stored_outputs(job)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|o| {
-            let v = result_outputs
-                .and_then(|r| r.get(&o.alias))
-                .cloned()
-                .unwrap_or_else(|| json!({ "filename": o.filename }));
-            (o.alias, v)
-        })
-        .collect();
-    let error = job.error_code.as_ref().filter(|_| job.state() == JobState::Failed).map(|code| {
-        json!({ "code": code, "message": job.error_message, "stderr_tail": job.stderr_tail })
-    });
-    let mut v = json!({
-        "id": job.id,
-        "workflow_id": job.workflow_id,
-        "state": job.state,
-        "progress": job.progress,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "pool": pool,
-        "command": job.command,
-        "argv": job.argv,
-        "inputs": inputs,
-        "outputs": outputs,
-        "error": error,
-        "timeout_seconds": job.timeout_seconds,
-        "metadata": job.metadata,
-        "created_at": rfc3339(job.created_at),
-        "started_at": job.started_at.map(rfc3339),
-        "finished_at": job.finished_at.map(rfc3339),
-    });
-    if let Some(h) = history {
-        v["history"] = h;
-    }
-    v
+/// Check a template against declared inputs and outputs without uploading anything: answers
+/// the argv that would run, or the 400 a submission would get.
+#[utoipa::path(post, path = "/v1/jobs/validate", tag = "jobs", request_body = api::JobValidateIn,
+    security(("api_key" = [])),
+    responses((status = 200, body = api::JobValidation), Errors))]
+async fn validate_job(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Body(req): Body<api::JobValidateIn>,
+) -> Result<Json<api::JobValidation>> {
+    Ok(Json(service::jobs::validate(&state, &tenant, &req).await?))
 }
 
-async fn pool_name(state: &AppState, job: &Job) -> String {
-    state
-        .store
-        .pool_name(job.pool_id)
-        .await
-        .unwrap_or_else(|_| job.pool_id.to_string())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GetJobQuery {
-    /// Long-poll: answer once the job is finished or its state or progress changes, or after
-    /// this many seconds (at most 30).
-    wait_seconds: Option<u64>,
-}
-
+/// A job with every attempt's provenance. `wait_seconds` long-polls for a change.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id"), api::GetJobQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = api::Job), Errors))]
 async fn get_job(
     State(state): State<AppState>,
     tenant: Tenant,
     Segments(id): Segments<String>,
-    Params(q): Params<GetJobQuery>,
-) -> Result<Json<Value>> {
+    Params(q): Params<api::GetJobQuery>,
+) -> Result<Json<api::Job>> {
     let id = parse_id(&id, "job")?;
-    let load = || async {
-        state
-            .store
-            .get_job(tenant.org_id, id)
-            .await
-            .map_err(ControlError::from)
-            .map_err(not_found("job"))
-    };
-    let mut job = load().await?;
-    let wait = std::time::Duration::from_secs(q.wait_seconds.unwrap_or(0).min(30));
-    let deadline = tokio::time::Instant::now() + wait;
-    let seen = (job.state.clone(), job.progress);
-    while !job.state().is_terminal() && tokio::time::Instant::now() < deadline {
-        let changed = state.job_changed.notified();
-        // Changes made by other replicas are seen within a second.
-        let nap = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .min(std::time::Duration::from_secs(1));
-        tokio::select! {
-            () = changed => {}
-            () = tokio::time::sleep(nap) => {}
-        }
-        job = load().await?;
-        if (job.state.clone(), job.progress) != seen {
-            break;
-        }
-    }
-    let history = state.store.job_attempts(job.id).await?;
-    let pool = pool_name(&state, &job).await;
-    Ok(Json(job_json(&job, &pool, Some(json!(history)))))
+    let wait = Duration::from_secs(
+        q.wait_seconds
+            .unwrap_or(0)
+            .min(api::MAX_WAIT_SECONDS)
+            .into(),
+    );
+    Ok(Json(service::jobs::get(&state, &tenant, id, wait).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    state: Option<String>,
-    cursor: Option<String>,
-    limit: Option<i64>,
-}
-
+/// The org's jobs, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(api::ListJobsQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = api::JobList), Errors))]
 async fn list_jobs(
     State(state): State<AppState>,
     tenant: Tenant,
-    Params(q): Params<ListQuery>,
-) -> Result<Json<Value>> {
-    let filter = match q.state.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(
-            s.parse::<JobState>()
-                .map_err(|e| ControlError::invalid("invalid_state", e.to_string()))?,
-        ),
-    };
-    let before = match q.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            Uuid::parse_str(c)
-                .map_err(|_| ControlError::invalid("invalid_cursor", "cursor is not valid"))?,
-        ),
-    };
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    let jobs = state
-        .store
-        .list_jobs(tenant.org_id, filter, before, limit + 1)
-        .await?;
-    let more = jobs.len() as i64 > limit;
-    let page = &jobs[..jobs.len().min(limit as usize)];
-    let pool_ids: Vec<Uuid> = page.iter().map(|j| j.pool_id).collect();
-    let pools = state.store.pool_names(&pool_ids).await?;
-    let items: Vec<Value> = page
-        .iter()
-        .map(|job| {
-            let pool = pools
-                .get(&job.pool_id)
-                .cloned()
-                .unwrap_or_else(|| job.pool_id.to_string());
-            job_json(job, &pool, None)
-        })
-        .collect();
-    let next = if more {
-        page.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(json!({ "jobs": items, "next_cursor": next })))
+    Params(q): Params<api::ListJobsQuery>,
+) -> Result<Json<api::JobList>> {
+    Ok(Json(service::jobs::list(&state, &tenant, &q).await?))
 }
 
 /// FFmpeg's full stderr of one attempt, as text.
+#[utoipa::path(get, path = "/v1/jobs/{id}/attempts/{attempt}/stderr", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id"),
+        ("attempt" = u32, Path, description = "Attempt number, from 1")),
+    security(("api_key" = [])),
+    responses((status = 200, body = String, content_type = "text/plain; charset=utf-8"), Errors))]
 async fn attempt_stderr(
     State(state): State<AppState>,
     tenant: Tenant,
     Segments((id, attempt)): Segments<(String, String)>,
 ) -> Result<Response> {
     let id = parse_id(&id, "job")?;
-    let job = state
-        .store
-        .get_job(tenant.org_id, id)
-        .await
-        .map_err(ControlError::from)
-        .map_err(not_found("job"))?;
     let attempt: i32 = attempt
         .parse()
         .map_err(|_| ControlError::NotFound("attempt"))?;
-    let stderr = state
-        .store
-        .attempt_stderr(job.id, attempt)
-        .await?
-        .ok_or(ControlError::NotFound("attempt"))?;
-    let text = crate::outputs::decompress_stderr(&stderr);
+    let text = service::jobs::attempt_stderr(&state, &tenant, id, attempt).await?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -802,27 +437,42 @@ async fn attempt_stderr(
         .into_response())
 }
 
+/// Cancel a queued or running job (a running FFmpeg is stopped). A finished job answers 409.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")), security(("api_key" = [])),
+    responses((status = 200, body = api::Job), Errors))]
 async fn cancel_job(
     State(state): State<AppState>,
     tenant: Tenant,
     Segments(id): Segments<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<api::Job>> {
     let id = parse_id(&id, "job")?;
-    let job = match state
-        .store
-        .cancel_job(tenant.org_id, id, tenant.actor())
-        .await
-    {
-        Ok(job) => job,
-        Err(StoreError::NotFound) => return Err(ControlError::NotFound("job")),
-        Err(StoreError::Conflict(message)) => {
-            return Err(ControlError::Conflict {
-                code: "job_finished",
-                message,
-            })
+    Ok(Json(service::jobs::cancel(&state, &tenant, id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/openapi.json` is what the code generates. To refresh it after changing the API:
+    /// `MPEGFLOW_WRITE_OPENAPI=1 cargo test -p mpegflow-control --lib openapi`.
+    #[test]
+    fn the_committed_openapi_document_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        let generated = openapi_document();
+        if std::env::var_os("MPEGFLOW_WRITE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).unwrap();
         }
-        Err(e) => return Err(e.into()),
-    };
-    let pool = pool_name(&state, &job).await;
-    Ok(Json(job_json(&job, &pool, None)))
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json differs from the code; regenerate it with \
+             MPEGFLOW_WRITE_OPENAPI=1 cargo test -p mpegflow-control --lib openapi"
+        );
+        let doc: Value = serde_json::from_str(&generated).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        for op in ["/v1/jobs", "/v1/jobs/validate", "/v1/assets/{id}/download"] {
+            assert!(doc["paths"][op].is_object(), "{op} undocumented");
+        }
+    }
 }

@@ -8,6 +8,7 @@ use crate::outputs::{
     stored_outputs, ProducedFile, Unverified,
 };
 use crate::{presign_audit, AppState};
+use mpegflow_api as api;
 use mpegflow_domain::command::OutputDecl;
 use mpegflow_domain::fingerprint::Fingerprint;
 use mpegflow_domain::job::{error_code, Failure};
@@ -21,8 +22,8 @@ use mpegflow_store::{
     Lease, OutputObject, Registration, Report, ReportResult, UploadGrant, WorkerContact,
     WorkerInfo, WorkerTokenInfo,
 };
-use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -435,14 +436,15 @@ fn worker_text(s: &str, max: usize) -> String {
     mpegflow_domain::names::truncate_utf8(s, max).replace('\0', "\u{fffd}")
 }
 
-/// The `outputs` part of a finished job's result, and the assets to create.
+/// The `outputs` part of a finished job's result (as the API shows it), and the assets to
+/// create.
 fn result_of(
     job: &Job,
     spec: &mpegflow_domain::command::IoSpec,
     files: &[ProducedFile],
-) -> (Value, Vec<OutputObject>) {
+) -> Result<(Value, Vec<OutputObject>)> {
     let mut objects = Vec::new();
-    let mut outputs = Map::new();
+    let mut outputs = BTreeMap::new();
     for (alias, decl) in &spec.outputs {
         let mut entries = Vec::new();
         for f in files.iter().filter(|f| &f.alias == alias) {
@@ -454,20 +456,33 @@ fn result_of(
                 size: f.size as i64,
                 sha256: f.sha256.clone(),
             });
-            entries.push(
-                json!({ "asset_id": asset_id, "path": f.name, "size": f.size, "sha256": f.sha256 }),
-            );
+            entries.push(api::OutputFile {
+                asset_id,
+                path: f.name.clone(),
+                size: f.size,
+                sha256: api::Sha256Hex::parse(f.sha256.clone())
+                    .map_err(|e| ControlError::Internal(e.to_string()))?,
+            });
         }
-        let v = match decl {
-            OutputDecl::File { name } => {
-                let e = entries.first().cloned().unwrap_or(Value::Null);
-                json!({ "asset_id": e["asset_id"], "filename": name, "size": e["size"], "sha256": e["sha256"] })
-            }
-            OutputDecl::Dir { name } => json!({ "filename": format!("{name}/"), "files": entries }),
+        let filename = match decl {
+            OutputDecl::File { name } => name.clone(),
+            OutputDecl::Dir { name } => format!("{name}/"),
         };
-        outputs.insert(alias.clone(), v);
+        let alias =
+            api::Alias::parse(alias.clone()).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let filename =
+            api::OutputName::parse(filename).map_err(|e| ControlError::Internal(e.to_string()))?;
+        outputs.insert(
+            alias,
+            api::JobOutput {
+                filename,
+                files: entries,
+            },
+        );
     }
-    (json!({ "outputs": outputs }), objects)
+    let result =
+        serde_json::to_value(&outputs).map_err(|e| ControlError::Internal(e.to_string()))?;
+    Ok((json!({ "outputs": result }), objects))
 }
 
 #[tonic::async_trait]
@@ -938,7 +953,7 @@ impl pb::Coordinator for CoordinatorService {
                             }
                             Ok(()) => {
                                 verified_hashes = json!(files.iter().map(|f| json!({ "path": f.path, "size": f.size, "sha256": f.sha256 })).collect::<Vec<_>>());
-                                let (result, outputs) = result_of(&job, &spec, &files);
+                                let (result, outputs) = result_of(&job, &spec, &files)?;
                                 Report::Succeeded { result, outputs }
                             }
                         },

@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mpegflow_domain::command::CommandError;
 use mpegflow_store::StoreError;
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -118,21 +117,20 @@ impl IntoResponse for ControlError {
         if let ControlError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        let mut body = json!({
-            "type": format!("https://mpegflow.dev/problems/{code}"),
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "code": code,
-            "detail": self.to_string(),
-        });
-        if let ControlError::Invalid {
-            argument: Some(arg),
-            ..
-        } = &self
-        {
-            body["argument"] = json!(arg);
-        }
-        let mut resp = (status, body.to_string()).into_response();
+        let argument = match &self {
+            ControlError::Invalid { argument, .. } => argument.clone(),
+            _ => None,
+        };
+        let body = mpegflow_api::Problem {
+            type_: format!("https://mpegflow.dev/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            code: code.to_owned(),
+            detail: self.to_string(),
+            argument,
+        };
+        let body = serde_json::to_string(&body).unwrap_or_default();
+        let mut resp = (status, body).into_response();
         resp.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/problem+json"),

@@ -8,6 +8,7 @@ pub mod coordinator;
 pub mod error;
 mod objects;
 mod outputs;
+pub mod service;
 
 use mpegflow_domain::job::RetryPolicy;
 use mpegflow_objstore::Presigner;

@@ -10,6 +10,8 @@ pub enum NameError {
         "file name {0:?} must be 1-128 characters of A-Z a-z 0-9 . _ - and must not start with '.'"
     )]
     BadFileName(String),
+    #[error("pool {0:?} must be 1-64 characters of a-z, 0-9, _ and -, starting with a letter")]
+    BadPoolName(String),
 }
 
 /// Checks an input/output alias (`in`, `out_720p`).
@@ -23,6 +25,19 @@ pub fn check_alias(s: &str) -> Result<(), NameError> {
         Ok(())
     } else {
         Err(NameError::BadAlias(s.to_owned()))
+    }
+}
+
+/// Checks a worker pool's name (`default`, `gpu-eu`).
+pub fn check_pool_name(s: &str) -> Result<(), NameError> {
+    let ok = (1..=64).contains(&s.len())
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::BadPoolName(s.to_owned()))
     }
 }
 

@@ -196,10 +196,21 @@ async fn too_many_concurrent_long_polls_per_token_are_refused() {
     let w2 = r.register().await.unwrap();
     // Two long-polls open (the token's maximum), then more from the same workers. The long
     // polls hold for 30 s so that a slow start on a loaded machine still overlaps the window.
+    // A probe below holds a slot for an instant; a long-poll that starts in that instant is
+    // refused, and tries again, so that both end up open whatever the scheduling.
     let mut open = Vec::new();
     for w in [&w1, &w2] {
         let (mut r, w) = (r.clone(), w.clone());
-        open.push(tokio::spawn(async move { r.poll(&w, 30).await }));
+        open.push(tokio::spawn(async move {
+            loop {
+                match r.poll(&w, 30).await {
+                    Err(s) if s.code() == Code::ResourceExhausted => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    other => return other,
+                }
+            }
+        }));
     }
     let refused = eventually(
         "a third long-poll to be refused",

@@ -1,0 +1,156 @@
+//! Stored rows as the API shows them. The only place a store type becomes an API type.
+
+use crate::error::{ControlError, Result};
+use crate::outputs::{stored_inputs, stored_outputs};
+use mpegflow_api as api;
+use mpegflow_domain::job::JobState;
+use mpegflow_store::{Asset, Attempt, Job};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+fn corrupt(what: &str, id: impl std::fmt::Display, e: impl std::fmt::Display) -> ControlError {
+    ControlError::Internal(format!("{what} {id}: {e}"))
+}
+
+pub fn asset(a: &Asset) -> Result<api::Asset> {
+    Ok(api::Asset {
+        id: a.id,
+        filename: api::FileName::parse(a.filename.clone())
+            .map_err(|e| corrupt("asset", a.id, e))?,
+        content_type: a.content_type.clone(),
+        state: match a.state.as_str() {
+            "ready" => api::AssetState::Ready,
+            _ => api::AssetState::Pending,
+        },
+        size: a.size.or(a.declared_size).map(|s| s.max(0) as u64),
+        sha256: a
+            .sha256
+            .as_ref()
+            .or(a.declared_sha256.as_ref())
+            .map(|s| api::Sha256Hex::parse(s.clone()))
+            .transpose()
+            .map_err(|e| corrupt("asset", a.id, e))?,
+        source_job_id: a.source_job_id,
+        created_at: a.created_at.into(),
+        completed_at: a.completed_at.map(Into::into),
+    })
+}
+
+/// A succeeded job's `result.outputs`, as the coordinator recorded it.
+#[derive(Deserialize)]
+struct RecordedResult {
+    #[serde(default)]
+    outputs: BTreeMap<api::Alias, api::JobOutput>,
+}
+
+pub fn job(job: &Job, pool: &str, history: Option<Vec<Attempt>>) -> Result<api::Job> {
+    let inputs = stored_inputs(job)?
+        .into_iter()
+        .map(|i| {
+            api::Alias::parse(i.alias)
+                .map(|a| (a, i.asset_id))
+                .map_err(|e| corrupt("job", job.id, e))
+        })
+        .collect::<Result<_>>()?;
+    let mut recorded = match &job.result {
+        Some(v) => {
+            serde_json::from_value::<RecordedResult>(v.clone())
+                .map_err(|e| corrupt("job result", job.id, e))?
+                .outputs
+        }
+        None => BTreeMap::new(),
+    };
+    let outputs = stored_outputs(job)?
+        .into_iter()
+        .map(|o| {
+            let alias = api::Alias::parse(o.alias).map_err(|e| corrupt("job", job.id, e))?;
+            let out = match recorded.remove(&alias) {
+                Some(out) => out,
+                None => api::JobOutput {
+                    filename: api::OutputName::parse(o.filename)
+                        .map_err(|e| corrupt("job", job.id, e))?,
+                    files: Vec::new(),
+                },
+            };
+            Ok((alias, out))
+        })
+        .collect::<Result<_>>()?;
+    let error = job
+        .error_code
+        .as_ref()
+        .filter(|_| job.state() == JobState::Failed)
+        .map(|code| api::JobError {
+            code: code.clone(),
+            message: job.error_message.clone(),
+            stderr_tail: job.stderr_tail.clone(),
+        });
+    let argv = serde_json::from_value(job.argv.clone()).map_err(|e| corrupt("job", job.id, e))?;
+    let metadata = match &job.metadata {
+        Value::Object(m) => m.clone(),
+        _ => Default::default(),
+    };
+    Ok(api::Job {
+        id: job.id,
+        workflow_id: job.workflow_id,
+        state: job.state().into(),
+        progress: job.progress,
+        attempts: job.attempts.max(0) as u32,
+        max_attempts: job.max_attempts.max(0) as u32,
+        pool: pool.to_owned(),
+        command: job.command.clone(),
+        argv,
+        inputs,
+        outputs,
+        error,
+        timeout_seconds: job.timeout_seconds.max(0) as u32,
+        metadata,
+        created_at: job.created_at.into(),
+        started_at: job.started_at.map(Into::into),
+        finished_at: job.finished_at.map(Into::into),
+        history: history.map(|h| h.iter().map(attempt).collect()),
+    })
+}
+
+/// A stage as the coordinator recorded it from the worker's report.
+#[derive(Deserialize)]
+struct RecordedStage {
+    name: String,
+    #[serde(default)]
+    started_at_ms: i64,
+    #[serde(default)]
+    finished_at_ms: i64,
+}
+
+/// Provenance recorded from a worker's report. A record that does not read as expected is
+/// shown empty rather than failing the whole job's answer: it is the worker's word anyway.
+fn recorded<T: serde::de::DeserializeOwned>(v: &Option<Value>) -> Vec<T> {
+    v.as_ref()
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+fn attempt(a: &Attempt) -> api::Attempt {
+    let ms = |t: i64| (t > 0).then(|| api::Timestamp::from_unix_ms(t)).flatten();
+    api::Attempt {
+        attempt: a.attempt.max(0) as u32,
+        worker_id: a.worker_id,
+        assigned_at: a.assigned_at.into(),
+        finished_at: a.finished_at.map(Into::into),
+        outcome: a.outcome.clone(),
+        exit_code: a.exit_code,
+        error_code: a.error_code.clone(),
+        error_message: a.error_message.clone(),
+        ffmpeg_version: a.ffmpeg_version.clone(),
+        stages: recorded::<RecordedStage>(&a.stages)
+            .into_iter()
+            .map(|s| api::AttemptStage {
+                name: s.name,
+                started_at: ms(s.started_at_ms),
+                finished_at: ms(s.finished_at_ms),
+            })
+            .collect(),
+        inputs: recorded(&a.input_hashes),
+        outputs: recorded(&a.output_hashes),
+    }
+}
