@@ -260,3 +260,28 @@ fn output_muxers_are_the_guessed_allowed_ones_and_stay_in_declared_outputs() {
         );
     }
 }
+
+#[test]
+fn subtitle_filters_read_the_declared_file_and_system_fonts_only() {
+    let j = job(&["in", "subs", "styled"], &[("out", "out.mp4")]);
+    for t in [
+        "-i {{in}} -vf subtitles={{subs}},ass={{styled}} -t 0.5 {{out}}",
+        r"-i {{in}} -vf 'subtitles=filename={{subs}}:force_style=FontSize=20\,Bold=1:charenc=UTF-8,ass=f={{styled}}:shaping=simple' -t 0.5 {{out}}",
+    ] {
+        let r = oracle(&j, t);
+        for file in ["in/subs.srt", "in/styled.ass"] {
+            assert!(
+                r.opened.iter().any(|p| p.ends_with(file)),
+                "{t}: FFmpeg never opened {file}: {:?}",
+                r.opened
+            );
+        }
+        if crate::oracle::strace_available() {
+            assert!(
+                r.opened.iter().any(|p| p.starts_with("/usr/share/fonts/")),
+                "{t}: libass loaded no system font: {:?}",
+                r.opened
+            );
+        }
+    }
+}
