@@ -8,11 +8,13 @@
 //! filter graphs are parsed with FFmpeg's own two-level grammar ([`filtergraph`]) against a filter
 //! and filter-option allowlist ([`filters`]); codec parameter strings key by key
 //! ([`codec_params`]). Inputs and outputs may only be named through declared `{{alias}}`
-//! placeholders. Anything else is refused with an error that names the argument.
+//! placeholders: after `-i`, as output files, and as the whole file name of the one kind of
+//! filter that opens a file (`subtitles=`/`ass=`, which read a declared subtitle input). Anything
+//! else is refused with an error that names the argument.
 //!
 //! [`render`] writes the argv the worker runs **from the tree**, with canonical escaping, so no
 //! byte of the template reaches FFmpeg except as a value the tree holds: forced flags first,
-//! placeholders replaced by fixed relative names inside the job directory (`in/<alias>.<ext>`,
+//! placeholders replaced by fixed relative names inside the job directory (`in/<alias>[.<ext>]`,
 //! `out/<alias>/<name>`). The worker's [`check_rendered`] parses that argv again and requires
 //! that rendering the tree it finds gives the identical argv.
 
