@@ -314,8 +314,9 @@ async fn suite(as_root: bool) {
         .submit(
             &[("video", "video.mp4"), ("subs", "subs.srt")],
             &[("out", "srt.mp4")],
+            // A declared encoding: iconv loads its converter inside the jail.
             &format!(
-                r"-i {{{{video}}}} -an -vf 'subtitles={{{{subs}}}}:force_style=FontSize=28\,Bold=1' {ENCODE} {{{{out}}}}"
+                r"-i {{{{video}}}} -an -vf 'subtitles={{{{subs}}}}:charenc=CP1252:force_style=FontSize=28\,Bold=1' {ENCODE} {{{{out}}}}"
             ),
         )
         .await;

@@ -1560,6 +1560,9 @@ mod tests {
             ("f", "x.tiff"),
             ("g", "x.gif"),
             ("h", "x.raw"),
+            // Whatever the upload was called, the stored name holds no pattern.
+            ("i", "frame%03d.jpg"),
+            ("j", "frames*.png"),
         ] {
             s.add_input(alias, name).unwrap();
             assert_eq!(s.input_path(alias), Some(format!("in/{alias}")), "{name}");

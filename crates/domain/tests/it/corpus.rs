@@ -285,3 +285,20 @@ fn subtitle_filters_read_the_declared_file_and_system_fonts_only() {
         }
     }
 }
+
+#[test]
+fn still_images_are_read_by_their_content_not_by_image2() {
+    let j = job(&["in", "logo", "photo"], &[("out", "out.mp4")]);
+    let r = oracle(
+        &j,
+        "-i {{in}} -i {{logo}} -i {{photo}} -filter_complex '[0:v][1:v]overlay=2:2[a];[a][2:v]overlay=20:2' -t 0.5 {{out}}",
+    );
+    for (demuxer, path) in [("png_pipe", "in/logo"), ("jpeg_pipe", "in/photo")] {
+        assert!(
+            r.stderr.contains(&format!("{demuxer}, from '{path}'")),
+            "{path} not read by {demuxer}: {}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("image2"), "{}", r.stderr);
+}

@@ -83,6 +83,23 @@ pub fn job(inputs: &[&str], outputs: &[(&str, &str)]) -> Job {
                 let path = spec.input_path("logo").unwrap();
                 std::fs::rename(dir.join("in/logo.png"), dir.join(path)).unwrap();
             }
+            "photo" => {
+                ffmpeg(
+                    &[
+                        "-f",
+                        "lavfi",
+                        "-i",
+                        "testsrc=s=16x16:d=0.1",
+                        "-frames:v",
+                        "1",
+                        "in/photo.jpg",
+                    ],
+                    &dir,
+                );
+                spec.add_input("photo", "photo.jpg").unwrap();
+                let path = spec.input_path("photo").unwrap();
+                std::fs::rename(dir.join("in/photo.jpg"), dir.join(path)).unwrap();
+            }
             "subs" => {
                 std::fs::write(dir.join("in/subs.srt"), SRT).unwrap();
                 spec.add_input("subs", "subs.srt").unwrap();
