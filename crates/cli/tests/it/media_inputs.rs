@@ -336,6 +336,14 @@ async fn suite(as_root: bool) {
             &format!("-i {{{{video}}}} -an -vf ass={{{{subs}}}} {ENCODE} {{{{out}}}}"),
         )
         .await;
+    // The same kind of file as a stream: soft subtitles muxed into the MP4.
+    let soft = env
+        .submit(
+            &[("video", "video.mp4"), ("subs", "subs.srt")],
+            &[("out", "soft.mp4")],
+            "-i {{video}} -i {{subs}} -map 0:v -map 1:s -c:v copy -c:s mov_text {{out}}",
+        )
+        .await;
     let mut audio = Vec::new();
     for (file, _) in AUDIO {
         let id = env
@@ -423,6 +431,13 @@ async fn suite(as_root: bool) {
         let changed = changed_pixels(&region(&plain, "1", top), &region(&out, "1", top));
         assert_eq!(changed, 0, "{name}: pixels changed away from the subtitles");
     }
+
+    let soft = env.output(&soft, "out", "soft.mp4").await;
+    let probe = ffprobe(&soft);
+    assert_eq!(
+        stream(&probe, "subtitle").unwrap()["codec_name"],
+        "mov_text"
+    );
 
     for (file, id) in audio {
         let m4a = env.output(&id, "out", &format!("{file}.m4a")).await;
