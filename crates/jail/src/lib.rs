@@ -11,8 +11,8 @@
 //! 4. as root only: new network/IPC/UTS/mount namespaces, then the per-job uid/gid, no groups
 //!    (started by the privileged spawn helper, [`spawner`], inside a new pid namespace);
 //! 5. `no_new_privs`;
-//! 6. Landlock: execute only the program and its dynamic loader, read system libraries and the
-//!    declared read paths, write only the declared write paths; no TCP bind/connect (ABI ≥ 4);
+//! 6. Landlock: execute only the program and its dynamic loader, read system libraries, fonts
+//!    (fontconfig's configuration, fonts and cache) and the declared read paths, write only the declared write paths; no TCP bind/connect (ABI ≥ 4);
 //!    no signals or abstract sockets outside the jail (ABI ≥ 6);
 //! 7. seccomp, last (an allowlist blocks the `seccomp` call any later filter would need).
 //!
@@ -178,6 +178,13 @@ impl Jail {
             "/etc/ld.so.cache",
             "/dev/urandom",
             "/dev/null",
+            // Fonts for libass (subtitles=/ass=): fontconfig's configuration (its conf.d links
+            // point into /usr/share/fontconfig), the fonts, and the cache fc-cache built. Read
+            // only: a cache fontconfig wants to write fails, and it goes on without one.
+            "/etc/fonts",
+            "/usr/share/fontconfig",
+            "/usr/share/fonts",
+            "/var/cache/fontconfig",
         ] {
             if let Ok(c) = std::fs::canonicalize(p) {
                 if !system_read.contains(&c) {

@@ -555,9 +555,92 @@ pub async fn probe_duration_us(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let stdout = run_probe(ffprobe, &argv, dir, cancel, launch).await?;
+    let text = String::from_utf8_lossy(&stdout);
+    Ok(text
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .map(|d| (d * 1e6) as u64))
+}
+
+/// How [`probe_subtitles`] reads a subtitle file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubtitleProbe {
+    /// With the demuxer forced (`-f`): the file must hold one subtitle stream with cues.
+    Forced,
+    /// By content, as the `subtitles` filter opens it (no format given), with only that
+    /// demuxer allowed: FFmpeg's probing must pick it.
+    Content,
+}
+
+/// Checks that `rel` is a subtitle file read by `demuxer` (srt, ass or webvtt); `Err` says why
+/// not, in ffprobe's words where it has them.
+pub async fn probe_subtitles(
+    ffprobe: &Path,
+    dir: &Path,
+    rel: &str,
+    demuxer: &str,
+    how: SubtitleProbe,
+    cancel: &CancellationToken,
+    launch: Launch,
+) -> Result<(), String> {
+    let mut argv: Vec<String> = [
+        "-v",
+        "error",
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        demuxer,
+        "-probesize",
+        mpegflow_domain::command::PROBE_SIZE,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if how == SubtitleProbe::Forced {
+        argv.extend(["-f".to_owned(), demuxer.to_owned()]);
+    }
+    argv.extend(
+        [
+            "-count_packets",
+            "-show_entries",
+            "stream=codec_type,nb_read_packets",
+            "-of",
+            "csv=p=0",
+            rel,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let stdout = run_probe(ffprobe, &argv, dir, cancel, launch).await?;
+    let text = String::from_utf8_lossy(&stdout);
+    let streams: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    match streams.as_slice() {
+        [one] => match one.trim().split_once(',') {
+            Some(("subtitle", n)) if n.parse::<u64>().is_ok_and(|n| n > 0) => Ok(()),
+            Some(("subtitle", _)) => Err(format!("no subtitle cues read as {demuxer}")),
+            _ => Err(format!("not a subtitle stream when read as {demuxer}")),
+        },
+        _ => Err(format!(
+            "{} streams when read as {demuxer}; a subtitle file has one",
+            streams.len()
+        )),
+    }
+}
+
+/// Runs one jailed ffprobe; its stdout, or its complaint.
+async fn run_probe(
+    ffprobe: &Path,
+    argv: &[String],
+    dir: &Path,
+    cancel: &CancellationToken,
+    launch: Launch,
+) -> Result<Vec<u8>, String> {
     let f = run(
         ffprobe,
-        &argv,
+        argv,
         dir,
         Duration::from_secs(60),
         cancel,
@@ -567,15 +650,7 @@ pub async fn probe_duration_us(
     .await
     .map_err(|e| format!("cannot run ffprobe: {e}"))?;
     match f.exit {
-        Exit::Code(0) => {
-            let text = String::from_utf8_lossy(&f.stdout);
-            Ok(text
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|d| d.is_finite() && *d > 0.0)
-                .map(|d| (d * 1e6) as u64))
-        }
+        Exit::Code(0) => Ok(f.stdout),
         Exit::Code(c) => Err(format!(
             "ffprobe exit {c}: {}",
             String::from_utf8_lossy(&f.stderr).trim()

@@ -3,7 +3,7 @@
 use crate::ffmpeg::{self, Exit, Progress};
 use crate::transfer::{self, Digested};
 use crate::{Client, Worker};
-use mpegflow_domain::command::{check_rendered, IoSpec};
+use mpegflow_domain::command::{check_rendered, parse_rendered, subtitle_inputs, IoSpec};
 use mpegflow_domain::job::error_code;
 use mpegflow_jail::spawner::Program;
 use mpegflow_proto as pb;
@@ -378,6 +378,10 @@ impl Run<'_> {
         let spec = self.spec()?;
         check_rendered(&self.a.argv, &spec)
             .map_err(|e| JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false))?;
+        // Inputs that a filter (subtitles=, ass=) opens itself, and the demuxer each must be.
+        let subtitles = parse_rendered(&self.a.argv, &spec)
+            .map(|cmd| subtitle_inputs(&cmd, &spec))
+            .map_err(|e| JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false))?;
 
         tokio::fs::create_dir_all(self.dir.join("in"))
             .await
@@ -428,32 +432,39 @@ impl Run<'_> {
         let limits = self.a.limits.unwrap_or_default();
         let mut duration_us = None;
         for input in &self.a.inputs {
-            let jail = self.jail_for(&self.worker.ffprobe, &limits, false)?;
-            let jail = self.launch_for(Program::Ffprobe, jail, &limits, false);
-            match ffmpeg::probe_duration_us(
-                &self.worker.ffprobe,
-                &self.dir,
-                &input.path,
-                &self.cancel,
-                jail,
-            )
-            .await
-            {
-                Ok(d) => duration_us = duration_us.or(d),
-                Err(message) => {
-                    self.stderr = message.clone().into_bytes();
-                    if message.starts_with(ffmpeg::SECURITY_PREFIX) {
-                        return Err(JobFailure {
-                            exit_code: 128 + libc::SIGSYS,
-                            ..JobFailure::new(error_code::SECURITY_VIOLATION, message, false)
-                        });
-                    }
-                    return Err(JobFailure::new(
-                        error_code::INVALID_INPUT,
-                        format!("input {:?} is not valid media: {message}", input.alias),
-                        false,
-                    ));
+            let probed = match subtitles.get(&input.alias) {
+                Some(demuxer) => self.check_subtitles(&input.path, demuxer).await?,
+                None => {
+                    let jail = self.jail_for(&self.worker.ffprobe, &limits, false)?;
+                    let jail = self.launch_for(Program::Ffprobe, jail, &limits, false);
+                    ffmpeg::probe_duration_us(
+                        &self.worker.ffprobe,
+                        &self.dir,
+                        &input.path,
+                        &self.cancel,
+                        jail,
+                    )
+                    .await
+                    .map(|d| duration_us = duration_us.or(d))
                 }
+            };
+            if let Err(message) = probed {
+                self.stderr = message.clone().into_bytes();
+                if message.starts_with(ffmpeg::SECURITY_PREFIX) {
+                    return Err(JobFailure {
+                        exit_code: 128 + libc::SIGSYS,
+                        ..JobFailure::new(error_code::SECURITY_VIOLATION, message, false)
+                    });
+                }
+                let kind = match subtitles.get(&input.alias) {
+                    Some(demuxer) => format!("a subtitle file ({demuxer})"),
+                    None => "valid media".to_owned(),
+                };
+                return Err(JobFailure::new(
+                    error_code::INVALID_INPUT,
+                    format!("input {:?} is not {kind}: {message}", input.alias),
+                    false,
+                ));
             }
         }
         self.stages.end();
@@ -660,6 +671,39 @@ impl Run<'_> {
                 }
             }
         }
+    }
+
+    /// Checks, with the jailed ffprobe, that the file a subtitles/ass filter will open is a
+    /// subtitle file read by `demuxer`: forced, it holds one subtitle stream with cues; probed
+    /// by content (as the filter opens it, naming no format), FFmpeg picks that same demuxer
+    /// and no other (a playlist or container named .srt is refused here).
+    async fn check_subtitles(
+        &self,
+        rel: &str,
+        demuxer: &str,
+    ) -> Result<Result<(), String>, JobFailure> {
+        let limits = self.a.limits.unwrap_or_default();
+        for how in [
+            ffmpeg::SubtitleProbe::Forced,
+            ffmpeg::SubtitleProbe::Content,
+        ] {
+            let jail = self.jail_for(&self.worker.ffprobe, &limits, false)?;
+            let jail = self.launch_for(Program::Ffprobe, jail, &limits, false);
+            let checked = ffmpeg::probe_subtitles(
+                &self.worker.ffprobe,
+                &self.dir,
+                rel,
+                demuxer,
+                how,
+                &self.cancel,
+                jail,
+            )
+            .await;
+            if checked.is_err() {
+                return Ok(checked);
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Leases the job's own uid from the spawn helper, which also bounds `out/`.

@@ -14,6 +14,7 @@ mod fencing;
 mod identity;
 mod isolation;
 mod jail;
+mod media_inputs;
 mod presign;
 mod replicas;
 mod results;

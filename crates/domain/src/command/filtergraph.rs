@@ -11,6 +11,7 @@
 //! every special character escaped for both levels, so what FFmpeg reads is what the tree holds.
 
 use super::filters::{filter_spec, FilterSpec, GENERIC};
+use super::grammar::G;
 
 const WHITESPACES: &[u8] = b" \n\t\r";
 
@@ -21,10 +22,17 @@ pub struct Filter {
     pub name: &'static str,
     /// `name@instance`: FFmpeg then names the filter context `name@instance`.
     pub instance: Option<String>,
-    /// Options with their real names (shorthand resolved), in the order given.
+    /// Options with their real names (shorthand resolved), in the order given. A file option
+    /// ([`G::InputFile`]) holds the declared input's path in the job directory.
     pub options: Vec<(&'static str, String)>,
     pub outputs: Vec<String>,
+    /// The declared inputs (aliases) this filter's file options name.
+    pub files: Vec<String>,
 }
+
+/// Maps the value of a file option to the declared input it names: `(alias, path in the job
+/// directory)`, or `None` when it names none.
+pub type ResolveInput<'a> = &'a dyn Fn(&str) -> Option<(String, String)>;
 
 /// A filter graph: filters in order, each followed by the separator FFmpeg saw after it
 /// (`,` links to the next filter, `;` starts a new chain).
@@ -116,8 +124,15 @@ fn gerr(filter: Option<&str>, why: impl Into<String>) -> GraphError {
     }
 }
 
-/// Parses a graph as FFmpeg 5.1 does and checks it against the filter allowlist.
+/// Parses a graph as FFmpeg 5.1 does and checks it against the filter allowlist. No file
+/// option resolves: a filter that opens a file is refused.
 pub fn parse(graph: &str) -> Result<Graph, GraphError> {
+    parse_with(graph, &|_| None)
+}
+
+/// [`parse`], with file options (the subtitle file of `subtitles=`/`ass=`) resolved to declared
+/// inputs by `resolve`; any other value is refused.
+pub fn parse_with(graph: &str, resolve: ResolveInput) -> Result<Graph, GraphError> {
     let mut buf = skip_ws(graph.as_bytes());
     if buf.starts_with(b"sws_flags=") {
         return Err(gerr(None, "sws_flags= in a graph is not supported"));
@@ -156,8 +171,8 @@ pub fn parse(graph: &str) -> Result<Graph, GraphError> {
                 "filter is not allowed (unknown, or it can open files, libraries, devices or sockets)",
             )
         })?;
-        let options =
-            parse_options(spec, args.as_deref().unwrap_or("")).map_err(|e| gerr(Some(&name), e))?;
+        let (options, files) = parse_options(spec, args.as_deref().unwrap_or(""), resolve)
+            .map_err(|e| gerr(Some(&name), e))?;
         let (outputs, rest) = parse_labels(rest).map_err(|e| gerr(Some(&name), e))?;
         chains.last_mut().expect("at least one chain").push(Filter {
             inputs,
@@ -165,6 +180,7 @@ pub fn parse(graph: &str) -> Result<Graph, GraphError> {
             instance: instance.map(str::to_owned),
             options,
             outputs,
+            files,
         });
         buf = skip_ws(rest);
         match buf.first() {
@@ -204,9 +220,12 @@ fn get_key(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 /// `process_options`: positional values take the filter's options in declared order until the
 /// first `key=`; after a key, FFmpeg's rule for further positional values is surprising, so they
 /// are refused.
-fn parse_options(spec: &FilterSpec, args: &str) -> Result<Vec<(&'static str, String)>, String> {
+type Options = (Vec<(&'static str, String)>, Vec<String>);
+
+fn parse_options(spec: &FilterSpec, args: &str, resolve: ResolveInput) -> Result<Options, String> {
     let mut buf = args.as_bytes();
     let mut out: Vec<(&'static str, String)> = Vec::new();
+    let mut files = Vec::new();
     let mut position = 0;
     let mut keyed = false;
     while !buf.is_empty() {
@@ -216,7 +235,7 @@ fn parse_options(spec: &FilterSpec, args: &str) -> Result<Vec<(&'static str, Str
         };
         let (value, rest) = av_get_token(rest, b":");
         buf = if rest.is_empty() { rest } else { &rest[1..] };
-        let value = text(value)?;
+        let mut value = text(value)?;
         let name: &'static str = match key {
             Some(k) => {
                 keyed = true;
@@ -244,9 +263,23 @@ fn parse_options(spec: &FilterSpec, args: &str) -> Result<Vec<(&'static str, Str
             .map(|(_, g)| g)
             .or_else(|| GENERIC.iter().find(|(n, _)| *n == name).map(|(_, g)| *g))
             .expect("name comes from the tables");
-        grammar
-            .check(&value)
-            .map_err(|why| format!("option {name}={value:?}: {why}"))?;
+        if grammar == G::InputFile {
+            if !files.is_empty() {
+                return Err(format!("option {name}: the filter's file is given twice"));
+            }
+            let (alias, path) = resolve(&value).ok_or_else(|| {
+                format!(
+                    "option {name}={value:?}: {}; no other file can be named",
+                    grammar.check("").unwrap_err()
+                )
+            })?;
+            files.push(alias);
+            value = path;
+        } else {
+            grammar
+                .check(&value)
+                .map_err(|why| format!("option {name}={value:?}: {why}"))?;
+        }
         if out.iter().any(|(n, _)| *n == name) {
             return Err(format!("option {name} is given twice"));
         }
@@ -257,7 +290,7 @@ fn parse_options(spec: &FilterSpec, args: &str) -> Result<Vec<(&'static str, Str
     if spec.name == "scale" && !out.iter().any(|(n, _)| *n == "flags") {
         out.push(("flags", "bicubic".to_owned()));
     }
-    Ok(out)
+    Ok((out, files))
 }
 
 /// Escapes `s` so that `av_get_token(…, term)` returns it unchanged.

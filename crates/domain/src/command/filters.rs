@@ -751,7 +751,87 @@ pub static FILTERS: &[FilterSpec] = &[
     f!("framestep", ["step"], [("step", G::Int(1, 100_000))]),
     f!("reverse", [], []),
     f!("areverse", [], []),
+    // Burnt-in subtitles (libass). The file is only ever a declared input (its extension
+    // checked against the filter, its content against the demuxer by the worker before the job
+    // runs); fonts come from the platform's fontconfig, so `fontsdir` is absent, and `charenc`
+    // (an iconv name) is one of a fixed list.
+    f!(
+        "subtitles",
+        ["filename", "original_size"],
+        [
+            ("filename", G::InputFile),
+            ("f", G::InputFile),
+            ("original_size", G::Size),
+            ("alpha", BOOL),
+            ("charenc", G::Kw(CHARENCS)),
+            ("stream_index", G::Int(-1, 99)),
+            ("si", G::Int(-1, 99)),
+            ("force_style", G::AssStyle),
+        ]
+    ),
+    f!(
+        "ass",
+        ["filename", "original_size"],
+        [
+            ("filename", G::InputFile),
+            ("f", G::InputFile),
+            ("original_size", G::Size),
+            ("alpha", BOOL),
+            (
+                "shaping",
+                G::Kw(&["auto", "simple", "complex", "-1", "0", "1"])
+            ),
+        ]
+    ),
 ];
+
+/// Character encodings a subtitle file may be declared in (`charenc`, read by iconv).
+pub const CHARENCS: &[&str] = &[
+    "UTF-8",
+    "UTF-16",
+    "UTF-16LE",
+    "UTF-16BE",
+    "ASCII",
+    "ISO-8859-1",
+    "ISO-8859-2",
+    "ISO-8859-5",
+    "ISO-8859-7",
+    "ISO-8859-9",
+    "ISO-8859-15",
+    "CP1250",
+    "CP1251",
+    "CP1252",
+    "CP1253",
+    "CP1254",
+    "CP1255",
+    "CP1256",
+    "KOI8-R",
+    "SHIFT_JIS",
+    "EUC-JP",
+    "EUC-KR",
+    "GB18030",
+    "BIG5",
+];
+
+/// Filters that read a declared input as a subtitle file, and the extensions (so, the
+/// demuxer) that input may have.
+pub fn subtitle_file_extensions(filter: &str) -> Option<&'static [&'static str]> {
+    match filter {
+        "subtitles" => Some(&["srt", "ass", "ssa", "vtt"]),
+        "ass" => Some(&["ass", "ssa"]),
+        _ => None,
+    }
+}
+
+/// The demuxer that must read a subtitle file with this extension.
+pub fn subtitle_demuxer(ext: &str) -> Option<&'static str> {
+    match ext {
+        "srt" => Some("srt"),
+        "ass" | "ssa" => Some("ass"),
+        "vtt" => Some("webvtt"),
+        _ => None,
+    }
+}
 
 pub fn filter_spec(name: &str) -> Option<&'static FilterSpec> {
     FILTERS.iter().find(|f| f.name == name)

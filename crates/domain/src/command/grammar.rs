@@ -48,6 +48,54 @@ pub enum G {
     Metadata,
     /// force_key_frames: `source`, `expr:EXPR`, or comma-separated durations.
     KeyFrames,
+    /// A file a filter opens: only ever a declared input, named by its placeholder (`{{subs}}`)
+    /// in a template and by its path in the job directory in a rendered argv. The command
+    /// parser resolves it; as a grammar it matches nothing.
+    InputFile,
+    /// libass style overrides (`force_style`): comma-separated `Field=value` with ASS style
+    /// field names and plain values (letters, digits, spaces, `& . + -`).
+    AssStyle,
+}
+
+/// ASS style fields `force_style` may override.
+pub const ASS_STYLE_FIELDS: &[&str] = &[
+    "FontName",
+    "FontSize",
+    "PrimaryColour",
+    "SecondaryColour",
+    "OutlineColour",
+    "BackColour",
+    "Bold",
+    "Italic",
+    "Underline",
+    "StrikeOut",
+    "ScaleX",
+    "ScaleY",
+    "Spacing",
+    "Angle",
+    "BorderStyle",
+    "Outline",
+    "Shadow",
+    "Alignment",
+    "MarginL",
+    "MarginR",
+    "MarginV",
+    "Encoding",
+];
+
+fn is_ass_style(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 512
+        && v.split(',').all(|kv| {
+            kv.split_once('=').is_some_and(|(k, val)| {
+                ASS_STYLE_FIELDS.contains(&k)
+                    && !val.is_empty()
+                    && val.len() <= 64
+                    && val.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b' ' | b'&' | b'.' | b'+' | b'-')
+                    })
+            })
+        })
 }
 
 pub const MAX_VALUE_LEN: usize = 1024;
@@ -225,6 +273,8 @@ impl G {
                         || v.strip_prefix("expr:").is_some_and(is_expr)
                         || v.split(',').all(is_duration)
                 }
+                G::InputFile => false,
+                G::AssStyle => is_ass_style(v),
             };
         if ok {
             Ok(())
@@ -255,6 +305,11 @@ impl G {
             G::MetaMap => "expected -1 or an input index with an optional specifier".into(),
             G::Metadata => "expected key=value with a key of letters, digits, _ - . and no control characters".into(),
             G::KeyFrames => "expected source, expr:EXPR or comma-separated times".into(),
+            G::InputFile => "expected exactly a declared input's placeholder, like {{subs}}".into(),
+            G::AssStyle => format!(
+                "expected comma-separated Field=value with fields from: {} (values: letters, digits, spaces, & . + -)",
+                ASS_STYLE_FIELDS.join(", ")
+            ),
         }
     }
 }
@@ -284,6 +339,10 @@ mod tests {
             (G::Metadata, "title=A: B /etc/x"),
             (G::KeyFrames, "expr:gte(t,n_forced*2)"),
             (
+                G::AssStyle,
+                "FontName=DejaVu Sans,FontSize=24,PrimaryColour=&H0000FF&",
+            ),
+            (
                 G::Flags(&["faststart", "frag_keyframe"]),
                 "+faststart+frag_keyframe",
             ),
@@ -306,6 +365,10 @@ mod tests {
             (G::Metadata, "a/b=x"),
             (G::Flags(&["faststart"]), "+faststart+delete_segments"),
             (G::Kw(&["a"]), "b"),
+            (G::InputFile, "in/subs.srt"),
+            (G::AssStyle, "FontName=/etc/passwd"),
+            (G::AssStyle, "Fontsdir=x"),
+            (G::AssStyle, "FontSize=24:x=1"),
         ];
         for (g, v) in bad {
             assert!(g.check(v).is_err(), "{g:?} {v:?}");

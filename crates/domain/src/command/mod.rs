@@ -8,11 +8,13 @@
 //! filter graphs are parsed with FFmpeg's own two-level grammar ([`filtergraph`]) against a filter
 //! and filter-option allowlist ([`filters`]); codec parameter strings key by key
 //! ([`codec_params`]). Inputs and outputs may only be named through declared `{{alias}}`
-//! placeholders. Anything else is refused with an error that names the argument.
+//! placeholders: after `-i`, as output files, and as the whole file name of the one kind of
+//! filter that opens a file (`subtitles=`/`ass=`, which read a declared subtitle input). Anything
+//! else is refused with an error that names the argument.
 //!
 //! [`render`] writes the argv the worker runs **from the tree**, with canonical escaping, so no
 //! byte of the template reaches FFmpeg except as a value the tree holds: forced flags first,
-//! placeholders replaced by fixed relative names inside the job directory (`in/<alias>.<ext>`,
+//! placeholders replaced by fixed relative names inside the job directory (`in/<alias>[.<ext>]`,
 //! `out/<alias>/<name>`). The worker's [`check_rendered`] parses that argv again and requires
 //! that rendering the tree it finds gives the identical argv.
 
@@ -53,8 +55,27 @@ pub const MAX_TEMPLATE_LEN: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputDecl {
-    /// Extension of the uploaded file name, kept as a probing hint.
+    /// Extension of the uploaded file name, kept as a probing hint when it names a container
+    /// or stream format ([`PROBE_HINT_EXTENSIONS`]); other inputs are read by content alone.
     pub ext: Option<String>,
+}
+
+/// Extensions an input's stored name keeps, as a hint for FFmpeg's probing. Image extensions
+/// (jpg, png, bmp, tif, webp, gif…) are not among them: with one, the `image2` demuxer claims
+/// the file by its name before the content-probed `*_pipe` demuxers look at its bytes, and
+/// image2 is not allowed (it expands `%d` patterns and globs into other files). Stored without
+/// an extension, a still image is read by the single-image demuxer its content selects.
+pub const PROBE_HINT_EXTENSIONS: &[&str] = &[
+    "mp4", "m4v", "m4a", "mov", "3gp", "3g2", "mj2", "mkv", "mka", "mks", "webm", "ts", "m2ts",
+    "mts", "avi", "flv", "wav", "mp3", "aac", "ogg", "oga", "ogv", "opus", "spx", "flac", "mpg",
+    "mpeg", "vob", "m2v", "h264", "264", "avc", "hevc", "h265", "265", "mxf", "ivf", "obu", "asf",
+    "wmv", "wma", "w64", "aif", "aiff", "aifc", "caf", "ac3", "eac3", "ec3", "dts", "thd", "amr",
+    "au", "nut", "y4m", "srt", "ass", "ssa", "vtt",
+];
+
+/// The probing hint kept from an uploaded file name (see [`PROBE_HINT_EXTENSIONS`]).
+pub fn probe_hint(filename: &str) -> Option<String> {
+    safe_extension(filename).filter(|e| PROBE_HINT_EXTENSIONS.contains(&e.as_str()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +122,7 @@ impl IoSpec {
         self.inputs.insert(
             alias.to_owned(),
             InputDecl {
-                ext: safe_extension(filename),
+                ext: probe_hint(filename),
             },
         );
         Ok(())
@@ -369,6 +390,24 @@ struct Parser<'s> {
     outputs_used: BTreeSet<String>,
 }
 
+/// The declared input a filter's file option names: `{{alias}}` in a template, the input's
+/// path in a rendered argv; `(alias, path)`.
+fn resolve_input(spec: &IoSpec, mode: Mode, v: &str) -> Option<(String, String)> {
+    let alias = match mode {
+        Mode::Template => {
+            let a = v.strip_prefix("{{")?.strip_suffix("}}")?;
+            spec.inputs.contains_key(a).then(|| a.to_owned())?
+        }
+        Mode::Rendered => spec
+            .inputs
+            .keys()
+            .find(|k| spec.input_path(k).as_deref() == Some(v))?
+            .clone(),
+    };
+    let path = spec.input_path(&alias)?;
+    Some((alias, path))
+}
+
 impl<'s> Parser<'s> {
     fn classify(&self, arg: &str) -> Result<Ref, CommandError> {
         match self.mode {
@@ -461,6 +500,9 @@ impl<'s> Parser<'s> {
                 _ => Err(CommandError::NotAnOutput { arg: v.to_owned() }),
             };
         }
+        if spec.kind == Kind::Graph {
+            return self.graph(v);
+        }
         self.no_placeholder(v)?;
         let text = |g: grammar::G| g.check(v).map(|_| Value::Text(v.to_owned())).map_err(bad);
         match spec.kind {
@@ -480,15 +522,7 @@ impl<'s> Parser<'s> {
                     )))
                 }
             }
-            Kind::Graph => {
-                filtergraph::parse(v)
-                    .map(Value::Graph)
-                    .map_err(|e| CommandError::FilterGraph {
-                        arg: v.to_owned(),
-                        filter: e.filter.unwrap_or_default(),
-                        why: e.why,
-                    })
-            }
+            Kind::Graph => unreachable!("handled above"),
             Kind::X264Params => codec_params::parse(codec_params::Library::X264, v)
                 .map(Value::Params)
                 .map_err(bad),
@@ -503,6 +537,58 @@ impl<'s> Parser<'s> {
                 }),
             },
         }
+    }
+
+    /// A filter graph. Placeholders may appear only as the whole value of a filter's file option
+    /// (the subtitle file of `subtitles=`/`ass=`), where they name a declared input of the kind
+    /// the filter reads; such an input counts as used.
+    fn graph(&mut self, v: &str) -> Result<Value, CommandError> {
+        if self.mode == Mode::Rendered {
+            self.no_placeholder(v)?;
+        }
+        let fail = |filter: &str, why: String| CommandError::FilterGraph {
+            arg: v.to_owned(),
+            filter: filter.to_owned(),
+            why,
+        };
+        let (spec, mode) = (self.spec, self.mode);
+        let g = filtergraph::parse_with(v, &|value| resolve_input(spec, mode, value))
+            .map_err(|e| fail(&e.filter.unwrap_or_default(), e.why))?;
+        for f in g.filters() {
+            let file_options: Vec<&str> = f
+                .options
+                .iter()
+                .filter(|(k, _)| {
+                    filters::filter_spec(f.name)
+                        .and_then(|s| s.option(k))
+                        .is_some_and(|(_, g)| g == grammar::G::InputFile)
+                })
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if f.options.iter().any(|(_, val)| {
+                !file_options.contains(&val.as_str()) && (val.contains("{{") || val.contains("}}"))
+            }) {
+                return Err(CommandError::ForbiddenValue {
+                    arg: v.to_owned(),
+                    why: "a placeholder in a filter graph may only be the whole file name of subtitles= or ass=",
+                });
+            }
+            for alias in &f.files {
+                let ext = spec.inputs.get(alias).and_then(|d| d.ext.as_deref());
+                let allowed = filters::subtitle_file_extensions(f.name).unwrap_or_default();
+                if !ext.is_some_and(|e| allowed.contains(&e)) {
+                    return Err(fail(
+                        f.name,
+                        format!(
+                            "input {alias:?} must be a subtitle file named *.{}",
+                            allowed.join(", *.")
+                        ),
+                    ));
+                }
+                self.inputs_used.insert(alias.clone());
+            }
+        }
+        Ok(Value::Graph(g))
     }
 
     /// Closes the current group of options at an input or output, as FFmpeg's `finish_group`.
@@ -874,6 +960,30 @@ pub fn forced_input_flags() -> [&'static str; 6] {
     ]
 }
 
+/// The declared inputs the command's filters read as subtitle files, each with the demuxer that
+/// must read it (from its extension, which the filter's table allows).
+pub fn subtitle_inputs(cmd: &Command, spec: &IoSpec) -> BTreeMap<String, &'static str> {
+    let graphs = cmd
+        .globals
+        .iter()
+        .chain(cmd.files.iter().flat_map(|f| f.options.iter()))
+        .filter_map(|o| match &o.value {
+            Value::Graph(g) => Some(g),
+            _ => None,
+        });
+    let mut out = BTreeMap::new();
+    for alias in graphs
+        .flat_map(|g| g.filters())
+        .flat_map(|f| f.files.iter())
+    {
+        let ext = spec.inputs.get(alias).and_then(|d| d.ext.as_deref());
+        if let Some(d) = ext.and_then(filters::subtitle_demuxer) {
+            out.insert(alias.clone(), d);
+        }
+    }
+    out
+}
+
 /// Parses a rendered argv (without the program name) into its tree.
 pub fn parse_rendered(argv: &[String], spec: &IoSpec) -> Result<Command, CommandError> {
     let n = FORCED_PREFIX.len();
@@ -925,7 +1035,7 @@ mod tests {
         let forced = forced_input_flags().join(" ");
         assert!(
             joined.contains(&format!(
-                "-threads 2 {forced} -i in/in.mov -threads 2 {forced} -i in/logo.png"
+                "-threads 2 {forced} -i in/in.mov -threads 2 {forced} -i in/logo"
             )),
             "{joined}"
         );
@@ -1344,5 +1454,126 @@ mod tests {
         let j = v.iter().position(|a| a == "keyint=5").unwrap();
         v[j] = "keyint=5:cqmfile=/etc/passwd".into();
         assert!(check_rendered(&v, &s).is_err());
+    }
+
+    fn subs_spec() -> IoSpec {
+        let mut s = IoSpec::default();
+        s.add_input("video", "clip.mp4").unwrap();
+        s.add_input("subs", "Subs.SRT").unwrap();
+        s.add_input("styled", "styled.ass").unwrap();
+        s.add_output("out", "out.mp4").unwrap();
+        s
+    }
+
+    #[test]
+    fn subtitle_files_are_declared_inputs_rendered_as_their_paths() {
+        let s = subs_spec();
+        let t = "-i {{video}} -vf 'subtitles={{subs}}:force_style=FontSize=24\\,Bold=1,ass=f={{styled}}' {{out}}";
+        let argv = render(t, &s, 2).unwrap_or_else(|e| panic!("{e}"));
+        check_rendered(&argv, &s).unwrap();
+        let joined = argv.join(" ");
+        assert!(
+            joined.contains(
+                r"-vf subtitles=filename=in/subs.srt:force_style=FontSize=24\,Bold=1,ass=f=in/styled.ass"
+            ),
+            "{joined}"
+        );
+        let cmd = parse_rendered(&argv, &s).unwrap();
+        let subs = subtitle_inputs(&cmd, &s);
+        assert_eq!(
+            subs.into_iter().collect::<Vec<_>>(),
+            vec![("styled".to_owned(), "ass"), ("subs".to_owned(), "srt")]
+        );
+        // Quoted or keyed, the placeholder is the same file.
+        for t in [
+            "-i {{video}} -vf \"subtitles='{{subs}}'\" -vf ass={{styled}} {{out}}",
+            "-i {{video}} -filter_complex '[0:v]subtitles=filename={{subs}},ass={{styled}}[v]' -map '[v]' {{out}}",
+        ] {
+            let argv = render(t, &s, 2).unwrap_or_else(|e| panic!("{t}: {e}"));
+            check_rendered(&argv, &s).unwrap();
+        }
+    }
+
+    #[test]
+    fn subtitle_filters_name_no_other_file_and_no_font_directory() {
+        let s = subs_spec();
+        let cases: &[&str] = &[
+            "subtitles=/etc/passwd",
+            "subtitles=in/subs.srt",
+            "subtitles=filename={{subs}}x",
+            "subtitles='{{subs}}/../x'",
+            "subtitles={{subs}}:fontsdir=/tmp",
+            "subtitles={{subs}}:fontsdir={{styled}}",
+            "subtitles={{subs}}:charenc=../../tmp/x",
+            "subtitles={{subs}}:charenc=UTF-8/x",
+            "subtitles={{subs}}:force_style=FontName=/etc/passwd",
+            "subtitles={{video}}",
+            "subtitles={{out}}",
+            "ass={{subs}}",
+            "drawbox=color={{subs}}",
+            "subtitles={{subs}}:original_size=64x48:/tmp",
+            "subtitles=f={{subs}}:filename={{subs}}",
+            "movie={{subs}}",
+        ];
+        for graph in cases {
+            let used = if graph.contains("styled") {
+                ""
+            } else {
+                ",ass={{styled}}"
+            };
+            let t = format!(
+                "-i {{{{video}}}} -vf {} {{{{out}}}}",
+                shell_words::quote(&format!("{graph}{used}"))
+            );
+            let err = render(&t, &s, 2).unwrap_err();
+            assert!(err.argument().is_some(), "{t}: {err}");
+        }
+        // A rendered argv naming anything but the declared input's path is not the tree's.
+        let argv = render(
+            "-i {{video}} -vf subtitles={{subs}},ass={{styled}} {{out}}",
+            &s,
+            2,
+        )
+        .unwrap();
+        for bad in [
+            "subtitles=filename=/etc/passwd,ass=filename=in/styled.ass",
+            "subtitles=filename=in/subs.srt:fontsdir=/tmp,ass=filename=in/styled.ass",
+            "subtitles=filename=in/subs.srt,ass=filename=in/video.mp4",
+            "subtitles=filename=in/styled.ass",
+        ] {
+            let mut v = argv.clone();
+            let i = v.iter().position(|a| a.starts_with("subtitles=")).unwrap();
+            v[i] = bad.to_owned();
+            assert!(check_rendered(&v, &s).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn still_images_are_stored_without_an_extension_image2_would_claim() {
+        let mut s = IoSpec::default();
+        for (alias, name) in [
+            ("a", "logo.jpg"),
+            ("b", "logo.JPEG"),
+            ("c", "x.png"),
+            ("d", "x.webp"),
+            ("e", "x.bmp"),
+            ("f", "x.tiff"),
+            ("g", "x.gif"),
+            ("h", "x.raw"),
+            // Whatever the upload was called, the stored name holds no pattern.
+            ("i", "frame%03d.jpg"),
+            ("j", "frames*.png"),
+        ] {
+            s.add_input(alias, name).unwrap();
+            assert_eq!(s.input_path(alias), Some(format!("in/{alias}")), "{name}");
+        }
+        s.add_input("v", "clip.MOV").unwrap();
+        assert_eq!(s.input_path("v").as_deref(), Some("in/v.mov"));
+        s.add_input("w", "sound.opus").unwrap();
+        assert_eq!(s.input_path("w").as_deref(), Some("in/w.opus"));
+        assert!(
+            !options::demuxers().any(|d| d == "image2"),
+            "image2 expands patterns"
+        );
     }
 }

@@ -28,6 +28,8 @@ pub fn sample(g: G) -> String {
         G::MetaMap => "0".into(),
         G::Metadata => "title=x".into(),
         G::KeyFrames => "0.5".into(),
+        G::InputFile => "{{subs}}".into(),
+        G::AssStyle => "FontSize=20".into(),
     }
 }
 

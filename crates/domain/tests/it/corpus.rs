@@ -260,3 +260,45 @@ fn output_muxers_are_the_guessed_allowed_ones_and_stay_in_declared_outputs() {
         );
     }
 }
+
+#[test]
+fn subtitle_filters_read_the_declared_file_and_system_fonts_only() {
+    let j = job(&["in", "subs", "styled"], &[("out", "out.mp4")]);
+    for t in [
+        "-i {{in}} -vf subtitles={{subs}},ass={{styled}} -t 0.5 {{out}}",
+        r"-i {{in}} -vf 'subtitles=filename={{subs}}:force_style=FontSize=20\,Bold=1:charenc=UTF-8,ass=f={{styled}}:shaping=simple' -t 0.5 {{out}}",
+    ] {
+        let r = oracle(&j, t);
+        for file in ["in/subs.srt", "in/styled.ass"] {
+            assert!(
+                r.opened.iter().any(|p| p.ends_with(file)),
+                "{t}: FFmpeg never opened {file}: {:?}",
+                r.opened
+            );
+        }
+        if crate::oracle::strace_available() {
+            assert!(
+                r.opened.iter().any(|p| p.starts_with("/usr/share/fonts/")),
+                "{t}: libass loaded no system font: {:?}",
+                r.opened
+            );
+        }
+    }
+}
+
+#[test]
+fn still_images_are_read_by_their_content_not_by_image2() {
+    let j = job(&["in", "logo", "photo"], &[("out", "out.mp4")]);
+    let r = oracle(
+        &j,
+        "-i {{in}} -i {{logo}} -i {{photo}} -filter_complex '[0:v][1:v]overlay=2:2[a];[a][2:v]overlay=20:2' -t 0.5 {{out}}",
+    );
+    for (demuxer, path) in [("png_pipe", "in/logo"), ("jpeg_pipe", "in/photo")] {
+        assert!(
+            r.stderr.contains(&format!("{demuxer}, from '{path}'")),
+            "{path} not read by {demuxer}: {}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("image2"), "{}", r.stderr);
+}

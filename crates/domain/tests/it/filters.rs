@@ -5,6 +5,7 @@
 use crate::arity::sample;
 use crate::oracle::{expected_settings, filter_settings, job, run};
 use mpegflow_domain::command::filters::{FilterSpec, FILTERS};
+use mpegflow_domain::command::grammar::G;
 use mpegflow_domain::command::{parse_rendered, render};
 
 const AUDIO: &[&str] = &[
@@ -72,16 +73,41 @@ fn graph(f: &FilterSpec, args: &str) -> String {
 
 #[test]
 fn every_filter_option_and_shorthand_is_set_as_the_tree_says() {
-    let j = job(&["in"], &[("out", "out.nut")]);
+    let plain = job(&["in"], &[("out", "out.nut")]);
+    // Filters that read a subtitle file get one as a declared input.
+    let with_srt = job(&["in", "subs"], &[("out", "out.nut")]);
+    let with_ass = job(&["in", "styled"], &[("out", "out.nut")]);
     let mut runs = 0;
     let mut failures = Vec::new();
     for f in FILTERS {
+        let j = match f.name {
+            "subtitles" => &with_srt,
+            "ass" => &with_ass,
+            _ => &plain,
+        };
+        let file = if f.name == "ass" {
+            "{{styled}}"
+        } else {
+            "{{subs}}"
+        };
         let keyed: Vec<String> = f
             .options
             .iter()
-            .map(|(k, _)| format!("{k}={}", value(f, k)))
+            // One name for the file: its alias (f) sets the same field.
+            .filter(|(k, g)| *g != G::InputFile || *k == "filename")
+            .map(|(k, g)| match g {
+                G::InputFile => format!("{k}={file}"),
+                _ => format!("{k}={}", value(f, k)),
+            })
             .collect();
-        let positional: Vec<String> = f.positional.iter().map(|k| value(f, k)).collect();
+        let positional: Vec<String> = f
+            .positional
+            .iter()
+            .map(|k| match f.option(k).unwrap().1 {
+                G::InputFile => file.to_owned(),
+                _ => value(f, k),
+            })
+            .collect();
         for args in [keyed.join(":"), positional.join(":")] {
             let g = graph(f, &args);
             let t = format!(
@@ -96,7 +122,7 @@ fn every_filter_option_and_shorthand_is_set_as_the_tree_says() {
                 }
             };
             let cmd = parse_rendered(&argv, &j.spec).unwrap();
-            let r = run(&j, &argv);
+            let r = run(j, &argv);
             let seen = filter_settings(&r.stderr);
             let want = expected_settings(&cmd);
             if !want.iter().all(|w| seen.contains(w)) {

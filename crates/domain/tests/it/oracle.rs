@@ -79,6 +79,34 @@ pub fn job(inputs: &[&str], outputs: &[(&str, &str)]) -> Job {
                     &dir,
                 );
                 spec.add_input("logo", "logo.png").unwrap();
+                // Stored as the platform stores it: a still image without its extension.
+                let path = spec.input_path("logo").unwrap();
+                std::fs::rename(dir.join("in/logo.png"), dir.join(path)).unwrap();
+            }
+            "photo" => {
+                ffmpeg(
+                    &[
+                        "-f",
+                        "lavfi",
+                        "-i",
+                        "testsrc=s=16x16:d=0.1",
+                        "-frames:v",
+                        "1",
+                        "in/photo.jpg",
+                    ],
+                    &dir,
+                );
+                spec.add_input("photo", "photo.jpg").unwrap();
+                let path = spec.input_path("photo").unwrap();
+                std::fs::rename(dir.join("in/photo.jpg"), dir.join(path)).unwrap();
+            }
+            "subs" => {
+                std::fs::write(dir.join("in/subs.srt"), SRT).unwrap();
+                spec.add_input("subs", "subs.srt").unwrap();
+            }
+            "styled" => {
+                std::fs::write(dir.join("in/styled.ass"), ASS).unwrap();
+                spec.add_input("styled", "styled.ass").unwrap();
             }
             other => panic!("no fixture for {other}"),
         }
@@ -89,6 +117,16 @@ pub fn job(inputs: &[&str], outputs: &[(&str, &str)]) -> Job {
     }
     Job { dir, spec }
 }
+
+pub const SRT: &str = "1\n00:00:00,000 --> 00:00:05,000\nHello from SRT\n";
+
+pub const ASS: &str = "[Script Info]\nScriptType: v4.00+\nPlayResX: 64\nPlayResY: 48\n\n\
+[V4+ Styles]\nFormat: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, \
+BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, \
+Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding\n\
+Style: Default,DejaVu Sans,16,&H00FFFFFF,&H000000FF,&H00000000,&H00000000,0,0,0,0,100,100,0,0,\
+1,1,0,2,2,2,2,1\n\n[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, \
+MarginV, Effect, Text\nDialogue: 0,0:00:00.00,0:00:05.00,Default,,0,0,0,,Hello from ASS\n";
 
 pub struct Run {
     pub stderr: String,
@@ -126,7 +164,10 @@ pub fn run(job: &Job, argv: &[String]) -> Run {
         // -v/-loglevel cannot silence the split trace.
         .args(["-loglevel", "debug"])
         .args(argv)
-        .env_remove("LD_LIBRARY_PATH")
+        // The worker runs FFmpeg with an empty environment (no HOME: fontconfig has no user
+        // configuration or cache to look for).
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
         .current_dir(&job.dir)
         .output()
         .expect("ffmpeg runs");
@@ -307,6 +348,21 @@ const SYSTEM_PREFIXES: &[&str] = &[
     // glibc's time zone, read by localtime() (the dash muxer dates its manifest).
     "/etc/localtime",
     "/usr/share/zoneinfo/",
+    // Fonts and fontconfig's configuration and cache, read by libass for subtitles=/ass=.
+    "/etc/fonts",
+    "/usr/share/fonts",
+    "/usr/share/fontconfig",
+    "/var/cache/fontconfig",
+    "/usr/local/share/fonts",
+];
+
+/// Where fontconfig looks for a user's own configuration, fonts and cache. FFmpeg runs with an
+/// empty environment, so with no HOME these resolve under `/`; they exist on no machine of
+/// ours (checked below), and the jail gives no access to them (nor to anything else under `/`).
+const PER_USER_FONTCONFIG: &[&str] = &[
+    "/.config/fontconfig/",
+    "/.cache/fontconfig/",
+    "/.local/share/fonts",
 ];
 
 /// Checks every path FFmpeg opened: inside `in/`, inside a declared output, or a system path.
@@ -316,6 +372,13 @@ pub fn check_paths(job: &Job, run: &Run) {
             match Path::new(p).strip_prefix(&job.dir) {
                 Ok(r) => r.to_string_lossy().into_owned(),
                 Err(_) => {
+                    if let Some(user) = PER_USER_FONTCONFIG.iter().find(|s| p.starts_with(*s)) {
+                        assert!(
+                            !Path::new(user).exists(),
+                            "{user} exists: fontconfig would read it"
+                        );
+                        continue;
+                    }
                     assert!(
                         SYSTEM_PREFIXES.iter().any(|s| p.starts_with(s)),
                         "ffmpeg opened {p} outside the job and the system paths"
