@@ -120,6 +120,53 @@ pub struct Asset {
     pub created_at: Timestamp,
     #[schema(required = true)]
     pub completed_at: Option<Timestamp>,
+    /// When it is deleted unless a job uses it first (`null` once a job used it, and for
+    /// outputs).
+    #[schema(required = true)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A page of assets, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssetList {
+    pub assets: Vec<Asset>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/assets`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListAssetsQuery {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+    /// Assets per page (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+}
+
+// ---------------------------------------------------------------- pools
+
+/// A worker pool the caller may submit to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub name: PoolName,
+    /// Shared by every org (`false`: dedicated to the caller's org).
+    pub shared: bool,
+    /// Workers in touch with the control plane now. A job for a pool without any waits until
+    /// one joins.
+    pub live_workers: u32,
+}
+
+/// `GET /v1/pools`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolList {
+    pub pools: Vec<Pool>,
 }
 
 /// `GET /v1/assets/{id}/download`: a short-lived URL that serves the bytes as an attachment.

@@ -165,6 +165,15 @@ impl ApiClient {
 
     /// Uploads a local file as a new asset (size and SHA-256 signed in), and completes it.
     pub async fn upload(&self, path: &Path) -> Result<api::Asset> {
+        self.upload_with(path, |_| {}).await
+    }
+
+    /// [`upload`](Self::upload), telling `on_progress` the bytes sent so far.
+    pub async fn upload_with(
+        &self,
+        path: &Path,
+        mut on_progress: impl FnMut(u64) + Send + 'static,
+    ) -> Result<api::Asset> {
         let (size, sha256) = sha256_file(path).await?;
         let filename = path
             .file_name()
@@ -180,12 +189,18 @@ impl ApiClient {
             })
             .await?;
         let file = tokio::fs::File::open(path).await?;
+        let mut sent = 0u64;
+        let stream =
+            futures::StreamExt::inspect(tokio_util::io::ReaderStream::new(file), move |chunk| {
+                if let Ok(c) = chunk {
+                    sent += c.len() as u64;
+                    on_progress(sent);
+                }
+            });
         let mut req = self
             .http
             .put(&upload.upload_url)
-            .body(reqwest::Body::wrap_stream(
-                tokio_util::io::ReaderStream::new(file),
-            ));
+            .body(reqwest::Body::wrap_stream(stream));
         for (k, v) in &upload.upload_headers {
             req = req.header(k.as_str(), v.as_str());
         }
@@ -210,6 +225,43 @@ impl ApiClient {
 
     pub async fn job(&self, id: Uuid) -> Result<api::Job> {
         self.get(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// One long-poll: the job once it ends or changes, or after `seconds`.
+    pub async fn job_wait(&self, id: Uuid, seconds: u32) -> Result<api::Job> {
+        self.get(&format!("/v1/jobs/{id}?wait_seconds={seconds}"))
+            .await
+    }
+
+    pub async fn pools(&self) -> Result<api::PoolList> {
+        self.get("/v1/pools").await
+    }
+
+    pub async fn list_assets(&self, q: &api::ListAssetsQuery) -> Result<api::AssetList> {
+        let mut query = Vec::new();
+        if let Some(c) = q.cursor {
+            query.push(format!("cursor={c}"));
+        }
+        if let Some(l) = q.limit {
+            query.push(format!("limit={l}"));
+        }
+        self.get(&format!("/v1/assets?{}", query.join("&"))).await
+    }
+
+    pub async fn delete_asset(&self, id: Uuid) -> Result<()> {
+        let answer = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/assets/{id}"),
+                None::<&()>,
+                &[],
+            )
+            .await?;
+        if (200..300).contains(&answer.status) {
+            Ok(())
+        } else {
+            Err(ApiError(answer.problem()).into())
+        }
     }
 
     pub async fn cancel(&self, id: Uuid) -> Result<api::Job> {
@@ -266,6 +318,16 @@ impl ApiClient {
 
     /// Downloads an asset to `dest`, returning its size and SHA-256.
     pub async fn download(&self, asset_id: Uuid, dest: &Path) -> Result<(u64, String)> {
+        self.download_with(asset_id, dest, |_| {}).await
+    }
+
+    /// [`download`](Self::download), telling `on_progress` the bytes received so far.
+    pub async fn download_with(
+        &self,
+        asset_id: Uuid,
+        dest: &Path,
+        mut on_progress: impl FnMut(u64),
+    ) -> Result<(u64, String)> {
         let link = self.download_link(asset_id).await?;
         let mut resp = self.http.get(&link.url).send().await?;
         if !resp.status().is_success() {
@@ -281,6 +343,7 @@ impl ApiClient {
         let mut size = 0u64;
         while let Some(chunk) = resp.chunk().await? {
             size += chunk.len() as u64;
+            on_progress(size);
             hasher.update(&chunk);
             file.write_all(&chunk).await?;
         }
@@ -297,22 +360,47 @@ impl ApiClient {
     ) -> Result<Vec<PathBuf>> {
         let mut written = Vec::new();
         for (alias, out) in &job.outputs {
-            let Some(dest) = dests.get(alias.as_str()) else {
-                continue;
-            };
-            let is_dir = out.filename.ends_with('/');
-            for f in &out.files {
-                let path = if is_dir {
-                    if mpegflow_domain::names::check_file_name(&f.path).is_err() {
-                        bail!("refusing odd output file name {:?}", f.path);
-                    }
-                    dest.join(&f.path)
-                } else {
-                    dest.clone()
-                };
-                self.download(f.asset_id, &path).await?;
-                written.push(path);
+            if let Some(dest) = dests.get(alias.as_str()) {
+                written.extend(self.download_output(out, dest, |_| {}).await?);
             }
+        }
+        Ok(written)
+    }
+
+    /// Downloads one output: a file output to `dest`, a directory output's files into the
+    /// directory `dest`. `on_progress` gets the bytes received so far over all its files.
+    pub async fn download_output(
+        &self,
+        out: &api::JobOutput,
+        dest: &Path,
+        mut on_progress: impl FnMut(u64),
+    ) -> Result<Vec<PathBuf>> {
+        let is_dir = out.filename.ends_with('/');
+        let mut written = Vec::new();
+        let mut before = 0u64;
+        for f in &out.files {
+            let path = if is_dir {
+                // The name comes from the server: never let it leave `dest`.
+                if mpegflow_domain::names::check_file_name(&f.path).is_err() {
+                    bail!("refusing odd output file name {:?}", f.path);
+                }
+                dest.join(&f.path)
+            } else {
+                dest.to_owned()
+            };
+            let (size, sha256) = self
+                .download_with(f.asset_id, &path, |n| on_progress(before + n))
+                .await?;
+            if size != f.size || sha256 != f.sha256.as_str() {
+                bail!(
+                    "{} arrived as {size} bytes with SHA-256 {sha256}; the job recorded {} bytes, {}",
+                    path.display(),
+                    f.size,
+                    f.sha256
+                );
+            }
+            before += size;
+            written.push(path);
         }
         Ok(written)
     }

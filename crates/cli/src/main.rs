@@ -1,13 +1,12 @@
 //! `mpegflow`: run the platform (`up`), run jobs (`run`, `jobs`), administer it (`admin`).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
-use mpegflow::client::{ApiClient, ApiError};
+use mpegflow::client::ApiClient;
 use mpegflow::platform::{Platform, PlatformConfig};
-use mpegflow_api as api;
+use mpegflow::tenant;
 use mpegflow_store::Store;
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,11 +14,14 @@ use std::time::Duration;
 #[command(
     name = "mpegflow",
     version,
-    about = "Multi-tenant FFmpeg jobs on credential-less workers"
+    about = "Multi-tenant FFmpeg jobs on credential-less workers",
+    after_help = tenant::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    connection: tenant::Connection,
 }
 
 #[derive(Subcommand)]
@@ -38,26 +40,36 @@ enum Cmd {
         #[arg(long)]
         no_sample: bool,
     },
-    /// Upload inputs, run one FFmpeg command on the platform, download the outputs.
+    /// Check an FFmpeg command, upload its inputs, run it on the platform and download its
+    /// outputs. Ctrl-C cancels the job (a second Ctrl-C leaves it running).
     Run {
-        /// ALIAS=PATH of a local input file (repeatable).
-        #[arg(long = "input", value_name = "ALIAS=PATH", required = true)]
-        inputs: Vec<String>,
-        /// ALIAS=PATH where an output goes; a trailing / declares a directory output.
-        #[arg(long = "output", value_name = "ALIAS=PATH", required = true)]
-        outputs: Vec<String>,
-        #[arg(long)]
-        pool: Option<String>,
-        #[arg(long)]
-        timeout: Option<u32>,
-        /// The FFmpeg arguments as one string, with {{alias}} placeholders.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
+        #[command(flatten)]
+        args: tenant::run::RunArgs,
     },
-    /// List, show or cancel jobs.
+    /// List, show, wait for, download or cancel jobs.
     Jobs {
         #[command(subcommand)]
-        cmd: JobsCmd,
+        cmd: tenant::jobs::JobsCmd,
+    },
+    /// List or delete your uploads and outputs.
+    Assets {
+        #[command(subcommand)]
+        cmd: tenant::jobs::AssetsCmd,
+    },
+    /// The worker pools you may submit to.
+    Pools {
+        #[command(subcommand)]
+        cmd: tenant::jobs::PoolsCmd,
+    },
+    /// Check an API URL and key, and save them for later commands (in
+    /// $XDG_CONFIG_HOME/mpegflow/config.toml, mode 0600). The key is read from
+    /// MPEGFLOW_API_KEY, --api-key or stdin.
+    #[command(after_help = tenant::EXIT_CODES_HELP)]
+    Login,
+    /// Print a shell completion script, e.g. `mpegflow completions bash > /etc/bash_completion.d/mpegflow`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Manage orgs, API keys, pools and worker tokens (needs the database).
     Admin {
@@ -66,22 +78,6 @@ enum Cmd {
         data_dir: Option<PathBuf>,
         #[command(subcommand)]
         cmd: AdminCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum JobsCmd {
-    List {
-        #[arg(long)]
-        state: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-    },
-    Show {
-        id: String,
-    },
-    Cancel {
-        id: String,
     },
 }
 
@@ -185,6 +181,24 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32> {
+    let conn = &cli.connection;
+    let tenant_command = async {
+        match &cli.cmd {
+            Cmd::Run { args } => Some(tenant::run::run(conn, args).await),
+            Cmd::Jobs { cmd } => Some(tenant::jobs::jobs(conn, cmd).await),
+            Cmd::Assets { cmd } => Some(tenant::jobs::assets(conn, cmd).await),
+            Cmd::Pools { cmd } => Some(tenant::jobs::pools(conn, cmd).await),
+            Cmd::Login => Some(tenant::login(conn).await),
+            _ => None,
+        }
+    };
+    // The tenant's commands tell their errors with documented exit codes.
+    if let Some(result) = tenant_command.await {
+        return Ok(match result {
+            Ok(exit) => exit as i32,
+            Err(e) => tenant::report(&e) as i32,
+        });
+    }
     match cli.cmd {
         Cmd::Up {
             data_dir,
@@ -192,24 +206,25 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             workers,
             no_sample,
         } => up(data_dir, config, workers, no_sample).await,
-        Cmd::Run {
-            inputs,
-            outputs,
-            pool,
-            timeout,
-            command,
-        } => run(inputs, outputs, pool, timeout, command).await,
-        Cmd::Jobs { cmd } => jobs(cmd).await,
         Cmd::Admin { data_dir, cmd } => admin(data_dir, cmd).await,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "mpegflow",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Cmd::Run { .. }
+        | Cmd::Jobs { .. }
+        | Cmd::Assets { .. }
+        | Cmd::Pools { .. }
+        | Cmd::Login => {
+            unreachable!("handled above")
+        }
     }
-}
-
-fn env_client() -> Result<ApiClient> {
-    let url = std::env::var("MPEGFLOW_API_URL")
-        .context("MPEGFLOW_API_URL is not set (source DIR/demo.env)")?;
-    let key = std::env::var("MPEGFLOW_API_KEY")
-        .context("MPEGFLOW_API_KEY is not set (source DIR/demo.env)")?;
-    Ok(ApiClient::new(&url, &key))
 }
 
 async fn up(
@@ -248,7 +263,7 @@ async fn serve(platform: &Platform, no_sample: bool) -> Result<i32> {
         platform.coordinator_url,
         platform.database_url
     );
-    write_private(&env_file, &env)?;
+    mpegflow::write_private(&env_file, &env)?;
     eprintln!(
         "mpegflow: API {}  coordinator {}  object store {}",
         platform.api_url, platform.coordinator_url, platform.s3_endpoint
@@ -280,219 +295,6 @@ async fn serve(platform: &Platform, no_sample: bool) -> Result<i32> {
         _ = term.recv() => {}
     }
     Ok(0)
-}
-
-fn write_private(path: &Path, content: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(content.as_bytes())?;
-    Ok(())
-}
-
-fn split_pair(s: &str, what: &str) -> Result<(String, String)> {
-    let (a, p) = s
-        .split_once('=')
-        .ok_or_else(|| anyhow!("--{what} {s:?} must be ALIAS=PATH"))?;
-    if a.is_empty() || p.is_empty() {
-        bail!("--{what} {s:?} must be ALIAS=PATH");
-    }
-    Ok((a.to_owned(), p.to_owned()))
-}
-
-async fn run(
-    inputs: Vec<String>,
-    outputs: Vec<String>,
-    pool: Option<String>,
-    timeout: Option<u32>,
-    command: Vec<String>,
-) -> Result<i32> {
-    let client = env_client()?;
-    let command = if command.len() == 1 {
-        command[0].clone()
-    } else {
-        shell_words::join(&command)
-    };
-    let mut declared_out = BTreeMap::new();
-    let mut dests = BTreeMap::new();
-    for o in &outputs {
-        let (alias, path) = split_pair(o, "output")?;
-        let is_dir = path.ends_with('/');
-        let p = PathBuf::from(&path);
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| anyhow!("--output {o:?}: no file name"))?;
-        let name = if is_dir {
-            format!("{name}/")
-        } else {
-            name.to_owned()
-        };
-        let alias = api::Alias::parse(alias).map_err(|e| anyhow!("--output {o:?}: {e}"))?;
-        let name = api::OutputName::parse(name).map_err(|e| anyhow!("--output {o:?}: {e}"))?;
-        if declared_out.insert(alias.clone(), name).is_some() {
-            bail!("--output: alias {alias} given twice");
-        }
-        dests.insert(alias.to_string(), p);
-    }
-    let mut local_in = BTreeMap::new();
-    for i in &inputs {
-        let (alias, path) = split_pair(i, "input")?;
-        let alias = api::Alias::parse(alias).map_err(|e| anyhow!("--input {i:?}: {e}"))?;
-        if declared_out.contains_key(&alias) || local_in.contains_key(&alias) {
-            bail!("--input: alias {alias} given twice");
-        }
-        local_in.insert(alias, PathBuf::from(path));
-    }
-    let pool = pool
-        .map(api::PoolName::parse)
-        .transpose()
-        .map_err(|e| anyhow!("--pool: {e}"))?;
-    let timeout_seconds = timeout
-        .map(api::TimeoutSeconds::parse)
-        .transpose()
-        .map_err(|e| anyhow!("--timeout: {e}"))?;
-    // The template is checked before anything is uploaded: a typo costs no upload.
-    let file_names = local_in
-        .iter()
-        .map(|(alias, path)| {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("input")
-                .to_owned();
-            Ok((alias.clone(), api::FileName::parse(name)?))
-        })
-        .collect::<Result<_>>()?;
-    let check = client
-        .validate(&api::JobValidateIn {
-            inputs: file_names,
-            outputs: declared_out.clone(),
-            command: command.clone(),
-            pool: pool.clone(),
-            timeout_seconds,
-        })
-        .await;
-    if let Some(code) = refused(&check, "job refused") {
-        return Ok(code);
-    }
-    check?;
-    let mut declared_in = BTreeMap::new();
-    for (alias, path) in &local_in {
-        eprintln!("uploading {}", path.display());
-        let asset = client.upload(path).await?;
-        declared_in.insert(alias.clone(), asset.id);
-    }
-    let submitted = client
-        .submit(&api::JobIn {
-            inputs: declared_in,
-            outputs: declared_out,
-            command,
-            pool,
-            timeout_seconds,
-            metadata: None,
-        })
-        .await;
-    if let Some(code) = refused(&submitted, "job refused") {
-        return Ok(code);
-    }
-    let id = submitted?.id;
-    eprintln!("job {id} submitted");
-    let bar = indicatif::ProgressBar::new(1000);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] [{bar:40}] {percent:>3}% {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    let job = client
-        .wait(id, |j| {
-            let p = j.progress.unwrap_or(0.0);
-            bar.set_position((p * 1000.0) as u64);
-            bar.set_message(j.state.to_string());
-        })
-        .await?;
-    bar.finish_and_clear();
-    if job.state == api::JobState::Succeeded {
-        for path in client.download_outputs(&job, &dests).await? {
-            eprintln!("wrote {}", path.display());
-        }
-        eprintln!("job {id} succeeded");
-        return Ok(0);
-    }
-    match &job.error {
-        Some(err) => {
-            eprintln!(
-                "job {id} {}: {}: {}",
-                job.state,
-                err.code,
-                err.message.as_deref().unwrap_or("")
-            );
-            if let Some(tail) = &err.stderr_tail {
-                eprintln!("--- ffmpeg stderr (tail) ---\n{tail}");
-            }
-        }
-        None => eprintln!("job {id} {}", job.state),
-    }
-    Ok(1)
-}
-
-/// When `result` is the API's refusal, says so and gives the exit code.
-fn refused<T>(result: &Result<T>, what: &str) -> Option<i32> {
-    let problem = result.as_ref().err()?.downcast_ref::<ApiError>()?;
-    match &problem.0.argument {
-        Some(arg) => eprintln!(
-            "{what}: {} ({}, argument {arg:?})",
-            problem.0.detail, problem.0.code
-        ),
-        None => eprintln!("{what}: {} ({})", problem.0.detail, problem.0.code),
-    }
-    Some(1)
-}
-
-async fn jobs(cmd: JobsCmd) -> Result<i32> {
-    let client = env_client()?;
-    let print = |j: &api::Job| println!("{}", serde_json::to_string_pretty(j).unwrap_or_default());
-    let parse_id =
-        |id: &str| uuid::Uuid::parse_str(id).map_err(|_| anyhow!("{id:?} is not a job id"));
-    let result = match cmd {
-        JobsCmd::List { state, limit } => {
-            let state = state
-                .map(|s| serde_json::from_value::<api::JobState>(Value::String(s)))
-                .transpose()
-                .map_err(|e| anyhow!("--state: {e}"))?;
-            client
-                .list_jobs(&api::ListJobsQuery {
-                    state,
-                    cursor: None,
-                    limit: Some(limit),
-                })
-                .await
-                .map(|page| {
-                    for j in &page.jobs {
-                        println!(
-                            "{}  {:<9}  {:>5.1}%  {}",
-                            j.id,
-                            j.state,
-                            j.progress.unwrap_or(0.0) * 100.0,
-                            j.created_at
-                        );
-                    }
-                })
-        }
-        JobsCmd::Show { id } => client.job(parse_id(&id)?).await.map(|j| print(&j)),
-        JobsCmd::Cancel { id } => client.cancel(parse_id(&id)?).await.map(|j| print(&j)),
-    };
-    if let Some(code) = refused(&result, "error") {
-        return Ok(code);
-    }
-    result.map(|()| 0)
 }
 
 fn database_url(data_dir: Option<&Path>) -> Result<String> {

@@ -26,12 +26,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
-        .route("/v1/assets", post(create_asset))
-        .route("/v1/assets/{id}", get(get_asset))
+        .route("/v1/assets", post(create_asset).get(list_assets))
+        .route("/v1/assets/{id}", get(get_asset).delete(delete_asset))
         .route("/v1/assets/{id}/complete", post(complete_asset))
         .route("/v1/assets/{id}/download", get(download_asset))
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/validate", post(validate_job))
+        .route("/v1/pools", get(list_pools))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route(
@@ -56,13 +57,15 @@ pub fn router(state: AppState) -> Router {
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
-        healthz, create_asset, get_asset, complete_asset, download_asset, submit_job,
-        validate_job, list_jobs, get_job, cancel_job, attempt_stderr
+        healthz, create_asset, list_assets, get_asset, delete_asset, complete_asset,
+        download_asset, submit_job, validate_job, list_jobs, get_job, cancel_job,
+        attempt_stderr, list_pools
     ),
     modifiers(&ApiKeyAuth),
     tags(
         (name = "assets", description = "Uploaded inputs and produced outputs"),
         (name = "jobs", description = "FFmpeg jobs"),
+        (name = "pools", description = "Where jobs run"),
         (name = "health", description = "Liveness"),
     )
 )]
@@ -309,6 +312,34 @@ async fn get_asset(
     Ok(Json(service::assets::get(&state, &tenant, id).await?))
 }
 
+/// The org's assets (uploads and outputs), newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/assets", tag = "assets", params(api::ListAssetsQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = api::AssetList), Errors))]
+async fn list_assets(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Params(q): Params<api::ListAssetsQuery>,
+) -> Result<Json<api::AssetList>> {
+    Ok(Json(service::assets::list(&state, &tenant, &q).await?))
+}
+
+/// Delete an asset; its bytes are removed from the store once no URL signed for them can be
+/// used any more (at most an hour). Refused (409 `asset_in_use`) while a queued or running job
+/// reads it.
+#[utoipa::path(delete, path = "/v1/assets/{id}", tag = "assets",
+    params(("id" = Uuid, Path, description = "Asset id")), security(("api_key" = [])),
+    responses((status = 204, description = "Deleted"), Errors))]
+async fn delete_asset(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+) -> Result<StatusCode> {
+    let id = parse_id(&id, "asset")?;
+    service::assets::delete(&state, &tenant, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Confirm an upload: the stored bytes must have the announced size (and SHA-256). The asset
 /// is then ready and can never change.
 #[utoipa::path(post, path = "/v1/assets/{id}/complete", tag = "assets",
@@ -448,6 +479,13 @@ async fn cancel_job(
 ) -> Result<Json<api::Job>> {
     let id = parse_id(&id, "job")?;
     Ok(Json(service::jobs::cancel(&state, &tenant, id).await?))
+}
+
+/// The pools the caller may submit to, with their live workers.
+#[utoipa::path(get, path = "/v1/pools", tag = "pools", security(("api_key" = [])),
+    responses((status = 200, body = api::PoolList), Errors))]
+async fn list_pools(State(state): State<AppState>, tenant: Tenant) -> Result<Json<api::PoolList>> {
+    Ok(Json(service::pools::list(&state, &tenant).await?))
 }
 
 #[cfg(test)]

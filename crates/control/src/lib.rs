@@ -74,6 +74,8 @@ pub struct ControlConfig {
     /// The FFmpeg grammar (major.minor) commands are validated against; jobs record it and go
     /// only to workers whose FFmpeg implements it.
     pub ffmpeg_grammar: String,
+    /// An upload no job has used is deleted this long after it was announced.
+    pub unused_asset_ttl_seconds: u64,
 }
 
 impl Default for ControlConfig {
@@ -106,6 +108,7 @@ impl Default for ControlConfig {
             auth_failure_burst: 20,
             auth_failures_per_minute: 60,
             ffmpeg_grammar: mpegflow_domain::fingerprint::COMMAND_GRAMMAR.to_owned(),
+            unused_asset_ttl_seconds: 24 * 3600,
         }
     }
 }
@@ -143,6 +146,11 @@ impl ControlConfig {
     pub fn input_url_ttl(&self) -> Duration {
         let ttl = u64::from(self.lease_seconds) + u64::from(self.input_url_slack_seconds);
         Duration::from_secs(ttl.max(1)).min(self.presign_ttl())
+    }
+    /// When a deleted object's key is free of every URL signed for it: the longest TTL any
+    /// URL can have, from now.
+    pub fn object_free_at(&self) -> time::OffsetDateTime {
+        time::OffsetDateTime::now_utc() + self.presign_ttl() + Duration::from_secs(60)
     }
     pub fn token_policy(&self) -> mpegflow_store::TokenPolicy {
         mpegflow_store::TokenPolicy {
@@ -263,6 +271,7 @@ pub(crate) fn presign_audit(
     let action = match presigned.method {
         "GET" => "presign.get",
         "PUT" => "presign.put",
+        "DELETE" => "presign.delete",
         _ => "presign.head",
     };
     let mut details = serde_json::json!({
@@ -360,6 +369,39 @@ async fn reap_loop(state: AppState, shutdown: CancellationToken) {
                 }
             }
             Err(e) => tracing::error!("reaper: {e}"),
+        }
+        housekeeping(&state).await;
+    }
+}
+
+/// Removes uploads that expired unused and deletes objects whose deletion is due.
+async fn housekeeping(state: &AppState) {
+    match state
+        .store
+        .expire_assets(state.config.object_free_at(), 100)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(assets = n, "unused uploads expired"),
+        Err(e) => tracing::error!("asset expiry: {e}"),
+    }
+    let due = match state.store.due_object_deletions(20).await {
+        Ok(due) => due,
+        Err(e) => {
+            tracing::error!("object deletions: {e}");
+            return;
+        }
+    };
+    for key in due {
+        let outcome = match state.delete_object(&key).await {
+            Ok(()) => state.store.object_deleted(&key).await,
+            Err(e) => {
+                tracing::warn!(%key, "deleting an object: {e}");
+                state.store.object_deletion_failed(&key).await
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::error!("object deletions: {e}");
         }
     }
 }

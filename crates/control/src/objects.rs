@@ -37,6 +37,22 @@ impl AppState {
         Ok(Some(ObjectHead { size, sha256 }))
     }
 
+    /// Deletes an object; one that is already gone counts as deleted. The URL is signed here
+    /// for this one request and never leaves the control plane.
+    pub async fn delete_object(&self, key: &str) -> Result<(), String> {
+        let delete = self.presigner.delete(key, Duration::from_secs(60));
+        let resp = self
+            .http
+            .delete(&delete.url)
+            .send()
+            .await
+            .map_err(|e| format!("object store unreachable: {e}"))?;
+        match resp.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            status => Err(format!("object store answered {status} to a DELETE")),
+        }
+    }
+
     /// Reads an object and hashes it as it streams (constant memory), stopping past
     /// `max_bytes`; `Ok(None)` when it does not exist. Objects are write-once, so the hash is
     /// that of the object for good.

@@ -92,7 +92,10 @@ const RESPONSE_OVERRIDES: &[&str] = &["response-content-type", "response-content
 
 /// The guard, as a pure function of the request line and headers.
 pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
-    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::PUT) {
+    if !matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+    ) {
         return Err(Refusal::Method(req.method().to_string()));
     }
     let path = req.uri().path();
@@ -531,12 +534,7 @@ mod tests {
                 vec![("content-md5", "x")],
                 Err(Refusal::UnsignedHeader("content-md5".into())),
             ),
-            (
-                "DELETE",
-                ok.clone(),
-                vec![],
-                Err(Refusal::Method("DELETE".into())),
-            ),
+            ("DELETE", ok.clone(), vec![], Ok(())),
             (
                 "POST",
                 ok.clone(),

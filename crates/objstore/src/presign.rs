@@ -156,6 +156,17 @@ impl Presigner {
         Self::finish("GET", url, BTreeMap::new(), ttl)
     }
 
+    /// A DELETE, for the control plane's own use (never handed out: no tenant or worker may
+    /// remove what another's job reads).
+    pub fn delete(&self, key: &str, ttl: Duration) -> Presigned {
+        let ttl = ttl.min(MAX_TTL);
+        let url = self
+            .bucket
+            .delete_object(Some(&self.credentials), key)
+            .sign(ttl);
+        Self::finish("DELETE", url, BTreeMap::new(), ttl)
+    }
+
     /// A HEAD that asks the store for the object's stored checksum too.
     pub fn head(&self, key: &str, ttl: Duration) -> Presigned {
         let ttl = ttl.min(MAX_TTL);

@@ -216,6 +216,25 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    /// The pools an org may submit to (shared ones and its own), with their live workers.
+    pub async fn pools_for_org(&self, org_id: Uuid) -> Result<Vec<(Pool, i64)>> {
+        let rows: Vec<(Uuid, String, Option<Uuid>, i64)> = sqlx::query_as(
+            "SELECT p.id, p.name, p.org_id,
+                    (SELECT count(*) FROM workers w WHERE w.pool_id = p.id
+                       AND (w.last_seen_at > now() - make_interval(secs => $2)
+                            OR EXISTS (SELECT 1 FROM jobs j WHERE j.lease_worker_id = w.id AND j.state = 'running')))
+             FROM pools p WHERE p.org_id IS NULL OR p.org_id = $1 ORDER BY p.name",
+        )
+        .bind(org_id)
+        .bind(self.token_policy.worker_ttl.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, org_id, live)| (Pool { id, name, org_id }, live))
+            .collect())
+    }
+
     pub async fn create_worker_token(
         &self,
         pool_name: &str,

@@ -1,4 +1,6 @@
+use crate::audit::{insert_audit, AuditEntry};
 use crate::{Result, Store, StoreError};
+use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -17,6 +19,8 @@ pub struct Asset {
     pub source_job_id: Option<Uuid>,
     pub created_at: OffsetDateTime,
     pub completed_at: Option<OffsetDateTime>,
+    /// When an upload no job has used is removed (`None` once a job used it, and for outputs).
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,13 +32,23 @@ pub struct NewAsset<'a> {
     pub content_type: Option<&'a str>,
     pub declared_size: Option<i64>,
     pub declared_sha256: Option<&'a str>,
+    /// Removed at this time unless a job uses it first.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Why an asset could not be deleted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    /// A queued or running job reads it.
+    InUse(Uuid),
 }
 
 impl Store {
     pub async fn create_asset(&self, a: &NewAsset<'_>) -> Result<()> {
         sqlx::query(
-            "INSERT INTO assets (id, org_id, object_key, filename, content_type, declared_size, declared_sha256, state)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,'pending')",
+            "INSERT INTO assets (id, org_id, object_key, filename, content_type, declared_size, declared_sha256, state, expires_at)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,'pending',$8)",
         )
         .bind(a.id)
         .bind(a.org_id)
@@ -43,6 +57,7 @@ impl Store {
         .bind(a.content_type)
         .bind(a.declared_size)
         .bind(a.declared_sha256)
+        .bind(a.expires_at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -93,4 +108,151 @@ impl Store {
             None => self.get_asset(org_id, id).await,
         }
     }
+
+    /// A page of the org's assets, newest first, older than `before`.
+    pub async fn list_assets(
+        &self,
+        org_id: Uuid,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Asset>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM assets WHERE org_id = $1 AND ($2::uuid IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(org_id)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Deletes an asset unless a queued or running job reads it; its object is deleted from the
+    /// store once `object_free_at` has passed (when no URL signed for it is valid any more).
+    /// Submissions lock their inputs (`FOR SHARE`), so a job cannot start using an asset that
+    /// is being deleted, nor an asset be deleted under a job being submitted.
+    pub async fn delete_asset(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        actor: String,
+        object_free_at: OffsetDateTime,
+    ) -> Result<Deletion> {
+        let mut tx = self.pool.begin().await?;
+        let asset: Asset =
+            sqlx::query_as("SELECT * FROM assets WHERE id = $1 AND org_id = $2 FOR UPDATE")
+                .bind(id)
+                .bind(org_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        let user: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE org_id = $1 AND state IN ('queued', 'running')
+               AND inputs @> jsonb_build_array(jsonb_build_object('asset_id', $2::text))
+             LIMIT 1",
+        )
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(job) = user {
+            return Ok(Deletion::InUse(job));
+        }
+        remove_asset(&mut tx, &asset, actor, "asset.deleted", object_free_at).await?;
+        tx.commit().await?;
+        Ok(Deletion::Deleted)
+    }
+
+    /// Removes up to `limit` uploads whose expiry passed without a job using them; answers how
+    /// many.
+    pub async fn expire_assets(&self, object_free_at: OffsetDateTime, limit: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<Asset> = sqlx::query_as(
+            "SELECT * FROM assets WHERE expires_at < now() ORDER BY expires_at LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        for asset in &expired {
+            remove_asset(
+                &mut tx,
+                asset,
+                "system".into(),
+                "asset.expired",
+                object_free_at,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
+    }
+
+    /// Object keys whose deletion is due, oldest first.
+    pub async fn due_object_deletions(&self, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT object_key FROM object_deletions WHERE not_before <= now()
+             ORDER BY not_before LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The object is gone from the store.
+    pub async fn object_deleted(&self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM object_deletions WHERE object_key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The store did not delete it: try again later, backing off.
+    pub async fn object_deletion_failed(&self, key: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE object_deletions SET attempts = attempts + 1,
+                    not_before = now() + make_interval(secs => least(3600, 10 * power(2, least(attempts, 9))))
+             WHERE object_key = $1",
+        )
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn remove_asset(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    asset: &Asset,
+    actor: String,
+    action: &'static str,
+    object_free_at: OffsetDateTime,
+) -> Result<()> {
+    sqlx::query("DELETE FROM assets WHERE id = $1")
+        .bind(asset.id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO object_deletions (object_key, not_before) VALUES ($1, $2)
+         ON CONFLICT (object_key) DO NOTHING",
+    )
+    .bind(&asset.object_key)
+    .bind(object_free_at)
+    .execute(&mut **tx)
+    .await?;
+    insert_audit(
+        &mut **tx,
+        &AuditEntry {
+            org_id: Some(asset.org_id),
+            actor,
+            action,
+            job_id: asset.source_job_id,
+            subject: Some(asset.id.to_string()),
+            details: json!({ "filename": asset.filename, "object_key": asset.object_key,
+                             "size": asset.size, "sha256": asset.sha256 }),
+        },
+    )
+    .await?;
+    Ok(())
 }

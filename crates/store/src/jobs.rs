@@ -70,6 +70,8 @@ pub struct Attempt {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: Uuid,
+    /// The ready assets it reads: locked while it is inserted, and no longer expiring.
+    pub input_assets: Vec<Uuid>,
     pub org_id: Uuid,
     pub pool_id: Uuid,
     pub command: String,
@@ -199,6 +201,22 @@ fn to_offset(t: SystemTime) -> OffsetDateTime {
 impl Store {
     pub async fn submit_job(&self, new: NewJob) -> Result<Submitted> {
         let mut tx = self.pool.begin().await?;
+        // The inputs cannot be deleted under the submission (deletion locks them FOR UPDATE
+        // and then looks for queued jobs that read them).
+        let mut wanted = new.input_assets.clone();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let present: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM assets WHERE id = ANY($1) AND org_id = $2 AND state = 'ready'
+             ORDER BY id FOR SHARE",
+        )
+        .bind(&wanted)
+        .bind(new.org_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if present.len() != wanted.len() {
+            return Err(StoreError::NotFound);
+        }
         let inserted: Option<Job> = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, org_id, workflow_id, pool_id, state, command, argv, inputs, outputs, timeout_seconds,
                                max_attempts, metadata, idempotency_key, request_hash, grammar)
@@ -235,6 +253,12 @@ impl Store {
                 ))
             };
         };
+        sqlx::query(
+            "UPDATE assets SET expires_at = NULL WHERE id = ANY($1) AND expires_at IS NOT NULL",
+        )
+        .bind(&wanted)
+        .execute(&mut *tx)
+        .await?;
         insert_audit(
             &mut *tx,
             &AuditEntry {

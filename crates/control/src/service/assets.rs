@@ -7,7 +7,7 @@ use mpegflow_api as api;
 use mpegflow_domain::names::asset_key;
 use mpegflow_objstore::media::{content_type_for_filename, safe_content_type};
 use mpegflow_objstore::PutSpec;
-use mpegflow_store::{Asset, NewAsset, StoreError};
+use mpegflow_store::{Asset, Deletion, NewAsset, StoreError};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -67,6 +67,8 @@ pub async fn create(
             content_type: Some(&content_type),
             declared_size: Some(req.size as i64),
             declared_sha256: req.sha256.as_deref(),
+            expires_at: time::OffsetDateTime::now_utc()
+                + std::time::Duration::from_secs(state.config.unused_asset_ttl_seconds),
         })
         .await?;
     state
@@ -188,4 +190,48 @@ pub async fn download(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<api
         expires_at: presigned.expires_at.into(),
         content_type,
     })
+}
+
+/// A page of the org's assets, newest first.
+pub async fn list(
+    state: &AppState,
+    tenant: &Tenant,
+    q: &api::ListAssetsQuery,
+) -> Result<api::AssetList> {
+    let limit = i64::from(super::page_size(q.limit)?);
+    let rows = state
+        .store
+        .list_assets(tenant.org_id, q.cursor, limit + 1)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let page = &rows[..rows.len().min(limit as usize)];
+    Ok(api::AssetList {
+        assets: page.iter().map(views::asset).collect::<Result<_>>()?,
+        next_cursor: more
+            .then(|| page.last().map(|a| a.id.to_string()))
+            .flatten(),
+    })
+}
+
+/// Deletes an asset and, once no URL signed for it can be used any more, its bytes. Refused
+/// while a queued or running job reads it.
+pub async fn delete(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<()> {
+    match state
+        .store
+        .delete_asset(
+            tenant.org_id,
+            id,
+            tenant.actor(),
+            state.config.object_free_at(),
+        )
+        .await
+    {
+        Ok(Deletion::Deleted) => Ok(()),
+        Ok(Deletion::InUse(job)) => Err(ControlError::Conflict {
+            code: "asset_in_use",
+            message: format!("job {job} (queued or running) reads this asset; cancel it or wait"),
+        }),
+        Err(StoreError::NotFound) => Err(ControlError::NotFound("asset")),
+        Err(e) => Err(e.into()),
+    }
 }

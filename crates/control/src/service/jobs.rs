@@ -189,6 +189,7 @@ pub async fn submit(
     let internal = |e: serde_json::Error| ControlError::Internal(e.to_string());
     let new = NewJob {
         id: Uuid::now_v7(),
+        input_assets: named.iter().map(|(_, a)| a.id).collect(),
         org_id: tenant.org_id,
         pool_id: checked.pool_id,
         command: req.command,
@@ -223,6 +224,10 @@ pub async fn submit(
             code: "idempotency_conflict",
             message,
         }),
+        Err(StoreError::NotFound) => Err(ControlError::invalid(
+            "unknown_asset",
+            "an input asset was deleted while the job was submitted",
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -274,13 +279,7 @@ pub async fn list(
     tenant: &Tenant,
     q: &api::ListJobsQuery,
 ) -> Result<api::JobList> {
-    let limit = q.limit.unwrap_or(api::DEFAULT_PAGE);
-    if !(1..=api::MAX_PAGE).contains(&limit) {
-        return Err(ControlError::invalid(
-            "invalid_query",
-            format!("limit must be 1-{}", api::MAX_PAGE),
-        ));
-    }
+    let limit = super::page_size(q.limit)?;
     let limit = i64::from(limit);
     let jobs = state
         .store

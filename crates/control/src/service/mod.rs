@@ -4,7 +4,11 @@
 
 pub mod assets;
 pub mod jobs;
+pub mod pools;
 mod views;
+
+use crate::error::{ControlError, Result};
+use mpegflow_api as api;
 
 use uuid::Uuid;
 
@@ -19,5 +23,18 @@ impl Tenant {
     /// How the audit trail names this caller.
     pub fn actor(&self) -> String {
         format!("api_key:{}", self.key_id)
+    }
+}
+
+/// A list's page size: the default when absent, refused outside 1..=200.
+fn page_size(limit: Option<u32>) -> Result<u32> {
+    let limit = limit.unwrap_or(api::DEFAULT_PAGE);
+    if (1..=api::MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ControlError::invalid(
+            "invalid_query",
+            format!("limit must be 1-{}", api::MAX_PAGE),
+        ))
     }
 }

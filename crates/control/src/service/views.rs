@@ -34,6 +34,7 @@ pub fn asset(a: &Asset) -> Result<api::Asset> {
         source_job_id: a.source_job_id,
         created_at: a.created_at.into(),
         completed_at: a.completed_at.map(Into::into),
+        expires_at: a.expires_at.map(Into::into),
     })
 }
 
