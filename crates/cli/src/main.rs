@@ -161,12 +161,10 @@ enum TokenCmd {
 }
 
 fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MPEGFLOW_LOG")
-        .unwrap_or_else(|_| "warn,mpegflow=info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = mpegflow::logging::init() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -217,37 +215,47 @@ async fn up(
     workers: Option<usize>,
     no_sample: bool,
 ) -> Result<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Listening from the start: a Ctrl-C or SIGTERM during the start or the sample job stops
+    // what was started instead of killing this process and orphaning PostgreSQL and workers.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let stop_requested = async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    };
     let mut cfg = PlatformConfig::load(config.as_deref())?;
     cfg.data_dir = data_dir;
     if let Some(n) = workers {
         cfg.workers = n;
     }
+    // The start itself is not abandoned half-way (it stops what it started if it fails); a
+    // signal that arrives meanwhile is acted on right after.
     let platform = Platform::start(cfg).await?;
-    let result = serve(&platform, no_sample).await;
+    let result = serve(&platform, no_sample, stop_requested).await;
     eprintln!("mpegflow: shutting down");
     platform.stop(Duration::from_secs(30)).await;
     result
 }
 
-async fn serve(platform: &Platform, no_sample: bool) -> Result<i32> {
+async fn serve(
+    platform: &Platform,
+    no_sample: bool,
+    stop_requested: impl std::future::Future<Output = ()>,
+) -> Result<i32> {
+    let mut stop_requested = std::pin::pin!(stop_requested);
     let store = platform.store();
-    let (org_id, key) = match store.create_org("demo").await {
-        Ok(created) => created,
-        Err(mpegflow_store::StoreError::Conflict(_)) => {
-            let org = store.org_by_name("demo").await?;
-            (org, store.create_api_key(org, "up").await?.1)
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (org_id, key) = mpegflow::demo::credentials(store, &platform.data_dir).await?;
     let env_file = platform.data_dir.join("demo.env");
     let env = format!(
-        "MPEGFLOW_API_URL={}\nMPEGFLOW_API_KEY={}\nMPEGFLOW_COORDINATOR_URL={}\nDATABASE_URL={}\nMPEGFLOW_ORG_ID={org_id}\n",
+        "MPEGFLOW_API_URL={}\nMPEGFLOW_API_KEY={key}\nMPEGFLOW_COORDINATOR_URL={}\nDATABASE_URL={}\nMPEGFLOW_ORG_ID={org_id}\n",
         platform.api_url,
-        key.expose(),
         platform.coordinator_url,
         platform.database_url
     );
-    write_private(&env_file, &env)?;
+    mpegflow::demo::write_private(&env_file, &env)?;
     eprintln!(
         "mpegflow: API {}  coordinator {}  object store {}",
         platform.api_url, platform.coordinator_url, platform.s3_endpoint
@@ -257,10 +265,12 @@ async fn serve(platform: &Platform, no_sample: bool) -> Result<i32> {
         env_file.display()
     );
     if !no_sample {
-        let client = ApiClient::new(&platform.api_url, key.expose());
-        let job = mpegflow::sample::run_sample(&client, &platform.data_dir)
-            .await
-            .context("sample job")?;
+        let client = ApiClient::new(&platform.api_url, &key);
+        let sample = mpegflow::sample::run_sample(&client, &platform.data_dir);
+        let job = tokio::select! {
+            job = sample => job.context("sample job")?,
+            () = stop_requested.as_mut() => return Ok(130),
+        };
         let out = &job["outputs"]["out"];
         eprintln!(
             "mpegflow: sample job {} succeeded: {} ({} bytes, sha256 {}) -> {}",
@@ -272,26 +282,8 @@ async fn serve(platform: &Platform, no_sample: bool) -> Result<i32> {
         );
     }
     eprintln!("mpegflow: serving; press Ctrl-C to stop");
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    stop_requested.await;
     Ok(0)
-}
-
-fn write_private(path: &Path, content: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(content.as_bytes())?;
-    Ok(())
 }
 
 fn split_pair(s: &str, what: &str) -> Result<(String, String)> {

@@ -81,6 +81,9 @@ pub enum Refusal {
     Method(String),
     #[error("only objects in bucket {0} can be addressed")]
     Path(String),
+    /// Answered 404 `NoSuchBucket`, as S3 does, so that a misconfigured bucket is named.
+    #[error("the specified bucket does not exist")]
+    NoSuchBucket,
     #[error("x-amz-checksum-sha256 is not a base64 SHA-256")]
     BadChecksum,
     #[error("a PUT must carry a signed If-None-Match: * (objects are write-once)")]
@@ -96,6 +99,10 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
         return Err(Refusal::Method(req.method().to_string()));
     }
     let path = req.uri().path();
+    let first_segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    if !first_segment.is_empty() && first_segment != bucket {
+        return Err(Refusal::NoSuchBucket);
+    }
     let object = path
         .strip_prefix('/')
         .and_then(|p| p.strip_prefix(bucket))
@@ -308,7 +315,12 @@ fn declared_sha256<B>(req: &Request<B>) -> Result<Option<[u8; 32]>, Refusal> {
 }
 
 fn refuse(r: &Refusal) -> Response<s3s::Body> {
-    error_response(StatusCode::FORBIDDEN, "AccessDenied", &r.to_string())
+    match r {
+        Refusal::NoSuchBucket => {
+            error_response(StatusCode::NOT_FOUND, "NoSuchBucket", &r.to_string())
+        }
+        _ => error_response(StatusCode::FORBIDDEN, "AccessDenied", &r.to_string()),
+    }
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
@@ -325,6 +337,34 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s
     resp
 }
 
+/// The `<Code>` of an S3 error document.
+fn error_code(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    Some(&text[start..start + len])
+}
+
+/// Logs an error answer of s3s under this module's target (s3s itself logs every one at ERROR
+/// under its own name; `mpegflow` filters that out). A refused signature or expired URL is a
+/// tenant's or an attacker's doing (warn); a missing key or an existing object is ordinary
+/// (debug); a 5xx is the store's own failure (error).
+fn log_answer(method: &Method, path: &str, resp: &Response<s3s::Body>) {
+    let status = resp.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return;
+    }
+    let body = resp.body().bytes().unwrap_or_default();
+    let code = error_code(&body).unwrap_or("-");
+    if status.is_server_error() {
+        tracing::error!(%method, path, status = status.as_u16(), code, "object store failed a request");
+    } else if status == StatusCode::FORBIDDEN {
+        tracing::warn!(%method, path, status = status.as_u16(), code, "object store refused a request");
+    } else {
+        tracing::debug!(%method, path, status = status.as_u16(), code, "object store refused a request");
+    }
+}
+
 #[derive(Clone)]
 struct Guarded {
     inner: S3Service,
@@ -339,7 +379,7 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         if let Err(r) = check_request(&req, &self.bucket) {
-            tracing::warn!(method = %req.method(), path = req.uri().path(), refusal = %r, "object store refused request");
+            tracing::warn!(method = %req.method(), path = req.uri().path(), refusal = %r, "object store refused a request");
             return Box::pin(std::future::ready(Ok(refuse(&r))));
         }
         let mismatch = Arc::new(AtomicBool::new(false));
@@ -354,6 +394,7 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
             Err(r) => return Box::pin(std::future::ready(Ok(refuse(&r)))),
         };
         let inner = self.inner.clone();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         Box::pin(async move {
             let mut resp = inner.call(req).await;
             if let Ok(r) = resp.as_mut() {
@@ -363,11 +404,14 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
                 );
             }
             if mismatch.load(Ordering::SeqCst) {
-                return Ok(error_response(
+                resp = Ok(error_response(
                     StatusCode::BAD_REQUEST,
                     "BadDigest",
                     "body does not match the signed x-amz-checksum-sha256",
                 ));
+            }
+            if let Ok(r) = &resp {
+                log_answer(&method, &path, r);
             }
             resp
         })
@@ -559,7 +603,13 @@ mod tests {
                 "GET",
                 format!("/other/k?{Q}"),
                 vec![],
-                Err(Refusal::Path("b".into())),
+                Err(Refusal::NoSuchBucket),
+            ),
+            (
+                "GET",
+                format!("/bb/k?{Q}"),
+                vec![],
+                Err(Refusal::NoSuchBucket),
             ),
             ("GET", "/b/k".into(), vec![], Err(Refusal::NotPresigned)),
             (

@@ -156,6 +156,17 @@ impl Presigner {
         Self::finish("GET", url, BTreeMap::new(), ttl)
     }
 
+    /// A DELETE of `key`. The embedded store refuses every DELETE (objects are immutable);
+    /// the start-up probe uses this to remove its own objects from other stores.
+    pub fn delete(&self, key: &str, ttl: Duration) -> Presigned {
+        let ttl = ttl.min(MAX_TTL);
+        let url = self
+            .bucket
+            .delete_object(Some(&self.credentials), key)
+            .sign(ttl);
+        Self::finish("DELETE", url, BTreeMap::new(), ttl)
+    }
+
     /// A HEAD that asks the store for the object's stored checksum too.
     pub fn head(&self, key: &str, ttl: Duration) -> Presigned {
         let ttl = ttl.min(MAX_TTL);

@@ -1,0 +1,55 @@
+//! Log output of the `mpegflow` command: human-readable lines (coloured only on a terminal) or,
+//! with `MPEGFLOW_LOG_FORMAT=json`, one JSON object per line.
+
+use std::io::IsTerminal;
+
+/// What is logged when `MPEGFLOW_LOG` is unset. s3s reports every refused tenant request at
+/// ERROR under its own name; the embedded store logs those itself, at the level they deserve,
+/// under `mpegflow_objstore::embedded`.
+pub const DEFAULT_FILTER: &str = "warn,mpegflow=info,s3s=off,s3s_fs=off";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// From `MPEGFLOW_LOG_FORMAT` (`text`, the default, or `json`).
+    pub fn from_env() -> Result<LogFormat, String> {
+        match std::env::var("MPEGFLOW_LOG_FORMAT") {
+            Err(_) => Ok(LogFormat::Text),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "" | "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!(
+                    "MPEGFLOW_LOG_FORMAT must be `text` or `json`, not {v:?}"
+                )),
+            },
+        }
+    }
+}
+
+/// Whether text logs may carry ANSI colour codes: only on a terminal, and not under `NO_COLOR`.
+pub fn colour_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Installs the global subscriber, writing to stderr. `MPEGFLOW_LOG` is an `EnvFilter`
+/// directive list (default [`DEFAULT_FILTER`]).
+pub fn init() -> Result<(), String> {
+    let format = LogFormat::from_env()?;
+    let filter = match std::env::var("MPEGFLOW_LOG") {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&v)
+            .map_err(|e| format!("MPEGFLOW_LOG {v:?} is not a valid filter: {e}"))?,
+        _ => tracing_subscriber::EnvFilter::new(DEFAULT_FILTER),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => builder.with_ansi(colour_on_stderr()).init(),
+    }
+    Ok(())
+}
