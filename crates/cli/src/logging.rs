@@ -2,6 +2,31 @@
 //! with `MPEGFLOW_LOG_FORMAT=json`, one JSON object per line.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// The format [`init`] chose (text before it ran).
+pub fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or(LogFormat::Text)
+}
+
+/// A status line of `up` for the person running it: a plain `mpegflow: …` line on stderr, or a
+/// log event when the logs are JSON (so that stderr stays one JSON object per line).
+pub fn status(msg: std::fmt::Arguments<'_>) {
+    match format() {
+        LogFormat::Json => tracing::info!(target: "mpegflow", "{msg}"),
+        LogFormat::Text => eprintln!("mpegflow: {msg}"),
+    }
+}
+
+/// The final error of a command, on stderr (as a log event when the logs are JSON).
+pub fn final_error(e: &anyhow::Error) {
+    match format() {
+        LogFormat::Json => tracing::error!(target: "mpegflow", "{e:#}"),
+        LogFormat::Text => eprintln!("error: {e:#}"),
+    }
+}
 
 /// What is logged when `MPEGFLOW_LOG` is unset. s3s reports every refused tenant request at
 /// ERROR under its own name; the embedded store logs those itself, at the level they deserve,
@@ -39,6 +64,7 @@ pub fn colour_on_stderr() -> bool {
 /// directive list (default [`DEFAULT_FILTER`]).
 pub fn init() -> Result<(), String> {
     let format = LogFormat::from_env()?;
+    let _ = FORMAT.set(format);
     let filter = match std::env::var("MPEGFLOW_LOG") {
         Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&v)
             .map_err(|e| format!("MPEGFLOW_LOG {v:?} is not a valid filter: {e}"))?,

@@ -173,7 +173,7 @@ fn main() {
     let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            mpegflow::logging::final_error(&e);
             2
         }
     };
@@ -235,7 +235,7 @@ async fn up(
     // signal that arrives meanwhile is acted on right after.
     let platform = Platform::start(cfg).await?;
     let result = serve(&platform, no_sample, stop_requested).await;
-    eprintln!("mpegflow: shutting down");
+    mpegflow::logging::status(format_args!("shutting down"));
     platform.stop(Duration::from_secs(30)).await;
     result
 }
@@ -256,14 +256,14 @@ async fn serve(
         platform.database_url
     );
     mpegflow::demo::write_private(&env_file, &env)?;
-    eprintln!(
-        "mpegflow: API {}  coordinator {}  object store {}",
+    mpegflow::logging::status(format_args!(
+        "API {}  coordinator {}  object store {}",
         platform.api_url, platform.coordinator_url, platform.s3_endpoint
-    );
-    eprintln!(
-        "mpegflow: demo org credentials in {} (source it to use `mpegflow run`)",
+    ));
+    mpegflow::logging::status(format_args!(
+        "demo org credentials in {} (source it to use `mpegflow run`)",
         env_file.display()
-    );
+    ));
     if !no_sample {
         let client = ApiClient::new(&platform.api_url, &key);
         let sample = mpegflow::sample::run_sample(&client, &platform.data_dir);
@@ -272,16 +272,16 @@ async fn serve(
             () = stop_requested.as_mut() => return Ok(130),
         };
         let out = &job["outputs"]["out"];
-        eprintln!(
-            "mpegflow: sample job {} succeeded: {} ({} bytes, sha256 {}) -> {}",
+        mpegflow::logging::status(format_args!(
+            "sample job {} succeeded: {} ({} bytes, sha256 {}) -> {}",
             job["id"].as_str().unwrap_or_default(),
             out["filename"].as_str().unwrap_or_default(),
             out["size"],
             out["sha256"].as_str().unwrap_or_default(),
             platform.data_dir.join("sample-160p.mp4").display()
-        );
+        ));
     }
-    eprintln!("mpegflow: serving; press Ctrl-C to stop");
+    mpegflow::logging::status(format_args!("serving; press Ctrl-C to stop"));
     stop_requested.await;
     Ok(0)
 }

@@ -273,16 +273,18 @@ async fn check_external_store(presigner: &Presigner, s3: &S3Config) -> Result<()
     }
 }
 
-/// Checks the embedded store as any other (it is cheap), then removes the probe's objects from
-/// disk: the store itself refuses every DELETE.
+/// Checks the embedded store as any other (it is cheap), then removes the directories its
+/// deleted probe objects leave behind.
 async fn check_embedded_store(presigner: &Presigner, cfg: &EmbeddedConfig) -> Result<()> {
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .no_proxy()
         .build()?;
-    let result = probe::probe_keeping_objects(presigner, &http, &random_hex(8)).await;
+    let result = probe::probe(presigner, &http, &random_hex(8)).await;
     remove_embedded_probe_objects(cfg);
-    result.context("checking the embedded object store")
+    result
+        .map(|_| ())
+        .context("checking the embedded object store")
 }
 
 fn remove_embedded_probe_objects(cfg: &EmbeddedConfig) {

@@ -8,13 +8,15 @@
 //! * any `x-amz-*` header the signature does not cover (an unsigned `x-amz-copy-source` would
 //!   otherwise turn a presigned PUT into a server-side copy of any object);
 //! * any query parameter besides the SigV4 ones (no sub-resources: ACLs, multipart, tagging…);
-//! * any method but GET, HEAD and PUT, and any path that is not an object in the bucket;
+//! * any method but GET, HEAD and PUT (and DELETE of the start-up probe's own objects, under
+//!   [`crate::probe::PROBE_PREFIX`]), and any path that is not an object in the bucket;
 //! * a PUT whose signature does not cover `If-None-Match` (every upload URL is write-once).
 //!
 //! GETs may carry the signed `response-content-type` / `response-content-disposition`
 //! parameters, which s3s 0.14.1 turns into the response's headers.
 //!
-//! Behind the guard, [`WriteOnce`] passes only GET, HEAD and PUT on to `s3s-fs`, refuses a PUT
+//! Behind the guard, [`WriteOnce`] passes only GET, HEAD, PUT (and a probe object's DELETE) on
+//! to `s3s-fs`, refuses a PUT
 //! without `If-None-Match: *`, and holds a per-key lock from its existence check to the rename,
 //! so two PUTs of one key cannot both succeed and nothing overwrites a stored object.
 //!
@@ -31,8 +33,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::SimpleAuth;
 use s3s::dto::{
-    GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput, PutObjectInput,
-    PutObjectOutput,
+    DeleteObjectInput, DeleteObjectOutput, GetObjectInput, GetObjectOutput, HeadObjectInput,
+    HeadObjectOutput, PutObjectInput, PutObjectOutput,
 };
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{S3Request, S3Response, S3Result, S3};
@@ -95,7 +97,10 @@ const RESPONSE_OVERRIDES: &[&str] = &["response-content-type", "response-content
 
 /// The guard, as a pure function of the request line and headers.
 pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
-    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::PUT) {
+    if !matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+    ) {
         return Err(Refusal::Method(req.method().to_string()));
     }
     let path = req.uri().path();
@@ -107,8 +112,12 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
         .strip_prefix('/')
         .and_then(|p| p.strip_prefix(bucket))
         .and_then(|p| p.strip_prefix('/'));
-    if object.is_none_or(str::is_empty) {
+    let Some(object) = object.filter(|o| !o.is_empty()) else {
         return Err(Refusal::Path(bucket.to_owned()));
+    };
+    // Stored objects are immutable; only the probe deletes what it wrote.
+    if req.method() == Method::DELETE && !is_probe_object(object) {
+        return Err(Refusal::Method(req.method().to_string()));
     }
     if req.headers().contains_key(http::header::AUTHORIZATION) {
         return Err(Refusal::NotPresigned);
@@ -174,7 +183,20 @@ impl Default for GuardOptions {
     }
 }
 
-/// The `s3s-fs` file system reduced to GET, HEAD and a write-once PUT.
+/// Whether a (still percent-encoded) object key is one of the start-up probe's. The prefix is
+/// plain ASCII; a key that spells it with escapes or dot segments is not one.
+fn is_probe_object(raw_key: &str) -> bool {
+    raw_key
+        .strip_prefix(crate::probe::PROBE_PREFIX)
+        .is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .split('/')
+                    .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.contains('%'))
+        })
+}
+
+/// The `s3s-fs` file system reduced to GET, HEAD, a write-once PUT and the probe's DELETE.
 struct WriteOnce {
     fs: s3s_fs::FileSystem,
     /// Keys with a PUT in flight.
@@ -208,6 +230,17 @@ impl S3 for WriteOnce {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.fs.head_object(req).await
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        // The guard lets only the probe's keys through; refuse anything else here too.
+        if !is_probe_object(&req.input.key) {
+            return Err(s3s::s3_error!(AccessDenied, "objects are immutable"));
+        }
+        self.fs.delete_object(req).await
     }
 
     async fn put_object(
@@ -578,6 +611,30 @@ mod tests {
             (
                 "DELETE",
                 ok.clone(),
+                vec![],
+                Err(Refusal::Method("DELETE".into())),
+            ),
+            (
+                "DELETE",
+                format!("/b/_mpegflow/probe/n1/write-once?{Q}"),
+                vec![],
+                Ok(()),
+            ),
+            (
+                "DELETE",
+                format!("/b/_mpegflow/probe/../../orgs/k?{Q}"),
+                vec![],
+                Err(Refusal::Method("DELETE".into())),
+            ),
+            (
+                "DELETE",
+                format!("/b/_mpegflow/probe/%2e%2e/orgs/k?{Q}"),
+                vec![],
+                Err(Refusal::Method("DELETE".into())),
+            ),
+            (
+                "DELETE",
+                format!("/b/_mpegflow/probe/?{Q}"),
                 vec![],
                 Err(Refusal::Method("DELETE".into())),
             ),

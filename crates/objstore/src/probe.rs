@@ -123,7 +123,8 @@ pub fn misconfigured_setting(a: &StoreAnswer) -> Option<StoreSetting> {
     let mentions_region = a.message.to_ascii_lowercase().contains("region");
     Some(match a.code.as_str() {
         "SignatureDoesNotMatch" => StoreSetting::SecretKey,
-        "InvalidAccessKeyId" => StoreSetting::AccessKey,
+        // s3s answers an unknown access key with NotSignedUp.
+        "InvalidAccessKeyId" | "NotSignedUp" => StoreSetting::AccessKey,
         "NoSuchBucket" => StoreSetting::Bucket,
         "AuthorizationHeaderMalformed" | "AuthorizationQueryParametersError" if mentions_region => {
             StoreSetting::Region
@@ -219,16 +220,6 @@ pub async fn probe(
         }
     }
     result.map(|()| report)
-}
-
-/// Runs the probe and leaves its objects under `PROBE_PREFIX{nonce}/`, for a store that
-/// refuses DELETE (the embedded one: its owner removes them from disk).
-pub async fn probe_keeping_objects(
-    p: &Presigner,
-    http: &reqwest::Client,
-    nonce: &str,
-) -> Result<(), ProbeError> {
-    checks(p, http, nonce, &mut Vec::new()).await
 }
 
 async fn delete(http: &reqwest::Client, p: &Presigner, key: &str) -> Result<(), String> {

@@ -21,3 +21,4 @@ mod running_limits;
 mod signals;
 mod store_attacks;
 mod tokens;
+mod up;
