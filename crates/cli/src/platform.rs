@@ -506,7 +506,8 @@ impl Platform {
         let log =
             std::fs::File::create(self.data_dir.join("logs").join(format!("worker-{n}.log")))?;
         if self.worker_bin.is_none() {
-            self.worker_bin = Some(default_worker_bin()?);
+            let bin = default_worker_bin()?;
+            self.worker_bin = Some(self.reachable_worker_bin(&bin)?);
         }
         let bin = self.worker_bin.clone().unwrap_or_default();
         let mut cmd = tokio::process::Command::new(&bin);
@@ -547,6 +548,37 @@ impl Platform {
         let pid = child.id().unwrap_or(0);
         self.parts.workers.push(child);
         Ok(pid)
+    }
+
+    /// As root, each worker's jailed self-test runs the worker binary as a job uid, so that
+    /// uid must reach it: a binary under a directory other users cannot traverse (a checkout
+    /// in root's home) is copied to the shared directory's `bin/` (root's, 0711/0755) first.
+    fn reachable_worker_bin(&self, bin: &Path) -> Result<PathBuf> {
+        if !pg::is_root() {
+            return Ok(bin.to_owned());
+        }
+        let Some(closed) = crate::layout::first_closed_ancestor(bin)? else {
+            return Ok(bin.to_owned());
+        };
+        let dir = self.layout.shared.join("bin");
+        mkdir(&dir, 0o711)?;
+        let name = bin
+            .file_name()
+            .context("the worker binary has no file name")?;
+        let dest = dir.join(name);
+        let tmp = dir.join(format!(".{}-{}", name.to_string_lossy(), random_hex(4)));
+        std::fs::copy(bin, &tmp)
+            .with_context(|| format!("copying {} to {}", bin.display(), tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        // A rename, not a write in place: a worker an earlier run left may still run the old one.
+        std::fs::rename(&tmp, &dest)?;
+        tracing::info!(
+            from = %bin.display(),
+            to = %dest.display(),
+            "running a copy of the worker binary: worker uids cannot traverse {}",
+            closed.display()
+        );
+        Ok(dest)
     }
 
     /// Whether the worker with this pid is still running.

@@ -134,10 +134,14 @@ struct Up {
 
 impl Up {
     fn start(place: &Place, args: &[&str], env: &[(&str, &str)]) -> Up {
+        Up::start_bin(Path::new(BIN), place, args, env)
+    }
+
+    fn start_bin(bin: &Path, place: &Place, args: &[&str], env: &[(&str, &str)]) -> Up {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = place.parent.path().join(format!("up-{n}.log"));
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin);
         cmd.arg("up").arg("--data-dir").arg(place.data()).args(args);
         // Nothing of the test's environment: a private cluster, the embedded store, defaults.
         for (k, _) in std::env::vars_os() {
@@ -286,7 +290,19 @@ async fn up_from_a_data_dir_under_a_private_parent_runs_its_sample_job() {
         return;
     }
     let place = Place::new();
-    let mut up = Up::start(&place, &["--workers", "2"], &[]);
+    // The binaries under the private parent too, as in a checkout in root's home.
+    let bin = place.parent.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let worker = Path::new(BIN).with_file_name("mpegflow-worker");
+    for (from, name) in [
+        (Path::new(BIN), "mpegflow"),
+        (worker.as_path(), "mpegflow-worker"),
+    ] {
+        if std::fs::hard_link(from, bin.join(name)).is_err() {
+            std::fs::copy(from, bin.join(name)).unwrap();
+        }
+    }
+    let mut up = Up::start_bin(&bin.join("mpegflow"), &place, &["--workers", "2"], &[]);
     let log = up.wait_serving();
     assert!(log.contains("sample job"), "{log}");
     let out = crate::harness::ffprobe(&place.data().join("sample-160p.mp4"));
