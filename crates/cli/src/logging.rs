@@ -42,15 +42,17 @@ pub enum LogFormat {
 impl LogFormat {
     /// From `MPEGFLOW_LOG_FORMAT` (`text`, the default, or `json`).
     pub fn from_env() -> Result<LogFormat, String> {
-        match std::env::var("MPEGFLOW_LOG_FORMAT") {
-            Err(_) => Ok(LogFormat::Text),
-            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
-                "" | "text" => Ok(LogFormat::Text),
-                "json" => Ok(LogFormat::Json),
-                _ => Err(format!(
-                    "MPEGFLOW_LOG_FORMAT must be `text` or `json`, not {v:?}"
-                )),
-            },
+        LogFormat::parse(std::env::var("MPEGFLOW_LOG_FORMAT").ok().as_deref())
+    }
+
+    pub fn parse(value: Option<&str>) -> Result<LogFormat, String> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("text") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(_) => Err(format!(
+                "MPEGFLOW_LOG_FORMAT must be `text` or `json`, not {:?}",
+                value.unwrap_or_default()
+            )),
         }
     }
 }
@@ -78,4 +80,28 @@ pub fn init() -> Result<(), String> {
         LogFormat::Text => builder.with_ansi(colour_on_stderr()).init(),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_formats_parse() {
+        assert_eq!(LogFormat::parse(None), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some("")), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some("text")), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some(" JSON ")), Ok(LogFormat::Json));
+        let err = LogFormat::parse(Some("xml")).unwrap_err();
+        assert!(
+            err.contains("MPEGFLOW_LOG_FORMAT") && err.contains("xml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_default_filter_parses_and_silences_s3s() {
+        let filter = tracing_subscriber::EnvFilter::try_new(DEFAULT_FILTER).unwrap();
+        assert!(filter.to_string().contains("s3s=off"), "{filter}");
+    }
 }

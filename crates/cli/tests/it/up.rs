@@ -639,3 +639,71 @@ async fn up_logs_carry_no_colour_codes_off_a_terminal_and_json_lines_parse() {
     assert!(!up.wait_exit(Duration::from_secs(10)).success());
     assert!(up.log().contains("MPEGFLOW_LOG_FORMAT"), "{}", up.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_deletes_nothing_but_the_probes_objects() {
+    use mpegflow_objstore::PutSpec;
+    let dir = TempDir::new("mpegflow-up-del");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = EmbeddedConfig {
+        root: dir.path().join("s3"),
+        bucket: "mpegflow".into(),
+        access_key: "AKDEL".into(),
+        secret_key: "delete-test-secret".into(),
+    };
+    let store = tokio::spawn(mpegflow_objstore::embedded::serve(
+        listener,
+        cfg.clone(),
+        std::future::pending(),
+    ));
+    // Signed with the platform's own key: the store, not the signature, must refuse.
+    let p = Presigner::new(&S3Config {
+        endpoint,
+        region: "us-east-1".into(),
+        bucket: cfg.bucket.clone(),
+        path_style: true,
+        access_key: cfg.access_key.clone(),
+        secret_key: cfg.secret_key.clone(),
+    })
+    .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let ttl = Duration::from_secs(60);
+    let body = b"a stored result".to_vec();
+    for key in [
+        "orgs/o/jobs/j/out.mp4",
+        "_mpegflow/probe/n1/write-once",
+        "_mpegflow/probe/../orgs/o/x",
+    ] {
+        let put = p
+            .put(
+                key,
+                ttl,
+                &PutSpec {
+                    size: body.len() as u64,
+                    sha256_hex: None,
+                    content_type: None,
+                },
+            )
+            .unwrap();
+        let mut req = http.put(&put.url).body(body.clone());
+        for (k, v) in &put.headers {
+            if k != "content-length" {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        let stored = req.send().await.unwrap().status().is_success();
+        let deleted = http.delete(p.delete(key, ttl).url).send().await.unwrap();
+        let read = http.get(p.get(key, ttl).url).send().await.unwrap();
+        if key == "_mpegflow/probe/n1/write-once" {
+            assert!(stored && deleted.status().is_success(), "{key}");
+            assert_eq!(read.status(), 404, "{key}");
+        } else {
+            assert_eq!(deleted.status(), 403, "{key}");
+            if stored {
+                assert_eq!(read.bytes().await.unwrap(), body, "{key}");
+            }
+        }
+    }
+    store.abort();
+}
