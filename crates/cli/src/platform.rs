@@ -353,7 +353,7 @@ impl Platform {
                 };
                 let s3 = S3Config {
                     endpoint,
-                    region: "us-east-1".into(),
+                    region: mpegflow_objstore::embedded::EMBEDDED_REGION.into(),
                     bucket: embedded.bucket.clone(),
                     path_style: true,
                     access_key: embedded.access_key.clone(),

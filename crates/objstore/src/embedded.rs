@@ -49,6 +49,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// The region the embedded store answers for. A URL signed for another is refused as S3
+/// refuses it (`AuthorizationQueryParametersError`), so a wrong region setting is named at start.
+pub const EMBEDDED_REGION: &str = "us-east-1";
+
 /// SigV4 query parameters; nothing else may appear in a query string.
 const SIGV4_PARAMS: &[&str] = &[
     "x-amz-algorithm",
@@ -83,6 +87,9 @@ pub enum Refusal {
     Method(String),
     #[error("only objects in bucket {0} can be addressed")]
     Path(String),
+    /// Answered 400 `AuthorizationQueryParametersError`, as S3 does.
+    #[error("the region {0:?} is wrong; expecting {EMBEDDED_REGION:?}")]
+    WrongRegion(String),
     /// Answered 404 `NoSuchBucket`, as S3 does, so that a misconfigured bucket is named.
     #[error("the specified bucket does not exist")]
     NoSuchBucket,
@@ -124,6 +131,7 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
     }
     let mut algorithm = None;
     let mut expires = None;
+    let mut credential = None;
     let mut signed = BTreeSet::new();
     for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         let key = k.to_ascii_lowercase();
@@ -134,12 +142,19 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
         match key.as_str() {
             "x-amz-algorithm" => algorithm = Some(v.into_owned()),
             "x-amz-expires" => expires = Some(v.into_owned()),
+            "x-amz-credential" => credential = Some(v.into_owned()),
             "x-amz-signedheaders" => signed.extend(v.split(';').map(str::to_ascii_lowercase)),
             _ => {}
         }
     }
     if algorithm.as_deref() != Some("AWS4-HMAC-SHA256") {
         return Err(Refusal::NotPresigned);
+    }
+    // ACCESS_KEY/DATE/REGION/s3/aws4_request
+    if let Some(region) = credential.as_deref().and_then(|c| c.split('/').nth(2)) {
+        if region != EMBEDDED_REGION {
+            return Err(Refusal::WrongRegion(region.to_owned()));
+        }
     }
     match expires.as_deref().map(str::parse::<u64>) {
         Some(Ok(1..=3600)) => {}
@@ -349,6 +364,11 @@ fn declared_sha256<B>(req: &Request<B>) -> Result<Option<[u8; 32]>, Refusal> {
 
 fn refuse(r: &Refusal) -> Response<s3s::Body> {
     match r {
+        Refusal::WrongRegion(_) => error_response(
+            StatusCode::BAD_REQUEST,
+            "AuthorizationQueryParametersError",
+            &format!("Error parsing the X-Amz-Credential parameter; {r}"),
+        ),
         Refusal::NoSuchBucket => {
             error_response(StatusCode::NOT_FOUND, "NoSuchBucket", &r.to_string())
         }
@@ -667,6 +687,12 @@ mod tests {
                 format!("/bb/k?{Q}"),
                 vec![],
                 Err(Refusal::NoSuchBucket),
+            ),
+            (
+                "GET",
+                format!("/b/k?{}", Q.replace("us-east-1", "eu-west-1")),
+                vec![],
+                Err(Refusal::WrongRegion("eu-west-1".into())),
             ),
             ("GET", "/b/k".into(), vec![], Err(Refusal::NotPresigned)),
             (

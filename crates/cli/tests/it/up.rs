@@ -459,7 +459,7 @@ async fn up_after_a_crash_recovers_and_keeps_the_one_demo_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_s3_secret_or_bucket_fails_up_fast_naming_the_setting() {
+async fn a_wrong_s3_secret_bucket_key_or_region_fails_up_fast_naming_the_setting() {
     // An "external" store: the embedded one, with a key pair of its own.
     let store_dir = TempDir::new("mpegflow-up-s3");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -478,6 +478,7 @@ async fn a_wrong_s3_secret_or_bucket_fails_up_fast_naming_the_setting() {
     let settings = |bucket: &'static str, access: &'static str, secret: &'static str| {
         vec![
             ("MPEGFLOW_S3_ENDPOINT", endpoint.clone()),
+            ("MPEGFLOW_S3_REGION", "us-east-1".to_owned()),
             ("MPEGFLOW_S3_BUCKET", bucket.to_owned()),
             ("MPEGFLOW_S3_ACCESS_KEY", access.to_owned()),
             ("MPEGFLOW_S3_SECRET_KEY", secret.to_owned()),
@@ -498,6 +499,15 @@ async fn a_wrong_s3_secret_or_bucket_fails_up_fast_naming_the_setting() {
             settings("tenant-media", "AKNOBODY", "the-right-secret"),
             "MPEGFLOW_S3_ACCESS_KEY is wrong",
             "NotSignedUp",
+        ),
+        (
+            {
+                let mut s = settings("tenant-media", "AKUPTEST", "the-right-secret");
+                s[1].1 = "eu-west-1".to_owned();
+                s
+            },
+            "MPEGFLOW_S3_REGION is wrong",
+            "AuthorizationQueryParametersError",
         ),
     ];
     let place = Place::new();
@@ -596,10 +606,13 @@ async fn up_logs_carry_no_colour_codes_off_a_terminal_and_json_lines_parse() {
         "{text}"
     );
     // The workers' own log files carry none either.
+    let mut logged = 0;
     for e in std::fs::read_dir(place.data().join("logs")).unwrap() {
         let log = std::fs::read(e.unwrap().path()).unwrap();
-        assert!(!log.is_empty() && !log.contains(&0x1b));
+        assert!(!log.contains(&0x1b), "{}", String::from_utf8_lossy(&log));
+        logged += log.len();
     }
+    assert!(logged > 0, "the workers logged nothing");
 
     // JSON: every line of stderr is a JSON object.
     let mut up = Up::start(
