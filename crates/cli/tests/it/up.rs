@@ -387,7 +387,7 @@ async fn a_failed_up_stops_what_it_started_and_the_next_up_works() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_after_a_crash_recovers_and_keeps_the_one_demo_key() {
+async fn up_after_a_crash_recovers_its_cluster_and_workers_and_keeps_the_one_demo_key() {
     let place = Place::new();
     let mut first = Up::start(&place, &["--workers", "1", "--no-sample"], &[]);
     first.wait_serving();
@@ -456,6 +456,30 @@ async fn up_after_a_crash_recovers_and_keeps_the_one_demo_key() {
 
     assert!(second.stop().success(), "{}", second.log());
     assert_nothing_left(&place, &mut second);
+
+    // A stale postmaster.pid whose pid now belongs to another live process (pids are reused
+    // after a crash or a reboot): PostgreSQL alone would refuse to start ("is another
+    // postmaster running?").
+    let mut unrelated = Command::new("sleep").arg("60").spawn().unwrap();
+    let stale = format!(
+        "{}\n{}\n1700000000\n5432\n\n127.0.0.1\n  5432001  0\nready\n",
+        unrelated.id(),
+        place.pgdata().display()
+    );
+    let pid_file = place.pgdata().join("postmaster.pid");
+    std::fs::write(&pid_file, stale).unwrap();
+    let owner = std::fs::metadata(place.pgdata()).unwrap();
+    std::os::unix::fs::chown(&pid_file, Some(owner.uid()), Some(owner.gid())).unwrap();
+    let mut fourth = Up::start(&place, &["--workers", "0", "--no-sample"], &[]);
+    fourth.wait_serving();
+    assert!(
+        matches!(unrelated.try_wait(), Ok(None)),
+        "the unrelated process was left alone"
+    );
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+    assert!(fourth.stop().success(), "{}", fourth.log());
+    assert_nothing_left(&place, &mut fourth);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
