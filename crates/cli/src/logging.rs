@@ -62,16 +62,25 @@ pub fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// The filter for a `MPEGFLOW_LOG` value: [`DEFAULT_FILTER`] when unset; otherwise the value,
+/// with s3s silenced unless the value names it (so `MPEGFLOW_LOG=debug` does not bring back
+/// s3s's ERROR line for every refused tenant request).
+pub fn directives(user: Option<&str>) -> String {
+    match user.map(str::trim).filter(|v| !v.is_empty()) {
+        None => DEFAULT_FILTER.to_owned(),
+        Some(v) if v.contains("s3s") => v.to_owned(),
+        Some(v) => format!("{v},s3s=off,s3s_fs=off"),
+    }
+}
+
 /// Installs the global subscriber, writing to stderr. `MPEGFLOW_LOG` is an `EnvFilter`
 /// directive list (default [`DEFAULT_FILTER`]).
 pub fn init() -> Result<(), String> {
     let format = LogFormat::from_env()?;
     let _ = FORMAT.set(format);
-    let filter = match std::env::var("MPEGFLOW_LOG") {
-        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&v)
-            .map_err(|e| format!("MPEGFLOW_LOG {v:?} is not a valid filter: {e}"))?,
-        _ => tracing_subscriber::EnvFilter::new(DEFAULT_FILTER),
-    };
+    let user = std::env::var("MPEGFLOW_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(directives(user.as_deref()))
+        .map_err(|e| format!("MPEGFLOW_LOG {user:?} is not a valid filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -97,6 +106,14 @@ mod tests {
             err.contains("MPEGFLOW_LOG_FORMAT") && err.contains("xml"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_user_filter_keeps_s3s_silent_unless_it_names_it() {
+        assert_eq!(directives(None), DEFAULT_FILTER);
+        assert_eq!(directives(Some(" ")), DEFAULT_FILTER);
+        assert_eq!(directives(Some("debug")), "debug,s3s=off,s3s_fs=off");
+        assert_eq!(directives(Some("info,s3s=debug")), "info,s3s=debug");
     }
 
     #[test]
