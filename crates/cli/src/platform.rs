@@ -226,15 +226,16 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// How to name a store setting to the person who set it.
-fn setting_name(s: StoreSetting) -> &'static str {
+/// The variable (and config-file key) behind a store setting.
+fn setting_name(s: StoreSetting) -> (&'static str, &'static str) {
     match s {
-        StoreSetting::Endpoint => "MPEGFLOW_S3_ENDPOINT",
-        StoreSetting::Region => "MPEGFLOW_S3_REGION",
-        StoreSetting::Bucket => "MPEGFLOW_S3_BUCKET",
-        StoreSetting::AccessKey => "MPEGFLOW_S3_ACCESS_KEY",
-        StoreSetting::SecretKey => "MPEGFLOW_S3_SECRET_KEY",
-        StoreSetting::Permissions => "MPEGFLOW_S3_ACCESS_KEY's permissions",
+        StoreSetting::Endpoint => ("MPEGFLOW_S3_ENDPOINT", "s3.endpoint"),
+        StoreSetting::Region => ("MPEGFLOW_S3_REGION", "s3.region"),
+        StoreSetting::Bucket => ("MPEGFLOW_S3_BUCKET", "s3.bucket"),
+        StoreSetting::AccessKey | StoreSetting::Permissions => {
+            ("MPEGFLOW_S3_ACCESS_KEY", "s3.access_key")
+        }
+        StoreSetting::SecretKey => ("MPEGFLOW_S3_SECRET_KEY", "s3.secret_key"),
     }
 }
 
@@ -252,20 +253,23 @@ async fn check_external_store(presigner: &Presigner, s3: &S3Config) -> Result<()
             }
             Ok(())
         }
-        Err(ProbeError::Misconfigured { setting, answer }) => bail!(
-            "{} is wrong (or {} in the config file): the object store at {} answered {answer}",
-            setting_name(setting),
-            match setting {
-                StoreSetting::Permissions => "the bucket policy".to_owned(),
-                s => format!(
-                    "s3.{}",
-                    setting_name(s)
-                        .trim_start_matches("MPEGFLOW_S3_")
-                        .to_ascii_lowercase()
-                ),
-            },
+        Err(ProbeError::Misconfigured {
+            setting: StoreSetting::Permissions,
+            answer,
+        }) => bail!(
+            "MPEGFLOW_S3_ACCESS_KEY may not write, read or delete objects in MPEGFLOW_S3_BUCKET \
+             {:?} (check the key's permissions and the bucket policy): the object store at {} \
+             answered {answer}",
+            s3.bucket,
             s3.endpoint
         ),
+        Err(ProbeError::Misconfigured { setting, answer }) => {
+            let (var, key) = setting_name(setting);
+            bail!(
+                "{var} is wrong (or {key} in the config file): the object store at {} answered {answer}",
+                s3.endpoint
+            )
+        }
         Err(ProbeError::Unreachable(e)) => {
             bail!("MPEGFLOW_S3_ENDPOINT {} is unreachable: {e}", s3.endpoint)
         }
