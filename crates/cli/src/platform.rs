@@ -328,11 +328,6 @@ impl Platform {
         mkdir(&data_dir, 0o711)?;
         parts.lock = Some(DataDirLock::acquire(&data_dir)?);
         mkdir(&data_dir.join("logs"), 0o700)?;
-        let layout = Layout::resolve(&data_dir, cfg.database_url.is_none())?;
-        // Workers a killed run left behind would still serve its (unrevoked) token.
-        stop_orphan_workers(&layout.work_root());
-        remove_old_work_dirs(&layout.work_root());
-
         // The object store first: a wrong setting fails the start before anything else runs.
         let s3 = match &cfg.s3 {
             Some(s3) => {
@@ -385,6 +380,10 @@ impl Platform {
         };
         let presigner = Presigner::new(&s3)?;
 
+        let layout = Layout::resolve(&data_dir, cfg.database_url.is_none())?;
+        // Workers a killed run left behind would still serve its (unrevoked) token.
+        stop_orphan_workers(&layout.work_root());
+        remove_old_work_dirs(&layout.work_root());
         let database_url = match &cfg.database_url {
             Some(url) => url.clone(),
             None => {

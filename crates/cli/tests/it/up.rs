@@ -546,8 +546,9 @@ async fn a_wrong_s3_secret_bucket_key_or_region_fails_up_fast_naming_the_setting
             "{setting} / {code}:\n{log}"
         );
         assert!(!log.contains("the-right-secret") && !log.contains("a-wrong-secret"));
-        // Checked before anything else started: no cluster was even created.
+        // Checked before anything else started: no cluster was even created, nothing placed.
         assert!(!place.pgdata().exists(), "{log}");
+        assert!(!place.data().join("shared").exists(), "{log}");
         assert_nothing_left(&place, &mut up);
     }
 
