@@ -2,6 +2,9 @@
 //! client, and a private PostgreSQL cluster helper.
 
 pub mod client;
+pub mod demo;
+pub mod layout;
+pub mod logging;
 pub mod pg;
 pub mod platform;
 pub mod sample;

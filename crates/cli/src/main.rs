@@ -158,12 +158,10 @@ enum TokenCmd {
 }
 
 fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MPEGFLOW_LOG")
-        .unwrap_or_else(|_| "warn,mpegflow=info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = mpegflow::logging::init() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -172,7 +170,7 @@ fn main() {
     let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            mpegflow::logging::final_error(&e);
             2
         }
     };
@@ -233,67 +231,74 @@ async fn up(
     workers: Option<usize>,
     no_sample: bool,
 ) -> Result<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Listening from the start: a Ctrl-C or SIGTERM during the start or the sample job stops
+    // what was started instead of killing this process and orphaning PostgreSQL and workers.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let stop_requested = async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    };
     let mut cfg = PlatformConfig::load(config.as_deref())?;
     cfg.data_dir = data_dir;
     if let Some(n) = workers {
         cfg.workers = n;
     }
+    // The start itself is not abandoned half-way (it stops what it started if it fails); a
+    // signal that arrives meanwhile is acted on right after.
     let platform = Platform::start(cfg).await?;
-    let result = serve(&platform, no_sample).await;
-    eprintln!("mpegflow: shutting down");
+    let result = serve(&platform, no_sample, stop_requested).await;
+    mpegflow::logging::status(format_args!("shutting down"));
     platform.stop(Duration::from_secs(30)).await;
     result
 }
 
-async fn serve(platform: &Platform, no_sample: bool) -> Result<i32> {
+async fn serve(
+    platform: &Platform,
+    no_sample: bool,
+    stop_requested: impl std::future::Future<Output = ()>,
+) -> Result<i32> {
+    let mut stop_requested = std::pin::pin!(stop_requested);
     let store = platform.store();
-    let (org_id, key) = match store.create_org("demo").await {
-        Ok(created) => created,
-        Err(mpegflow_store::StoreError::Conflict(_)) => {
-            let org = store.org_by_name("demo").await?;
-            (org, store.create_api_key(org, "up").await?.1)
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (org_id, key) = mpegflow::demo::credentials(store, &platform.data_dir).await?;
     let env_file = platform.data_dir.join("demo.env");
     let env = format!(
-        "MPEGFLOW_API_URL={}\nMPEGFLOW_API_KEY={}\nMPEGFLOW_COORDINATOR_URL={}\nDATABASE_URL={}\nMPEGFLOW_ORG_ID={org_id}\n",
+        "MPEGFLOW_API_URL={}\nMPEGFLOW_API_KEY={key}\nMPEGFLOW_COORDINATOR_URL={}\nDATABASE_URL={}\nMPEGFLOW_ORG_ID={org_id}\n",
         platform.api_url,
-        key.expose(),
         platform.coordinator_url,
         platform.database_url
     );
-    mpegflow::write_private(&env_file, &env)?;
-    eprintln!(
-        "mpegflow: API {}  coordinator {}  object store {}",
+    mpegflow::demo::write_private(&env_file, &env)?;
+    mpegflow::logging::status(format_args!(
+        "API {}  coordinator {}  object store {}",
         platform.api_url, platform.coordinator_url, platform.s3_endpoint
-    );
-    eprintln!(
-        "mpegflow: demo org credentials in {} (source it to use `mpegflow run`)",
+    ));
+    mpegflow::logging::status(format_args!(
+        "demo org credentials in {} (source it to use `mpegflow run`)",
         env_file.display()
-    );
+    ));
     if !no_sample {
-        let client = ApiClient::new(&platform.api_url, key.expose());
-        let job = mpegflow::sample::run_sample(&client, &platform.data_dir)
-            .await
-            .context("sample job")?;
+        let client = ApiClient::new(&platform.api_url, &key);
+        let sample = mpegflow::sample::run_sample(&client, &platform.data_dir);
+        let job = tokio::select! {
+            job = sample => job.context("sample job")?,
+            () = stop_requested.as_mut() => return Ok(130),
+        };
         let out = job.outputs.values().flat_map(|o| &o.files).next();
-        eprintln!(
-            "mpegflow: sample job {} succeeded: {} ({} bytes, sha256 {}) -> {}",
+        mpegflow::logging::status(format_args!(
+            "sample job {} succeeded: {} ({} bytes, sha256 {}) -> {}",
             job.id,
             out.map_or("", |f| f.path.as_str()),
             out.map_or(0, |f| f.size),
             out.map_or("", |f| f.sha256.as_str()),
             platform.data_dir.join("sample-160p.mp4").display()
-        );
+        ));
     }
-    eprintln!("mpegflow: serving; press Ctrl-C to stop");
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    mpegflow::logging::status(format_args!("serving; press Ctrl-C to stop"));
+    stop_requested.await;
     Ok(0)
 }
 

@@ -135,6 +135,7 @@ impl Cluster {
                 bail!("{} is not owned by the postgres user", data.display());
             }
         }
+        recover_leftover_server(&data, &pg_ctl, owner)?;
         let password =
             std::fs::read_to_string(&password_file).context("reading the cluster password")?;
         let port = match port {
@@ -197,6 +198,74 @@ impl Cluster {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Whether process `pid` is a postmaster serving the data directory `data`.
+fn postmaster_of(pid: i32, data: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&std::ffi::OsStr> = cmdline
+        .split(|b| *b == 0)
+        .map(std::ffi::OsStr::from_bytes)
+        .collect();
+    let is_postgres = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == "postgres");
+    let ours = std::fs::canonicalize(data).ok();
+    is_postgres
+        && args
+            .windows(2)
+            .any(|w| w[0] == "-D" && ours.is_some() && std::fs::canonicalize(w[1]).ok() == ours)
+}
+
+/// Deals with a `postmaster.pid` left by an earlier run (the caller makes sure no live run
+/// uses `data`): a server still running on `data` (orphaned when the run that started it was
+/// killed) is stopped; a file naming a dead process, or one that is not a postmaster of `data`
+/// (pids are reused), is stale and removed, so that the start does not fail with "another
+/// server might be running".
+fn recover_leftover_server(data: &Path, pg_ctl: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    let pid_file = data.join("postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(&pid_file) else {
+        return Ok(());
+    };
+    let pid = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0);
+    if let Some(pid) = pid.filter(|p| postmaster_of(*p, data)) {
+        tracing::warn!(
+            pid,
+            data = %data.display(),
+            "stopping the PostgreSQL server an earlier run left running"
+        );
+        let mut cmd = Command::new(pg_ctl);
+        cmd.arg("-D")
+            .arg(data)
+            .args(["-m", "fast", "-w", "-t", "30", "stop"]);
+        let _ = as_owner(&mut cmd, owner)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if postmaster_of(pid, data) {
+            bail!(
+                "PostgreSQL (pid {pid}) left running on {} by an earlier run did not stop; stop it (`kill {pid}`) and try again",
+                data.display()
+            );
+        }
+        return Ok(());
+    }
+    tracing::warn!(
+        file = %pid_file.display(),
+        "removing the stale lock file of a PostgreSQL server that is no longer running"
+    );
+    std::fs::remove_file(&pid_file)
+        .with_context(|| format!("removing the stale {}", pid_file.display()))?;
+    Ok(())
 }
 
 fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) -> &mut Command {

@@ -2,10 +2,12 @@
 //! object store (embedded on loopback, or any S3 endpoint), the control plane, and worker
 //! processes. `mpegflow up` and the integration tests both start it through [`Platform::start`].
 
+use crate::layout::{remove_old_work_dirs, stop_orphan_workers, DataDirLock, Layout};
 use crate::pg::{self, Cluster};
 use anyhow::{bail, Context, Result};
 use mpegflow_control::{AppState, ControlConfig};
 use mpegflow_objstore::embedded::EmbeddedConfig;
+use mpegflow_objstore::probe::{self, ProbeError, StoreSetting};
 use mpegflow_objstore::{Presigner, S3Config};
 use mpegflow_store::Store;
 use serde::{Deserialize, Serialize};
@@ -114,14 +116,61 @@ pub struct Platform {
     pub s3_endpoint: String,
     pub state: AppState,
     pub data_dir: PathBuf,
+    /// Where the files other uids must reach live (see [`crate::layout`]).
+    pub layout: Layout,
+    parts: Parts,
+    worker_bin: Option<PathBuf>,
+    worker_uid: Option<(u32, u32)>,
+}
+
+/// Everything a start has brought up so far: what a failed start, and [`Platform::stop`],
+/// take down.
+#[derive(Default)]
+struct Parts {
+    /// Held while the platform runs: one `up` per data directory.
+    lock: Option<DataDirLock>,
     cluster: Option<Cluster>,
+    store: Option<Store>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     workers: Vec<tokio::process::Child>,
-    worker_bin: Option<PathBuf>,
-    worker_uid: Option<(u32, u32)>,
     /// The token of the workers `start` launched; revoked at `stop`, so it dies with this run.
     fleet_token: Option<uuid::Uuid>,
+}
+
+impl Parts {
+    /// Stops workers (SIGTERM, then SIGKILL after `grace`), revokes the fleet's token, stops
+    /// the servers and the private cluster.
+    async fn stop(&mut self, grace: std::time::Duration) {
+        for w in &self.workers {
+            if let Some(pid) = w.id() {
+                // SAFETY: signalling a child we started.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+        for w in &mut self.workers {
+            if tokio::time::timeout(grace, w.wait()).await.is_err() {
+                let _ = w.kill().await;
+            }
+        }
+        self.workers.clear();
+        if let (Some(id), Some(store)) = (self.fleet_token.take(), &self.store) {
+            if let Err(e) = store.revoke_worker_token(id).await {
+                tracing::warn!("revoking the fleet's worker token: {e}");
+            }
+        }
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+        }
+        if let Some(store) = self.store.take() {
+            store.pool().close().await;
+        }
+        if let Some(c) = self.cluster.take() {
+            tokio::task::block_in_place(|| c.stop());
+        }
+        self.lock = None;
+    }
 }
 
 fn random_hex(n: usize) -> String {
@@ -177,42 +226,123 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// The variable (and config-file key) behind a store setting.
+fn setting_name(s: StoreSetting) -> (&'static str, &'static str) {
+    match s {
+        StoreSetting::Endpoint => ("MPEGFLOW_S3_ENDPOINT", "s3.endpoint"),
+        StoreSetting::Region => ("MPEGFLOW_S3_REGION", "s3.region"),
+        StoreSetting::Bucket => ("MPEGFLOW_S3_BUCKET", "s3.bucket"),
+        StoreSetting::AccessKey | StoreSetting::Permissions => {
+            ("MPEGFLOW_S3_ACCESS_KEY", "s3.access_key")
+        }
+        StoreSetting::SecretKey => ("MPEGFLOW_S3_SECRET_KEY", "s3.secret_key"),
+    }
+}
+
+/// Checks an external object store, naming the setting a refusal points at.
+async fn check_external_store(presigner: &Presigner, s3: &S3Config) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .no_proxy()
+        .build()?;
+    match probe::probe(presigner, &http, &random_hex(8)).await {
+        Ok(report) => {
+            for (key, why) in report.undeleted {
+                tracing::warn!(key, "could not delete the start-up probe's object: {why}");
+            }
+            Ok(())
+        }
+        Err(ProbeError::Misconfigured {
+            setting: StoreSetting::Permissions,
+            answer,
+        }) => bail!(
+            "MPEGFLOW_S3_ACCESS_KEY may not write, read or delete objects in MPEGFLOW_S3_BUCKET \
+             {:?} (check the key's permissions and the bucket policy): the object store at {} \
+             answered {answer}",
+            s3.bucket,
+            s3.endpoint
+        ),
+        Err(ProbeError::Misconfigured { setting, answer }) => {
+            let (var, key) = setting_name(setting);
+            bail!(
+                "{var} is wrong (or {key} in the config file): the object store at {} answered {answer}",
+                s3.endpoint
+            )
+        }
+        Err(ProbeError::Unreachable(e)) => {
+            bail!("MPEGFLOW_S3_ENDPOINT {} is unreachable: {e}", s3.endpoint)
+        }
+        Err(e) => Err(e).with_context(|| format!("checking the object store at {}", s3.endpoint)),
+    }
+}
+
+/// Checks the embedded store as any other (it is cheap), then removes the directories its
+/// deleted probe objects leave behind.
+async fn check_embedded_store(presigner: &Presigner, cfg: &EmbeddedConfig) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .no_proxy()
+        .build()?;
+    let result = probe::probe(presigner, &http, &random_hex(8)).await;
+    remove_embedded_probe_objects(cfg);
+    result
+        .map(|_| ())
+        .context("checking the embedded object store")
+}
+
+fn remove_embedded_probe_objects(cfg: &EmbeddedConfig) {
+    let dir = cfg.root.join(&cfg.bucket).join(probe::PROBE_PREFIX);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            "removing the start-up probe's objects in {}: {e}",
+            dir.display()
+        ),
+    }
+}
+
 impl Platform {
+    /// Starts everything; on failure, stops whatever it had started before returning the error.
     pub async fn start(cfg: PlatformConfig) -> Result<Platform> {
+        let mut parts = Parts::default();
+        let started = Self::start_services(cfg.clone(), &mut parts).await;
+        let mut platform = match started {
+            Ok(p) => p,
+            Err(e) => {
+                parts.stop(std::time::Duration::from_secs(5)).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = platform.start_fleet(cfg.workers).await {
+            platform.stop(std::time::Duration::from_secs(5)).await;
+            return Err(e);
+        }
+        Ok(platform)
+    }
+
+    async fn start_services(cfg: PlatformConfig, parts: &mut Parts) -> Result<Platform> {
         let data_dir = std::path::absolute(&cfg.data_dir)?;
         // 0711: other users (postgres, workers) may pass through to their own directories only.
         mkdir(&data_dir, 0o711)?;
+        parts.lock = Some(DataDirLock::acquire(&data_dir)?);
         mkdir(&data_dir.join("logs"), 0o700)?;
-
-        let (cluster, database_url) = match &cfg.database_url {
-            Some(url) => (None, url.clone()),
-            None => {
-                let dir = data_dir.join("pg");
-                mkdir(&dir, 0o711)?;
-                let c =
-                    tokio::task::block_in_place(|| Cluster::start(&dir, None, cfg.pg_for_tests))?;
-                let url = c.database_url("postgres");
-                (Some(c), url)
-            }
-        };
-        let store = match Store::connect(&database_url, 32).await {
-            Ok(s) => s,
-            Err(e) => {
-                if let Some(c) = &cluster {
-                    c.stop();
-                }
-                return Err(e).context("connecting to PostgreSQL");
-            }
-        };
-
-        let shutdown = CancellationToken::new();
-        let mut tasks = Vec::new();
+        // The object store first: a wrong setting fails the start before anything else runs.
         let s3 = match &cfg.s3 {
-            Some(s3) => s3.clone(),
+            Some(s3) => {
+                let presigner = Presigner::new(s3)
+                    .with_context(|| "MPEGFLOW_S3_ENDPOINT is not a usable URL".to_owned())?;
+                check_external_store(&presigner, s3).await?;
+                s3.clone()
+            }
             None => {
-                let listener = TcpListener::bind(&cfg.s3_addr)
-                    .await
-                    .with_context(|| format!("binding the object store to {}", cfg.s3_addr))?;
+                let listener = TcpListener::bind(&cfg.s3_addr).await.with_context(|| {
+                    format!(
+                        "binding the object store to {} (MPEGFLOW_S3_ADDR)",
+                        cfg.s3_addr
+                    )
+                })?;
                 let endpoint = format!("http://{}", listener.local_addr()?);
                 let embedded = EmbeddedConfig {
                     root: data_dir.join("s3"),
@@ -222,18 +352,21 @@ impl Platform {
                 };
                 let s3 = S3Config {
                     endpoint,
-                    region: "us-east-1".into(),
+                    region: mpegflow_objstore::embedded::EMBEDDED_REGION.into(),
                     bucket: embedded.bucket.clone(),
                     path_style: true,
                     access_key: embedded.access_key.clone(),
                     secret_key: embedded.secret_key.clone(),
                 };
                 mpegflow_objstore::embedded::prepare(&embedded)?;
-                let stop = shutdown.clone();
-                tasks.push(tokio::spawn(async move {
+                // Objects an earlier version's probe left behind.
+                remove_embedded_probe_objects(&embedded);
+                let stop = parts.shutdown.clone();
+                let serve_cfg = embedded.clone();
+                parts.tasks.push(tokio::spawn(async move {
                     if let Err(e) = mpegflow_objstore::embedded::serve(
                         listener,
-                        embedded,
+                        serve_cfg,
                         stop.cancelled_owned(),
                     )
                     .await
@@ -241,76 +374,96 @@ impl Platform {
                         tracing::error!("object store stopped: {e}");
                     }
                 }));
+                check_embedded_store(&Presigner::new(&s3)?, &embedded).await?;
                 s3
             }
         };
         let presigner = Presigner::new(&s3)?;
-        // Immutable results rest on the store refusing wrong bodies and overwrites: check it
-        // does, before serving anything (the embedded store too: it is cheap).
-        let probe_http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .no_proxy()
-            .build()?;
-        mpegflow_objstore::probe::probe(&presigner, &probe_http, &random_hex(8))
+
+        let layout = Layout::resolve(&data_dir, cfg.database_url.is_none())?;
+        // Workers a killed run left behind would still serve its (unrevoked) token.
+        stop_orphan_workers(&layout.work_root());
+        remove_old_work_dirs(&layout.work_root());
+        let database_url = match &cfg.database_url {
+            Some(url) => url.clone(),
+            None => {
+                let dir = layout.pg_dir();
+                mkdir(&dir, 0o711)?;
+                let c =
+                    tokio::task::block_in_place(|| Cluster::start(&dir, None, cfg.pg_for_tests))?;
+                let url = c.database_url("postgres");
+                parts.cluster = Some(c);
+                url
+            }
+        };
+        let store = Store::connect(&database_url, 32)
             .await
-            .with_context(|| format!("checking the object store at {}", s3.endpoint))?;
+            .context("connecting to PostgreSQL")?;
+        parts.store = Some(store.clone());
         let state = AppState::new(store, presigner, cfg.control.clone());
 
-        let api = TcpListener::bind(&cfg.api_addr)
-            .await
-            .with_context(|| format!("binding the API to {}", cfg.api_addr))?;
-        let grpc = TcpListener::bind(&cfg.grpc_addr)
-            .await
-            .with_context(|| format!("binding the coordinator to {}", cfg.grpc_addr))?;
+        let api = TcpListener::bind(&cfg.api_addr).await.with_context(|| {
+            format!(
+                "binding the API to {} (MPEGFLOW_API_ADDR; is another `mpegflow up` running?)",
+                cfg.api_addr
+            )
+        })?;
+        let grpc = TcpListener::bind(&cfg.grpc_addr).await.with_context(|| {
+            format!(
+                "binding the coordinator to {} (MPEGFLOW_GRPC_ADDR)",
+                cfg.grpc_addr
+            )
+        })?;
         let api_url = format!("http://{}", api.local_addr()?);
         let coordinator_url = format!("http://{}", grpc.local_addr()?);
         {
-            let (state, stop) = (state.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move {
+            let (state, stop) = (state.clone(), parts.shutdown.clone());
+            parts.tasks.push(tokio::spawn(async move {
                 if let Err(e) = mpegflow_control::run(state, api, grpc, stop).await {
                     tracing::error!("control plane stopped: {e}");
                 }
             }));
         }
-        let worker_bin = cfg.worker_bin.clone();
         let worker_uid = if pg::is_root() {
             Some(worker_user()?)
         } else {
             None
         };
-        let mut platform = Platform {
+        Ok(Platform {
             api_url,
             coordinator_url,
             database_url,
             s3_endpoint: s3.endpoint.clone(),
             state,
             data_dir,
-            cluster,
-            shutdown,
-            tasks,
-            workers: Vec::new(),
-            worker_bin,
+            layout,
+            parts: std::mem::take(parts),
+            worker_bin: cfg.worker_bin.clone(),
             worker_uid,
-            fleet_token: None,
-        };
-        if cfg.workers > 0 {
-            // Sized to the fleet: a stolen fleet token cannot register extra workers while
-            // these run.
-            let limits = mpegflow_store::TokenLimits {
-                max_workers: u32::try_from(cfg.workers).unwrap_or(u32::MAX).min(10_000),
-                leases_per_minute: None,
-            };
-            let (token_id, token) = platform
-                .state
-                .store
-                .create_worker_token("default", "local fleet", limits)
-                .await?;
-            platform.fleet_token = Some(token_id);
-            for _ in 0..cfg.workers {
-                platform.spawn_worker(token.expose()).await?;
-            }
+        })
+    }
+
+    /// Starts `n` workers under one fresh token sized to them.
+    async fn start_fleet(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
         }
-        Ok(platform)
+        // Sized to the fleet: a stolen fleet token cannot register extra workers while
+        // these run.
+        let limits = mpegflow_store::TokenLimits {
+            max_workers: u32::try_from(n).unwrap_or(u32::MAX).min(10_000),
+            leases_per_minute: None,
+        };
+        let (token_id, token) = self
+            .state
+            .store
+            .create_worker_token("default", "local fleet", limits)
+            .await?;
+        self.parts.fleet_token = Some(token_id);
+        for _ in 0..n {
+            self.spawn_worker(token.expose()).await?;
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -324,7 +477,8 @@ impl Platform {
 
     /// The pids of the worker processes this platform started (and has not seen exit).
     pub fn worker_pids(&mut self) -> Vec<u32> {
-        self.workers
+        self.parts
+            .workers
             .iter_mut()
             .filter_map(|w| match w.try_wait() {
                 Ok(None) => w.id(),
@@ -343,12 +497,10 @@ impl Platform {
         extra_args: &[&str],
         as_root: bool,
     ) -> Result<u32> {
-        let n = self.workers.len();
-        let work_dir = self
-            .data_dir
-            .join("work")
-            .join(format!("{n}-{}", random_hex(4)));
-        mkdir(&self.data_dir.join("work"), 0o711)?;
+        let n = self.parts.workers.len();
+        let work_root = self.layout.work_root();
+        let work_dir = work_root.join(format!("{n}-{}", random_hex(4)));
+        mkdir(&work_root, 0o711)?;
         mkdir(&work_dir, 0o700)?;
         let drop_to = self.worker_uid.filter(|_| !as_root);
         if let Some((uid, gid)) = drop_to {
@@ -357,7 +509,8 @@ impl Platform {
         let log =
             std::fs::File::create(self.data_dir.join("logs").join(format!("worker-{n}.log")))?;
         if self.worker_bin.is_none() {
-            self.worker_bin = Some(default_worker_bin()?);
+            let bin = default_worker_bin()?;
+            self.worker_bin = Some(self.reachable_worker_bin(&bin)?);
         }
         let bin = self.worker_bin.clone().unwrap_or_default();
         let mut cmd = tokio::process::Command::new(&bin);
@@ -380,6 +533,8 @@ impl Platform {
                 "MPEGFLOW_LOG",
                 std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // Their stderr is a log file: no colour codes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
@@ -394,49 +549,62 @@ impl Platform {
         stdin.write_all(token.as_bytes()).await?;
         drop(stdin);
         let pid = child.id().unwrap_or(0);
-        self.workers.push(child);
+        self.parts.workers.push(child);
         Ok(pid)
+    }
+
+    /// As root, each worker's jailed self-test runs the worker binary as a job uid, so that
+    /// uid must reach it: a binary under a directory other users cannot traverse (a checkout
+    /// in root's home) is copied to the shared directory's `bin/` (root's, 0711/0755) first.
+    fn reachable_worker_bin(&self, bin: &Path) -> Result<PathBuf> {
+        if !pg::is_root() {
+            return Ok(bin.to_owned());
+        }
+        let Some(closed) = crate::layout::first_closed_ancestor(bin)? else {
+            return Ok(bin.to_owned());
+        };
+        let dir = self.layout.shared.join("bin");
+        mkdir(&dir, 0o711)?;
+        let name = bin
+            .file_name()
+            .context("the worker binary has no file name")?;
+        let dest = dir.join(name);
+        let tmp = dir.join(format!(".{}-{}", name.to_string_lossy(), random_hex(4)));
+        std::fs::copy(bin, &tmp)
+            .with_context(|| format!("copying {} to {}", bin.display(), tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        // A rename, not a write in place: a worker an earlier run left may still run the old one.
+        std::fs::rename(&tmp, &dest)?;
+        tracing::info!(
+            from = %bin.display(),
+            to = %dest.display(),
+            "running a copy of the worker binary: worker uids cannot traverse {}",
+            closed.display()
+        );
+        Ok(dest)
     }
 
     /// Whether the worker with this pid is still running.
     pub fn worker_alive(&mut self, pid: u32) -> bool {
-        self.workers
+        self.parts
+            .workers
             .iter_mut()
             .any(|w| w.id() == Some(pid) && matches!(w.try_wait(), Ok(None)))
     }
 
     /// Waits for a worker to exit and returns its exit code.
     pub async fn wait_worker(&mut self, pid: u32) -> Option<i32> {
-        let w = self.workers.iter_mut().find(|w| w.id() == Some(pid))?;
+        let w = self
+            .parts
+            .workers
+            .iter_mut()
+            .find(|w| w.id() == Some(pid))?;
         w.wait().await.ok()?.code()
     }
 
     /// Stops workers (SIGTERM, then SIGKILL after `grace`), the control plane, the object store
     /// and the private cluster.
     pub async fn stop(mut self, grace: std::time::Duration) {
-        for w in &self.workers {
-            if let Some(pid) = w.id() {
-                // SAFETY: signalling a child we started.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-        }
-        for w in &mut self.workers {
-            if tokio::time::timeout(grace, w.wait()).await.is_err() {
-                let _ = w.kill().await;
-            }
-        }
-        if let Some(id) = self.fleet_token.take() {
-            if let Err(e) = self.state.store.revoke_worker_token(id).await {
-                tracing::warn!("revoking the fleet's worker token: {e}");
-            }
-        }
-        self.shutdown.cancel();
-        for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
-        }
-        self.state.store.pool().close().await;
-        if let Some(c) = self.cluster.take() {
-            tokio::task::block_in_place(|| c.stop());
-        }
+        self.parts.stop(grace).await;
     }
 }

@@ -8,18 +8,23 @@
 //! * any `x-amz-*` header the signature does not cover (an unsigned `x-amz-copy-source` would
 //!   otherwise turn a presigned PUT into a server-side copy of any object);
 //! * any query parameter besides the SigV4 ones (no sub-resources: ACLs, multipart, tagging…);
-//! * any method but GET, HEAD and PUT, and any path that is not an object in the bucket;
+//! * any method but GET, HEAD, PUT and DELETE, a DELETE of anything but a plainly spelled key
+//!   of an org's data or of the start-up probe (see [`is_deletable_object`]), and any path that
+//!   is not an object in the bucket;
 //! * a PUT whose signature does not cover `If-None-Match` (every upload URL is write-once).
 //!
 //! GETs may carry the signed `response-content-type` / `response-content-disposition`
 //! parameters, which s3s 0.14.1 turns into the response's headers.
 //!
-//! Behind the guard, [`WriteOnce`] passes only GET, HEAD and PUT on to `s3s-fs`, refuses a PUT
+//! Behind the guard, [`WriteOnce`] passes only GET, HEAD, PUT and such a DELETE on to
+//! `s3s-fs`, refuses a PUT
 //! without `If-None-Match: *`, and holds a per-key lock from its existence check to the rename,
 //! so two PUTs of one key cannot both succeed and nothing overwrites a stored object.
 //!
 //! The method and the key are covered by the signature (s3s checks it), so a URL authorizes
-//! exactly one method on exactly one key.
+//! exactly one method on exactly one key. DELETE URLs are signed only by the control plane for
+//! its own requests (a deleted asset's object, once no URL signed for it is valid; the probe's
+//! objects) and never handed out.
 //!
 //! A PUT carrying `x-amz-checksum-sha256` has its body hashed on the way in ([`VerifiedBody`]);
 //! a mismatch ends the body with an error, so `s3s-fs` never moves the upload into place.
@@ -31,8 +36,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::SimpleAuth;
 use s3s::dto::{
-    GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput, PutObjectInput,
-    PutObjectOutput,
+    DeleteObjectInput, DeleteObjectOutput, GetObjectInput, GetObjectOutput, HeadObjectInput,
+    HeadObjectOutput, PutObjectInput, PutObjectOutput,
 };
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{S3Request, S3Response, S3Result, S3};
@@ -46,6 +51,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// The region the embedded store answers for. A URL signed for another is refused as S3
+/// refuses it (`AuthorizationQueryParametersError`), so a wrong region setting is named at start.
+pub const EMBEDDED_REGION: &str = "us-east-1";
 
 /// SigV4 query parameters; nothing else may appear in a query string.
 const SIGV4_PARAMS: &[&str] = &[
@@ -81,6 +90,12 @@ pub enum Refusal {
     Method(String),
     #[error("only objects in bucket {0} can be addressed")]
     Path(String),
+    /// Answered 400 `AuthorizationQueryParametersError`, as S3 does.
+    #[error("the region {0:?} is wrong; expecting {EMBEDDED_REGION:?}")]
+    WrongRegion(String),
+    /// Answered 404 `NoSuchBucket`, as S3 does, so that a misconfigured bucket is named.
+    #[error("the specified bucket does not exist")]
+    NoSuchBucket,
     #[error("x-amz-checksum-sha256 is not a base64 SHA-256")]
     BadChecksum,
     #[error("a PUT must carry a signed If-None-Match: * (objects are write-once)")]
@@ -99,18 +114,27 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
         return Err(Refusal::Method(req.method().to_string()));
     }
     let path = req.uri().path();
+    let first_segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    if !first_segment.is_empty() && first_segment != bucket {
+        return Err(Refusal::NoSuchBucket);
+    }
     let object = path
         .strip_prefix('/')
         .and_then(|p| p.strip_prefix(bucket))
         .and_then(|p| p.strip_prefix('/'));
-    if object.is_none_or(str::is_empty) {
+    let Some(object) = object.filter(|o| !o.is_empty()) else {
         return Err(Refusal::Path(bucket.to_owned()));
+    };
+    // A DELETE names exactly one plainly spelled key of an org's data or of the probe.
+    if req.method() == Method::DELETE && !is_deletable_object(object, true) {
+        return Err(Refusal::Method(req.method().to_string()));
     }
     if req.headers().contains_key(http::header::AUTHORIZATION) {
         return Err(Refusal::NotPresigned);
     }
     let mut algorithm = None;
     let mut expires = None;
+    let mut credential = None;
     let mut signed = BTreeSet::new();
     for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         let key = k.to_ascii_lowercase();
@@ -121,12 +145,19 @@ pub fn check_request<B>(req: &Request<B>, bucket: &str) -> Result<(), Refusal> {
         match key.as_str() {
             "x-amz-algorithm" => algorithm = Some(v.into_owned()),
             "x-amz-expires" => expires = Some(v.into_owned()),
+            "x-amz-credential" => credential = Some(v.into_owned()),
             "x-amz-signedheaders" => signed.extend(v.split(';').map(str::to_ascii_lowercase)),
             _ => {}
         }
     }
     if algorithm.as_deref() != Some("AWS4-HMAC-SHA256") {
         return Err(Refusal::NotPresigned);
+    }
+    // ACCESS_KEY/DATE/REGION/s3/aws4_request
+    if let Some(region) = credential.as_deref().and_then(|c| c.split('/').nth(2)) {
+        if region != EMBEDDED_REGION {
+            return Err(Refusal::WrongRegion(region.to_owned()));
+        }
     }
     match expires.as_deref().map(str::parse::<u64>) {
         Some(Ok(1..=3600)) => {}
@@ -170,7 +201,34 @@ impl Default for GuardOptions {
     }
 }
 
-/// The `s3s-fs` file system reduced to GET, HEAD and a write-once PUT.
+/// Whether a DELETE may name this object key: one under an org's prefix (`orgs/`) or the
+/// start-up probe's ([`crate::probe::PROBE_PREFIX`]), with no empty, `.` or `..` segment once
+/// decoded. `encoded`: the key as it appears in the request path (percent-encoded).
+pub fn is_deletable_object(key: &str, encoded: bool) -> bool {
+    let decoded;
+    let key = if encoded {
+        match percent_encoding::percent_decode_str(key).decode_utf8() {
+            Ok(k) => {
+                decoded = k;
+                decoded.as_ref()
+            }
+            Err(_) => return false,
+        }
+    } else {
+        key
+    };
+    let rest = key
+        .strip_prefix(crate::probe::PROBE_PREFIX)
+        .or_else(|| key.strip_prefix("orgs/"));
+    rest.is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+    })
+}
+
+/// The `s3s-fs` file system reduced to GET, HEAD, a write-once PUT and a checked DELETE.
 struct WriteOnce {
     fs: s3s_fs::FileSystem,
     /// Keys with a PUT in flight.
@@ -204,6 +262,17 @@ impl S3 for WriteOnce {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.fs.head_object(req).await
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        // The guard lets only such keys through; refuse anything else here too.
+        if !is_deletable_object(&req.input.key, false) {
+            return Err(s3s::s3_error!(AccessDenied, "this key cannot be deleted"));
+        }
+        self.fs.delete_object(req).await
     }
 
     async fn put_object(
@@ -311,7 +380,17 @@ fn declared_sha256<B>(req: &Request<B>) -> Result<Option<[u8; 32]>, Refusal> {
 }
 
 fn refuse(r: &Refusal) -> Response<s3s::Body> {
-    error_response(StatusCode::FORBIDDEN, "AccessDenied", &r.to_string())
+    match r {
+        Refusal::WrongRegion(_) => error_response(
+            StatusCode::BAD_REQUEST,
+            "AuthorizationQueryParametersError",
+            &format!("Error parsing the X-Amz-Credential parameter; {r}"),
+        ),
+        Refusal::NoSuchBucket => {
+            error_response(StatusCode::NOT_FOUND, "NoSuchBucket", &r.to_string())
+        }
+        _ => error_response(StatusCode::FORBIDDEN, "AccessDenied", &r.to_string()),
+    }
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
@@ -328,6 +407,34 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s
     resp
 }
 
+/// The `<Code>` of an S3 error document.
+fn error_code(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    Some(&text[start..start + len])
+}
+
+/// Logs an error answer of s3s under this module's target (s3s itself logs every one at ERROR
+/// under its own name; `mpegflow` filters that out). A refused signature or expired URL is a
+/// tenant's or an attacker's doing (warn); a missing key or an existing object is ordinary
+/// (debug); a 5xx is the store's own failure (error).
+fn log_answer(method: &Method, path: &str, resp: &Response<s3s::Body>) {
+    let status = resp.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return;
+    }
+    let body = resp.body().bytes().unwrap_or_default();
+    let code = error_code(&body).unwrap_or("-");
+    if status.is_server_error() {
+        tracing::error!(%method, path, status = status.as_u16(), code, "object store failed a request");
+    } else if status == StatusCode::FORBIDDEN {
+        tracing::warn!(%method, path, status = status.as_u16(), code, "object store refused a request");
+    } else {
+        tracing::debug!(%method, path, status = status.as_u16(), code, "object store refused a request");
+    }
+}
+
 #[derive(Clone)]
 struct Guarded {
     inner: S3Service,
@@ -342,7 +449,7 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         if let Err(r) = check_request(&req, &self.bucket) {
-            tracing::warn!(method = %req.method(), path = req.uri().path(), refusal = %r, "object store refused request");
+            tracing::warn!(method = %req.method(), path = req.uri().path(), refusal = %r, "object store refused a request");
             return Box::pin(std::future::ready(Ok(refuse(&r))));
         }
         let mismatch = Arc::new(AtomicBool::new(false));
@@ -357,6 +464,7 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
             Err(r) => return Box::pin(std::future::ready(Ok(refuse(&r)))),
         };
         let inner = self.inner.clone();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         Box::pin(async move {
             let mut resp = inner.call(req).await;
             if let Ok(r) = resp.as_mut() {
@@ -366,11 +474,14 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
                 );
             }
             if mismatch.load(Ordering::SeqCst) {
-                return Ok(error_response(
+                resp = Ok(error_response(
                     StatusCode::BAD_REQUEST,
                     "BadDigest",
                     "body does not match the signed x-amz-checksum-sha256",
                 ));
+            }
+            if let Ok(r) = &resp {
+                log_answer(&method, &path, r);
             }
             resp
         })
@@ -536,6 +647,42 @@ mod tests {
             ),
             ("DELETE", ok.clone(), vec![], Ok(())),
             (
+                "DELETE",
+                format!("/b/orgs/x/%2e%2e/y?{Q}"),
+                vec![],
+                Err(Refusal::Method("DELETE".into())),
+            ),
+            (
+                "DELETE",
+                format!("/b/elsewhere/y?{Q}"),
+                vec![],
+                Err(Refusal::Method("DELETE".into())),
+            ),
+            (
+                "DELETE",
+                format!("/b/_mpegflow/probe/n1/write-once?{Q}"),
+                vec![],
+                Ok(()),
+            ),
+            (
+                "DELETE",
+                format!("/b/_mpegflow/probe/../../orgs/k?{Q}"),
+                vec![],
+                Err(Refusal::Method("DELETE".into())),
+            ),
+            (
+                "DELETE",
+                format!("/b/_mpegflow/probe/%2e%2e/orgs/k?{Q}"),
+                vec![],
+                Err(Refusal::Method("DELETE".into())),
+            ),
+            (
+                "DELETE",
+                format!("/b/_mpegflow/probe/?{Q}"),
+                vec![],
+                Err(Refusal::Method("DELETE".into())),
+            ),
+            (
                 "POST",
                 ok.clone(),
                 vec![],
@@ -557,7 +704,19 @@ mod tests {
                 "GET",
                 format!("/other/k?{Q}"),
                 vec![],
-                Err(Refusal::Path("b".into())),
+                Err(Refusal::NoSuchBucket),
+            ),
+            (
+                "GET",
+                format!("/bb/k?{Q}"),
+                vec![],
+                Err(Refusal::NoSuchBucket),
+            ),
+            (
+                "GET",
+                format!("/b/k?{}", Q.replace("us-east-1", "eu-west-1")),
+                vec![],
+                Err(Refusal::WrongRegion("eu-west-1".into())),
             ),
             ("GET", "/b/k".into(), vec![], Err(Refusal::NotPresigned)),
             (

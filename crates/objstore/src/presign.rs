@@ -156,8 +156,9 @@ impl Presigner {
         Self::finish("GET", url, BTreeMap::new(), ttl)
     }
 
-    /// A DELETE, for the control plane's own use (never handed out: no tenant or worker may
-    /// remove what another's job reads).
+    /// A DELETE, for the control plane's own use and never handed out: no tenant or worker
+    /// may remove what another's job reads. (The start-up probe removes its objects with it,
+    /// and deleted assets' objects are removed once no URL signed for them is valid.)
     pub fn delete(&self, key: &str, ttl: Duration) -> Presigned {
         let ttl = ttl.min(MAX_TTL);
         let url = self

@@ -22,3 +22,4 @@ mod running_limits;
 mod signals;
 mod store_attacks;
 mod tokens;
+mod up;
