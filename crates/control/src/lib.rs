@@ -76,6 +76,9 @@ pub struct ControlConfig {
     pub ffmpeg_grammar: String,
     /// An upload no job has used is deleted this long after it was announced.
     pub unused_asset_ttl_seconds: u64,
+    /// A deleted object is removed from the store this long after the last URL signed for it
+    /// expired (clocks of the store and the control plane may differ).
+    pub deletion_grace_seconds: u64,
 }
 
 impl Default for ControlConfig {
@@ -109,6 +112,7 @@ impl Default for ControlConfig {
             auth_failures_per_minute: 60,
             ffmpeg_grammar: mpegflow_domain::fingerprint::COMMAND_GRAMMAR.to_owned(),
             unused_asset_ttl_seconds: 24 * 3600,
+            deletion_grace_seconds: 300,
         }
     }
 }
@@ -150,7 +154,9 @@ impl ControlConfig {
     /// When a deleted object's key is free of every URL signed for it: the longest TTL any
     /// URL can have, from now.
     pub fn object_free_at(&self) -> time::OffsetDateTime {
-        time::OffsetDateTime::now_utc() + self.presign_ttl() + Duration::from_secs(60)
+        time::OffsetDateTime::now_utc()
+            + self.presign_ttl()
+            + Duration::from_secs(self.deletion_grace_seconds)
     }
     pub fn token_policy(&self) -> mpegflow_store::TokenPolicy {
         mpegflow_store::TokenPolicy {

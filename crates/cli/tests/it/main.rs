@@ -3,10 +3,12 @@
 
 mod harness;
 
+mod assets;
 mod audit;
 mod bad_input;
 mod broker_attacks;
 mod cancel;
+mod cli;
 mod commands;
 mod coordinator_auth;
 mod e2e;

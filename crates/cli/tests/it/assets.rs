@@ -1,0 +1,163 @@
+//! Assets a tenant can manage: listed, deleted (not while a job reads them), expired when no
+//! job used them — and their bytes removed from the store.
+
+use crate::harness::*;
+use mpegflow_api as api;
+use mpegflow_control::ControlConfig;
+use std::time::Duration;
+
+fn config() -> ControlConfig {
+    ControlConfig {
+        // URLs live 2 s, and deleted objects go 1 s after that.
+        presign_ttl_seconds: 2,
+        deletion_grace_seconds: 1,
+        ..test_control_config()
+    }
+}
+
+async fn stored(tp: &TestPlatform, org: uuid::Uuid, id: uuid::Uuid) -> bool {
+    let key = mpegflow_domain::names::asset_key(org, id);
+    tp.platform.state.head_object(&key).await.unwrap().is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_are_listed_deleted_unless_in_use_and_their_bytes_removed() {
+    let tp = TestPlatform::start(0, config()).await;
+    let (org, key) = tp.platform.store().create_org("acme").await.unwrap();
+    let client = mpegflow::client::ApiClient::new(&tp.platform.api_url, key.expose());
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let first = client.upload(&input).await.unwrap();
+    let second = client.upload(&input).await.unwrap();
+    assert!(first.expires_at.is_some(), "an unused upload expires");
+
+    // Newest first, a page at a time.
+    let q = |cursor| api::ListAssetsQuery {
+        cursor,
+        limit: Some(1),
+    };
+    let page = client.list_assets(&q(None)).await.unwrap();
+    assert_eq!(
+        page.assets.iter().map(|a| a.id).collect::<Vec<_>>(),
+        [second.id]
+    );
+    let next = page.next_cursor.unwrap().parse().unwrap();
+    let page = client.list_assets(&q(Some(next))).await.unwrap();
+    assert_eq!(
+        page.assets.iter().map(|a| a.id).collect::<Vec<_>>(),
+        [first.id]
+    );
+    assert_eq!(page.next_cursor, None);
+
+    // A queued job reads `first`: it no longer expires and cannot be deleted.
+    let job = client
+        .submit(
+            &api::JobIn::new([("in", first.id)], [("out", "o.mp4")], "-i {{in}} {{out}}").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(client.asset(first.id).await.unwrap().expires_at, None);
+    let err = client.delete_asset(first.id).await.unwrap_err();
+    let problem = &err.downcast_ref::<mpegflow::client::ApiError>().unwrap().0;
+    assert_eq!(
+        (problem.status, problem.code.as_str()),
+        (409, "asset_in_use")
+    );
+    assert!(
+        problem.detail.contains(&job.id.to_string()),
+        "{}",
+        problem.detail
+    );
+    assert!(stored(&tp, org, first.id).await);
+
+    // Once the job is canceled it goes: gone from the API at once, from the store once no URL
+    // signed for it can be used.
+    client.cancel(job.id).await.unwrap();
+    client.delete_asset(first.id).await.unwrap();
+    let err = client.asset(first.id).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<mpegflow::client::ApiError>()
+            .unwrap()
+            .0
+            .status,
+        404
+    );
+    let err = client.delete_asset(first.id).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<mpegflow::client::ApiError>()
+            .unwrap()
+            .0
+            .status,
+        404
+    );
+    eventually(
+        "the deleted asset's bytes to go",
+        Duration::from_secs(30),
+        || async { (!stored(&tp, org, first.id).await).then_some(()) },
+    )
+    .await;
+    assert!(
+        stored(&tp, org, second.id).await,
+        "only the deleted asset's bytes go"
+    );
+
+    // Another org can neither see nor delete ours.
+    let other = tp.org("other").await;
+    let err = other.delete_asset(second.id).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<mpegflow::client::ApiError>()
+            .unwrap()
+            .0
+            .status,
+        404
+    );
+    assert!(other.list_assets(&q(None)).await.unwrap().assets.is_empty());
+    assert!(stored(&tp, org, second.id).await);
+
+    // The audit trail says who deleted what.
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_logs WHERE subject = $1 ORDER BY id")
+            .bind(first.id.to_string())
+            .fetch_all(
+                &sqlx::PgPool::connect(&tp.platform.database_url)
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    assert!(actions.contains(&"asset.deleted".to_owned()), "{actions:?}");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_no_job_used_expire_and_used_ones_stay() {
+    let config = ControlConfig {
+        unused_asset_ttl_seconds: 3,
+        ..config()
+    };
+    let tp = TestPlatform::start(0, config).await;
+    let (org, key) = tp.platform.store().create_org("acme").await.unwrap();
+    let client = mpegflow::client::ApiClient::new(&tp.platform.api_url, key.expose());
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let unused = client.upload(&input).await.unwrap();
+    let used = client.upload(&input).await.unwrap();
+    client
+        .submit(
+            &api::JobIn::new([("in", used.id)], [("out", "o.mp4")], "-i {{in}} {{out}}").unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the unused upload to expire",
+        Duration::from_secs(30),
+        || async { client.asset(unused.id).await.is_err().then_some(()) },
+    )
+    .await;
+    eventually("its bytes to go", Duration::from_secs(30), || async {
+        (!stored(&tp, org, unused.id).await).then_some(())
+    })
+    .await;
+    let kept = client.asset(used.id).await.unwrap();
+    assert_eq!(kept.expires_at, None);
+    assert!(stored(&tp, org, used.id).await);
+    tp.stop().await;
+}
