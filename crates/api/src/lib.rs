@@ -403,6 +403,21 @@ pub struct Attempt {
     pub outputs: Vec<AttemptOutput>,
 }
 
+/// What a running job is doing now, from its worker's last heartbeat (the worker's word).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiveStatus {
+    /// `download`, `validate`, `encode` or `upload`.
+    #[schema(required = true)]
+    pub stage: Option<String>,
+    /// FFmpeg's encoding speed: media time per wall-clock time (2.0 = twice real time).
+    #[schema(required = true)]
+    pub speed: Option<f32>,
+    /// Frames FFmpeg encodes per second.
+    #[schema(required = true)]
+    pub fps: Option<f32>,
+}
+
 /// A job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -413,6 +428,9 @@ pub struct Job {
     /// Encode progress from 0 to 1 while running, when the duration is known.
     #[schema(required = true)]
     pub progress: Option<f32>,
+    /// While running: the stage, speed and fps (`null` otherwise).
+    #[schema(required = true)]
+    pub live: Option<LiveStatus>,
     /// Runs started so far.
     pub attempts: u32,
     pub max_attempts: u32,

@@ -673,6 +673,13 @@ impl pb::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let (worker_id, job_id, r) = self.job_call(req).await?;
         let progress = (0.0..=1.0).contains(&r.progress).then_some(r.progress);
+        // The worker's word, bounded: a known stage name and plausible rates or nothing.
+        let rate = |v: f32| (v.is_finite() && v > 0.0 && v < 1e5).then_some(v);
+        let stage = mpegflow_domain::job::STAGES
+            .iter()
+            .find(|s| **s == r.stage)
+            .copied();
+        let live = json!({ "stage": stage, "speed": rate(r.speed), "fps": rate(r.fps) });
         let lease = Lease {
             job_id,
             worker_id,
@@ -684,6 +691,7 @@ impl pb::Coordinator for CoordinatorService {
             .heartbeat(
                 lease,
                 progress,
+                live,
                 self.state.config.lease(),
                 self.state.config.attempt_grace(),
             )

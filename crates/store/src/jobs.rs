@@ -41,6 +41,8 @@ pub struct Job {
     pub started_at: Option<OffsetDateTime>,
     pub finished_at: Option<OffsetDateTime>,
     pub blame_worker_id: Option<Uuid>,
+    /// While running: the stage and FFmpeg's speed and fps, from the last heartbeat.
+    pub live: Option<Value>,
 }
 
 impl Job {
@@ -477,7 +479,7 @@ impl Store {
         )
         .map_err(|e| StoreError::Conflict(e.to_string()))?;
         let job: Job = sqlx::query_as(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_worker_id = $2,
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_worker_id = $2, live = NULL,
                     lease_expires_at = now() + make_interval(secs => $3), fencing_token = $4,
                     started_at = COALESCE(started_at, now()), progress = 0
              WHERE id = $1 RETURNING *",
@@ -590,6 +592,7 @@ impl Store {
         &self,
         lease_ref: Lease<'_>,
         progress: Option<f32>,
+        live: Value,
         lease: Duration,
         grace: Duration,
     ) -> Result<HeartbeatResult> {
@@ -600,7 +603,8 @@ impl Store {
                WHERE j.id = $1)
              UPDATE jobs SET lease_expires_at = CASE WHEN state = 'running'
                         THEN LEAST(now() + make_interval(secs => $4), (SELECT at FROM deadline)) ELSE lease_expires_at END,
-                    progress = CASE WHEN state = 'running' THEN COALESCE($5, progress) ELSE progress END
+                    progress = CASE WHEN state = 'running' THEN COALESCE($5, progress) ELSE progress END,
+                    live = CASE WHEN state = 'running' THEN $7 ELSE live END
              WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3
                AND (state = 'canceled' OR (state = 'running' AND now() < (SELECT at FROM deadline)))
              RETURNING state",
@@ -611,6 +615,7 @@ impl Store {
         .bind(lease.as_secs_f64())
         .bind(progress)
         .bind(grace.as_secs_f64())
+        .bind(live)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row.as_deref() {

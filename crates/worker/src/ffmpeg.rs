@@ -132,6 +132,15 @@ fn progress_line(line: &[u8], progress: &Progress, duration_us: u64) {
         if let (Ok(us), true) = (v.trim().parse::<u64>(), duration_us > 0) {
             progress.set(us as f64 / duration_us as f64);
         }
+    } else if let Some(v) = line.strip_prefix("speed=") {
+        // "1.23x", or "N/A" before the first frame.
+        if let Ok(x) = v.trim().trim_end_matches('x').parse::<f64>() {
+            Progress::set_rate(&progress.0.speed_milli, x);
+        }
+    } else if let Some(v) = line.strip_prefix("fps=") {
+        if let Ok(f) = v.trim().parse::<f64>() {
+            Progress::set_rate(&progress.0.fps_milli, f);
+        }
     } else if line == "progress=end" {
         progress.set(1.0);
     }
@@ -293,22 +302,68 @@ pub struct Finished {
 
 /// Progress in millionths, shared with the heartbeat task.
 #[derive(Clone)]
-pub struct Progress(Arc<AtomicU32>);
+pub struct Progress(Arc<Live>);
+
+/// What the heartbeat tells of a running job: its stage, and FFmpeg's own progress figures.
+#[derive(Debug)]
+struct Live {
+    /// Millionths of the encode, or [`Progress::UNKNOWN`].
+    fraction: AtomicU32,
+    /// FFmpeg's `speed=` (media time per wall time) in thousandths; 0 unknown.
+    speed_milli: AtomicU32,
+    /// FFmpeg's `fps=` in thousandths; 0 unknown.
+    fps_milli: AtomicU32,
+    /// Index into [`STAGES`] + 1; 0 none.
+    stage: std::sync::atomic::AtomicU8,
+}
+
+use mpegflow_domain::job::STAGES;
 
 impl Progress {
     pub const UNKNOWN: u32 = u32::MAX;
     pub fn set(&self, fraction: f64) {
         self.0
+            .fraction
             .store((fraction.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
     }
     pub fn get(&self) -> Option<f32> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.0.fraction.load(Ordering::Relaxed) {
             Self::UNKNOWN => None,
             v => Some(v as f32 / 1e6),
         }
     }
+    fn set_rate(cell: &AtomicU32, value: f64) {
+        if value.is_finite() && (0.0..1e6).contains(&value) {
+            cell.store((value * 1e3) as u32, Ordering::Relaxed);
+        }
+    }
+    /// FFmpeg's encoding speed (1.0 = real time), when it said.
+    pub fn speed(&self) -> Option<f32> {
+        let v = self.0.speed_milli.load(Ordering::Relaxed);
+        (v > 0).then(|| v as f32 / 1e3)
+    }
+    /// Frames encoded per second, when FFmpeg said.
+    pub fn fps(&self) -> Option<f32> {
+        let v = self.0.fps_milli.load(Ordering::Relaxed);
+        (v > 0).then(|| v as f32 / 1e3)
+    }
+    pub fn set_stage(&self, name: &str) {
+        let i = STAGES.iter().position(|s| *s == name).map_or(0, |i| i + 1);
+        self.0.stage.store(i as u8, Ordering::Relaxed);
+    }
+    pub fn stage(&self) -> &'static str {
+        match self.0.stage.load(Ordering::Relaxed) {
+            0 => "",
+            i => STAGES.get(usize::from(i) - 1).copied().unwrap_or(""),
+        }
+    }
     pub fn unknown() -> Self {
-        Progress(Arc::new(AtomicU32::new(Self::UNKNOWN)))
+        Progress(Arc::new(Live {
+            fraction: AtomicU32::new(Self::UNKNOWN),
+            speed_milli: AtomicU32::new(0),
+            fps_milli: AtomicU32::new(0),
+            stage: std::sync::atomic::AtomicU8::new(0),
+        }))
     }
 }
 
@@ -710,6 +765,16 @@ mod tests {
         progress_line(b"out_time_us=\xff", &p, 1_000_000);
         assert_eq!(p.get(), Some(0.5));
         progress_line(b"progress=end", &p, 1_000_000);
+        progress_line(b"speed=2.5x", &p, 1_000_000);
+        progress_line(b"fps=47.9", &p, 1_000_000);
+        assert_eq!((p.speed(), p.fps()), (Some(2.5), Some(47.9)));
+        progress_line(b"speed=N/A", &p, 1_000_000);
+        progress_line(b"fps=inf", &p, 1_000_000);
+        assert_eq!(
+            (p.speed(), p.fps()),
+            (Some(2.5), Some(47.9)),
+            "unparsable values change nothing"
+        );
         assert_eq!(p.get(), Some(1.0));
     }
 

@@ -307,8 +307,10 @@ async fn heartbeat_loop(
             job_id: job_id.clone(),
             fencing_token: fencing_token.clone(),
             progress: progress.get().unwrap_or(-1.0),
-            stage: String::new(),
+            stage: progress.stage().to_owned(),
             refresh_input_urls: urls.wanted.load(Ordering::Relaxed),
+            speed: progress.speed().unwrap_or(0.0),
+            fps: progress.fps().unwrap_or(0.0),
         };
         match client.heartbeat(req).await {
             Ok(r) if r.get_ref().cancel => {
@@ -401,6 +403,7 @@ impl Run<'_> {
         }
 
         self.stages.start("download");
+        self.progress.set_stage("download");
         for input in &self.a.inputs {
             let dest = self.dir.join(&input.path);
             let got = self.download(input, &dest).await?;
@@ -429,6 +432,7 @@ impl Run<'_> {
         }
 
         self.stages.start("validate");
+        self.progress.set_stage("validate");
         let limits = self.a.limits.unwrap_or_default();
         let mut duration_us = None;
         for input in &self.a.inputs {
@@ -470,6 +474,7 @@ impl Run<'_> {
         self.stages.end();
 
         self.stages.start("encode");
+        self.progress.set_stage("encode");
         let timeout = Duration::from_secs(limits.timeout_seconds.max(1).into());
         self.progress.set(0.0);
         let jail = self.jail_for(&self.worker.ffmpeg, &limits, true)?;
@@ -539,6 +544,7 @@ impl Run<'_> {
         }
 
         self.stages.start("upload");
+        self.progress.set_stage("upload");
         let files = self.collect_outputs(&spec, &limits).await?;
         // URLs live a few minutes: ask again (idempotently, same pins) for what is left once
         // they are half-way to expiry.

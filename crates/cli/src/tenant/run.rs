@@ -181,7 +181,7 @@ impl Progress {
         }
     }
 
-    /// The job's phase: queued, then running with its progress fraction.
+    /// The job's phase: queued, then running with its stage, progress, speed and fps.
     fn job(&mut self, job: &api::Job, started: Instant) {
         let state = job.state.to_string();
         match &self.bar {
@@ -198,17 +198,19 @@ impl Progress {
                     );
                 }
                 bar.set_position((job.progress.unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0) as u64);
-                bar.set_message(format!("job {state}"));
+                bar.set_message(format!("job {state}{}", live_text(job)));
             }
             None => {
                 let percent = job.progress.map(|p| (p * 100.0).floor() as u32);
                 // A line per state change, and per 10% of progress.
-                let key = format!("{state} {}", percent.map_or(0, |p| p / 10));
+                let stage = job.live.as_ref().and_then(|l| l.stage.as_deref());
+                let key = format!("{state} {stage:?} {}", percent.map_or(0, |p| p / 10));
                 if self.last_line.as_ref().map(|(k, _)| k) != Some(&key) {
                     let p = percent.map_or(String::new(), |p| format!(" {p}%"));
                     eprintln!(
-                        "job {} {state}{p} ({}s)",
+                        "job {} {state}{p}{} ({}s)",
                         job.id,
+                        live_text(job),
                         started.elapsed().as_secs()
                     );
                     self.last_line = Some((key, Instant::now()));
@@ -234,6 +236,28 @@ impl Progress {
 impl Default for Progress {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// ": encode 2.1x 52 fps" while a worker reports it.
+fn live_text(job: &api::Job) -> String {
+    let Some(live) = &job.live else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    if let Some(stage) = &live.stage {
+        parts.push(stage.clone());
+    }
+    if let Some(speed) = live.speed {
+        parts.push(format!("{speed:.2}x"));
+    }
+    if let Some(fps) = live.fps {
+        parts.push(format!("{fps:.0} fps"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join(" "))
     }
 }
 

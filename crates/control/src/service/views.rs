@@ -96,6 +96,11 @@ pub fn job(job: &Job, pool: &str, history: Option<Vec<Attempt>>) -> Result<api::
         workflow_id: job.workflow_id,
         state: job.state().into(),
         progress: job.progress,
+        live: job
+            .live
+            .as_ref()
+            .filter(|_| job.state() == JobState::Running)
+            .and_then(|v| serde_json::from_value(v.clone()).ok()),
         attempts: job.attempts.max(0) as u32,
         max_attempts: job.max_attempts.max(0) as u32,
         pool: pool.to_owned(),

@@ -1,3 +1,6 @@
+-- A running job's live figures from its worker's heartbeats: stage, FFmpeg's speed and fps.
+ALTER TABLE jobs ADD COLUMN live jsonb;
+
 -- Assets a tenant can manage: uploads no job ever used expire; deleted assets' objects are
 -- removed once no URL signed for them can still be used.
 
