@@ -309,7 +309,7 @@ pub async fn run(conn: &Connection, args: &RunArgs) -> Result<Exit> {
     }
     progress.line(&format!("job {} submitted", job.id));
     let job = match follow(&client, job.id, &mut progress).await? {
-        Followed::Ended(job) => job,
+        Followed::Ended(job) => *job,
         Followed::Detached => return Ok(Exit::JobFailed),
     };
     finish(&client, &job, &plan.dests, &mut progress, args.json).await
@@ -329,7 +329,7 @@ async fn warn_without_workers(client: &ApiClient, pool: &api::PoolName) {
 }
 
 pub enum Followed {
-    Ended(api::Job),
+    Ended(Box<api::Job>),
     /// A second Ctrl-C: the job goes on without us.
     Detached,
 }
@@ -347,7 +347,7 @@ pub async fn follow(client: &ApiClient, id: Uuid, progress: &mut Progress) -> Re
                 progress.job(&job, started);
                 if job.state.is_terminal() {
                     progress.finish();
-                    return Ok(Followed::Ended(job));
+                    return Ok(Followed::Ended(Box::new(job)));
                 }
             }
             _ = tokio::signal::ctrl_c() => {
