@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod api_contract;
 mod audit;
 mod bad_input;
 mod broker_attacks;
