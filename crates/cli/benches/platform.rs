@@ -10,6 +10,7 @@
 use mpegflow::client::ApiClient;
 use mpegflow::pg::Cluster;
 use mpegflow::platform::{Platform, PlatformConfig};
+use mpegflow_api as api;
 use mpegflow_control::ControlConfig;
 use mpegflow_proto as pb;
 use mpegflow_store::NewJob;
@@ -93,17 +94,11 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
         .await
         .unwrap();
     let asset = client.upload(&clip).await.unwrap();
-    let job = client
-        .submit(
-            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
-            &[("out".into(), "o.mp4".into())].into(),
-            "-i {{in}} {{out}}",
-            json!({}),
-        )
+    let template = client
+        .submit(&one_input_job(asset.id, "-i {{in}} {{out}}"))
         .await
         .unwrap();
-    let template: serde_json::Value = job;
-    let inputs = sqlx_inputs(&store, template["id"].as_str().unwrap()).await;
+    let inputs = sqlx_inputs(&store, template.id).await;
     for _ in 0..JOBS {
         store
             .submit_job(NewJob {
@@ -111,7 +106,7 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
                 org_id: org,
                 pool_id: mpegflow_store::DEFAULT_POOL_ID,
                 command: "-i {{in}} {{out}}".into(),
-                argv: template["argv"].clone(),
+                argv: serde_json::to_value(&template.argv).unwrap(),
                 inputs: inputs.clone(),
                 outputs: json!([{ "alias": "out", "filename": "o.mp4" }]),
                 timeout_seconds: 60,
@@ -221,8 +216,13 @@ fn register_request() -> pb::RegisterWorkerRequest {
     }
 }
 
-async fn sqlx_inputs(store: &mpegflow_store::Store, job_id: &str) -> serde_json::Value {
-    sqlx::query_scalar("SELECT inputs FROM jobs WHERE id = $1::uuid")
+/// A job of `command` with the input `in` and the output `out` (o.mp4).
+fn one_input_job(asset: uuid::Uuid, command: &str) -> api::JobIn {
+    api::JobIn::new([("in", asset)], [("out", "o.mp4")], command).unwrap()
+}
+
+async fn sqlx_inputs(store: &mpegflow_store::Store, job_id: uuid::Uuid) -> serde_json::Value {
+    sqlx::query_scalar("SELECT inputs FROM jobs WHERE id = $1")
         .bind(job_id)
         .fetch_one(store.pool())
         .await
@@ -310,19 +310,11 @@ async fn overhead_bench(dir: &Path, cluster: &Cluster, clip_seconds: u32) {
         let (client, out) = (client.clone(), out_dir.join(format!("p-{i}.mp4")));
         tasks.push(tokio::spawn(async move {
             let job = client
-                .submit(
-                    &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
-                    &[("out".into(), "o.mp4".into())].into(),
-                    COMMAND,
-                    json!({}),
-                )
+                .submit(&one_input_job(asset.id, COMMAND))
                 .await
                 .unwrap();
-            let job = client
-                .wait(job["id"].as_str().unwrap(), |_| {})
-                .await
-                .unwrap();
-            assert_eq!(job["state"], "succeeded", "{job}");
+            let job = client.wait(job.id, |_| {}).await.unwrap();
+            assert_eq!(job.state, api::JobState::Succeeded, "{job:#?}");
             client
                 .download_outputs(&job, &BTreeMap::from([("out".to_owned(), out)]))
                 .await
@@ -331,12 +323,8 @@ async fn overhead_bench(dir: &Path, cluster: &Cluster, clip_seconds: u32) {
         }));
     }
     let mut stage_ms: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    let ms = |v: &serde_json::Value| {
-        v.as_str()
-            .and_then(|s| {
-                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as f64)
+    let ms = |t: Option<api::Timestamp>| {
+        t.map(|t| (t.get().unix_timestamp_nanos() / 1_000_000) as f64)
             .unwrap_or(0.0)
     };
     let mut add = |k: &str, d: f64| {
@@ -346,22 +334,13 @@ async fn overhead_bench(dir: &Path, cluster: &Cluster, clip_seconds: u32) {
     };
     for t in tasks {
         let job = t.await.unwrap();
-        let a = &job["history"][0];
-        let stages = a["stages"].as_array().cloned().unwrap_or_default();
-        let first = stages
-            .first()
-            .and_then(|s| s["started_at_ms"].as_f64())
-            .unwrap_or(0.0);
-        let last = stages
-            .last()
-            .and_then(|s| s["finished_at_ms"].as_f64())
-            .unwrap_or(0.0);
-        add("~assigned->first stage", first - ms(&a["assigned_at"]));
-        add("~last stage->recorded", ms(&a["finished_at"]) - last);
-        for s in job["history"][0]["stages"].as_array().into_iter().flatten() {
-            let d = (s["finished_at_ms"].as_i64().unwrap_or(0)
-                - s["started_at_ms"].as_i64().unwrap_or(0)) as f64;
-            add(s["name"].as_str().unwrap_or("?"), d);
+        let a = &job.history.as_deref().unwrap_or_default()[0];
+        let first = ms(a.stages.first().and_then(|s| s.started_at));
+        let last = ms(a.stages.last().and_then(|s| s.finished_at));
+        add("~assigned->first stage", first - ms(Some(a.assigned_at)));
+        add("~last stage->recorded", ms(a.finished_at) - last);
+        for s in &a.stages {
+            add(&s.name, ms(s.finished_at) - ms(s.started_at));
         }
     }
     let platform_s = t0.elapsed().as_secs_f64();
@@ -422,12 +401,7 @@ async fn latency_bench(dir: &Path, cluster: &Cluster) {
     let mut total = Duration::ZERO;
     for _ in 0..10 {
         client
-            .submit(
-                &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
-                &[("out".into(), "o.mp4".into())].into(),
-                "-i {{in}} {{out}}",
-                json!({}),
-            )
+            .submit(&one_input_job(asset.id, "-i {{in}} {{out}}"))
             .await
             .unwrap();
         let mut r = tonic::Request::new(pb::GetWorkAssignmentRequest {

@@ -1,4 +1,5 @@
 use crate::harness::*;
+use mpegflow_api::JobState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_job_leaves_an_append_only_trail() {
@@ -12,9 +13,9 @@ async fn every_job_leaves_an_append_only_trail() {
         "-i {{in}} -c copy {{out}}",
     )
     .await;
-    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
-    let job = client.wait(&id.to_string(), |_| {}).await.unwrap();
-    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let id = job.id;
+    let job = client.wait(id, |_| {}).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
 
     let trail = tp.platform.store().job_audit(id).await.unwrap();
     let actions: Vec<&str> = trail.iter().map(|r| r.action.as_str()).collect();

@@ -3,6 +3,7 @@
 
 use crate::harness::*;
 use mpegflow::client::ApiClient;
+use mpegflow_api as api;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -15,6 +16,13 @@ struct Raw {
 impl Raw {
     /// Sends a request and returns its status and problem `code`, requiring problem+json.
     async fn problem(&self, req: reqwest::RequestBuilder, what: &str) -> (StatusCode, String) {
+        let problem = self.refusal(req, what).await;
+        (StatusCode::from_u16(problem.status).unwrap(), problem.code)
+    }
+
+    /// Sends a request and returns the problem it was refused with, requiring problem+json
+    /// whose `status` is the answer's.
+    async fn refusal(&self, req: reqwest::RequestBuilder, what: &str) -> api::Problem {
         let resp = req.bearer_auth(&self.key).send().await.unwrap();
         let status = resp.status();
         let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
@@ -23,9 +31,10 @@ impl Raw {
             content_type, "application/problem+json",
             "{what}: {status} {text}"
         );
-        let body: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(body["status"], status.as_u16(), "{what}: {body}");
-        (status, body["code"].as_str().unwrap().to_owned())
+        let problem: api::Problem = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what}: not a problem ({e}): {text}"));
+        assert_eq!(problem.status, status.as_u16(), "{what}: {problem:?}");
+        problem
     }
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -69,10 +78,44 @@ async fn bad_input_gets_problem_json_never_5xx() {
         );
     }
 
+    // Values the request types refuse at the edge: `invalid_body`, with a detail naming the rule.
+    let some_id = uuid::Uuid::now_v7();
+    let malformed_values = [
+        (
+            "/v1/jobs",
+            json!({ "inputs": { "In": some_id }, "outputs": { "out": "o.mp4" }, "command": "-i {{In}} {{out}}" }),
+            "alias",
+        ),
+        (
+            "/v1/assets",
+            json!({ "filename": "a.mp4", "size": 1, "sha256": "ABC" }),
+            "SHA-256",
+        ),
+        (
+            "/v1/assets",
+            json!({ "filename": "a\nb.mp4", "size": 1 }),
+            "control characters",
+        ),
+        ("/v1/assets", json!({ "filename": "a.mp4" }), "size"),
+    ];
+    for (path, body, rule) in malformed_values {
+        let problem = raw
+            .refusal(raw.http.post(raw.url(path)).json(&body), &body.to_string())
+            .await;
+        assert_eq!(
+            (problem.status, problem.code.as_str()),
+            (400, "invalid_body"),
+            "{body}"
+        );
+        assert!(problem.detail.contains(rule), "{body}: {problem:?}");
+    }
+
     // Query strings: malformed values, unknown parameters, NUL.
     for query in [
         "limit=abc",
         "limit=1&limit=x",
+        "limit=0",
+        "limit=201",
         "bogus=1",
         "state=%00",
         "cursor=%00",
@@ -157,11 +200,10 @@ async fn bad_input_gets_problem_json_never_5xx() {
     );
 
     // Nothing above was stored, and the API still answers normally.
-    let (status, body) = ApiClient::new(&tp.platform.api_url, key.expose())
-        .call(Method::GET, "/v1/jobs", None, &[])
+    let list = ApiClient::new(&tp.platform.api_url, key.expose())
+        .list_jobs(&api::ListJobsQuery::default())
         .await
         .unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(body["jobs"], json!([]), "{body}");
+    assert!(list.jobs.is_empty(), "{list:?}");
     tp.stop().await;
 }

@@ -2,6 +2,7 @@
 //! platform: more leases than the token's worker cap, and a tenant's job held past its timeout.
 
 use crate::harness::*;
+use mpegflow_api::{self as api, JobState};
 use mpegflow_control::ControlConfig;
 use mpegflow_proto as pb;
 use mpegflow_store::TokenLimits;
@@ -176,18 +177,10 @@ async fn a_heartbeating_rogue_cannot_hold_a_job_past_its_timeout() {
     let client = tp.org("acme").await;
     let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
     let asset = client.upload(&input).await.unwrap();
-    let inputs = [("in".to_owned(), asset["id"].as_str().unwrap().to_owned())].into();
-    let outputs = [("out".to_owned(), "o.mp4".to_owned())].into();
-    let job = client
-        .submit(
-            &inputs,
-            &outputs,
-            "-i {{in}} {{out}}",
-            serde_json::json!({ "timeout_seconds": 1 }),
-        )
-        .await
-        .unwrap();
-    let id = job["id"].as_str().unwrap().to_owned();
+    let mut job =
+        api::JobIn::new([("in", asset.id)], [("out", "o.mp4")], "-i {{in}} {{out}}").unwrap();
+    job.timeout_seconds = Some(api::TimeoutSeconds::parse(1).unwrap());
+    let id = client.submit(&job).await.unwrap().id;
     let (_, token) = tp.worker_token_with("default", limits(1)).await;
     let mut r = Rogue::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
@@ -196,7 +189,7 @@ async fn a_heartbeating_rogue_cannot_hold_a_job_past_its_timeout() {
         .await
         .unwrap()
         .expect("the rogue gets the job");
-    assert_eq!(a.job_id, id);
+    assert_eq!(a.job_id, id.to_string());
     // Far past timeout + lease + the upload allowance, the rogue still heartbeats.
     let start = Instant::now();
     let mut refused = None;
@@ -212,8 +205,8 @@ async fn a_heartbeating_rogue_cannot_hold_a_job_past_its_timeout() {
     }
     let refused = refused.expect("the rogue held the job running past its timeout");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    let job = wait_for_state(&client, &id, "failed").await;
-    assert_eq!(job["error"]["code"], "lease_expired", "{job:#}");
+    let job = wait_for_state(&client, id, JobState::Failed).await;
+    assert_eq!(job_error(&job).code, "lease_expired", "{job:#?}");
     tp.stop().await;
 }
 
@@ -235,19 +228,20 @@ async fn a_nul_byte_on_ffmpegs_stderr_does_not_break_an_honest_workers_report() 
         .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
         .await
         .unwrap();
-    for (exit, state) in [(0, "succeeded"), (1, "failed")] {
+    for (exit, state) in [(0, JobState::Succeeded), (1, JobState::Failed)] {
         let id = submit_attack(&client, &clip, &format!("stderr_nul:{exit}"), 60).await;
-        let job = client.wait(&id, |_| {}).await.unwrap();
-        assert_eq!(job["state"], state, "{job:#}");
-        if state == "failed" {
-            assert_eq!(job["error"]["code"], "ffmpeg_failed", "{job:#}");
-            let tail = job["error"]["stderr_tail"].as_str().unwrap();
+        let job = client.wait(id, |_| {}).await.unwrap();
+        assert_eq!(job.state, state, "{job:#?}");
+        if state == JobState::Failed {
+            let error = job_error(&job);
+            assert_eq!(error.code, "ffmpeg_failed", "{job:#?}");
+            let tail = error.stderr_tail.as_deref().unwrap();
             assert!(
                 tail.contains("before") && tail.contains("after"),
                 "{tail:?}"
             );
         }
-        assert_eq!(job["attempts"], 1, "{job:#}");
+        assert_eq!(job.attempts, 1, "{job:#?}");
     }
     let strikes: i64 =
         sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE token_id = $1 AND strike")
@@ -319,9 +313,9 @@ async fn nul_characters_from_a_rogue_worker_get_no_internal_error() {
     });
     let reported = r.client.report_job_status(req).await;
     assert!(reported.is_ok(), "{reported:?}");
-    let job = client.job(job["id"].as_str().unwrap()).await.unwrap();
-    assert_eq!(job["state"], "failed", "{job:#}");
-    assert_eq!(job["error"]["code"], "ffmpeg_failed", "{job:#}");
+    let job = client.job(job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Failed, "{job:#?}");
+    assert_eq!(job_error(&job).code, "ffmpeg_failed", "{job:#?}");
     tp.stop().await;
 }
 
@@ -352,10 +346,7 @@ async fn a_long_poll_open_across_revocation_gets_no_job() {
         .unwrap();
     let job = client
         .submit(
-            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
-            &[("out".into(), "o.mp4".into())].into(),
-            "-i {{in}} {{out}}",
-            serde_json::json!({}),
+            &api::JobIn::new([("in", asset.id)], [("out", "o.mp4")], "-i {{in}} {{out}}").unwrap(),
         )
         .await
         .unwrap();
@@ -363,9 +354,9 @@ async fn a_long_poll_open_across_revocation_gets_no_job() {
     assert!(
         !matches!(&answer, Ok(Some(_))),
         "a revoked token's open long-poll was handed job {}",
-        job["id"]
+        job.id
     );
-    let job = client.job(job["id"].as_str().unwrap()).await.unwrap();
-    assert_eq!(job["state"], "queued", "{job:#}");
+    let job = client.job(job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Queued, "{job:#?}");
     tp.stop().await;
 }

@@ -1,5 +1,5 @@
 use crate::harness::*;
-use reqwest::Method;
+use mpegflow_api::JobState;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,20 +14,14 @@ async fn cancelling_a_running_job_stops_its_ffmpeg_and_frees_the_worker() {
         "-i {{in}} -c:v libx264 -preset slow -s 1280x720 {{out}}",
     )
     .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    wait_for_state(&client, &id, "running").await;
-    let canceled = client
-        .ok(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
-        .await
-        .unwrap();
-    assert_eq!(canceled["state"], "canceled");
-    let (status, body) = client
-        .call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None, &[])
-        .await
-        .unwrap();
+    let id = job.id;
+    wait_for_state(&client, id, JobState::Running).await;
+    let canceled = client.cancel(id).await.unwrap();
+    assert_eq!(canceled.state, JobState::Canceled);
+    let again = refused(client.cancel(id).await);
     assert_eq!(
-        status, 409,
-        "a finished job cannot be cancelled again: {body}"
+        again.status, 409,
+        "a finished job cannot be cancelled again: {again:?}"
     );
 
     // The worker learns of it at its next heartbeat, stops FFmpeg and records the attempt.
@@ -35,15 +29,18 @@ async fn cancelling_a_running_job_stops_its_ffmpeg_and_frees_the_worker() {
         "the attempt to be recorded as canceled",
         Duration::from_secs(20),
         || {
-            let (c, id) = (client.clone(), id.clone());
+            let c = client.clone();
             async move {
-                let j = c.job(&id).await.unwrap();
-                (j["history"][0]["outcome"] == "canceled").then_some(j)
+                let j = c.job(id).await.unwrap();
+                let canceled = history(&j)
+                    .first()
+                    .is_some_and(|a| a.outcome.as_deref() == Some("canceled"));
+                canceled.then_some(j)
             }
         },
     )
     .await;
-    assert_eq!(job["state"], "canceled");
+    assert_eq!(job.state, JobState::Canceled);
 
     let short = clip(tp.dir.path(), "short.mp4", 1, "160x120").await;
     let next = run_job(
@@ -53,11 +50,8 @@ async fn cancelling_a_running_job_stops_its_ffmpeg_and_frees_the_worker() {
         "-i {{in}} -c copy {{out}}",
     )
     .await;
-    assert_eq!(next["state"], "succeeded");
-    assert_eq!(
-        next["history"][0]["worker_id"],
-        job["history"][0]["worker_id"]
-    );
+    assert_eq!(next.state, JobState::Succeeded);
+    assert_eq!(history(&next)[0].worker_id, history(&job)[0].worker_id);
     tp.stop().await;
 }
 
@@ -75,16 +69,17 @@ async fn sigterm_lets_the_worker_finish_its_job_then_stop() {
         "-i {{in}} -c:v libx264 -preset medium -s 1280x720 {{out}}",
     )
     .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    wait_for_state(&client, &id, "running").await;
+    let id = job.id;
+    wait_for_state(&client, id, JobState::Running).await;
     // SAFETY: signalling a child process we started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let done = client.wait(&id, |_| {}).await.unwrap();
+    let done = client.wait(id, |_| {}).await.unwrap();
     assert_eq!(
-        done["state"], "succeeded",
-        "the job at hand is finished: {done:#}"
+        done.state,
+        JobState::Succeeded,
+        "the job at hand is finished: {done:#?}"
     );
-    assert_eq!(done["attempts"], 1);
+    assert_eq!(done.attempts, 1);
     let code = tokio::time::timeout(Duration::from_secs(20), tp.platform.wait_worker(pid))
         .await
         .unwrap();

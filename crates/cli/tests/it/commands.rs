@@ -1,6 +1,6 @@
 use crate::harness::*;
+use mpegflow_api::{self as api, JobState};
 use reqwest::Method;
-use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_command_forms_name_the_argument_and_filter_graphs_pass() {
@@ -8,11 +8,17 @@ async fn refused_command_forms_name_the_argument_and_filter_graphs_pass() {
     let client = tp.org("acme").await;
     let input = clip(tp.dir.path(), "a.mp4", 1, "160x120").await;
     let asset = client.upload(&input).await.unwrap();
-    let id = asset["id"].as_str().unwrap();
-    let job = |command: &str| json!({ "inputs": { "in": id }, "outputs": { "out": "out.mp4", "hls": "hls/" }, "command": command });
+    let job = |command: &str| {
+        api::JobIn::new(
+            [("in", asset.id)],
+            [("out", "out.mp4"), ("hls", "hls/")],
+            command,
+        )
+        .unwrap()
+    };
     let tail = "-f hls -hls_segment_filename {{hls}}/s_%03d.ts {{hls}}/index.m3u8";
 
-    let refused = [
+    let refused_commands = [
         ("-i /etc/passwd {{out}}", "/etc/passwd"),
         (
             "-i http://127.0.0.1:1/x.mp4 {{out}}",
@@ -37,16 +43,17 @@ async fn refused_command_forms_name_the_argument_and_filter_graphs_pass() {
             "-dump_attachment:t",
         ),
     ];
-    for (command, arg) in refused {
+    for (command, arg) in refused_commands {
         let full = format!("{command} {tail}");
-        let (status, body) = client
-            .call(Method::POST, "/v1/jobs", Some(&job(&full)), &[])
-            .await
-            .unwrap();
-        assert_eq!(status, 400, "{full}: {body}");
-        assert_eq!(body["code"], "invalid_command", "{full}: {body}");
-        assert_eq!(body["argument"], arg, "{full}: {body}");
-        assert!(body["detail"].as_str().unwrap().contains(arg), "{body}");
+        let problem = refused(client.submit(&job(&full)).await);
+        assert_eq!(problem.status, 400, "{full}: {problem:?}");
+        assert_eq!(problem.code, "invalid_command", "{full}: {problem:?}");
+        assert_eq!(
+            problem.argument.as_deref(),
+            Some(arg),
+            "{full}: {problem:?}"
+        );
+        assert!(problem.detail.contains(arg), "{problem:?}");
     }
 
     let accepted = [
@@ -57,18 +64,18 @@ async fn refused_command_forms_name_the_argument_and_filter_graphs_pass() {
     ];
     for command in accepted {
         let full = format!("{command} -map 0 {tail}");
-        let (status, body) = client
+        let answer = client
             .call(Method::POST, "/v1/jobs", Some(&job(&full)), &[])
             .await
             .unwrap();
-        assert_eq!(status, 201, "{full}: {body}");
-        let argv: Vec<String> = serde_json::from_value(body["argv"].clone()).unwrap();
+        assert_eq!(answer.status, 201, "{full}: {}", answer.body);
+        let argv = answer.json::<api::Job>().unwrap().argv;
         assert!(argv.iter().any(|a| a == "out/out/out.mp4"), "{argv:?}");
     }
 
     // The same Idempotency-Key replays the first job; with another body it conflicts.
     let body = job(&format!("-i {{{{in}}}} {{{{out}}}} {tail}"));
-    let (s1, j1) = client
+    let a1 = client
         .call(
             Method::POST,
             "/v1/jobs",
@@ -77,7 +84,7 @@ async fn refused_command_forms_name_the_argument_and_filter_graphs_pass() {
         )
         .await
         .unwrap();
-    let (s2, j2) = client
+    let a2 = client
         .call(
             Method::POST,
             "/v1/jobs",
@@ -86,10 +93,13 @@ async fn refused_command_forms_name_the_argument_and_filter_graphs_pass() {
         )
         .await
         .unwrap();
-    assert_eq!((s1, s2), (201, 200));
-    assert_eq!(j1["id"], j2["id"]);
+    assert_eq!((a1.status, a2.status), (201, 200));
+    assert_eq!(
+        a1.json::<api::Job>().unwrap().id,
+        a2.json::<api::Job>().unwrap().id
+    );
     let other = job(&format!("-i {{{{in}}}} -an {{{{out}}}} {tail}"));
-    let (s3, j3) = client
+    let a3 = client
         .call(
             Method::POST,
             "/v1/jobs",
@@ -98,7 +108,8 @@ async fn refused_command_forms_name_the_argument_and_filter_graphs_pass() {
         )
         .await
         .unwrap();
-    assert_eq!(s3, 409, "{j3}");
+    assert_eq!(a3.status, 409, "{}", a3.body);
+    assert_eq!(a3.problem().status, 409, "{}", a3.body);
     tp.stop().await;
 }
 
@@ -111,9 +122,9 @@ async fn parser_differential_payloads_are_refused_through_the_api() {
     let client = tp.org("acme").await;
     let input = clip(tp.dir.path(), "a.mp4", 1, "160x120").await;
     let asset = client.upload(&input).await.unwrap();
-    let id = asset["id"].as_str().unwrap();
-    let job = |command: &str| json!({ "inputs": { "in": id }, "outputs": { "out": "out.wav" }, "command": command });
-    let refused = [
+    let job =
+        |command: &str| api::JobIn::new([("in", asset.id)], [("out", "out.wav")], command).unwrap();
+    let refused_commands = [
         (
             r#"-i {{in}} -af "curves=plot='\\\\',nullsink;amovie=/etc/passwd:f=u8" {{out}}"#,
             r"curves=plot='\\',nullsink;amovie=/etc/passwd:f=u8",
@@ -138,16 +149,17 @@ async fn parser_differential_payloads_are_refused_through_the_api() {
         ("-i {{in}} -f sap {{out}}", "-f"),
         ("-i {{in}} -f segment -segment_format sap {{out}}", "sap"),
     ];
-    for (command, arg) in refused {
-        let (status, body) = client
-            .call(Method::POST, "/v1/jobs", Some(&job(command)), &[])
-            .await
-            .unwrap();
-        assert_eq!(status, 400, "{command}: {body}");
-        assert_eq!(body["code"], "invalid_command", "{command}: {body}");
-        assert_eq!(body["argument"], arg, "{command}: {body}");
+    for (command, arg) in refused_commands {
+        let problem = refused(client.submit(&job(command)).await);
+        assert_eq!(problem.status, 400, "{command}: {problem:?}");
+        assert_eq!(problem.code, "invalid_command", "{command}: {problem:?}");
+        assert_eq!(
+            problem.argument.as_deref(),
+            Some(arg),
+            "{command}: {problem:?}"
+        );
     }
-    let (status, body) = client
+    let answer = client
         .call(
             Method::POST,
             "/v1/jobs",
@@ -158,18 +170,16 @@ async fn parser_differential_payloads_are_refused_through_the_api() {
         )
         .await
         .unwrap();
-    assert_eq!(status, 201, "{body}");
-    let argv: Vec<String> = serde_json::from_value(body["argv"].clone()).unwrap();
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let submitted: api::Job = answer.json().unwrap();
+    let argv = &submitted.argv;
     assert!(
         argv.iter()
             .any(|a| a == "volume=volume=0.5,aresample=sample_rate=8000"),
         "{argv:?}"
     );
     // The worker re-parses the rendered argv, requires the same rendering, and runs it.
-    let done = client
-        .wait(body["id"].as_str().unwrap(), |_| {})
-        .await
-        .unwrap();
-    assert_eq!(done["state"], "succeeded", "{done}");
+    let done = client.wait(submitted.id, |_| {}).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
     tp.stop().await;
 }

@@ -1,4 +1,5 @@
 use crate::harness::*;
+use mpegflow_api::{self as api, JobState};
 use mpegflow_proto as pb;
 use tonic::{Code, Request};
 
@@ -130,21 +131,16 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
     );
 
     let asset = client.upload(&input).await.unwrap();
-    let gpu_job = client
-        .submit(
-            &[("in".to_owned(), asset["id"].as_str().unwrap().to_owned())].into(),
-            &[("out".to_owned(), "o.mp4".to_owned())].into(),
-            "-i {{in}} {{out}}",
-            serde_json::json!({ "pool": "gpu" }),
-        )
-        .await
-        .unwrap();
+    let mut gpu_job =
+        api::JobIn::new([("in", asset.id)], [("out", "o.mp4")], "-i {{in}} {{out}}").unwrap();
+    gpu_job.pool = Some(api::PoolName::parse("gpu").unwrap());
+    let gpu_job = client.submit(&gpu_job).await.unwrap();
     let got = w1
         .poll(&id1, 1)
         .await
         .unwrap()
         .expect("default worker gets the default job");
-    assert_eq!(got.job_id, default_job["id"].as_str().unwrap());
+    assert_eq!(got.job_id, default_job.id.to_string());
     assert!(w1
         .report(&id1, &got.job_id, &got.fencing_token)
         .await
@@ -154,7 +150,7 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
         .await
         .unwrap()
         .expect("gpu worker gets the gpu job");
-    assert_eq!(got_gpu.job_id, gpu_job["id"].as_str().unwrap());
+    assert_eq!(got_gpu.job_id, gpu_job.id.to_string());
 
     // A worker holding a valid token reporting on a job it does not hold is refused, and the
     // job is unchanged.
@@ -175,10 +171,11 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
         .await
         .unwrap_err();
     assert_eq!(guessed.code(), Code::FailedPrecondition);
-    let job = client.job(&got_gpu.job_id).await.unwrap();
+    let job = client.job(gpu_job.id).await.unwrap();
     assert_eq!(
-        job["state"], "running",
-        "forged reports changed nothing: {job:#}"
+        job.state,
+        JobState::Running,
+        "forged reports changed nothing: {job:#?}"
     );
     assert!(
         gpu.report(&gpu_id, &got_gpu.job_id, &got_gpu.fencing_token)
@@ -187,8 +184,8 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
         "the holder's report is accepted"
     );
     assert_eq!(
-        client.job(&got_gpu.job_id).await.unwrap()["state"],
-        "failed"
+        client.job(gpu_job.id).await.unwrap().state,
+        JobState::Failed
     );
     tp.stop().await;
 }

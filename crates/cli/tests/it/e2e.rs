@@ -1,4 +1,5 @@
 use crate::harness::*;
+use mpegflow_api::JobState;
 use std::collections::BTreeMap;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,10 +16,9 @@ async fn transcode_and_hls_round_trip() {
          -hls_segment_filename {{hls}}/seg_%03d.ts {{hls}}/index.m3u8",
     )
     .await;
-    let id = job["id"].as_str().unwrap();
-    let job = client.wait(id, |_| {}).await.unwrap();
-    assert_eq!(job["state"], "succeeded", "{job:#}");
-    assert_eq!(job["progress"].as_f64(), Some(1.0));
+    let job = client.wait(job.id, |_| {}).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
+    assert_eq!(job.progress, Some(1.0));
 
     let out_path = tp.path("out.mp4");
     let hls_dir = tp.path("hls");
@@ -42,14 +42,9 @@ async fn transcode_and_hls_round_trip() {
 
     // The recorded hash is the hash of the bytes a tenant downloads.
     let bytes = std::fs::read(&out_path).unwrap();
-    assert_eq!(
-        job["outputs"]["out"]["sha256"].as_str().unwrap(),
-        sha256_hex(&bytes)
-    );
-    assert_eq!(
-        job["outputs"]["out"]["size"].as_u64().unwrap(),
-        bytes.len() as u64
-    );
+    let out = output_file(&job, "out");
+    assert_eq!(out.sha256.as_str(), sha256_hex(&bytes));
+    assert_eq!(out.size, bytes.len() as u64);
 
     // The HLS directory arrived complete: every segment the playlist names, and it plays.
     let playlist = std::fs::read_to_string(hls_dir.join("index.m3u8")).unwrap();
@@ -58,11 +53,11 @@ async fn transcode_and_hls_round_trip() {
     for s in &segments {
         assert!(hls_dir.join(s).is_file(), "segment {s} missing");
     }
-    let files = job["outputs"]["hls"]["files"].as_array().unwrap();
+    let files = &output(&job, "hls").files;
     assert_eq!(files.len(), segments.len() + 1);
     for f in files {
-        let local = std::fs::read(hls_dir.join(f["path"].as_str().unwrap())).unwrap();
-        assert_eq!(f["sha256"].as_str().unwrap(), sha256_hex(&local));
+        let local = std::fs::read(hls_dir.join(&f.path)).unwrap();
+        assert_eq!(f.sha256.as_str(), sha256_hex(&local));
     }
     let hls_probe = ffprobe(&hls_dir.join("index.m3u8"));
     let hls_duration: f64 = hls_probe["format"]["duration"]
@@ -76,23 +71,19 @@ async fn transcode_and_hls_round_trip() {
     );
 
     // Provenance: the attempt records the worker, the FFmpeg version, stages and input hash.
-    let history = job["history"].as_array().unwrap();
+    let history = history(&job);
     assert_eq!(history.len(), 1);
     let a = &history[0];
-    assert_eq!(a["outcome"], "succeeded");
-    assert!(a["ffmpeg_version"]
-        .as_str()
+    assert_eq!(a.outcome.as_deref(), Some("succeeded"));
+    assert!(a
+        .ffmpeg_version
+        .as_deref()
         .unwrap()
         .starts_with("ffmpeg version"));
-    let stages: Vec<&str> = a["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let stages: Vec<&str> = a.stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(stages, ["download", "validate", "encode", "upload"]);
     let input_sha = sha256_hex(&std::fs::read(&input).unwrap());
-    assert_eq!(a["input_hashes"][0]["sha256"].as_str().unwrap(), input_sha);
+    assert_eq!(a.inputs[0].sha256, input_sha);
     tp.stop().await;
 }
 
@@ -124,44 +115,27 @@ async fn corrupt_inputs_fail_cleanly_and_the_worker_takes_the_next_job() {
             "-i {{in}} -c:v libx264 {{out}}",
         )
         .await;
-        assert_eq!(job["state"], "failed", "{job:#}");
-        let code = job["error"]["code"].as_str().unwrap();
+        assert_eq!(job.state, JobState::Failed, "{job:#?}");
+        let error = job_error(&job);
+        let code = error.code.as_str();
         assert!(code == "invalid_input" || code == "ffmpeg_failed", "{code}");
         assert!(
-            !job["error"]["stderr_tail"]
-                .as_str()
-                .unwrap_or("")
-                .is_empty(),
-            "stderr recorded: {job:#}"
+            !error.stderr_tail.as_deref().unwrap_or("").is_empty(),
+            "stderr recorded: {job:#?}"
         );
+        let history = history(&job);
         if code == "invalid_input" {
-            assert_eq!(job["attempts"], 2, "confirmed by a second worker: {job:#}");
-            assert_ne!(
-                job["history"][0]["worker_id"],
-                job["history"][1]["worker_id"]
-            );
+            assert_eq!(job.attempts, 2, "confirmed by a second worker: {job:#?}");
+            assert_ne!(history[0].worker_id, history[1].worker_id);
         } else {
-            assert_eq!(job["attempts"], 1, "a bad input is not retried");
+            assert_eq!(job.attempts, 1, "a bad input is not retried");
         }
-        for attempt in job["history"].as_array().unwrap() {
-            workers.push(attempt["worker_id"].clone());
+        for attempt in history {
+            workers.push(attempt.worker_id);
         }
         // The full stderr of the attempt is kept and readable.
-        let id = job["id"].as_str().unwrap();
-        let (status, stderr) = client
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/jobs/{id}/attempts/1/stderr"),
-                None,
-                &[],
-            )
-            .await
-            .unwrap();
-        assert_eq!(status, 200);
-        assert!(
-            stderr.as_str().unwrap_or("").contains("in/in.mp4"),
-            "{stderr}"
-        );
+        let stderr = client.stderr(job.id, 1).await.unwrap();
+        assert!(stderr.contains("in/in.mp4"), "{stderr}");
     }
 
     let job = run_job(
@@ -171,7 +145,7 @@ async fn corrupt_inputs_fail_cleanly_and_the_worker_takes_the_next_job() {
         "-i {{in}} -c:v libx264 -preset veryfast {{out}}",
     )
     .await;
-    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
     if workers
         .iter()
         .collect::<std::collections::HashSet<_>>()
@@ -179,14 +153,15 @@ async fn corrupt_inputs_fail_cleanly_and_the_worker_takes_the_next_job() {
         == 2
     {
         assert!(
-            workers.contains(&job["history"][0]["worker_id"]),
-            "a worker that saw the bad inputs took the next job: {job:#}"
+            workers.contains(&history(&job)[0].worker_id),
+            "a worker that saw the bad inputs took the next job: {job:#?}"
         );
     }
-    let (status, _) = client
-        .call(reqwest::Method::GET, "/healthz", None, &[])
+    let health = client
+        .call(reqwest::Method::GET, "/healthz", None::<&()>, &[])
         .await
         .unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json::<mpegflow_api::Health>().unwrap().status, "ok");
     tp.stop().await;
 }

@@ -1,4 +1,5 @@
 use crate::harness::*;
+use mpegflow_api::JobState;
 use mpegflow_proto as pb;
 use std::time::Duration;
 
@@ -22,8 +23,7 @@ async fn a_frozen_worker_is_fenced_off_after_its_lease_expires() {
         "-i {{in}} -c:v libx264 -preset medium -s 1280x720 {{out}}",
     )
     .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let job_uuid: uuid::Uuid = id.parse().unwrap();
+    let job_uuid = job.id;
     let pool = tp.platform.store().pool().clone();
 
     let (fencing_a, worker_a): (String, uuid::Uuid) = eventually("worker A to take the job", Duration::from_secs(30), || {
@@ -41,11 +41,11 @@ async fn a_frozen_worker_is_fenced_off_after_its_lease_expires() {
     unsafe { libc::kill(pid_a as i32, libc::SIGSTOP) };
 
     // The lease runs out and the reaper requeues the job; a second worker finishes it.
-    wait_for_state(&client, &id, "queued").await;
+    wait_for_state(&client, job_uuid, JobState::Queued).await;
     tp.platform.spawn_worker(&token).await.unwrap();
-    let done = client.wait(&id, |_| {}).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
-    let winner = done["outputs"]["out"].clone();
+    let done = client.wait(job_uuid, |_| {}).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let winner = output_file(&done, "out").clone();
 
     // Worker A wakes up: whatever it sends, the job keeps B's result.
     unsafe { libc::kill(pid_a as i32, libc::SIGCONT) };
@@ -55,7 +55,7 @@ async fn a_frozen_worker_is_fenced_off_after_its_lease_expires() {
         .unwrap();
     let mut stale = tonic::Request::new(pb::ReportJobStatusRequest {
         worker_id: worker_a.to_string(),
-        job_id: id.clone(),
+        job_id: job_uuid.to_string(),
         fencing_token: fencing_a.clone(),
         outcome: pb::Outcome::Succeeded as i32,
         ..Default::default()
@@ -66,18 +66,19 @@ async fn a_frozen_worker_is_fenced_off_after_its_lease_expires() {
     let err = raw.report_job_status(stale).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 
-    let after = client.job(&id).await.unwrap();
-    assert_eq!(after["state"], "succeeded");
+    let after = client.job(job_uuid).await.unwrap();
+    assert_eq!(after.state, JobState::Succeeded);
     assert_eq!(
-        after["outputs"]["out"], winner,
+        output_file(&after, "out"),
+        &winner,
         "the winner's result stands"
     );
-    let history = after["history"].as_array().unwrap();
-    assert_eq!(history.len(), 2, "{after:#}");
-    assert_eq!(history[0]["worker_id"], worker_a.to_string());
-    assert_eq!(history[0]["outcome"], "lease_expired");
-    assert_eq!(history[1]["outcome"], "succeeded");
-    assert_ne!(history[1]["worker_id"], history[0]["worker_id"]);
+    let history = history(&after);
+    assert_eq!(history.len(), 2, "{after:#?}");
+    assert_eq!(history[0].worker_id, worker_a);
+    assert_eq!(history[0].outcome.as_deref(), Some("lease_expired"));
+    assert_eq!(history[1].outcome.as_deref(), Some("succeeded"));
+    assert_ne!(history[1].worker_id, history[0].worker_id);
     let trail = tp.platform.store().job_audit(job_uuid).await.unwrap();
     assert!(trail.iter().any(|r| r.action == "job.lease_expired"));
     tp.stop().await;

@@ -1,14 +1,16 @@
 //! Starting platforms for tests: one private PostgreSQL cluster per test binary (or
 //! `DATABASE_URL`), a fresh database per test, every server on port 0.
 
-use mpegflow::client::ApiClient;
+use mpegflow::client::{ApiClient, ApiError};
 use mpegflow::pg::Cluster;
 use mpegflow::platform::{Platform, PlatformConfig};
+use mpegflow_api as api;
 use mpegflow_control::ControlConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 struct Db {
     admin_url: String,
@@ -218,33 +220,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Uploads `path` and submits a one-input job; returns the job JSON.
+/// Uploads `path` and submits a one-input job (the input's alias is `in`); returns the job.
 pub async fn submit(
     client: &ApiClient,
     input: &Path,
     outputs: &[(&str, &str)],
     command: &str,
-) -> Value {
+) -> api::Job {
     let asset = client.upload(input).await.expect("upload");
-    let inputs = [("in".to_owned(), asset["id"].as_str().unwrap().to_owned())].into();
-    let outputs = outputs
-        .iter()
-        .map(|(a, f)| (a.to_string(), f.to_string()))
-        .collect();
-    client
-        .submit(&inputs, &outputs, command, serde_json::json!({}))
-        .await
-        .expect("submit")
+    let job = api::JobIn::new([("in", asset.id)], outputs.iter().copied(), command)
+        .expect("a well-formed job");
+    client.submit(&job).await.expect("submit")
 }
 
 /// Polls a job until it is in `state` (30 s at most).
-pub async fn wait_for_state(client: &ApiClient, id: &str, state: &str) -> Value {
+pub async fn wait_for_state(client: &ApiClient, id: Uuid, state: api::JobState) -> api::Job {
     eventually(
         &format!("job {id} to be {state}"),
         Duration::from_secs(30),
         || async {
             let job = client.job(id).await.unwrap();
-            (job["state"] == state).then_some(job)
+            (job.state == state).then_some(job)
         },
     )
     .await
@@ -256,12 +252,58 @@ pub async fn run_job(
     input: &Path,
     outputs: &[(&str, &str)],
     command: &str,
-) -> Value {
+) -> api::Job {
     let job = submit(client, input, outputs, command).await;
-    client
-        .wait(job["id"].as_str().unwrap(), |_| {})
-        .await
-        .unwrap()
+    client.wait(job.id, |_| {}).await.unwrap()
+}
+
+/// An alias known to be well formed.
+pub fn alias(name: &str) -> api::Alias {
+    api::Alias::parse(name).unwrap()
+}
+
+/// A job's declared output `name`.
+pub fn output<'a>(job: &'a api::Job, name: &str) -> &'a api::JobOutput {
+    job.outputs
+        .get(&alias(name))
+        .unwrap_or_else(|| panic!("no output {name}: {job:#?}"))
+}
+
+/// The single stored file of a succeeded job's file output `name`.
+pub fn output_file<'a>(job: &'a api::Job, name: &str) -> &'a api::OutputFile {
+    let out = output(job, name);
+    assert_eq!(out.files.len(), 1, "a file output has one file: {job:#?}");
+    &out.files[0]
+}
+
+/// The attempts of a job read with `GET /v1/jobs/{id}`.
+pub fn history(job: &api::Job) -> &[api::Attempt] {
+    job.history
+        .as_deref()
+        .unwrap_or_else(|| panic!("a job read by id carries its history: {job:#?}"))
+}
+
+/// The error of a failed job.
+pub fn job_error(job: &api::Job) -> &api::JobError {
+    job.error
+        .as_ref()
+        .unwrap_or_else(|| panic!("job has no error: {job:#?}"))
+}
+
+/// The problem an API call was refused with (panics on any other error).
+pub fn problem(err: anyhow::Error) -> api::Problem {
+    match err.downcast::<ApiError>() {
+        Ok(ApiError(p)) => p,
+        Err(e) => panic!("not an API refusal: {e:#}"),
+    }
+}
+
+/// The problem a call that must be refused was refused with.
+pub fn refused<T: std::fmt::Debug>(result: anyhow::Result<T>) -> api::Problem {
+    match result {
+        Ok(v) => panic!("expected a refusal, got {v:#?}"),
+        Err(e) => problem(e),
+    }
 }
 
 /// Whether this process can run the root-only setup of a test. Where the run promises that

@@ -4,6 +4,7 @@
 //! a file system the kernel bounds while the job runs. All tests here need root and say so.
 
 use crate::harness::*;
+use mpegflow_api::{self as api, JobState};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -139,7 +140,7 @@ async fn under_up_each_worker_has_its_own_uid_and_no_capabilities() {
         "-i {{in}} -c:v libx264 -preset ultrafast -c:a aac {{out}}",
     )
     .await;
-    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
     tp.stop().await;
 }
 
@@ -147,12 +148,12 @@ async fn under_up_each_worker_has_its_own_uid_and_no_capabilities() {
 async fn whoami(
     client: &mpegflow::client::ApiClient,
     tp: &TestPlatform,
-    job: &serde_json::Value,
+    job: &api::Job,
 ) -> (u32, u32, u32) {
-    assert_eq!(job["state"], "succeeded", "{job:#}");
-    let dest = tp.path(&format!("who-{}.txt", job["id"].as_str().unwrap()));
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
+    let dest = tp.path(&format!("who-{}.txt", job.id));
     client
-        .download(job["outputs"]["out"]["asset_id"].as_str().unwrap(), &dest)
+        .download(output_file(job, "out").asset_id, &dest)
         .await
         .unwrap();
     let text = std::fs::read_to_string(dest).unwrap();
@@ -198,14 +199,14 @@ async fn each_job_runs_as_a_fresh_uid_sequentially_and_concurrently() {
         "-i {{in}} -metadata comment=whoami:3 -f mp4 {{out}}",
     )
     .await;
-    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let (a, b) = (a.id, b.id);
     eventually(
         "both jobs running at once",
         Duration::from_secs(30),
         || async {
             let ja = client.job(a).await.unwrap();
             let jb = client.job(b).await.unwrap();
-            (ja["state"] == "running" && jb["state"] == "running").then_some(())
+            (ja.state == JobState::Running && jb.state == JobState::Running).then_some(())
         },
     )
     .await;
@@ -260,15 +261,15 @@ async fn one_worker_cannot_read_another_workers_job_files() {
         "-i {{in}} -metadata comment=whoami:5 -f mp4 {{out}}",
     )
     .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    wait_for_state(&client, &id, "running").await;
+    let id = job.id;
+    wait_for_state(&client, id, JobState::Running).await;
     // Find the job's input in whichever worker took it (we are root: we may look).
     let work = tp.platform.data_dir.join("work");
     use std::os::unix::fs::MetadataExt;
     // Once the helper has opened the job directory to the job's group (mode 0710), the input
     // is complete.
     let (owner_dir, file) = eventually("the job's input on disk", Duration::from_secs(30), || {
-        let (work, id) = (work.clone(), id.clone());
+        let work = work.clone();
         async move {
             for w in std::fs::read_dir(&work).ok()?.flatten() {
                 let job_dir = w.path().join(format!("{id}-1"));
@@ -330,8 +331,8 @@ async fn one_worker_cannot_read_another_workers_job_files() {
         "uid {other_uid} listed {}",
         owner_dir.display()
     );
-    let job = client.wait(&id, |_| {}).await.unwrap();
-    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let job = client.wait(id, |_| {}).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
     tp.stop().await;
 }
 
@@ -390,7 +391,7 @@ async fn the_output_file_system_stops_many_writers_while_they_run() {
         "-i {{in}} -metadata comment=fill:8:40:1 -f mp4 {{frames}}/x.bin",
     )
     .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = job.id;
     let root = std::fs::canonicalize(&tp.platform.data_dir).unwrap();
     let (mut most_bytes, mut most_files, mut looks) = (0u64, 0u64, 0);
     let job = loop {
@@ -400,8 +401,8 @@ async fn the_output_file_system_stops_many_writers_while_they_run() {
             most_files = most_files.max(f);
             looks += 1;
         }
-        let job = client.job(&id).await.unwrap();
-        if job["state"] == "failed" || job["state"] == "succeeded" {
+        let job = client.job(id).await.unwrap();
+        if job.state == JobState::Failed || job.state == JobState::Succeeded {
             break job;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -414,8 +415,8 @@ async fn the_output_file_system_stops_many_writers_while_they_run() {
         "{most_bytes} bytes > limit + 1 MiB"
     );
     assert!(most_files <= FILES + 8, "{most_files} files");
-    assert_eq!(job["state"], "failed", "{job:#}");
-    assert_eq!(job["error"]["code"], "output_limit", "{job:#}");
+    assert_eq!(job.state, JobState::Failed, "{job:#?}");
+    assert_eq!(job_error(&job).code, "output_limit", "{job:#?}");
     // Unmounted once the job ended.
     eventually("out/ unmounted", Duration::from_secs(10), || async {
         job_output_mounts(&root).is_empty().then_some(())

@@ -1,12 +1,11 @@
 use crate::harness::*;
+use mpegflow_api::{self as api, JobState};
 use reqwest::Method;
-use serde_json::{json, Value};
 
 /// The body of an answer with every UUID replaced, so two "not found"s can be compared whole.
-fn shape(v: &Value) -> String {
-    let s = v.to_string();
+fn shape(s: &str) -> String {
     let mut out = String::new();
-    let mut rest = s.as_str();
+    let mut rest = s;
     while let Some(i) = rest.find(|c: char| c.is_ascii_hexdigit()) {
         out.push_str(&rest[..i]);
         let candidate = &rest[i..];
@@ -34,15 +33,14 @@ async fn another_orgs_ids_answer_exactly_like_missing_ones() {
         "-i {{in}} -c:v libx264 -preset ultrafast {{out}}",
     )
     .await;
-    let job_id = job["id"].as_str().unwrap().to_owned();
-    let job = a.wait(&job_id, |_| {}).await.unwrap();
-    assert_eq!(job["state"], "succeeded");
-    let asset_id = job["inputs"]["in"].as_str().unwrap().to_owned();
-    let output_id = job["outputs"]["out"]["asset_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let missing = uuid::Uuid::now_v7().to_string();
+    let job = a.wait(job.id, |_| {}).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    let job_id = job.id.to_string();
+    let asset = job.inputs[&alias("in")];
+    let asset_id = asset.to_string();
+    let output_id = output_file(&job, "out").asset_id.to_string();
+    let missing_id = uuid::Uuid::now_v7();
+    let missing = missing_id.to_string();
 
     let endpoints = |id: &str| {
         vec![
@@ -58,47 +56,45 @@ async fn another_orgs_ids_answer_exactly_like_missing_ones() {
         for ((m, p_theirs), (_, p_missing)) in
             endpoints(theirs).into_iter().zip(endpoints(&missing))
         {
-            let (s1, b1) = b.call(m.clone(), &p_theirs, None, &[]).await.unwrap();
-            let (s2, b2) = b.call(m.clone(), &p_missing, None, &[]).await.unwrap();
-            assert_eq!(s1, 404, "{m} {p_theirs}: {b1}");
+            let t = b
+                .call(m.clone(), &p_theirs, None::<&()>, &[])
+                .await
+                .unwrap();
+            let m2 = b
+                .call(m.clone(), &p_missing, None::<&()>, &[])
+                .await
+                .unwrap();
+            assert_eq!(t.status, 404, "{m} {p_theirs}: {}", t.body);
+            assert_eq!(t.problem().code, "not_found", "{m} {p_theirs}");
             assert_eq!(
-                (s1, &b1),
-                (s2, &b2),
+                (t.status, &t.content_type, &t.body),
+                (m2.status, &m2.content_type, &m2.body),
                 "{m} {p_theirs} differs from a missing id"
             );
         }
     }
     // The owner still sees them.
-    assert_eq!(
-        a.call(Method::GET, &format!("/v1/assets/{asset_id}"), None, &[])
-            .await
-            .unwrap()
-            .0,
-        200
-    );
-    let (status, _) = a
-        .call(
-            Method::GET,
-            &format!("/v1/jobs/{job_id}/attempts/1/stderr"),
-            None,
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(a.asset(asset).await.unwrap().id, asset);
+    a.stderr(job.id, 1).await.unwrap();
 
     // Using A's asset as an input looks like using a missing asset.
-    let body = |id: &str| json!({ "inputs": { "in": id }, "outputs": { "out": "o.mp4" }, "command": "-i {{in}} {{out}}" });
-    let (s1, b1) = b
-        .call(Method::POST, "/v1/jobs", Some(&body(&asset_id)), &[])
+    let body = |id: uuid::Uuid| {
+        api::JobIn::new([("in", id)], [("out", "o.mp4")], "-i {{in}} {{out}}").unwrap()
+    };
+    let theirs = b
+        .call(Method::POST, "/v1/jobs", Some(&body(asset)), &[])
         .await
         .unwrap();
-    let (s2, b2) = b
-        .call(Method::POST, "/v1/jobs", Some(&body(&missing)), &[])
+    let missing = b
+        .call(Method::POST, "/v1/jobs", Some(&body(missing_id)), &[])
         .await
         .unwrap();
-    assert_eq!(s1, 400);
-    assert_eq!((s1, shape(&b1)), (s2, shape(&b2)));
+    assert_eq!(theirs.status, 400, "{}", theirs.body);
+    assert_eq!(theirs.problem().status, 400, "{}", theirs.body);
+    assert_eq!(
+        (theirs.status, shape(&theirs.body)),
+        (missing.status, shape(&missing.body))
+    );
 
     // A pool dedicated to A looks like a missing pool to B.
     let org_a = tp.platform.store().org_by_name("org-a").await.unwrap();
@@ -108,37 +104,38 @@ async fn another_orgs_ids_answer_exactly_like_missing_ones() {
         .await
         .unwrap();
     let b_asset = b.upload(&input).await.unwrap();
-    let with_pool = |pool: &str| json!({ "inputs": { "in": b_asset["id"] }, "outputs": { "out": "o.mp4" }, "command": "-i {{in}} {{out}}", "pool": pool });
-    let (s1, b1) = b
-        .call(Method::POST, "/v1/jobs", Some(&with_pool("a-only")), &[])
-        .await
-        .unwrap();
-    let (s2, b2) = b
-        .call(
-            Method::POST,
-            "/v1/jobs",
-            Some(&with_pool("no-such-pool")),
-            &[],
+    let with_pool = |pool: &str| {
+        let mut job = api::JobIn::new(
+            [("in", b_asset.id)],
+            [("out", "o.mp4")],
+            "-i {{in}} {{out}}",
         )
-        .await
         .unwrap();
-    assert_eq!(s1, 400);
-    assert_eq!(b1["code"], "unknown_pool");
+        job.pool = Some(api::PoolName::parse(pool).unwrap());
+        job
+    };
+    let theirs = refused(b.submit(&with_pool("a-only")).await);
+    let missing = refused(b.submit(&with_pool("no-such-pool")).await);
+    assert_eq!(theirs.status, 400);
+    assert_eq!(theirs.code, "unknown_pool");
     assert_eq!(
-        b1["detail"].as_str().unwrap().replace("a-only", "X"),
-        b2["detail"].as_str().unwrap().replace("no-such-pool", "X")
+        theirs.detail.replace("a-only", "X"),
+        missing.detail.replace("no-such-pool", "X")
     );
-    assert_eq!(s2, 400);
+    assert_eq!(missing.status, 400);
 
     // Lists never show the other org's rows.
-    let list_b = b.ok(Method::GET, "/v1/jobs", None).await.unwrap();
-    assert_eq!(list_b["jobs"].as_array().unwrap().len(), 0);
+    let list_b = b.list_jobs(&api::ListJobsQuery::default()).await.unwrap();
+    assert_eq!(list_b.jobs.len(), 0);
     let list_a = a
-        .ok(Method::GET, "/v1/jobs?state=succeeded", None)
+        .list_jobs(&api::ListJobsQuery {
+            state: Some(JobState::Succeeded),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(list_a["jobs"].as_array().unwrap().len(), 1);
-    assert_eq!(list_a["jobs"][0]["id"], job_id.as_str());
+    assert_eq!(list_a.jobs.len(), 1);
+    assert_eq!(list_a.jobs[0].id.to_string(), job_id);
     tp.stop().await;
 }
 
@@ -148,14 +145,8 @@ async fn credentials_are_checked_and_revocation_is_immediate() {
     let store = tp.platform.store();
     let (org, key) = store.create_org("acme").await.unwrap();
     let client = mpegflow::client::ApiClient::new(&tp.platform.api_url, key.expose());
-    assert_eq!(
-        client
-            .call(Method::GET, "/v1/jobs", None, &[])
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    let all = api::ListJobsQuery::default();
+    client.list_jobs(&all).await.unwrap();
 
     let (_, token) = tp.worker_token("default").await;
     for bad in [
@@ -165,31 +156,20 @@ async fn credentials_are_checked_and_revocation_is_immediate() {
         "mfk_0000000000000000000000000000000000000000000000000000000000000000",
     ] {
         let c = mpegflow::client::ApiClient::new(&tp.platform.api_url, bad);
-        let (status, body) = c.call(Method::GET, "/v1/jobs", None, &[]).await.unwrap();
-        assert_eq!(status, 401, "{bad}: {body}");
-        assert_eq!(body["code"], "unauthenticated");
+        let problem = refused(c.list_jobs(&all).await);
+        assert_eq!(problem.status, 401, "{bad}: {problem:?}");
+        assert_eq!(problem.code, "unauthenticated");
     }
 
     let (key2_id, key2) = store.create_api_key(org, "second").await.unwrap();
     let c2 = mpegflow::client::ApiClient::new(&tp.platform.api_url, key2.expose());
-    assert_eq!(
-        c2.call(Method::GET, "/v1/jobs", None, &[]).await.unwrap().0,
-        200
-    );
+    c2.list_jobs(&all).await.unwrap();
     store.revoke_api_key(key2_id).await.unwrap();
-    assert_eq!(
-        c2.call(Method::GET, "/v1/jobs", None, &[]).await.unwrap().0,
-        401
-    );
-    assert_eq!(
-        client
-            .call(Method::GET, "/v1/jobs", None, &[])
-            .await
-            .unwrap()
-            .0,
-        200,
-        "other keys keep working"
-    );
+    assert_eq!(refused(c2.list_jobs(&all).await).status, 401);
+    client
+        .list_jobs(&all)
+        .await
+        .expect("other keys keep working");
 
     // Malformed bodies get problem+json, not a panic or a plain-text error.
     let resp = client
@@ -203,5 +183,7 @@ async fn credentials_are_checked_and_revocation_is_immediate() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let problem: api::Problem = resp.json().await.unwrap();
+    assert_eq!(problem.status, 400, "{problem:?}");
     tp.stop().await;
 }

@@ -5,10 +5,11 @@
 
 use crate::harness::*;
 use mpegflow::client::ApiClient;
-use serde_json::Value;
+use mpegflow_api::{self as api, JobState};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// Compiles the hostile program once per test binary.
 pub(crate) fn hostile() -> &'static Path {
@@ -23,18 +24,16 @@ pub(crate) async fn submit_attack(
     clip: &Path,
     attack: &str,
     timeout: u32,
-) -> String {
+) -> Uuid {
     let asset = client.upload(clip).await.unwrap();
-    let job = client
-        .submit(
-            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
-            &[("out".into(), "verdict.txt".into())].into(),
-            &format!("-i {{{{in}}}} -metadata comment=attack:{attack} -f mp4 {{{{out}}}}"),
-            serde_json::json!({ "timeout_seconds": timeout }),
-        )
-        .await
-        .unwrap();
-    job["id"].as_str().unwrap().to_owned()
+    let mut job = api::JobIn::new(
+        [("in", asset.id)],
+        [("out", "verdict.txt")],
+        format!("-i {{{{in}}}} -metadata comment=attack:{attack} -f mp4 {{{{out}}}}"),
+    )
+    .unwrap();
+    job.timeout_seconds = Some(api::TimeoutSeconds::parse(timeout).unwrap());
+    client.submit(&job).await.unwrap().id
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -230,34 +229,27 @@ async fn setup_with(jailed: bool, keep_root: bool, worker_args: &[&str]) -> Env 
     }
 }
 
-async fn run_attack(env: &Env, attack: &Attack) -> Value {
+async fn run_attack(env: &Env, attack: &Attack) -> api::Job {
     let asset = env.client.upload(&env.clip).await.unwrap();
     let command = format!(
         "-i {{{{in}}}} -metadata comment=attack:{}:{} -f mp4 {{{{out}}}}",
         attack.name, attack.arg
     );
     let timeout = if attack.name == "sleep" { 2 } else { 60 };
+    let mut job = api::JobIn::new([("in", asset.id)], [("out", "verdict.txt")], command)
+        .unwrap_or_else(|e| panic!("{}: {e}", attack.name));
+    job.timeout_seconds = Some(api::TimeoutSeconds::parse(timeout).unwrap());
     let job = env
         .client
-        .submit(
-            &[("in".into(), asset["id"].as_str().unwrap().into())].into(),
-            &[("out".into(), "verdict.txt".into())].into(),
-            &command,
-            serde_json::json!({ "timeout_seconds": timeout }),
-        )
+        .submit(&job)
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", attack.name));
-    env.client
-        .wait(job["id"].as_str().unwrap(), |_| {})
-        .await
-        .unwrap()
+    env.client.wait(job.id, |_| {}).await.unwrap()
 }
 
-async fn verdict(env: &Env, job: &Value) -> String {
-    let dest = env
-        .tp
-        .path(&format!("verdict-{}.txt", job["id"].as_str().unwrap()));
-    let id = job["outputs"]["out"]["asset_id"].as_str().unwrap();
+async fn verdict(env: &Env, job: &api::Job) -> String {
+    let dest = env.tp.path(&format!("verdict-{}.txt", job.id));
+    let id = output_file(job, "out").asset_id;
     env.client.download(id, &dest).await.unwrap();
     std::fs::read_to_string(dest).unwrap()
 }
@@ -272,23 +264,24 @@ async fn jailed_suite(keep_root: bool, worker_args: &[&str]) {
         let label = format!("{} {}", attack.name, attack.arg);
         match attack.jailed {
             Expect::Blocked => {
-                assert_eq!(job["state"], "succeeded", "{label}: {job:#}");
+                assert_eq!(job.state, JobState::Succeeded, "{label}: {job:#?}");
                 let v = verdict(&env, &job).await;
                 assert!(v.starts_with("BLOCKED"), "{label}: {v}");
                 report.push(format!("{label}: {}", v.trim()));
             }
             Expect::Code(code) => {
-                assert_eq!(job["state"], "failed", "{label}: {job:#}");
-                assert_eq!(job["error"]["code"], code, "{label}: {job:#}");
+                assert_eq!(job.state, JobState::Failed, "{label}: {job:#?}");
+                assert_eq!(job_error(&job).code, code, "{label}: {job:#?}");
                 if mpegflow_domain::job::error_code::blames_tenant(code) {
                     // One worker's word is not enough: confirmed by the other worker.
-                    assert_eq!(job["attempts"], 2, "{label}: confirmed elsewhere: {job:#}");
+                    assert_eq!(job.attempts, 2, "{label}: confirmed elsewhere: {job:#?}");
+                    let history = history(&job);
                     assert_ne!(
-                        job["history"][0]["worker_id"], job["history"][1]["worker_id"],
+                        history[0].worker_id, history[1].worker_id,
                         "{label}: confirmed by another worker"
                     );
                 } else {
-                    assert_eq!(job["attempts"], 1, "{label}: not retried on another worker");
+                    assert_eq!(job.attempts, 1, "{label}: not retried on another worker");
                 }
                 report.push(format!("{label}: {code}"));
             }
@@ -309,7 +302,7 @@ async fn jailed_suite(keep_root: bool, worker_args: &[&str]) {
         },
     )
     .await;
-    assert_eq!(ok["state"], "succeeded");
+    assert_eq!(ok.state, JobState::Succeeded);
     assert_eq!(verdict(&env, &ok).await.trim(), "OK none");
     // Tripped wires are security events in the audit trail.
     let events: i64 =
@@ -356,7 +349,7 @@ async fn positive_control_the_same_attacks_escape_without_the_jail() {
     for attack in attacks(&env).iter().filter(|a| a.control_escapes) {
         let job = run_attack(&env, attack).await;
         let label = format!("{} {}", attack.name, attack.arg);
-        assert_eq!(job["state"], "succeeded", "{label} unjailed: {job:#}");
+        assert_eq!(job.state, JobState::Succeeded, "{label} unjailed: {job:#?}");
         let v = verdict(&env, &job).await;
         assert!(v.starts_with("ESCAPED"), "{label} unjailed: {v}");
         escaped += 1;
@@ -410,11 +403,8 @@ async fn real_transcodes_succeed_inside_the_jail() {
         jobs.push((label, submit(&client, &input, outputs, command).await));
     }
     for (label, job) in jobs {
-        let job = client
-            .wait(job["id"].as_str().unwrap(), |_| {})
-            .await
-            .unwrap();
-        assert_eq!(job["state"], "succeeded", "{label}: {job:#}");
+        let job = client.wait(job.id, |_| {}).await.unwrap();
+        assert_eq!(job.state, JobState::Succeeded, "{label}: {job:#?}");
     }
     tp.stop().await;
 }
@@ -444,10 +434,10 @@ async fn an_input_that_is_really_an_hls_playlist_cannot_pull_in_host_files() {
         "-i {{in}} -c copy {{out}}",
     )
     .await;
-    assert_eq!(job["state"], "failed", "{job:#}");
-    assert_eq!(job["error"]["code"], "invalid_input", "{job:#}");
+    assert_eq!(job.state, JobState::Failed, "{job:#?}");
+    assert_eq!(job_error(&job).code, "invalid_input", "{job:#?}");
     assert!(
-        job["outputs"]["out"]["asset_id"].is_null(),
+        output(&job, "out").files.is_empty(),
         "no output was produced"
     );
     tp.stop().await;

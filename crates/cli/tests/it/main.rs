@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod api_contract;
 mod assets;
 mod audit;
 mod bad_input;

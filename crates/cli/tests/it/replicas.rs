@@ -1,4 +1,5 @@
 use crate::harness::*;
+use mpegflow_api::JobState;
 use std::collections::BTreeSet;
 use tokio_util::sync::CancellationToken;
 
@@ -43,14 +44,14 @@ async fn two_control_plane_replicas_share_the_work() {
             "-i {{in}} -c copy {{out}}",
         )
         .await;
-        ids.push(job["id"].as_str().unwrap().to_owned());
+        ids.push(job.id);
     }
     let mut workers = BTreeSet::new();
-    for id in &ids {
+    for id in ids {
         let job = client.wait(id, |_| {}).await.unwrap();
-        assert_eq!(job["state"], "succeeded", "{job:#}");
-        assert_eq!(job["attempts"], 1, "each job ran exactly once: {job:#}");
-        workers.insert(job["history"][0]["worker_id"].as_str().unwrap().to_owned());
+        assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
+        assert_eq!(job.attempts, 1, "each job ran exactly once: {job:#?}");
+        workers.insert(history(&job)[0].worker_id);
     }
     assert_eq!(workers.len(), 2, "both replicas' workers took jobs");
     stop_b.cancel();

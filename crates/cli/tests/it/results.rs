@@ -4,6 +4,7 @@
 
 use crate::harness::*;
 use mpegflow::client::ApiClient;
+use mpegflow_api::{self as api, JobState};
 use mpegflow_control::ControlConfig;
 use mpegflow_objstore::embedded::{EmbeddedConfig, GuardOptions};
 use mpegflow_objstore::probe::{self, ProbeError};
@@ -12,6 +13,7 @@ use mpegflow_proto as pb;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use tonic::{Code, Request};
+use uuid::Uuid;
 
 /// A coordinator client playing a worker that lies.
 struct RawWorker {
@@ -133,7 +135,11 @@ fn http() -> reqwest::Client {
 }
 
 /// PUTs `body` to a presigned URL with its signed headers (reqwest sets the length).
-async fn put(url: &str, headers: &HashMap<String, String>, body: &[u8]) -> u16 {
+async fn put<'a>(
+    url: &str,
+    headers: impl IntoIterator<Item = (&'a String, &'a String)>,
+    body: &[u8],
+) -> u16 {
     let mut r = http().put(url).body(body.to_vec());
     for (k, v) in headers {
         if k != "content-length" {
@@ -143,19 +149,9 @@ async fn put(url: &str, headers: &HashMap<String, String>, body: &[u8]) -> u16 {
     r.send().await.unwrap().status().as_u16()
 }
 
-async fn put_json(url: &str, headers: &Value, body: &[u8]) -> u16 {
-    let headers = headers
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-        .collect();
-    put(url, &headers, body).await
-}
-
 /// A job with one file output `out` (o.mp4) and one directory output `hls`, on an input of
 /// arbitrary bytes: no real worker runs, the test plays the worker.
-async fn job(tp: &TestPlatform, client: &ApiClient) -> String {
+async fn job(tp: &TestPlatform, client: &ApiClient) -> Uuid {
     let input = tp.path("in.mp4");
     std::fs::write(&input, b"not really a video").unwrap();
     let job = submit(
@@ -167,13 +163,13 @@ async fn job(tp: &TestPlatform, client: &ApiClient) -> String {
          -hls_segment_filename {{hls}}/seg_%03d.ts {{hls}}/index.m3u8",
     )
     .await;
-    job["id"].as_str().unwrap().to_owned()
+    job.id
 }
 
-async fn audit_actions(tp: &TestPlatform, job_id: &str) -> Vec<(String, Value)> {
+async fn audit_actions(tp: &TestPlatform, job_id: Uuid) -> Vec<(String, Value)> {
     tp.platform
         .store()
-        .job_audit(job_id.parse().unwrap())
+        .job_audit(job_id)
         .await
         .unwrap()
         .into_iter()
@@ -233,8 +229,12 @@ async fn a_worker_cannot_report_a_hash_the_stored_bytes_do_not_have() {
     )
     .await
     .unwrap();
-    let j = wait_for_state(&client, &id, "queued").await;
-    assert_eq!(j["history"][0]["error_code"], "output_missing", "{j:#}");
+    let j = wait_for_state(&client, id, JobState::Queued).await;
+    assert_eq!(
+        history(&j)[0].error_code.as_deref(),
+        Some("output_missing"),
+        "{j:#?}"
+    );
 
     // Attempt 2: the real bytes are stored under a grant for their real hash, and the report
     // claims another one.
@@ -257,10 +257,14 @@ async fn a_worker_cannot_report_a_hash_the_stored_bytes_do_not_have() {
     )
     .await
     .unwrap();
-    let j = wait_for_state(&client, &id, "queued").await;
-    assert_eq!(j["history"][1]["error_code"], "output_mismatch", "{j:#}");
+    let j = wait_for_state(&client, id, JobState::Queued).await;
+    assert_eq!(
+        history(&j)[1].error_code.as_deref(),
+        Some("output_mismatch"),
+        "{j:#?}"
+    );
 
-    let audit = audit_actions(&tp, &id).await;
+    let audit = audit_actions(&tp, id).await;
     let unverified: Vec<_> = audit
         .iter()
         .filter(|(a, _)| a == "job.output_unverified")
@@ -288,15 +292,15 @@ async fn a_worker_cannot_report_a_hash_the_stored_bytes_do_not_have() {
     )
     .await
     .unwrap();
-    let j = wait_for_state(&client, &id, "succeeded").await;
-    assert_eq!(j["outputs"]["out"]["sha256"], sha256_hex(real));
+    let j = wait_for_state(&client, id, JobState::Succeeded).await;
+    assert_eq!(output_file(&j, "out").sha256.as_str(), sha256_hex(real));
     assert!(
-        !j.to_string().contains(&false_hash),
-        "the API never shows the false hash: {j:#}"
+        !serde_json::to_string(&j).unwrap().contains(&false_hash),
+        "the API never shows the false hash: {j:#?}"
     );
     let dest = tp.path("o.mp4");
     let (size, sha) = client
-        .download(j["outputs"]["out"]["asset_id"].as_str().unwrap(), &dest)
+        .download(output_file(&j, "out").asset_id, &dest)
         .await
         .unwrap();
     assert_eq!((size, sha), (real.len() as u64, sha256_hex(real)));
@@ -333,7 +337,7 @@ async fn no_url_can_rewrite_an_output_once_its_attempt_ended() {
     )
     .await
     .unwrap();
-    let j = wait_for_state(&client, &id, "succeeded").await;
+    let j = wait_for_state(&client, id, JobState::Succeeded).await;
 
     // After the attempt: the old URL, new URLs, and URLs for other hashes all fail.
     assert_eq!(put(&out.url, &out.headers, real).await, 412);
@@ -344,17 +348,12 @@ async fn no_url_can_rewrite_an_output_once_its_attempt_ended() {
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
 
     let dest = tp.path("o.mp4");
-    let (size, sha) = client
-        .download(j["outputs"]["out"]["asset_id"].as_str().unwrap(), &dest)
-        .await
-        .unwrap();
+    let out = output_file(&j, "out");
+    let (size, sha) = client.download(out.asset_id, &dest).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), real);
     assert_eq!(
         (size, sha.as_str()),
-        (
-            real.len() as u64,
-            j["outputs"]["out"]["sha256"].as_str().unwrap()
-        )
+        (real.len() as u64, out.sha256.as_str())
     );
     tp.stop().await;
 }
@@ -414,7 +413,7 @@ async fn upload_urls_only_for_declared_files_within_bounds() {
     assert!(refusal.message().contains("at most 5"), "{refusal:?}");
 
     // One audit line per granted URL, not one per call.
-    let audit = audit_actions(&tp, &id).await;
+    let audit = audit_actions(&tp, id).await;
     let puts = audit.iter().filter(|(a, _)| a == "presign.put").count();
     assert_eq!(puts, 2, "{audit:#?}");
     tp.stop().await;
@@ -425,89 +424,86 @@ async fn assets_need_a_size_are_write_once_and_download_as_safe_attachments() {
     let tp = TestPlatform::start(0, test_control_config()).await;
     let (_, key) = tp.platform.store().create_org("acme").await.unwrap();
     let client = ApiClient::new(&tp.platform.api_url, key.expose());
-    let post = |body: Value| {
-        let client = &client;
-        async move {
-            client
-                .call(reqwest::Method::POST, "/v1/assets", Some(&body), &[])
-                .await
-                .unwrap()
-        }
+    let asset_in = |filename: &str, size: u64| api::AssetIn {
+        filename: api::FileName::parse(filename).unwrap(),
+        size,
+        sha256: None,
+        content_type: None,
     };
 
-    // No size: 400 problem+json; too large: a clear limit.
-    let (status, problem) = post(json!({ "filename": "a.mp4" })).await;
-    assert_eq!(status, 400);
-    assert_eq!(problem["code"], "size_required", "{problem}");
-    let raw = http()
-        .post(format!("{}/v1/assets", tp.platform.api_url))
-        .bearer_auth(key.expose())
-        .json(&json!({ "filename": "a.mp4" }))
-        .send()
+    // No size (a body the types cannot express): 400 problem+json naming the field.
+    let answer = client
+        .call(
+            reqwest::Method::POST,
+            "/v1/assets",
+            Some(&json!({ "filename": "a.mp4" })),
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!(
-        raw.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.content_type, "application/problem+json");
+    let problem = answer.problem();
+    assert_eq!(problem.code, "invalid_body", "{problem:?}");
+    assert!(problem.detail.contains("size"), "{problem:?}");
+    // Too large: a clear limit.
+    let problem = refused(
+        client
+            .create_asset(&asset_in("a.mp4", 5u64 << 30 | 1))
+            .await,
     );
-    let (status, problem) = post(json!({ "filename": "a.mp4", "size": 5u64 << 30 | 1 })).await;
-    assert_eq!(status, 400);
-    assert_eq!(problem["code"], "too_large", "{problem}");
-    assert!(
-        problem["detail"].as_str().unwrap().contains("5368709120"),
-        "{problem}"
-    );
+    assert_eq!(problem.status, 400);
+    assert_eq!(problem.code, "too_large", "{problem:?}");
+    assert!(problem.detail.contains("5368709120"), "{problem:?}");
 
     // Without a sha256, and declared as HTML: the control plane hashes what was stored, and
     // the store keeps and serves it as an inert attachment.
     let body = b"<script>alert(document.cookie)</script>".to_vec();
-    let (status, created) = post(json!({
-        "filename": "page.html", "size": body.len(), "content_type": "text/html"
-    }))
-    .await;
-    assert_eq!(status, 201, "{created}");
-    let url = created["upload_url"].as_str().unwrap();
-    let headers = &created["upload_headers"];
+    let answer = client
+        .call(
+            reqwest::Method::POST,
+            "/v1/assets",
+            Some(&api::AssetIn {
+                content_type: Some("text/html".into()),
+                ..asset_in("page.html", body.len() as u64)
+            }),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let created: api::AssetUpload = answer.json().unwrap();
+    let url = created.upload_url.as_str();
+    let headers = &created.upload_headers;
     assert_eq!(headers["content-type"], "application/octet-stream");
     assert_eq!(headers["if-none-match"], "*");
     let mut longer = body.clone();
     longer.push(b'!');
     assert!(
-        put_json(url, headers, &longer).await >= 400,
+        put(url, headers, &longer).await >= 400,
         "the size is signed in"
     );
-    assert_eq!(put_json(url, headers, &body).await, 200);
-    let id = created["id"].as_str().unwrap();
-    let done = client
-        .ok(
-            reqwest::Method::POST,
-            &format!("/v1/assets/{id}/complete"),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(done["sha256"], sha256_hex(&body), "{done}");
-    assert_eq!(done["content_type"], "application/octet-stream");
+    assert_eq!(put(url, headers, &body).await, 200);
+    let id = created.id;
+    let done = client.complete_asset(id).await.unwrap();
+    assert_eq!(
+        done.sha256.as_ref().map(|s| s.as_str()),
+        Some(sha256_hex(&body).as_str()),
+        "{done:?}"
+    );
+    assert_eq!(
+        done.content_type.as_deref(),
+        Some("application/octet-stream")
+    );
 
     // The upload URL, still within its TTL, cannot replace the completed bytes.
     let mut evil = body.clone();
     evil[1] = b'S';
-    assert_eq!(put_json(url, headers, &evil).await, 412);
-    assert_eq!(put_json(url, headers, &body).await, 412);
+    assert_eq!(put(url, headers, &evil).await, 412);
+    assert_eq!(put(url, headers, &body).await, 412);
 
-    let link = client
-        .ok(
-            reqwest::Method::GET,
-            &format!("/v1/assets/{id}/download"),
-            None,
-        )
-        .await
-        .unwrap();
-    let resp = http()
-        .get(link["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let link = client.download_link(id).await.unwrap();
+    let resp = http().get(&link.url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["content-type"].to_str().unwrap(),
@@ -524,53 +520,31 @@ async fn assets_need_a_size_are_write_once_and_download_as_safe_attachments() {
     assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     let got = resp.bytes().await.unwrap();
     assert_eq!(&got[..], &body[..]);
-    assert_eq!(sha256_hex(&got), done["sha256"].as_str().unwrap());
+    assert_eq!(sha256_hex(&got), done.sha256.as_ref().unwrap().as_str());
     // Tampering with the signed response parameters breaks the signature.
-    let tampered = link["url"]
-        .as_str()
-        .unwrap()
+    let tampered = link
+        .url
         .replace("application%2Foctet-stream", "text%2Fhtml");
-    assert_ne!(tampered, link["url"].as_str().unwrap());
+    assert_ne!(tampered, link.url);
     assert_eq!(http().get(&tampered).send().await.unwrap().status(), 403);
 
     // A type on the safe list is kept.
     let clip: &[u8] = b"\x00\x00\x00\x18ftypmp42";
-    let (_, created) = post(json!({
-        "filename": "c.mp4", "size": clip.len(), "content_type": "video/mp4",
-        "sha256": sha256_hex(clip)
-    }))
-    .await;
+    let created = client
+        .create_asset(&api::AssetIn {
+            content_type: Some("video/mp4".into()),
+            sha256: Some(api::Sha256Hex::parse(sha256_hex(clip)).unwrap()),
+            ..asset_in("c.mp4", clip.len() as u64)
+        })
+        .await
+        .unwrap();
     assert_eq!(
-        put_json(
-            created["upload_url"].as_str().unwrap(),
-            &created["upload_headers"],
-            clip
-        )
-        .await,
+        put(&created.upload_url, &created.upload_headers, clip).await,
         200
     );
-    let cid = created["id"].as_str().unwrap();
-    client
-        .ok(
-            reqwest::Method::POST,
-            &format!("/v1/assets/{cid}/complete"),
-            None,
-        )
-        .await
-        .unwrap();
-    let link = client
-        .ok(
-            reqwest::Method::GET,
-            &format!("/v1/assets/{cid}/download"),
-            None,
-        )
-        .await
-        .unwrap();
-    let resp = http()
-        .get(link["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    client.complete_asset(created.id).await.unwrap();
+    let link = client.download_link(created.id).await.unwrap();
+    let resp = http().get(&link.url).send().await.unwrap();
     assert_eq!(resp.headers()["content-type"], "video/mp4");
     assert!(resp.headers()["content-disposition"]
         .to_str()

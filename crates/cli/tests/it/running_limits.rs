@@ -5,7 +5,7 @@
 use crate::harness::*;
 use crate::jail::{hostile, submit_attack};
 use mpegflow::client::ApiClient;
-use serde_json::Value;
+use mpegflow_api::{self as api, JobState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,14 +22,14 @@ fn peak_rss(pid: u32) -> u64 {
         * 1024
 }
 
-async fn run_attack(client: &ApiClient, clip: &Path, attack: &str, timeout: u32) -> Value {
+async fn run_attack(client: &ApiClient, clip: &Path, attack: &str, timeout: u32) -> api::Job {
     let job = submit_attack(client, clip, attack, timeout).await;
-    client.wait(&job, |_| {}).await.unwrap()
+    client.wait(job, |_| {}).await.unwrap()
 }
 
-async fn verdict(tp: &TestPlatform, client: &ApiClient, job: &Value) -> String {
-    let dest = tp.path(&format!("verdict-{}.txt", job["id"].as_str().unwrap()));
-    let id = job["outputs"]["out"]["asset_id"].as_str().unwrap();
+async fn verdict(tp: &TestPlatform, client: &ApiClient, job: &api::Job) -> String {
+    let dest = tp.path(&format!("verdict-{}.txt", job.id));
+    let id = output_file(job, "out").asset_id;
     client.download(id, &dest).await.unwrap();
     std::fs::read_to_string(dest).unwrap()
 }
@@ -49,11 +49,11 @@ async fn a_2_gib_line_on_stdout_or_stderr_costs_the_worker_bounded_memory() {
         .unwrap();
     // One ordinary job first, so the baseline includes everything a job costs anyway.
     let warm = run_attack(&client, &clip, "none", 60).await;
-    assert_eq!(warm["state"], "succeeded", "{warm:#}");
+    assert_eq!(warm.state, JobState::Succeeded, "{warm:#?}");
     let before = peak_rss(worker);
     for attack in ["stdout_flood:2048", "stderr_flood:2048"] {
         let job = run_attack(&client, &clip, attack, 600).await;
-        assert_eq!(job["state"], "succeeded", "{attack}: {job:#}");
+        assert_eq!(job.state, JobState::Succeeded, "{attack}: {job:#?}");
         let v = verdict(&tp, &client, &job).await;
         assert!(v.starts_with("OK"), "{attack}: {v}");
     }
@@ -167,9 +167,10 @@ async fn the_output_limit_holds_while_ffmpeg_runs() {
         let sampler = Sampler::start(work.clone(), disk_use(&work));
         let job = run_attack(&client, &clip, attack, 300).await;
         let (peak_bytes, peak_files) = sampler.finish();
-        assert_eq!(job["state"], "failed", "{attack}: {job:#}");
-        assert_eq!(job["error"]["code"], "output_limit", "{attack}: {job:#}");
-        let message = job["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(job.state, JobState::Failed, "{attack}: {job:#?}");
+        let error = job_error(&job);
+        assert_eq!(error.code, "output_limit", "{attack}: {job:#?}");
+        let message = error.message.as_deref().unwrap_or_default();
         assert!(
             message.contains("while ffmpeg ran"),
             "{attack}: stopped while running, not after: {message}"
@@ -225,9 +226,10 @@ async fn an_unlistable_output_directory_does_not_hide_writes() {
     let sampler = Sampler::start(work.clone(), base);
     let job = run_attack(&client, &clip, "hidden_flood:4:256:2048", 300).await;
     let (peak_bytes, _) = sampler.finish();
-    assert_eq!(job["state"], "failed", "{job:#}");
-    assert_eq!(job["error"]["code"], "output_limit", "{job:#}");
-    let message = job["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(job.state, JobState::Failed, "{job:#?}");
+    let error = job_error(&job);
+    assert_eq!(error.code, "output_limit", "{job:#?}");
+    let message = error.message.as_deref().unwrap_or_default();
     assert!(message.contains("while ffmpeg ran"), "{message}");
     assert!(
         peak_bytes < MAX_BYTES + (1 << 30),

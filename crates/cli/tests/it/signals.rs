@@ -10,17 +10,18 @@
 use crate::harness::*;
 use crate::jail::{hostile, submit_attack};
 use mpegflow::client::ApiClient;
-use serde_json::Value;
+use mpegflow_api::{self as api, JobState};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use uuid::Uuid;
 
 /// SIGUSR1, SIGTERM, SIGSTOP, SIGKILL: each one would end or freeze an unprotected target.
 const REAL_SIGNALS: &str = "10,15,19,9";
 
 /// The process of job `job_id` (its working directory is the job's) whose command line
 /// contains `needle`; tests run in parallel, so the job id is what tells them apart.
-fn find_process(job_id: &str, needle: &str) -> Option<u32> {
+fn find_process(job_id: Uuid, needle: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
@@ -57,16 +58,16 @@ fn real_ids(pid: u32) -> (u32, u32) {
     (field("Uid:"), field("Gid:"))
 }
 
-async fn verdict(tp: &TestPlatform, client: &ApiClient, job: &Value) -> String {
-    let dest = tp.path(&format!("verdict-{}.txt", job["id"].as_str().unwrap()));
-    let id = job["outputs"]["out"]["asset_id"].as_str().unwrap();
+async fn verdict(tp: &TestPlatform, client: &ApiClient, job: &api::Job) -> String {
+    let dest = tp.path(&format!("verdict-{}.txt", job.id));
+    let id = output_file(job, "out").asset_id;
     client.download(id, &dest).await.unwrap();
     std::fs::read_to_string(dest).unwrap()
 }
 
 /// Waits for the jailed stand-in running `attack` and hands it `targets` through its job's
 /// `in/` (the only place it can read), once the test has spawned what needs its uid.
-async fn wait_for_stand_in(job_id: &str, attack: &str) -> (u32, PathBuf) {
+async fn wait_for_stand_in(job_id: Uuid, attack: &str) -> (u32, PathBuf) {
     let needle = format!("attack:{attack}");
     let pid = eventually(
         &format!("the stand-in {attack}"),
@@ -143,7 +144,7 @@ async fn signal_matrix(keep_root: bool, worker_args: &[&str]) {
         .await
         .unwrap();
     let victim_job = submit_attack(&client, &clip, "sleep:300", 600).await;
-    let (victim, _) = wait_for_stand_in(&victim_job, "sleep:300").await;
+    let (victim, _) = wait_for_stand_in(victim_job, "sleep:300").await;
     let worker_b = tp
         .platform
         .spawn_worker_with(&token, &args, keep_root)
@@ -156,7 +157,7 @@ async fn signal_matrix(keep_root: bool, worker_args: &[&str]) {
         120,
     )
     .await;
-    let (_attacker, job_dir) = wait_for_stand_in(&attack_job, "signal_matrix").await;
+    let (_attacker, job_dir) = wait_for_stand_in(attack_job, "signal_matrix").await;
     // A stand-in for the control plane under the uid closest to the attacker's: its own when
     // worker and job share one (unprivileged), its worker's when each job has a uid of its own
     // (root), since nothing outside a job ever runs under the job's uid.
@@ -170,8 +171,8 @@ async fn signal_matrix(keep_root: bool, worker_args: &[&str]) {
         &[targets[0], targets[1], targets[2], targets[3], -1],
     );
 
-    let job = client.wait(&attack_job, |_| {}).await.unwrap();
-    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let job = client.wait(attack_job, |_| {}).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
     let v = verdict(&tp, &client, &job).await;
     assert!(v.starts_with("BLOCKED"), "{v}");
     assert!(v.contains("own raise works"), "{v}");
@@ -189,13 +190,10 @@ async fn signal_matrix(keep_root: bool, worker_args: &[&str]) {
         .await
         .unwrap();
     let trip = submit_attack(&client, &clip, &format!("pidfd_open:{worker_b}"), 60).await;
-    let trip = client.wait(&trip, |_| {}).await.unwrap();
-    assert_eq!(trip["state"], "failed", "{trip:#}");
-    assert_eq!(trip["error"]["code"], "security_violation", "{trip:#}");
-    assert_eq!(
-        trip["attempts"], 2,
-        "confirmed by a second worker: {trip:#}"
-    );
+    let trip = client.wait(trip, |_| {}).await.unwrap();
+    assert_eq!(trip.state, JobState::Failed, "{trip:#?}");
+    assert_eq!(job_error(&trip).code, "security_violation", "{trip:#?}");
+    assert_eq!(trip.attempts, 2, "confirmed by a second worker: {trip:#?}");
 
     for (name, pid) in [
         ("the attacker's worker", worker_b),
@@ -228,12 +226,12 @@ async fn signal_matrix(keep_root: bool, worker_args: &[&str]) {
             "worker {n} received a stop signal:\n{log}"
         );
     }
-    let victim_state = client.job(&victim_job).await.unwrap();
-    assert_eq!(victim_state["state"], "running", "{victim_state:#}");
+    let victim_state = client.job(victim_job).await.unwrap();
+    assert_eq!(victim_state.state, JobState::Running, "{victim_state:#?}");
     // The attacker's worker takes the next job.
     let next = submit_attack(&client, &clip, "none", 60).await;
-    let next = client.wait(&next, |_| {}).await.unwrap();
-    assert_eq!(next["state"], "succeeded", "{next:#}");
+    let next = client.wait(next, |_| {}).await.unwrap();
+    assert_eq!(next.state, JobState::Succeeded, "{next:#?}");
     eprintln!(
         "signal matrix ({}{}): {attempts} attempts refused\n{v}",
         if keep_root { "root" } else { "unprivileged" },
@@ -289,12 +287,12 @@ async fn positive_control_signals_land_without_the_jail() {
         .unwrap();
     // SIGWINCH (ignored by default) by every route, then SIGUSR1 (fatal by default).
     let job = submit_attack(&client, &clip, "signal_matrix:28,10", 60).await;
-    let (attacker, job_dir) = wait_for_stand_in(&job, "signal_matrix").await;
+    let (attacker, job_dir) = wait_for_stand_in(job, "signal_matrix").await;
     let (uid, gid) = real_ids(attacker);
     let mut control = same_uid_process(uid, gid);
     hand_targets(&job_dir, &[i64::from(control.id())]);
-    let job = client.wait(&job, |_| {}).await.unwrap();
-    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let job = client.wait(job, |_| {}).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
     let v = verdict(&tp, &client, &job).await;
     assert!(v.starts_with("ESCAPED"), "{v}");
     for route in [

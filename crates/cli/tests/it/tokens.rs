@@ -3,6 +3,7 @@
 //! Rogue workers are played over raw gRPC with real tokens against a real platform.
 
 use crate::harness::*;
+use mpegflow_api::JobState;
 use mpegflow_control::ControlConfig;
 use mpegflow_proto as pb;
 use mpegflow_store::TokenLimits;
@@ -261,7 +262,7 @@ async fn a_token_failing_fast_is_throttled_then_suspended_and_its_jobs_stay_runn
             "-i {{in}} -c:v libx264 -preset veryfast {{out}}",
         )
         .await;
-        ids.push(job["id"].as_str().unwrap().to_owned());
+        ids.push(job.id);
     }
     // Room for a second registration after the suspension is lifted.
     let (rogue_token, token) = tp.worker_token_with("default", limits(2)).await;
@@ -314,14 +315,14 @@ async fn a_token_failing_fast_is_throttled_then_suspended_and_its_jobs_stay_runn
 
     // Nothing was lost: the jobs are still queued, and another token's worker finishes them.
     for id in &ids {
-        let job = client.job(id).await.unwrap();
-        assert_eq!(job["state"], "queued", "{job:#}");
+        let job = client.job(*id).await.unwrap();
+        assert_eq!(job.state, JobState::Queued, "{job:#?}");
     }
     let (_, honest) = tp.worker_token("default").await;
     tp.platform.spawn_worker(&honest).await.unwrap();
     for id in &ids {
-        let job = client.wait(id, |_| {}).await.unwrap();
-        assert_eq!(job["state"], "succeeded", "{job:#}");
+        let job = client.wait(*id, |_| {}).await.unwrap();
+        assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
     }
 
     // An admin lifts the suspension; the token works again.
@@ -416,17 +417,15 @@ async fn a_single_workers_blame_is_not_trusted() {
         branded_ids.push(a.job_id);
     }
     branded_ids.sort();
-    let mut want = vec![
-        branded["id"].as_str().unwrap().to_owned(),
-        branded2["id"].as_str().unwrap().to_owned(),
-    ];
+    let mut want = vec![branded.id.to_string(), branded2.id.to_string()];
     want.sort();
     assert_eq!(branded_ids, want);
     for id in &branded_ids {
-        let job = client.job(id).await.unwrap();
+        let job = client.job(id.parse().unwrap()).await.unwrap();
         assert_eq!(
-            job["state"], "queued",
-            "one worker's word is not final: {job:#}"
+            job.state,
+            JobState::Queued,
+            "one worker's word is not final: {job:#?}"
         );
     }
     // Not back to the same worker.
@@ -448,12 +447,12 @@ async fn a_single_workers_blame_is_not_trusted() {
     let (_, honest) = tp.worker_token("default").await;
     tp.platform.spawn_worker(&honest).await.unwrap();
     for id in &branded_ids {
-        let job = client.wait(id, |_| {}).await.unwrap();
-        assert_eq!(job["state"], "succeeded", "{job:#}");
-        let history = job["history"].as_array().unwrap();
-        assert_eq!(history.len(), 2, "{job:#}");
-        assert_eq!(history[0]["worker_id"], w.as_str());
-        assert_ne!(history[1]["worker_id"], w.as_str());
+        let job = client.wait(id.parse().unwrap(), |_| {}).await.unwrap();
+        assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
+        let history = history(&job);
+        assert_eq!(history.len(), 2, "{job:#?}");
+        assert_eq!(history[0].worker_id.to_string(), w);
+        assert_ne!(history[1].worker_id.to_string(), w);
     }
     assert!(audit_rows(&tp, "security.violation").await.is_empty());
     assert_eq!(metric(&tp, "mpegflow_security_violations_total"), 0);
@@ -467,7 +466,7 @@ async fn a_blame_is_final_once_a_worker_of_another_token_confirms_it() {
     let client = tp.org("acme").await;
     let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
     let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
-    let id = job["id"].as_str().unwrap();
+    let id = job.id;
     let (_, t1) = tp.worker_token_with("default", limits(2)).await;
     let (_, t2) = tp.worker_token_with("default", limits(1)).await;
     let mut a = Rogue::connect(&tp, &t1).await;
@@ -486,13 +485,13 @@ async fn a_blame_is_final_once_a_worker_of_another_token_confirms_it() {
         .await
         .unwrap()
         .expect("the other token's worker gets it");
-    assert_eq!(again.job_id, id);
+    assert_eq!(again.job_id, id.to_string());
     b.fail(&wb, &again, "security_violation", false)
         .await
         .unwrap();
     let job = client.job(id).await.unwrap();
-    assert_eq!(job["state"], "failed", "{job:#}");
-    assert_eq!(job["error"]["code"], "security_violation");
+    assert_eq!(job.state, JobState::Failed, "{job:#?}");
+    assert_eq!(job_error(&job).code, "security_violation");
     assert_eq!(audit_rows(&tp, "job.blame_unconfirmed").await.len(), 1);
     assert_eq!(audit_rows(&tp, "security.violation").await.len(), 1);
     tp.stop().await;
@@ -583,7 +582,7 @@ async fn input_urls_expire_with_the_lease_and_are_reissued_to_the_holder_only() 
     assert_eq!(reissued.len(), 2, "each issue is audited");
 
     // Once the lease is gone, no more URLs.
-    wait_for_state(&client, &a.job_id, "queued").await;
+    wait_for_state(&client, a.job_id.parse().unwrap(), JobState::Queued).await;
     let err = r
         .heartbeat(&w, &a.job_id, &a.fencing_token, true)
         .await
@@ -616,7 +615,7 @@ async fn a_worker_whose_ffmpeg_grammar_differs_gets_no_work() {
         );
     }
     let recorded: String = sqlx::query_scalar("SELECT grammar FROM jobs WHERE id = $1::uuid")
-        .bind(job["id"].as_str().unwrap())
+        .bind(job.id.to_string())
         .fetch_one(tp.platform.store().pool())
         .await
         .unwrap();
@@ -633,7 +632,7 @@ async fn a_worker_whose_ffmpeg_grammar_differs_gets_no_work() {
         .await
         .unwrap()
         .expect("a matching FFmpeg gets the job");
-    assert_eq!(got.job_id, job["id"].as_str().unwrap());
+    assert_eq!(got.job_id, job.id.to_string());
     tp.stop().await;
 }
 
