@@ -103,6 +103,7 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
         store
             .submit_job(NewJob {
                 id: uuid::Uuid::now_v7(),
+                input_assets: vec![asset.id],
                 org_id: org,
                 pool_id: mpegflow_store::DEFAULT_POOL_ID,
                 command: "-i {{in}} {{out}}".into(),

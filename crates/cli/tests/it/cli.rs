@@ -288,7 +288,7 @@ async fn sigint_cancels_the_job_on_the_server() {
     let tp = TestPlatform::start(1, test_control_config()).await;
     let (cli, client) = Cli::new(&tp, "acme").await;
     let input = clip(&cli.home, "in.mp4", 30, "640x360").await;
-    let mut child = cli
+    let child = cli
         .command(&[
             "run",
             "-i",

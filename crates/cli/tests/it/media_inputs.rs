@@ -8,10 +8,12 @@
 
 use crate::harness::*;
 use mpegflow::client::ApiClient;
+use mpegflow_api as api;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use uuid::Uuid;
 
 fn ffmpeg(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("ffmpeg")
@@ -148,33 +150,28 @@ async fn setup(as_root: bool) -> Env {
 }
 
 impl Env {
-    async fn upload(&self, file: &str) -> String {
-        let asset = self.client.upload(&self.media.join(file)).await.unwrap();
-        asset["id"].as_str().unwrap().to_owned()
+    async fn upload(&self, file: &str) -> Uuid {
+        self.client.upload(&self.media.join(file)).await.unwrap().id
     }
 
     /// Uploads the inputs (alias, file) and submits; returns the job id.
-    async fn submit(&self, inputs: &[(&str, &str)], outputs: &[(&str, &str)], cmd: &str) -> String {
-        let mut ins = BTreeMap::new();
+    async fn submit(&self, inputs: &[(&str, &str)], outputs: &[(&str, &str)], cmd: &str) -> Uuid {
+        let mut ins = Vec::new();
         for (alias, file) in inputs {
-            ins.insert(alias.to_string(), self.upload(file).await);
+            ins.push((*alias, self.upload(file).await));
         }
-        let outs = outputs
-            .iter()
-            .map(|(a, f)| (a.to_string(), f.to_string()))
-            .collect();
-        let job = self
-            .client
-            .submit(&ins, &outs, cmd, json!({}))
+        let job = api::JobIn::new(ins, outputs.iter().copied(), cmd).unwrap();
+        self.client
+            .submit(&job)
             .await
-            .unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
-        job["id"].as_str().unwrap().to_owned()
+            .unwrap_or_else(|e| panic!("{cmd}: {e:#}"))
+            .id
     }
 
     /// Waits for the job, requires success, and downloads output `alias` as `name`.
-    async fn output(&self, id: &str, alias: &str, name: &str) -> PathBuf {
+    async fn output(&self, id: Uuid, alias: &str, name: &str) -> PathBuf {
         let job = self.client.wait(id, |_| {}).await.unwrap();
-        assert_eq!(job["state"], "succeeded", "{job:#}");
+        assert_eq!(job.state, api::JobState::Succeeded, "{job:#?}");
         let path = self.tp.path(name);
         let dests = BTreeMap::from([(alias.to_owned(), path.clone())]);
         self.client.download_outputs(&job, &dests).await.unwrap();
@@ -182,11 +179,12 @@ impl Env {
     }
 
     /// Waits for the job and requires it to fail as `invalid_input`, naming `alias`.
-    async fn refused_input(&self, id: &str, alias: &str) {
+    async fn refused_input(&self, id: Uuid, alias: &str) {
         let job = self.client.wait(id, |_| {}).await.unwrap();
-        assert_eq!(job["state"], "failed", "{job:#}");
-        assert_eq!(job["error"]["code"], "invalid_input", "{job:#}");
-        let message = job["error"]["message"].as_str().unwrap();
+        assert_eq!(job.state, api::JobState::Failed, "{job:#?}");
+        let error = job.error.as_ref().expect("a failed job has an error");
+        assert_eq!(error.code, "invalid_input", "{job:#?}");
+        let message = error.message.as_deref().unwrap_or_default();
         assert!(message.contains(&format!("{alias:?}")), "{message}");
     }
 }
@@ -377,8 +375,8 @@ async fn suite(as_root: bool) {
     }
 
     // The logo is where the overlay put it, and nowhere else.
-    let plain = env.output(&plain, "out", "plain.mp4").await;
-    let overlay = env.output(&overlay, "out", "overlay.mp4").await;
+    let plain = env.output(plain, "out", "plain.mp4").await;
+    let overlay = env.output(overlay, "out", "overlay.mp4").await;
     let logo_area = "64:64:10:10";
     let elsewhere = "64:64:240:160";
     let changed = changed_pixels(
@@ -393,7 +391,7 @@ async fn suite(as_root: bool) {
     assert_eq!(changed, 0, "the overlay changed pixels away from the logo");
 
     for (ext, id) in stills {
-        let png = env.output(&id, "out", &format!("still-{ext}.png")).await;
+        let png = env.output(id, "out", &format!("still-{ext}.png")).await;
         let probe = ffprobe(&png);
         let v = stream(&probe, "video").unwrap();
         assert_eq!(
@@ -403,7 +401,7 @@ async fn suite(as_root: bool) {
         );
     }
 
-    let thumb = env.output(&thumb, "thumb", "thumb.jpg").await;
+    let thumb = env.output(thumb, "thumb", "thumb.jpg").await;
     let probe = ffprobe(&thumb);
     let v = stream(&probe, "video").unwrap();
     assert_eq!(v["codec_name"], "mjpeg");
@@ -413,14 +411,14 @@ async fn suite(as_root: bool) {
     );
 
     // Three stills of 25 frames each at 25 fps.
-    let slideshow = env.output(&slideshow, "out", "slideshow.mp4").await;
+    let slideshow = env.output(slideshow, "out", "slideshow.mp4").await;
     let probe = ffprobe(&slideshow);
     assert!((duration(&probe) - 3.0).abs() < 0.05, "{probe:#}");
     assert_eq!(frames(&slideshow), 75);
 
     // Burnt-in subtitles: text at the bottom of the picture, nothing at the top.
     for (id, name) in [(srt, "srt.mp4"), (vtt, "vtt.mp4"), (ass, "ass.mp4")] {
-        let out = env.output(&id, "out", name).await;
+        let out = env.output(id, "out", name).await;
         let bottom = "320:70:0:170";
         let top = "320:70:0:0";
         let changed = changed_pixels(&region(&plain, "1", bottom), &region(&out, "1", bottom));
@@ -432,7 +430,7 @@ async fn suite(as_root: bool) {
         assert_eq!(changed, 0, "{name}: pixels changed away from the subtitles");
     }
 
-    let soft = env.output(&soft, "out", "soft.mp4").await;
+    let soft = env.output(soft, "out", "soft.mp4").await;
     let probe = ffprobe(&soft);
     assert_eq!(
         stream(&probe, "subtitle").unwrap()["codec_name"],
@@ -440,7 +438,7 @@ async fn suite(as_root: bool) {
     );
 
     for (file, id) in audio {
-        let m4a = env.output(&id, "out", &format!("{file}.m4a")).await;
+        let m4a = env.output(id, "out", &format!("{file}.m4a")).await;
         let probe = ffprobe(&m4a);
         assert_eq!(
             stream(&probe, "audio").unwrap()["codec_name"],
@@ -451,9 +449,9 @@ async fn suite(as_root: bool) {
         assert!((duration(&probe) - 2.0).abs() < 0.1, "{file}: {probe:#}");
     }
 
-    env.refused_input(&playlist_logo, "logo").await;
+    env.refused_input(playlist_logo, "logo").await;
     for id in not_subtitles {
-        env.refused_input(&id, "subs").await;
+        env.refused_input(id, "subs").await;
     }
     env.tp.stop().await;
 }
@@ -479,8 +477,8 @@ async fn subtitle_filters_cannot_name_a_path_or_a_font_directory() {
     std::fs::create_dir_all(&media).unwrap();
     std::fs::write(media.join("subs.srt"), SRT).unwrap();
     let video = clip(&media, "video.mp4", 1, "160x120").await;
-    let video = client.upload(&video).await.unwrap()["id"].clone();
-    let subs = client.upload(&media.join("subs.srt")).await.unwrap()["id"].clone();
+    let video = client.upload(&video).await.unwrap().id;
+    let subs = client.upload(&media.join("subs.srt")).await.unwrap().id;
     let refused = [
         "subtitles=/etc/passwd",
         "subtitles=filename=in/subs.srt",
@@ -506,13 +504,18 @@ async fn subtitle_filters_cannot_name_a_path_or_a_font_directory() {
             "outputs": { "out": "out.mp4" },
             "command": command,
         });
-        let (status, body) = client
+        let answer = client
             .call(Method::POST, "/v1/jobs", Some(&body), &[])
             .await
             .unwrap();
-        assert_eq!(status, 400, "{command}: {body}");
-        assert_eq!(body["code"], "invalid_command", "{command}: {body}");
-        assert_eq!(body["argument"], graph.as_str(), "{command}: {body}");
+        let problem = answer.problem();
+        assert_eq!(answer.status, 400, "{command}: {problem:?}");
+        assert_eq!(problem.code, "invalid_command", "{command}: {problem:?}");
+        assert_eq!(
+            problem.argument.as_deref(),
+            Some(graph.as_str()),
+            "{command}: {problem:?}"
+        );
     }
     tp.stop().await;
 }
