@@ -644,9 +644,11 @@ async fn two_writes_of_one_object_cannot_both_land() {
                     r = r.header(k, v);
                 }
             }
-            let sent = tokio::spawn(async move { r.send().await.unwrap().status().as_u16() });
             async move {
+                // Written before the request starts (the pipe buffers it): a PUT refused at
+                // once then finds its first half already sent, not a closed pipe.
                 writer.write_all(first_half).await.unwrap();
+                let sent = tokio::spawn(async move { r.send().await.unwrap().status().as_u16() });
                 (writer, sent)
             }
         };
