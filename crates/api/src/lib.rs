@@ -7,6 +7,7 @@
 
 pub mod newtypes;
 mod timestamp;
+pub mod whole_number;
 
 pub use newtypes::{
     Alias, FileName, IdempotencyKey, OutputName, ParseError, PoolName, Sha256Hex, TimeoutSeconds,
@@ -24,6 +25,11 @@ use uuid::Uuid;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Largest `metadata` object of a job, as JSON.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Largest asset an upload may announce: the most one S3 PUT may carry (multipart uploads are
+/// not offered). A store configured lower refuses more with 400 `too_large`.
+pub const MAX_UPLOAD_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// Longest `content_type` an upload may announce, in characters.
+pub const MAX_CONTENT_TYPE_CHARS: usize = 255;
 /// Page sizes of lists.
 pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 200;
@@ -67,7 +73,9 @@ pub struct Health {
 #[serde(deny_unknown_fields)]
 pub struct AssetIn {
     pub filename: FileName,
-    /// The uploaded bytes' exact length.
+    /// The uploaded bytes' exact length (at most 5 GiB, the most one PUT may carry).
+    #[schema(maximum = 5_368_709_120_u64)]
+    #[serde(deserialize_with = "whole_number::u64")]
     pub size: u64,
     /// The uploaded bytes' SHA-256; the store then refuses any other body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,8 +299,9 @@ impl JobIn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobValidateIn {
-    /// Input alias → the file name the input will be uploaded with.
+    /// Input alias → the file name the input will be uploaded with. At least one.
     pub inputs: BTreeMap<Alias, FileName>,
+    /// Output alias → file name. At least one.
     pub outputs: BTreeMap<Alias, OutputName>,
     #[schema(min_length = 1, max_length = 65536)]
     pub command: String,
