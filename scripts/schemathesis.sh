@@ -114,7 +114,7 @@ pending=$(curl -fsS -H "Authorization: Bearer $MPEGFLOW_API_KEY" -H 'Content-Typ
 {
     jq -r '.id' "$data/seed/done.json" | sed 's/^/job /'
     tr -d '[:space:]' <"$data/seed/queued.txt" | sed 's/^/job /'; echo
-    jq -r '.inputs[]' "$data/seed/done.json" | sed 's/^/asset /'
+    jq -r '.inputs[]' "$data/seed/done.json" | sed 's/^/ready_asset /'
     jq -r '.outputs[].files[].asset_id' "$data/seed/done.json" | sed 's/^/asset /'
     jq -r '.id' <<<"$pending" | sed 's/^/asset /'
 } >"$data/seed/ids"

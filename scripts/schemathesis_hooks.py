@@ -2,7 +2,7 @@
 the time, so operations on a job or an asset are exercised on real ones, not only on 404s.
 
 The ids come from MPEGFLOW_SCHEMATHESIS_IDS, a file of `job UUID` / `asset UUID` lines the script
-writes after seeding the platform. A generated id is replaced only when it is a well-formed UUID,
+writes after seeding the platform (`ready_asset`: an uploaded, completed asset). A generated id is replaced only when it is a well-formed UUID,
 so negative cases (a malformed id) stay negative; the choice is drawn by Hypothesis, so a run
 is reproducible from its seed."""
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 
 def _seeded_ids():
-    ids = {"job": [], "asset": []}
+    ids = {"job": [], "asset": [], "ready_asset": []}
     path = os.environ.get("MPEGFLOW_SCHEMATHESIS_IDS")
     if path:
         with open(path) as f:
@@ -22,6 +22,8 @@ def _seeded_ids():
                 parts = line.split()
                 if len(parts) == 2 and parts[0] in ids:
                     ids[parts[0]].append(parts[1])
+                    if parts[0] == "ready_asset":
+                        ids["asset"].append(parts[1])
     return ids
 
 
@@ -60,13 +62,13 @@ def flatmap_path_parameters(context, path_parameters):
 
 # Refusals on grounds JSON Schema cannot state, of otherwise schema-valid job requests: the FFmpeg
 # command template's grammar and allowlists (`invalid_command`, which also covers an alias used
-# for both an input and an output), and whether the named input assets exist in the caller's org
-# (`unknown_asset`). Only these codes, only these operations, only the positive-data check: any
+# for both an input and an output), and whether the named input assets and pool exist for the
+# caller's org (`unknown_asset`, `unknown_pool`). Only these codes, only these operations, only the positive-data check: any
 # other refusal of schema-valid data (e.g. `invalid_body`, a parse the schema does not describe)
 # still fails the run.
 SEMANTIC_REFUSALS = {
-    ("POST", "/v1/jobs"): {"invalid_command", "unknown_asset"},
-    ("POST", "/v1/jobs/validate"): {"invalid_command"},
+    ("POST", "/v1/jobs"): {"invalid_command", "unknown_asset", "unknown_pool"},
+    ("POST", "/v1/jobs/validate"): {"invalid_command", "unknown_pool"},
 }
 
 
@@ -82,3 +84,18 @@ def filter_failure(context, failure, case, response):
     except (ValueError, AttributeError):
         return True
     return code not in codes
+
+
+@schemathesis.hook("flatmap_body")
+def seeded_job_inputs(context, body):
+    """A job body names its inputs by asset id; part of the time they are the seeded ready
+    asset, so submissions are judged on their command, not only refused for a missing asset."""
+    operation = context.operation
+    if operation is None or (operation.method.upper(), operation.path) != ("POST", "/v1/jobs"):
+        return st.just(body)
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    ready = SEEDED["ready_asset"]
+    if not ready or not isinstance(inputs, dict) or not inputs or not all(_is_uuid(v) for v in inputs.values()):
+        return st.just(body)
+    seeded = {**body, "inputs": {alias: ready[0] for alias in inputs}}
+    return st.sampled_from([seeded, body])

@@ -5,10 +5,12 @@
 //! Requests refuse unknown fields and parse their values at the edge ([`newtypes`]); responses
 //! list every field as required (nullable ones as `null`), and every time is a [`Timestamp`].
 
+mod metadata;
 pub mod newtypes;
 mod timestamp;
 pub mod whole_number;
 
+pub use metadata::{MetadataValue, NO_NUL_PATTERN};
 pub use newtypes::{
     Alias, FileName, IdempotencyKey, OutputName, ParseError, PoolName, Sha256Hex, TimeoutSeconds,
     MAX_TIMEOUT_SECONDS,
@@ -71,6 +73,7 @@ pub struct Health {
 /// accepts exactly `size` bytes (and, when given, exactly the bytes with this SHA-256).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"filename": "in.mp4", "size": 1_048_576, "content_type": "video/mp4"})))]
 pub struct AssetIn {
     pub filename: FileName,
     /// The uploaded bytes' exact length (at most 5 GiB, the most one PUT may carry).
@@ -82,7 +85,7 @@ pub struct AssetIn {
     pub sha256: Option<Sha256Hex>,
     /// Stored and served only if it is a safe media type; otherwise `application/octet-stream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 255)]
+    #[schema(max_length = 255, pattern = "^[^\\u0000]*$")]
     pub content_type: Option<String>,
 }
 
@@ -248,13 +251,20 @@ impl From<JobState> for mpegflow_domain::job::JobState {
 /// runs. A refused template answers 400 `invalid_command` naming the argument.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "inputs": {"in": "0190f5d6-0000-7000-8000-000000000000"},
+    "outputs": {"out": "out.mp4"},
+    "command": "-i {{in}} -c:v libx264 -preset ultrafast {{out}}",
+    "timeout_seconds": 600,
+    "metadata": {"customer_ref": "A-42"}
+})))]
 pub struct JobIn {
     /// Input alias → id of a ready asset of this org. At least one.
     pub inputs: BTreeMap<Alias, Uuid>,
     /// Output alias → file name (a trailing `/` declares a directory of files). At least one.
     pub outputs: BTreeMap<Alias, OutputName>,
     /// The FFmpeg command template, without the leading `ffmpeg`.
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 65536, pattern = "^[^\\u0000]*$")]
     pub command: String,
     /// The worker pool to run on; `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,7 +274,7 @@ pub struct JobIn {
     pub timeout_seconds: Option<TimeoutSeconds>,
     /// Free-form JSON object (at most 16 KiB), returned with the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = metadata::request_metadata)]
     pub metadata: Option<Map<String, Value>>,
 }
 
@@ -298,12 +308,17 @@ impl JobIn {
 /// matters). Answers the argv that would run, or the same 400 a submission would get.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "inputs": {"in": "in.mp4", "logo": "logo.png"},
+    "outputs": {"out": "out.mp4"},
+    "command": "-i {{in}} -i {{logo}} -filter_complex overlay=10:10 -c:v libx264 {{out}}"
+})))]
 pub struct JobValidateIn {
     /// Input alias → the file name the input will be uploaded with. At least one.
     pub inputs: BTreeMap<Alias, FileName>,
     /// Output alias → file name. At least one.
     pub outputs: BTreeMap<Alias, OutputName>,
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 65536, pattern = "^[^\\u0000]*$")]
     pub command: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolName>,

@@ -61,7 +61,7 @@ pub fn router(state: AppState) -> Router {
         download_asset, submit_job, validate_job, list_jobs, get_job, cancel_job,
         attempt_stderr, list_pools
     ),
-    components(schemas(api::IdempotencyKey)),
+    components(schemas(api::IdempotencyKey, api::MetadataValue)),
     modifiers(&ApiKeyAuth, &AtLeastOneInputAndOutput),
     tags(
         (name = "assets", description = "Uploaded inputs and produced outputs"),
@@ -575,5 +575,18 @@ mod tests {
             }
         }
         assert!(doc["components"]["schemas"]["IdempotencyKey"].is_object());
+        // The body extractor refuses NUL anywhere; the schemas say so for free text.
+        let job_in = &doc["components"]["schemas"]["JobIn"]["properties"];
+        assert_eq!(job_in["command"]["pattern"], api::NO_NUL_PATTERN);
+        assert_eq!(asset_in["content_type"]["pattern"], api::NO_NUL_PATTERN);
+        assert_eq!(
+            job_in["metadata"]["propertyNames"]["pattern"],
+            api::NO_NUL_PATTERN
+        );
+        assert_eq!(
+            job_in["metadata"]["additionalProperties"]["$ref"],
+            "#/components/schemas/MetadataValue"
+        );
+        assert!(contains_nul(&serde_json::json!({"a": ["x\u{0}"]})));
     }
 }
