@@ -98,4 +98,15 @@ def seeded_job_inputs(context, body):
     if not ready or not isinstance(inputs, dict) or not inputs or not all(_is_uuid(v) for v in inputs.values()):
         return st.just(body)
     seeded = {**body, "inputs": {alias: ready[0] for alias in inputs}}
-    return st.sampled_from([seeded, body])
+    choices = [seeded, body]
+    outputs = body.get("outputs")
+    if isinstance(outputs, dict) and len(inputs) == 1 and len(outputs) == 1 and not set(inputs) & set(outputs):
+        # One input, one output, distinct aliases: with a template that is valid for them, the
+        # submission is judged on the rest of the body (pool, timeout, metadata, headers).
+        (source,), (target,) = inputs, outputs
+        choices.append({
+            **seeded,
+            "outputs": {target: "out.mp4"},
+            "command": "-i {{%s}} -c:v libx264 -preset ultrafast {{%s}}" % (source, target),
+        })
+    return st.sampled_from(choices)
