@@ -31,9 +31,24 @@ data=$(mktemp -d /tmp/mpegflow-schemathesis.XXXXXX)
 # (and removing it removes everything).
 chmod 0711 "$data"
 up_pid=
+child=
+# Long steps run in the background and are waited for, so a signal is acted on at once
+# (bash runs traps only between foreground commands).
+run() {
+    "$@" &
+    child=$!
+    local rc=0
+    wait "$child" || rc=$?
+    child=
+    return $rc
+}
 stop_platform() {
     local status=$?
     trap - EXIT INT TERM
+    if [ -n "$child" ]; then
+        kill -TERM "$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
     if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
         # `up` stops its workers, the control plane, the store and PostgreSQL on SIGTERM.
         kill -TERM "$up_pid" 2>/dev/null || true
@@ -97,13 +112,13 @@ export XDG_CONFIG_HOME=$data/config HOME=$data/home
 mkdir -p "$data/home" "$data/seed"
 ffmpeg -nostdin -hide_banner -loglevel error -y -f lavfi -i testsrc2=duration=1:size=160x90:rate=10 \
     -c:v libx264 -preset ultrafast -pix_fmt yuv420p "$data/seed/in.mp4"
-"$root/target/debug/mpegflow" run --json -i in="$data/seed/in.mp4" -o out="$data/seed/out.mp4" \
+run "$root/target/debug/mpegflow" run --json -i in="$data/seed/in.mp4" -o out="$data/seed/out.mp4" \
     -- '-i {{in}} -c:v libx264 -preset ultrafast {{out}}' >"$data/seed/done.json" 2>"$data/seed/run.log" || {
     echo "schemathesis: seeding job failed:" >&2
     cat "$data/seed/run.log" >&2
     exit 1
 }
-"$root/target/debug/mpegflow" run --no-wait -i in="$data/seed/in.mp4" -o out="$data/seed/slow.mp4" \
+run "$root/target/debug/mpegflow" run --no-wait -i in="$data/seed/in.mp4" -o out="$data/seed/slow.mp4" \
     -- '-stream_loop 100 -i {{in}} -vf scale=1280:720 -c:v libx264 -preset veryslow {{out}}' >"$data/seed/queued.txt" 2>>"$data/seed/run.log" || {
     echo "schemathesis: seeding the second job failed:" >&2
     cat "$data/seed/run.log" >&2
@@ -123,8 +138,8 @@ export MPEGFLOW_SCHEMATHESIS_IDS=$data/seed/ids
 cd "$data"
 start=$(date +%s)
 status=0
-SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$root/scripts" \
-    "$venv/bin/schemathesis" --no-color --config-file "$root/scripts/schemathesis.toml" run \
+export SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=$root/scripts
+run "$venv/bin/schemathesis" --no-color --config-file "$root/scripts/schemathesis.toml" run \
     "$MPEGFLOW_API_URL/openapi.json" \
     --url "$MPEGFLOW_API_URL" \
     --header "Authorization: Bearer $MPEGFLOW_API_KEY" \
