@@ -14,6 +14,8 @@ status=0
 [ "$(id -u)" = 0 ] && export MPEGFLOW_REQUIRE_ROOT_SETUP=1
 cargo test -j2 --workspace --lib --bins --tests 2>&1 | tee "$log" || status=$?
 if [ $status = 0 ]; then scripts/check-security-claims.sh "$log" || status=1; fi
+# The API contract: Schemathesis, every check, against a live `mpegflow up` on loopback.
+scripts/schemathesis.sh || status=1
 # One closing line for the whole run: cargo prints one per test binary, the last often "0 passed".
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

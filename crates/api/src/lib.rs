@@ -5,9 +5,12 @@
 //! Requests refuse unknown fields and parse their values at the edge ([`newtypes`]); responses
 //! list every field as required (nullable ones as `null`), and every time is a [`Timestamp`].
 
+mod metadata;
 pub mod newtypes;
 mod timestamp;
+pub mod whole_number;
 
+pub use metadata::{MetadataValue, NO_NUL_PATTERN};
 pub use newtypes::{
     Alias, FileName, IdempotencyKey, OutputName, ParseError, PoolName, Sha256Hex, TimeoutSeconds,
     MAX_TIMEOUT_SECONDS,
@@ -24,6 +27,11 @@ use uuid::Uuid;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Largest `metadata` object of a job, as JSON.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Largest asset an upload may announce: the most one S3 PUT may carry (multipart uploads are
+/// not offered). A store configured lower refuses more with 400 `too_large`.
+pub const MAX_UPLOAD_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// Longest `content_type` an upload may announce, in characters.
+pub const MAX_CONTENT_TYPE_CHARS: usize = 255;
 /// Page sizes of lists.
 pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 200;
@@ -65,16 +73,19 @@ pub struct Health {
 /// accepts exactly `size` bytes (and, when given, exactly the bytes with this SHA-256).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"filename": "in.mp4", "size": 1_048_576, "content_type": "video/mp4"})))]
 pub struct AssetIn {
     pub filename: FileName,
-    /// The uploaded bytes' exact length.
+    /// The uploaded bytes' exact length (at most 5 GiB, the most one PUT may carry).
+    #[schema(maximum = 5_368_709_120_u64)]
+    #[serde(deserialize_with = "whole_number::u64")]
     pub size: u64,
     /// The uploaded bytes' SHA-256; the store then refuses any other body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<Sha256Hex>,
     /// Stored and served only if it is a safe media type; otherwise `application/octet-stream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 255)]
+    #[schema(max_length = 255, pattern = "^[^\\u0000]*$")]
     pub content_type: Option<String>,
 }
 
@@ -240,13 +251,20 @@ impl From<JobState> for mpegflow_domain::job::JobState {
 /// runs. A refused template answers 400 `invalid_command` naming the argument.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "inputs": {"in": "0190f5d6-0000-7000-8000-000000000000"},
+    "outputs": {"out": "out.mp4"},
+    "command": "-i {{in}} -c:v libx264 -preset ultrafast {{out}}",
+    "timeout_seconds": 600,
+    "metadata": {"customer_ref": "A-42"}
+})))]
 pub struct JobIn {
     /// Input alias → id of a ready asset of this org. At least one.
     pub inputs: BTreeMap<Alias, Uuid>,
     /// Output alias → file name (a trailing `/` declares a directory of files). At least one.
     pub outputs: BTreeMap<Alias, OutputName>,
     /// The FFmpeg command template, without the leading `ffmpeg`.
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 65536, pattern = "^[^\\u0000]*$")]
     pub command: String,
     /// The worker pool to run on; `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,7 +274,7 @@ pub struct JobIn {
     pub timeout_seconds: Option<TimeoutSeconds>,
     /// Free-form JSON object (at most 16 KiB), returned with the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = metadata::request_metadata)]
     pub metadata: Option<Map<String, Value>>,
 }
 
@@ -290,11 +308,17 @@ impl JobIn {
 /// matters). Answers the argv that would run, or the same 400 a submission would get.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "inputs": {"in": "in.mp4", "logo": "logo.png"},
+    "outputs": {"out": "out.mp4"},
+    "command": "-i {{in}} -i {{logo}} -filter_complex overlay=10:10 -c:v libx264 {{out}}"
+})))]
 pub struct JobValidateIn {
-    /// Input alias → the file name the input will be uploaded with.
+    /// Input alias → the file name the input will be uploaded with. At least one.
     pub inputs: BTreeMap<Alias, FileName>,
+    /// Output alias → file name. At least one.
     pub outputs: BTreeMap<Alias, OutputName>,
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 65536, pattern = "^[^\\u0000]*$")]
     pub command: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolName>,

@@ -164,7 +164,7 @@ pub const MAX_TIMEOUT_SECONDS: u32 = 21_600;
 
 /// A job's wall-clock limit in seconds: 1 to 21,600.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "u32", into = "u32")]
+#[serde(try_from = "crate::whole_number::Whole", into = "u32")]
 pub struct TimeoutSeconds(u32);
 
 impl TimeoutSeconds {
@@ -186,6 +186,15 @@ impl TryFrom<u32> for TimeoutSeconds {
     type Error = ParseError;
     fn try_from(n: u32) -> Result<Self, ParseError> {
         TimeoutSeconds::parse(n)
+    }
+}
+
+impl TryFrom<crate::whole_number::Whole> for TimeoutSeconds {
+    type Error = ParseError;
+    fn try_from(n: crate::whole_number::Whole) -> Result<Self, ParseError> {
+        u32::try_from(n.0)
+            .map_err(|_| ParseError(format!("timeout_seconds must be 1-{MAX_TIMEOUT_SECONDS}")))
+            .and_then(TimeoutSeconds::parse)
     }
 }
 

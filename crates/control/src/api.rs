@@ -61,7 +61,8 @@ pub fn router(state: AppState) -> Router {
         download_asset, submit_job, validate_job, list_jobs, get_job, cancel_job,
         attempt_stderr, list_pools
     ),
-    modifiers(&ApiKeyAuth),
+    components(schemas(api::IdempotencyKey, api::MetadataValue)),
+    modifiers(&ApiKeyAuth, &AtLeastOneInputAndOutput),
     tags(
         (name = "assets", description = "Uploaded inputs and produced outputs"),
         (name = "jobs", description = "FFmpeg jobs"),
@@ -85,6 +86,29 @@ impl utoipa::Modify for ApiKeyAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// A job's `inputs` and `outputs` each need an entry (the service refuses empty ones with 400
+/// `invalid_job`); utoipa has no field attribute for `minProperties`, so it is set here.
+struct AtLeastOneInputAndOutput;
+
+impl utoipa::Modify for AtLeastOneInputAndOutput {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, Schema};
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        for name in ["JobIn", "JobValidateIn"] {
+            let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) else {
+                continue;
+            };
+            for field in ["inputs", "outputs"] {
+                if let Some(RefOr::T(Schema::Object(map))) = object.properties.get_mut(field) {
+                    map.min_properties = Some(1);
+                }
+            }
+        }
     }
 }
 
@@ -421,12 +445,14 @@ async fn get_job(
     Params(q): Params<api::GetJobQuery>,
 ) -> Result<Json<api::Job>> {
     let id = parse_id(&id, "job")?;
-    let wait = Duration::from_secs(
-        q.wait_seconds
-            .unwrap_or(0)
-            .min(api::MAX_WAIT_SECONDS)
-            .into(),
-    );
+    let wait_seconds = q.wait_seconds.unwrap_or(0);
+    if wait_seconds > api::MAX_WAIT_SECONDS {
+        return Err(ControlError::invalid(
+            "invalid_query",
+            format!("wait_seconds must be at most {}", api::MAX_WAIT_SECONDS),
+        ));
+    }
+    let wait = Duration::from_secs(wait_seconds.into());
     Ok(Json(service::jobs::get(&state, &tenant, id, wait).await?))
 }
 
@@ -512,5 +538,55 @@ mod tests {
         for op in ["/v1/jobs", "/v1/jobs/validate", "/v1/assets/{id}/download"] {
             assert!(doc["paths"][op].is_object(), "{op} undocumented");
         }
+    }
+
+    /// The limits the document states are the ones the code enforces (schemathesis sends
+    /// values just inside and just outside them).
+    #[test]
+    fn documented_limits_are_the_enforced_ones() {
+        let doc: Value = serde_json::from_str(&openapi_document()).unwrap();
+        let asset_in = &doc["components"]["schemas"]["AssetIn"]["properties"];
+        assert_eq!(
+            asset_in["size"]["maximum"].as_u64(),
+            Some(mpegflow_objstore::media::SINGLE_PUT_LIMIT)
+        );
+        assert_eq!(
+            api::MAX_UPLOAD_BYTES,
+            mpegflow_objstore::media::SINGLE_PUT_LIMIT
+        );
+        assert_eq!(
+            asset_in["content_type"]["maxLength"].as_u64(),
+            Some(api::MAX_CONTENT_TYPE_CHARS as u64)
+        );
+        let wait = doc["paths"]["/v1/jobs/{id}"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "wait_seconds")
+            .unwrap();
+        assert_eq!(
+            wait["schema"]["maximum"].as_u64(),
+            Some(api::MAX_WAIT_SECONDS.into())
+        );
+        for schema in ["JobIn", "JobValidateIn"] {
+            for field in ["inputs", "outputs"] {
+                let props = &doc["components"]["schemas"][schema]["properties"][field];
+                assert_eq!(props["minProperties"], 1, "{schema}.{field}");
+            }
+        }
+        assert!(doc["components"]["schemas"]["IdempotencyKey"].is_object());
+        // The body extractor refuses NUL anywhere; the schemas say so for free text.
+        let job_in = &doc["components"]["schemas"]["JobIn"]["properties"];
+        assert_eq!(job_in["command"]["pattern"], api::NO_NUL_PATTERN);
+        assert_eq!(asset_in["content_type"]["pattern"], api::NO_NUL_PATTERN);
+        assert_eq!(
+            job_in["metadata"]["propertyNames"]["pattern"],
+            api::NO_NUL_PATTERN
+        );
+        assert_eq!(
+            job_in["metadata"]["additionalProperties"]["$ref"],
+            "#/components/schemas/MetadataValue"
+        );
+        assert!(contains_nul(&serde_json::json!({"a": ["x\u{0}"]})));
     }
 }

@@ -42,6 +42,19 @@ pub async fn create(
             ),
         ));
     }
+    if req
+        .content_type
+        .as_ref()
+        .is_some_and(|t| t.chars().count() > api::MAX_CONTENT_TYPE_CHARS)
+    {
+        return Err(ControlError::invalid(
+            "invalid_body",
+            format!(
+                "content_type must be at most {} characters",
+                api::MAX_CONTENT_TYPE_CHARS
+            ),
+        ));
+    }
     let content_type = safe_content_type(req.content_type.as_deref());
     let id = Uuid::now_v7();
     let key = asset_key(tenant.org_id, id);
