@@ -20,8 +20,6 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    #[command(flatten)]
-    connection: tenant::Connection,
 }
 
 #[derive(Subcommand)]
@@ -45,27 +43,38 @@ enum Cmd {
     Run {
         #[command(flatten)]
         args: tenant::run::RunArgs,
+        #[command(flatten)]
+        conn: tenant::Connection,
     },
     /// List, show, wait for, download or cancel jobs.
     Jobs {
         #[command(subcommand)]
         cmd: tenant::jobs::JobsCmd,
+        #[command(flatten)]
+        conn: tenant::Connection,
     },
     /// List or delete your uploads and outputs.
     Assets {
         #[command(subcommand)]
         cmd: tenant::jobs::AssetsCmd,
+        #[command(flatten)]
+        conn: tenant::Connection,
     },
     /// The worker pools you may submit to.
     Pools {
         #[command(subcommand)]
         cmd: tenant::jobs::PoolsCmd,
+        #[command(flatten)]
+        conn: tenant::Connection,
     },
     /// Check an API URL and key, and save them for later commands (in
     /// $XDG_CONFIG_HOME/mpegflow/config.toml, mode 0600). The key is read from
     /// MPEGFLOW_API_KEY, --api-key or stdin.
     #[command(after_help = tenant::EXIT_CODES_HELP)]
-    Login,
+    Login {
+        #[command(flatten)]
+        conn: tenant::Connection,
+    },
     /// Print a shell completion script, e.g. `mpegflow completions bash > /etc/bash_completion.d/mpegflow`.
     Completions {
         #[arg(value_enum)]
@@ -179,14 +188,13 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32> {
-    let conn = &cli.connection;
     let tenant_command = async {
         match &cli.cmd {
-            Cmd::Run { args } => Some(tenant::run::run(conn, args).await),
-            Cmd::Jobs { cmd } => Some(tenant::jobs::jobs(conn, cmd).await),
-            Cmd::Assets { cmd } => Some(tenant::jobs::assets(conn, cmd).await),
-            Cmd::Pools { cmd } => Some(tenant::jobs::pools(conn, cmd).await),
-            Cmd::Login => Some(tenant::login(conn).await),
+            Cmd::Run { args, conn } => Some(tenant::run::run(conn, args).await),
+            Cmd::Jobs { cmd, conn } => Some(tenant::jobs::jobs(conn, cmd).await),
+            Cmd::Assets { cmd, conn } => Some(tenant::jobs::assets(conn, cmd).await),
+            Cmd::Pools { cmd, conn } => Some(tenant::jobs::pools(conn, cmd).await),
+            Cmd::Login { conn } => Some(tenant::login(conn).await),
             _ => None,
         }
     };
@@ -219,7 +227,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         | Cmd::Jobs { .. }
         | Cmd::Assets { .. }
         | Cmd::Pools { .. }
-        | Cmd::Login => {
+        | Cmd::Login { .. } => {
             unreachable!("handled above")
         }
     }
