@@ -533,8 +533,15 @@ impl Platform {
                 "MPEGFLOW_LOG",
                 std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()),
             )
-            // Their stderr is a log file: no colour codes.
+            // Their stderr is a log file: no colour codes; JSON lines when `up` logs JSON.
             .env("NO_COLOR", "1")
+            .env(
+                "MPEGFLOW_LOG_FORMAT",
+                match crate::logging::format() {
+                    crate::logging::LogFormat::Json => "json",
+                    crate::logging::LogFormat::Text => "text",
+                },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)

@@ -209,19 +209,37 @@ fn read_token(args: &Args) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Logs to stderr: text (coloured only on a terminal without `NO_COLOR`), or JSON lines with
+/// `MPEGFLOW_LOG_FORMAT=json`, as `mpegflow up` logs.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MPEGFLOW_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match std::env::var("MPEGFLOW_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().init(),
+        Ok("text") | Err(_) => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+        Ok(other) => {
+            eprintln!("MPEGFLOW_LOG_FORMAT={other:?} is not a log format: use text or json");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // A jailed self-test probe: do the one thing asked and report by exit code.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(mpegflow_worker::selftest::PROBE_ARG) {
         std::process::exit(mpegflow_worker::selftest::probe(&argv[2..]));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MPEGFLOW_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let args = Args::parse();
     let work_dir = args.work_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("mpegflow-worker-{}", std::process::id()))

@@ -639,10 +639,13 @@ async fn up_logs_carry_no_colour_codes_off_a_terminal_and_json_lines_parse() {
     }
     assert!(logged > 0, "the workers logged nothing");
 
-    // JSON: every line of stderr is a JSON object.
+    // JSON: every line of stderr is a JSON object, and so is every line the workers log.
+    for e in std::fs::read_dir(place.data().join("logs")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
     let mut up = Up::start(
         &place,
-        &["--workers", "0", "--no-sample"],
+        &["--workers", "1", "--no-sample"],
         &[("MPEGFLOW_LOG_FORMAT", "json")],
     );
     up.wait_serving();
@@ -671,6 +674,17 @@ async fn up_logs_carry_no_colour_codes_off_a_terminal_and_json_lines_parse() {
     assert!(events
         .iter()
         .any(|e| e["fields"]["message"] == "serving; press Ctrl-C to stop"));
+    let mut worker_lines = 0;
+    for e in std::fs::read_dir(place.data().join("logs")).unwrap() {
+        let log = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        for line in log.lines().filter(|l| !l.trim().is_empty()) {
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a worker's log line is not JSON ({e}): {line:?}"));
+            assert!(event["level"].is_string(), "{event}");
+            worker_lines += 1;
+        }
+    }
+    assert!(worker_lines > 0, "the worker logged nothing");
 
     // An unknown format is refused, naming the variable.
     let mut up = Up::start(&place, &["--no-sample"], &[("MPEGFLOW_LOG_FORMAT", "xml")]);
