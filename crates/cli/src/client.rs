@@ -318,14 +318,18 @@ impl ApiClient {
 
     /// Downloads an asset to `dest`, returning its size and SHA-256.
     pub async fn download(&self, asset_id: Uuid, dest: &Path) -> Result<(u64, String)> {
-        self.download_with(asset_id, dest, |_| {}).await
+        self.download_with(asset_id, dest, None, |_| {}).await
     }
 
-    /// [`download`](Self::download), telling `on_progress` the bytes received so far.
+    /// [`download`](Self::download), telling `on_progress` the bytes received so far. The bytes
+    /// go to a new file beside `dest` and take its name only once complete (and, with
+    /// `expected`, only with that size and SHA-256): a failed download leaves `dest` as it was,
+    /// and a link planted at `dest` is replaced, never followed.
     pub async fn download_with(
         &self,
         asset_id: Uuid,
         dest: &Path,
+        expected: Option<(u64, &str)>,
         mut on_progress: impl FnMut(u64),
     ) -> Result<(u64, String)> {
         let link = self.download_link(asset_id).await?;
@@ -333,22 +337,52 @@ impl ApiClient {
         if !resp.status().is_success() {
             bail!("download refused: {}", resp.status());
         }
-        if let Some(parent) = dest.parent() {
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent).await?;
         }
-        let mut file = tokio::fs::File::create(dest)
+        let name = dest
+            .file_name()
+            .ok_or_else(|| anyhow::anyhow!("{} names no file", dest.display()))?
+            .to_string_lossy();
+        let partial = dest.with_file_name(format!(".{name}.{asset_id}.partial"));
+        let _ = tokio::fs::remove_file(&partial).await;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
             .await
-            .with_context(|| format!("creating {}", dest.display()))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = resp.chunk().await? {
-            size += chunk.len() as u64;
-            on_progress(size);
-            hasher.update(&chunk);
-            file.write_all(&chunk).await?;
+            .with_context(|| format!("creating {}", partial.display()))?;
+        let received = async {
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            while let Some(chunk) = resp.chunk().await? {
+                size += chunk.len() as u64;
+                on_progress(size);
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+            let got = (size, hex::encode(hasher.finalize()));
+            if let Some((want_size, want_sha)) = expected {
+                if got.0 != want_size || got.1 != want_sha {
+                    bail!(
+                        "{} arrived as {} bytes with SHA-256 {}; the job recorded {want_size} bytes, {want_sha}",
+                        dest.display(),
+                        got.0,
+                        got.1
+                    );
+                }
+            }
+            tokio::fs::rename(&partial, dest)
+                .await
+                .with_context(|| format!("moving the download to {}", dest.display()))?;
+            Ok(got)
         }
-        file.flush().await?;
-        Ok((size, hex::encode(hasher.finalize())))
+        .await;
+        if received.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        received
     }
 
     /// Downloads every output of a finished job: a file output to `dests[alias]`, a directory
@@ -388,17 +422,11 @@ impl ApiClient {
             } else {
                 dest.to_owned()
             };
-            let (size, sha256) = self
-                .download_with(f.asset_id, &path, |n| on_progress(before + n))
+            let (size, _) = self
+                .download_with(f.asset_id, &path, Some((f.size, f.sha256.as_str())), |n| {
+                    on_progress(before + n)
+                })
                 .await?;
-            if size != f.size || sha256 != f.sha256.as_str() {
-                bail!(
-                    "{} arrived as {size} bytes with SHA-256 {sha256}; the job recorded {} bytes, {}",
-                    path.display(),
-                    f.size,
-                    f.sha256
-                );
-            }
             before += size;
             written.push(path);
         }

@@ -50,17 +50,5 @@ async fn kept_key(store: &Store, file: &Path, org_id: uuid::Uuid) -> Result<Opti
 
 /// Writes `content` to `path`, readable by this user only.
 pub fn write_private(path: &Path, content: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    // An existing file keeps its mode on open: narrow it.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(content.as_bytes())?;
-    Ok(())
+    crate::write_private(path, content).with_context(|| format!("writing {}", path.display()))
 }

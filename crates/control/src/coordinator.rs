@@ -429,11 +429,21 @@ fn error_code_of(code: &str) -> String {
     }
 }
 
-/// A worker's text as the database can store it: at most `max` bytes (on a character
-/// boundary), NUL characters replaced. A worker relays what FFmpeg — the tenant's code — wrote,
-/// so a NUL must not make its report unstorable (the honest worker would lose its lease).
+/// A worker's text as the database can store it and a terminal can show it: at most `max`
+/// bytes (on a character boundary), control characters other than newline and tab replaced
+/// (a carriage return becomes a newline). A worker relays what FFmpeg — the tenant's code —
+/// wrote, so a NUL must not make its report unstorable (the honest worker would lose its
+/// lease), and escape sequences must not reach the terminal of whoever reads the job.
 fn worker_text(s: &str, max: usize) -> String {
-    mpegflow_domain::names::truncate_utf8(s, max).replace('\0', "\u{fffd}")
+    mpegflow_domain::names::truncate_utf8(s, max)
+        .chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            '\r' => '\n',
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect()
 }
 
 /// The `outputs` part of a finished job's result (as the API shows it), and the assets to

@@ -46,7 +46,7 @@ impl AppState {
             .delete(&delete.url)
             .send()
             .await
-            .map_err(|e| format!("object store unreachable: {e}"))?;
+            .map_err(|e| format!("object store unreachable: {}", e.without_url()))?;
         match resp.status().as_u16() {
             200..=299 | 404 => Ok(()),
             status => Err(format!("object store answered {status} to a DELETE")),
@@ -70,7 +70,7 @@ impl AppState {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| format!("reading the object: {e}"))?
+            .map_err(|e| format!("reading the object: {}", e.without_url()))?
         {
             size += chunk.len() as u64;
             if size > max_bytes {
@@ -88,7 +88,7 @@ impl AppState {
 /// The store's answer about one object: the response when it exists, `None` when it does not,
 /// an error for anything else.
 fn existing(sent: reqwest::Result<reqwest::Response>) -> Result<Option<reqwest::Response>, String> {
-    let resp = sent.map_err(|e| format!("object store unreachable: {e}"))?;
+    let resp = sent.map_err(|e| format!("object store unreachable: {}", e.without_url()))?;
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
     }

@@ -56,7 +56,7 @@ pub fn report(e: &anyhow::Error) -> Exit {
 
 /// How to reach the API: `--api-url`/`--api-key`, else `MPEGFLOW_API_URL`/`MPEGFLOW_API_KEY`,
 /// else the file `mpegflow login` wrote.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Clone, Default, clap::Args)]
 pub struct Connection {
     /// The API's base URL, e.g. http://127.0.0.1:8080 (default: the saved login's)
     #[arg(long, global = true, value_name = "URL", env = "MPEGFLOW_API_URL")]
@@ -74,11 +74,29 @@ pub struct Connection {
 }
 
 /// What `mpegflow login` keeps (mode 0600).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedLogin {
     pub api_url: String,
     pub api_key: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("api_url", &self.api_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SavedLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SavedLogin")
+            .field("api_url", &self.api_url)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `$XDG_CONFIG_HOME/mpegflow/config.toml`, else `~/.config/mpegflow/config.toml`.
@@ -125,6 +143,23 @@ pub fn parse_api_url(url: &str, from: &str) -> Result<String> {
     Ok(url.trim_end_matches('/').to_owned())
 }
 
+/// Says so when the key would cross a network in clear text (http to a host that is not this
+/// machine).
+fn warn_if_cleartext(url: &str) {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return;
+    };
+    let local = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if parsed.scheme() == "http" && !local {
+        eprintln!("warning: {url} is plain http: the API key crosses the network unencrypted");
+    }
+}
+
 impl Connection {
     /// The client these settings describe.
     pub fn client(&self) -> Result<ApiClient> {
@@ -137,13 +172,21 @@ impl Connection {
             ),
         };
         let url = parse_api_url(&url, from)?;
+        // The saved key goes only to the server it was saved for.
         let key = match (&self.api_key, &saved) {
             (Some(k), _) => k.clone(),
-            (None, Some(s)) => s.api_key.clone(),
+            (None, Some(s)) if parse_api_url(&s.api_url, "the saved login").ok().as_deref() == Some(url.as_str()) => {
+                s.api_key.clone()
+            }
+            (None, Some(s)) => bail!(
+                "no API key for {url}: the saved login is for {}; set MPEGFLOW_API_KEY or pass --api-key",
+                s.api_url
+            ),
             (None, None) => bail!(
                 "no API key: set MPEGFLOW_API_KEY (`source DATA_DIR/demo.env` after `mpegflow up`), pass --api-key, or run `mpegflow login`"
             ),
         };
+        warn_if_cleartext(&url);
         Ok(ApiClient::new(&url, &key))
     }
 }

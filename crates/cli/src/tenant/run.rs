@@ -239,6 +239,18 @@ impl Default for Progress {
     }
 }
 
+/// Text from the server that came from a worker or FFmpeg, safe for a terminal: control
+/// characters other than newline and tab are replaced (no escape sequences reach it).
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect()
+}
+
 /// ": encode 2.1x 52 fps" while a worker reports it.
 fn live_text(job: &api::Job) -> String {
     let Some(live) = &job.live else {
@@ -246,7 +258,7 @@ fn live_text(job: &api::Job) -> String {
     };
     let mut parts = Vec::new();
     if let Some(stage) = &live.stage {
-        parts.push(stage.clone());
+        parts.push(printable(stage));
     }
     if let Some(speed) = live.speed {
         parts.push(format!("{speed:.2}x"));
@@ -406,11 +418,11 @@ pub async fn finish(
                     "job {} {}: {}: {}",
                     job.id,
                     job.state,
-                    err.code,
-                    err.message.as_deref().unwrap_or("")
+                    printable(&err.code),
+                    printable(err.message.as_deref().unwrap_or(""))
                 );
                 if let Some(tail) = &err.stderr_tail {
-                    eprintln!("--- ffmpeg stderr (tail) ---\n{tail}");
+                    eprintln!("--- ffmpeg stderr (tail) ---\n{}", printable(tail));
                 }
             }
             None => eprintln!("job {} {}", job.id, job.state),

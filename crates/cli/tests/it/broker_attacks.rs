@@ -263,7 +263,8 @@ async fn nul_characters_from_a_rogue_worker_get_no_internal_error() {
     let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
     let (_, token) = tp.worker_token_with("default", limits(2)).await;
     let mut r = Rogue::connect(&tp, &token).await;
-    let nul = "a\0b";
+    // A NUL, and terminal escapes (a clipboard write, clear screen) aimed at whoever reads the job.
+    let nul = "a\0b\u{1b}]52;c;aGk=\u{7}\u{1b}[2J\u{9b}";
     let req = r.req(pb::RegisterWorkerRequest {
         hostname: nul.into(),
         worker_version: nul.into(),
@@ -315,7 +316,14 @@ async fn nul_characters_from_a_rogue_worker_get_no_internal_error() {
     assert!(reported.is_ok(), "{reported:?}");
     let job = client.job(job.id).await.unwrap();
     assert_eq!(job.state, JobState::Failed, "{job:#?}");
-    assert_eq!(job_error(&job).code, "ffmpeg_failed", "{job:#?}");
+    let error = job_error(&job);
+    assert_eq!(error.code, "ffmpeg_failed", "{job:#?}");
+    let message = error.message.as_deref().unwrap_or_default();
+    assert!(message.starts_with('a'), "{message:?}");
+    assert!(
+        !message.chars().any(char::is_control),
+        "control characters reach the reader: {message:?}"
+    );
     tp.stop().await;
 }
 

@@ -366,6 +366,25 @@ async fn login_saves_the_settings_privately_and_later_commands_use_them() {
     let out = list.output().await.unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("default"));
+    // The saved key goes only to the server it was saved for: another URL gets no key at all.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let mut other = cli.command(&["pools", "list"]);
+    other.env_remove("MPEGFLOW_API_KEY").env(
+        "MPEGFLOW_API_URL",
+        format!("http://{}", elsewhere.local_addr().unwrap()),
+    );
+    let out = other.output().await.unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the saved login is for"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        elsewhere.accept().is_err(),
+        "the command connected to another server"
+    );
     // A wrong key is refused at login and saves nothing new.
     std::fs::remove_file(&saved).unwrap();
     let mut bad = cli.command(&[
