@@ -649,6 +649,19 @@ async fn up_logs_carry_no_colour_codes_off_a_terminal_and_json_lines_parse() {
         &[("MPEGFLOW_LOG_FORMAT", "json")],
     );
     up.wait_serving();
+    // The worker starts beside `up`'s own serving line: wait until it has logged something.
+    let logs = place.data().join("logs");
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&logs)
+        .map(|d| !d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the worker logged nothing within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let endpoint = up.logged_url("object store");
     assert_eq!(forged_store_request(&endpoint).await, 403);
     assert!(up.stop().success());
