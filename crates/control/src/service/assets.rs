@@ -211,18 +211,15 @@ pub async fn list(
     tenant: &Tenant,
     q: &api::ListAssetsQuery,
 ) -> Result<api::AssetList> {
-    let limit = i64::from(super::page_size(q.limit)?);
+    let limit = super::page_size(q.limit)?;
     let rows = state
         .store
-        .list_assets(tenant.org_id, q.cursor, limit + 1)
+        .list_assets(tenant.org_id, q.cursor, i64::from(limit) + 1)
         .await?;
-    let more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
+    let (page, next_cursor) = super::split_page(rows, limit, |a| a.id);
     Ok(api::AssetList {
         assets: page.iter().map(views::asset).collect::<Result<_>>()?,
-        next_cursor: more
-            .then(|| page.last().map(|a| a.id.to_string()))
-            .flatten(),
+        next_cursor,
     })
 }
 

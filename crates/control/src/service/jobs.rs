@@ -280,13 +280,16 @@ pub async fn list(
     q: &api::ListJobsQuery,
 ) -> Result<api::JobList> {
     let limit = super::page_size(q.limit)?;
-    let limit = i64::from(limit);
-    let jobs = state
+    let rows = state
         .store
-        .list_jobs(tenant.org_id, q.state.map(Into::into), q.cursor, limit + 1)
+        .list_jobs(
+            tenant.org_id,
+            q.state.map(Into::into),
+            q.cursor,
+            i64::from(limit) + 1,
+        )
         .await?;
-    let more = jobs.len() as i64 > limit;
-    let page = &jobs[..jobs.len().min(limit as usize)];
+    let (page, next_cursor) = super::split_page(rows, limit, |j| j.id);
     let pool_ids: Vec<Uuid> = page.iter().map(|j| j.pool_id).collect();
     let pools = state.store.pool_names(&pool_ids).await?;
     let jobs = page
@@ -299,11 +302,6 @@ pub async fn list(
             views::job(job, &pool, None)
         })
         .collect::<Result<_>>()?;
-    let next_cursor = if more {
-        page.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
     Ok(api::JobList { jobs, next_cursor })
 }
 

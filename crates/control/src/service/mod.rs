@@ -38,3 +38,18 @@ fn page_size(limit: Option<u32>) -> Result<u32> {
         ))
     }
 }
+
+/// Rows fetched as `limit + 1` split into the page and the next page's cursor (the id of the
+/// page's last row, when more follow).
+fn split_page<T>(
+    mut rows: Vec<T>,
+    limit: u32,
+    id: impl Fn(&T) -> uuid::Uuid,
+) -> (Vec<T>, Option<String>) {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = more
+        .then(|| rows.last().map(|r| id(r).to_string()))
+        .flatten();
+    (rows, next)
+}
