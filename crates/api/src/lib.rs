@@ -11,6 +11,7 @@ mod timestamp;
 pub mod whole_number;
 
 pub use metadata::{MetadataValue, NO_NUL_PATTERN};
+pub use mpegflow_domain::media::{MediaInfo, MediaStream, StreamKind};
 pub use newtypes::{
     Alias, FileName, IdempotencyKey, OutputName, ParseError, PoolName, Sha256Hex, TimeoutSeconds,
     MAX_TIMEOUT_SECONDS,
@@ -135,6 +136,10 @@ pub struct Asset {
     /// outputs).
     #[schema(required = true)]
     pub expires_at: Option<Timestamp>,
+    /// For an output: what it is as media (see `OutputFile.media`).
+    #[serde(default)]
+    #[schema(required = true)]
+    pub media: Option<MediaInfo>,
 }
 
 /// A page of assets, newest first.
@@ -359,6 +364,13 @@ pub struct OutputFile {
     pub path: String,
     pub size: u64,
     pub sha256: Sha256Hex,
+    /// What the file is as media: format, duration and streams, as the worker's jailed ffprobe
+    /// read the job's output (the worker's word, like the bytes it produced). `null` for a file
+    /// ffprobe does not read as media (a playlist, say), for files past the first 256 of a job,
+    /// and for jobs recorded before media was measured.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub media: Option<MediaInfo>,
 }
 
 /// A declared output and, once the job succeeded, its files.
@@ -375,7 +387,7 @@ pub struct JobOutput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptStage {
-    /// `download`, `probe`, `encode`, `upload`.
+    /// `download`, `validate`, `encode`, `measure`, `upload`.
     pub name: String,
     #[schema(required = true)]
     pub started_at: Option<Timestamp>,
@@ -431,7 +443,7 @@ pub struct Attempt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LiveStatus {
-    /// `download`, `validate`, `encode` or `upload`.
+    /// `download`, `validate`, `encode`, `measure` (ffprobe reads the outputs) or `upload`.
     #[schema(required = true)]
     pub stage: Option<String>,
     /// FFmpeg's encoding speed: media time per wall-clock time (2.0 = twice real time).

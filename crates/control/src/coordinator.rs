@@ -12,6 +12,7 @@ use mpegflow_api as api;
 use mpegflow_domain::command::OutputDecl;
 use mpegflow_domain::fingerprint::Fingerprint;
 use mpegflow_domain::job::{error_code, Failure};
+use mpegflow_domain::media::{MediaInfo, MediaStream, StreamKind};
 use mpegflow_domain::names::output_key;
 use mpegflow_domain::token::{Secret, TokenKind};
 use mpegflow_objstore::media::content_type_for_filename;
@@ -452,6 +453,7 @@ fn result_of(
     job: &Job,
     spec: &mpegflow_domain::command::IoSpec,
     files: &[ProducedFile],
+    media: &BTreeMap<String, MediaInfo>,
 ) -> Result<(Value, Vec<OutputObject>)> {
     let mut objects = Vec::new();
     let mut outputs = BTreeMap::new();
@@ -459,12 +461,18 @@ fn result_of(
         let mut entries = Vec::new();
         for f in files.iter().filter(|f| &f.alias == alias) {
             let asset_id = Uuid::now_v7();
+            let media = media.get(&f.path).cloned();
             objects.push(OutputObject {
                 asset_id,
                 object_key: output_key(job.org_id, job.id, job.attempts as u32, &f.path),
                 filename: f.name.clone(),
                 size: f.size as i64,
                 sha256: f.sha256.clone(),
+                media: media
+                    .as_ref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .map_err(|e| ControlError::Internal(e.to_string()))?,
             });
             entries.push(api::OutputFile {
                 asset_id,
@@ -472,6 +480,7 @@ fn result_of(
                 size: f.size,
                 sha256: api::Sha256Hex::parse(f.sha256.clone())
                     .map_err(|e| ControlError::Internal(e.to_string()))?,
+                media,
             });
         }
         let filename = match decl {
@@ -971,7 +980,8 @@ impl pb::Coordinator for CoordinatorService {
                             }
                             Ok(()) => {
                                 verified_hashes = json!(files.iter().map(|f| json!({ "path": f.path, "size": f.size, "sha256": f.sha256 })).collect::<Vec<_>>());
-                                let (result, outputs) = result_of(&job, &spec, &files)?;
+                                let media = output_media(&r.output_media, &files);
+                                let (result, outputs) = result_of(&job, &spec, &files, &media)?;
                                 Report::Succeeded { result, outputs }
                             }
                         },
@@ -1041,6 +1051,59 @@ impl pb::Coordinator for CoordinatorService {
         .await
         .map_err(Status::from)
     }
+}
+
+/// What the worker measured of its outputs, by path: only for files of the report, each
+/// at most once, and only what passes the media rules (anything else is left unknown).
+fn output_media(
+    reported: &[pb::OutputMedia],
+    files: &[ProducedFile],
+) -> BTreeMap<String, MediaInfo> {
+    let mut media = BTreeMap::new();
+    for m in reported.iter().take(files.len()) {
+        if !files.iter().any(|f| f.path == m.path) || media.contains_key(&m.path) {
+            continue;
+        }
+        let Some(info) = m.media.as_ref().and_then(media_info) else {
+            tracing::warn!(path = %worker_text(&m.path, 255), "ignoring output media out of range");
+            continue;
+        };
+        media.insert(m.path.clone(), info);
+    }
+    media
+}
+
+fn media_info(m: &pb::MediaInfo) -> Option<MediaInfo> {
+    if m.streams.len() > mpegflow_domain::media::MAX_STREAMS {
+        return None;
+    }
+    let info = MediaInfo {
+        format: m.format.clone(),
+        duration_seconds: m.duration_seconds,
+        bit_rate: m.bit_rate,
+        streams: m
+            .streams
+            .iter()
+            .map(|s| {
+                Some(MediaStream {
+                    index: s.index,
+                    kind: StreamKind::parse(&s.kind)?,
+                    codec: s.codec.clone(),
+                    profile: s.profile.clone(),
+                    width: s.width,
+                    height: s.height,
+                    frame_rate: s.frame_rate.clone(),
+                    pixel_format: s.pixel_format.clone(),
+                    bit_rate: s.bit_rate,
+                    sample_rate: s.sample_rate,
+                    channels: s.channels,
+                    channel_layout: s.channel_layout.clone(),
+                    duration_seconds: s.duration_seconds,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?,
+    };
+    info.check().ok().map(|()| info)
 }
 
 /// The provenance of an attempt, from the worker's report.

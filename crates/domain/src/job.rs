@@ -77,7 +77,7 @@ impl FromStr for JobState {
 
 /// Stable error codes a failed job carries.
 /// The stages an attempt goes through, in order, as workers report them.
-pub const STAGES: [&str; 4] = ["download", "validate", "encode", "upload"];
+pub const STAGES: [&str; 5] = ["download", "validate", "encode", "measure", "upload"];
 
 pub mod error_code {
     pub const FFMPEG_FAILED: &str = "ffmpeg_failed";

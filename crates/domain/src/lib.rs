@@ -5,11 +5,13 @@
 //! * [`job`]: the job state machine.
 //! * [`backoff`]: retry delays.
 //! * [`names`]: aliases, file names and object keys.
+//! * [`media`]: what a media file is, as ffprobe reads it (untrusted output, checked).
 //! * [`fingerprint`]: which FFmpeg a worker runs, and the command grammar it implements.
 
 pub mod backoff;
 pub mod command;
 pub mod fingerprint;
 pub mod job;
+pub mod media;
 pub mod names;
 pub mod token;

@@ -16,6 +16,11 @@
 //!   it) and reaps; its child applies the whole jail (rlimits, new net/ipc/uts/mount namespaces,
 //!   the job uid, `no_new_privs`, Landlock, seccomp last) and execs. When the init exits, the
 //!   kernel kills whatever is left in the namespace.
+//!   `out/` is writable only for ffmpeg; an ffprobe may be given it read-only (to measure what
+//!   the job wrote, before the handover, as the job's uid).
+//! - `LIST uid max`: names the regular files in `out/`'s alias directories (`alias/name`, at
+//!   most `max`), walked as root by descriptor without following links, before the handover:
+//!   the worker cannot list `out/` itself until then.
 //! - `KILL uid`: kills the job's namespace inits (and so the namespaces).
 //! - `HANDOVER uid`: kills them, waits for them, checks that no process of the uid remains, and
 //!   gives `out/` to the worker read-only (root's, the worker's group) so it can upload; once
@@ -51,6 +56,9 @@ const OP_KILL: u8 = 3;
 const OP_HANDOVER: u8 = 4;
 const OP_END: u8 = 5;
 const OP_SEAL: u8 = 6;
+const OP_LIST: u8 = 7;
+/// Most names one `LIST` answers (the answer must fit one message).
+pub const MAX_LISTED: usize = 512;
 
 /// What the helper may execute. Nothing else can be named on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +68,17 @@ pub enum Program {
     Ffprobe = 2,
     /// The worker's own binary in self-test mode; refused after `SEAL`.
     SelfTestProbe = 3,
+}
+
+/// What a spawned program may do with the job's `out/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OutAccess {
+    None = 0,
+    /// Only ffmpeg is ever given this.
+    Write = 1,
+    /// To measure what the job wrote.
+    Read = 2,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +336,17 @@ fn entries(dir: RawFd) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Whether `name` in `dir` is of type `kind` (`S_IFDIR`, `S_IFREG`…), not following a link.
+fn is_a(dir: RawFd, name: &str, kind: libc::mode_t) -> io::Result<bool> {
+    let c = cstring(name)?;
+    // SAFETY: fstatat fills a struct we own, from a NUL-terminated name.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        cvt(libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) as libc::c_long)?;
+        Ok(st.st_mode & libc::S_IFMT == kind)
+    }
+}
+
 /// Gives everything under `dir` (and `dir`) to `uid`/`gid`, readable (and directories
 /// searchable) by owner and group only, writable by no one but root, never following a link.
 /// Children first: a directory opens up only once nothing in it is left to change.
@@ -554,18 +584,30 @@ impl SpawnerClient {
     }
 
     fn call(&self, msg: Enc, fds: &[RawFd]) -> Result<u32, SpawnError> {
+        let answer = self.call_for(msg, fds)?;
+        let mut d = Dec(&answer);
+        let v = d.u32().map_err(SpawnError::Refused)?;
+        d.end().map_err(SpawnError::Refused)?;
+        Ok(v)
+    }
+
+    /// Sends one request; the body of a successful answer (after its status byte).
+    fn call_for(&self, msg: Enc, fds: &[RawFd]) -> Result<Vec<u8>, SpawnError> {
         if msg.0.len() > MAX_MESSAGE {
             return Err(SpawnError::Refused("request too large".into()));
         }
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         send_msg(sock.as_raw_fd(), &msg.0, fds)?;
-        let mut buf = vec![0u8; 4096];
-        let Some((n, _fds, _)) = recv_msg(sock.as_raw_fd(), &mut buf)? else {
+        let mut buf = vec![0u8; MAX_MESSAGE + 1];
+        let Some((n, _fds, truncated)) = recv_msg(sock.as_raw_fd(), &mut buf)? else {
             return Err(SpawnError::Io(io::Error::other("the spawn helper is gone")));
         };
+        if truncated {
+            return Err(SpawnError::Refused("answer too large".into()));
+        }
         let mut d = Dec(&buf[..n]);
         match d.u8() {
-            Ok(0) => d.u32().map_err(SpawnError::Refused),
+            Ok(0) => Ok(d.0.to_vec()),
             Ok(_) => Err(SpawnError::Refused(
                 d.str().unwrap_or("unreadable answer").to_owned(),
             )),
@@ -593,16 +635,39 @@ impl SpawnerClient {
         self.call(m, &[])
     }
 
-    /// Starts `program args…` as `uid` in the job directory, `out/` writable when `write_out`.
+    /// Starts `program args…` as `uid` in the job directory, with `out` access to `out/`.
     pub fn spawn(
         &self,
         uid: u32,
         program: Program,
         args: &[String],
-        write_out: bool,
+        out: OutAccess,
         limits: &Limits,
     ) -> Result<Spawned, SpawnError> {
-        self.spawn_raw(uid, program as u8, args, write_out, limits)
+        self.spawn_raw(uid, program as u8, args, out as u8, limits)
+    }
+
+    /// The regular files the job wrote under `out/`'s alias directories, as `alias/name`,
+    /// sorted, at most `max` (≤ [`MAX_LISTED`]).
+    pub fn list_outputs(&self, uid: u32, max: usize) -> Result<Vec<String>, SpawnError> {
+        let answer = self.call_for(
+            Enc::default()
+                .u8(OP_LIST)
+                .u32(uid)
+                .u32(max.min(u32::MAX as usize) as u32),
+            &[],
+        )?;
+        let mut d = Dec(&answer);
+        let n = d.u32().map_err(SpawnError::Refused)? as usize;
+        if n > max {
+            return Err(SpawnError::Refused("more names than asked for".into()));
+        }
+        let mut names = Vec::with_capacity(n);
+        for _ in 0..n {
+            names.push(d.str().map_err(SpawnError::Refused)?.to_owned());
+        }
+        d.end().map_err(SpawnError::Refused)?;
+        Ok(names)
     }
 
     /// [`spawn`](Self::spawn) with any program code, to show the helper refuses unknown ones.
@@ -611,14 +676,14 @@ impl SpawnerClient {
         uid: u32,
         program: u8,
         args: &[String],
-        write_out: bool,
+        out: u8,
         limits: &Limits,
     ) -> Result<Spawned, SpawnError> {
         let mut m = Enc::default()
             .u8(OP_SPAWN)
             .u32(uid)
             .u8(program)
-            .u8(write_out as u8)
+            .u8(out)
             .u64(limits.address_space_bytes)
             .u64(limits.cpu_seconds)
             .u64(limits.file_size_bytes)
@@ -662,6 +727,12 @@ impl SpawnerClient {
 
 // ---------------------------------------------------------------------------------------------
 // The helper.
+
+/// A successful answer: a number (a uid, a pid, 0) or names.
+enum Answer {
+    Value(u32),
+    Names(Vec<String>),
+}
 
 struct Init {
     pid: libc::pid_t,
@@ -833,7 +904,14 @@ impl Server {
                 self.handle(&buf[..n], fds)
             };
             let reply = match answer {
-                Ok(v) => Enc::default().u8(0).u32(v),
+                Ok(Answer::Value(v)) => Enc::default().u8(0).u32(v),
+                Ok(Answer::Names(names)) => {
+                    let mut m = Enc::default().u8(0).u32(names.len() as u32);
+                    for n in &names {
+                        m = m.str(n);
+                    }
+                    m
+                }
                 Err(e) => {
                     let e: String = e.chars().take(1000).collect();
                     Enc::default().u8(1).str(&e)
@@ -872,7 +950,22 @@ impl Server {
         }
     }
 
-    fn handle(&mut self, msg: &[u8], fds: Vec<OwnedFd>) -> Result<u32, String> {
+    fn handle(&mut self, msg: &[u8], fds: Vec<OwnedFd>) -> Result<Answer, String> {
+        let mut d = Dec(msg);
+        if d.0.first() == Some(&OP_LIST) {
+            d.u8()?;
+            let uid = d.u32()?;
+            let max = d.u32()? as usize;
+            d.end()?;
+            if !fds.is_empty() {
+                return Err("unexpected descriptors".into());
+            }
+            return self.list(uid, max.min(MAX_LISTED)).map(Answer::Names);
+        }
+        self.handle_value(msg, fds).map(Answer::Value)
+    }
+
+    fn handle_value(&mut self, msg: &[u8], fds: Vec<OwnedFd>) -> Result<u32, String> {
         let mut d = Dec(msg);
         let op = d.u8()?;
         if op != OP_SPAWN && !fds.is_empty() {
@@ -901,7 +994,12 @@ impl Server {
             OP_SPAWN => {
                 let uid = d.u32()?;
                 let program = d.u8()?;
-                let write_out = d.u8()? != 0;
+                let out = match d.u8()? {
+                    0 => OutAccess::None,
+                    1 => OutAccess::Write,
+                    2 => OutAccess::Read,
+                    other => return Err(format!("unknown out/ access {other}")),
+                };
                 let limits = Limits {
                     address_space_bytes: d.u64()?,
                     cpu_seconds: d.u64()?,
@@ -920,14 +1018,7 @@ impl Server {
                 let [stdout, stderr, status]: [OwnedFd; 3] = fds
                     .try_into()
                     .map_err(|_| "a spawn request carries exactly three descriptors".to_owned())?;
-                self.spawn(
-                    uid,
-                    program,
-                    &args,
-                    write_out,
-                    limits,
-                    [stdout, stderr, status],
-                )
+                self.spawn(uid, program, &args, out, limits, [stdout, stderr, status])
             }
             OP_KILL | OP_HANDOVER | OP_END => {
                 let uid = d.u32()?;
@@ -1074,7 +1165,7 @@ impl Server {
         uid: u32,
         program: u8,
         args: &[String],
-        write_out: bool,
+        out: OutAccess,
         limits: Limits,
         [stdout, stderr, status]: [OwnedFd; 3],
     ) -> Result<u32, String> {
@@ -1091,12 +1182,24 @@ impl Server {
             p => return Err(format!("program {p} is not ffmpeg or ffprobe")),
         };
         let max = &self.cfg.max_limits;
+        let mut read = vec![fd_path(job.input.as_raw_fd())];
+        let mut write = vec![];
+        match (&job.mount, out) {
+            // Only ffmpeg writes; a self-test probe never reaches out/.
+            (Some(m), OutAccess::Write) if program == Program::Ffmpeg as u8 => {
+                write.push(fd_path(m.as_raw_fd()))
+            }
+            (Some(m), OutAccess::Read)
+                if program == Program::Ffmpeg as u8 || program == Program::Ffprobe as u8 =>
+            {
+                read.push(fd_path(m.as_raw_fd()))
+            }
+            (_, OutAccess::None) => {}
+            _ => return Err("that program may not have that access to out/".into()),
+        }
         let policy = Policy {
-            read: vec![fd_path(job.input.as_raw_fd())],
-            write: match (&job.mount, write_out && program == Program::Ffmpeg as u8) {
-                (Some(m), true) => vec![fd_path(m.as_raw_fd())],
-                _ => vec![],
-            },
+            read,
+            write,
             limits: Limits {
                 address_space_bytes: limits.address_space_bytes.min(max.address_space_bytes),
                 cpu_seconds: limits.cpu_seconds.clamp(1, max.cpu_seconds),
@@ -1198,6 +1301,42 @@ impl Server {
             return Err(format!("processes of uid {uid} remain"));
         }
         Ok(())
+    }
+
+    /// Regular files in `out/`'s directories as `alias/name`, sorted, at most `max`; before the
+    /// handover only (after it the worker lists `out/` itself).
+    fn list(&self, uid: u32, max: usize) -> Result<Vec<String>, String> {
+        let job = self.job(uid)?;
+        if job.handed_over {
+            return Err(format!("job uid {uid} was handed over; list out/ yourself"));
+        }
+        let Some(m) = &job.mount else {
+            return Err("this job has no out/ file system".into());
+        };
+        let walk = || -> io::Result<Vec<String>> {
+            let root = open_dir_at(m.as_raw_fd(), ".")?;
+            let mut aliases = entries(root.as_raw_fd())?;
+            aliases.sort();
+            let mut names = Vec::new();
+            for alias in aliases {
+                if !valid_alias(&alias) || !is_a(root.as_raw_fd(), &alias, libc::S_IFDIR)? {
+                    continue;
+                }
+                let dir = open_dir_at(root.as_raw_fd(), &alias)?;
+                let mut files = entries(dir.as_raw_fd())?;
+                files.sort();
+                for name in files {
+                    if names.len() >= max {
+                        return Ok(names);
+                    }
+                    if is_a(dir.as_raw_fd(), &name, libc::S_IFREG)? {
+                        names.push(format!("{alias}/{name}"));
+                    }
+                }
+            }
+            Ok(names)
+        };
+        walk().map_err(|e| format!("listing out/: {e}"))
     }
 
     fn handover(&mut self, uid: u32) -> Result<(), String> {

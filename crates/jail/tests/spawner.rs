@@ -5,7 +5,7 @@
 //! helper is forked from this process, which must be single-threaded for that.
 
 use mpegflow_jail::ids::IdRange;
-use mpegflow_jail::spawner::{self, Program, SpawnError, SpawnerConfig};
+use mpegflow_jail::spawner::{self, OutAccess, Program, SpawnError, SpawnerConfig};
 use mpegflow_jail::{Jail, Layers, Limits};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -93,15 +93,27 @@ fn main() {
     assert!((JOB_BASE..JOB_BASE + 8).contains(&uid), "{uid}");
 
     refused(
-        client.spawn(0, Program::Ffmpeg, &[], true, &limits),
+        client.spawn(0, Program::Ffmpeg, &[], OutAccess::Write, &limits),
         "uid 0",
     );
     refused(
-        client.spawn(JOB_BASE - 1, Program::Ffmpeg, &[], true, &limits),
+        client.spawn(
+            JOB_BASE - 1,
+            Program::Ffmpeg,
+            &[],
+            OutAccess::Write,
+            &limits,
+        ),
         "outside the job range",
     );
     refused(
-        client.spawn(JOB_BASE + 8, Program::Ffmpeg, &[], true, &limits),
+        client.spawn(
+            JOB_BASE + 8,
+            Program::Ffmpeg,
+            &[],
+            OutAccess::Write,
+            &limits,
+        ),
         "outside the job range",
     );
     let other = if uid == JOB_BASE {
@@ -110,23 +122,23 @@ fn main() {
         JOB_BASE
     };
     refused(
-        client.spawn(other, Program::Ffmpeg, &[], true, &limits),
+        client.spawn(other, Program::Ffmpeg, &[], OutAccess::Write, &limits),
         "not a live job",
     );
     for code in [0u8, 4, 7, 255] {
         refused(
-            client.spawn_raw(uid, code, &[], true, &limits),
+            client.spawn_raw(uid, code, &[], OutAccess::Write as u8, &limits),
             "is not ffmpeg or ffprobe",
         );
     }
     // The self-test probe runs until the worker seals the helper, never after.
     let probe = client
-        .spawn(uid, Program::SelfTestProbe, &[], false, &limits)
+        .spawn(uid, Program::SelfTestProbe, &[], OutAccess::None, &limits)
         .expect("probe before seal");
     assert_eq!(read_all(&probe.status), 0i32.to_ne_bytes());
     client.seal().unwrap();
     refused(
-        client.spawn(uid, Program::SelfTestProbe, &[], false, &limits),
+        client.spawn(uid, Program::SelfTestProbe, &[], OutAccess::None, &limits),
         "is not ffmpeg or ffprobe",
     );
     refused(
@@ -146,13 +158,25 @@ fn main() {
 
     // What it does start runs as the leased uid and gid, with no supplementary groups.
     let s = client
-        .spawn(uid, Program::Ffmpeg, &["-u".into()], true, &limits)
+        .spawn(
+            uid,
+            Program::Ffmpeg,
+            &["-u".into()],
+            OutAccess::Write,
+            &limits,
+        )
         .expect("spawn");
     let out = read_all(&s.stdout);
     assert_eq!(String::from_utf8_lossy(&out).trim(), uid.to_string());
     assert_eq!(read_all(&s.status), 0i32.to_ne_bytes());
     let s = client
-        .spawn(uid, Program::Ffprobe, &["-G".into()], false, &limits)
+        .spawn(
+            uid,
+            Program::Ffprobe,
+            &["-G".into()],
+            OutAccess::None,
+            &limits,
+        )
         .expect("spawn");
     assert_eq!(
         String::from_utf8_lossy(&read_all(&s.stdout)).trim(),
@@ -162,7 +186,13 @@ fn main() {
     let t = std::time::Instant::now();
     for _ in 0..20 {
         let s = client
-            .spawn(uid, Program::Ffmpeg, &["-u".into()], true, &limits)
+            .spawn(
+                uid,
+                Program::Ffmpeg,
+                &["-u".into()],
+                OutAccess::Write,
+                &limits,
+            )
             .expect("spawn");
         read_all(&s.status);
     }
@@ -172,12 +202,12 @@ fn main() {
     );
     client.handover(uid).expect("handover");
     refused(
-        client.spawn(uid, Program::Ffmpeg, &[], true, &limits),
+        client.spawn(uid, Program::Ffmpeg, &[], OutAccess::Write, &limits),
         "handed over",
     );
     client.end(uid).expect("end");
     refused(
-        client.spawn(uid, Program::Ffmpeg, &[], true, &limits),
+        client.spawn(uid, Program::Ffmpeg, &[], OutAccess::Write, &limits),
         "not a live job",
     );
     assert!(!mpegflow_jail::ids::ids_in_use().contains(&uid));
@@ -185,6 +215,7 @@ fn main() {
     a_second_handover_is_refused_and_nothing_outside_out_changes(&client, &work, &base);
     a_worker_holds_few_live_jobs(&client, &work);
     the_worker_gets_out_read_only(&client, &work);
+    out_is_listed_and_read_only_before_the_handover(&client, &work);
     nothing_of_out_survives_end_for_a_descriptor_holder(&client, &work);
     drop(client);
     a_job_dies_with_its_helper(&base, &work);
@@ -325,7 +356,7 @@ fn a_job_dies_with_its_helper(base: &Path, work: &Path) {
             uid,
             Program::Ffmpeg,
             &["1000".into()],
-            false,
+            OutAccess::None,
             &Limits::default(),
         )
         .expect("spawn sleep");
@@ -450,6 +481,54 @@ fn the_worker_gets_out_read_only(client: &spawner::SpawnerClient, work: &Path) {
         [true, true, false, false, false, false],
         "the worker's access to out/ after handover (read, list, write, create, mkdir, chmod)"
     );
+}
+
+/// Before the handover the worker cannot list `out/`; the helper names its regular files (no
+/// link, directory or other entry, never past `max`), and an ffprobe may read but not write it.
+fn out_is_listed_and_read_only_before_the_handover(client: &spawner::SpawnerClient, work: &Path) {
+    job_dir(work, "job-list");
+    let uid = client
+        .begin("job-list", &["video", "hls"], 1 << 20, 16)
+        .expect("begin");
+    let out = work.join("job-list/out");
+    // What the job wrote (made here as root: the stand-in program writes nothing).
+    std::fs::write(out.join("video/result.mp4"), b"encoded").unwrap();
+    std::fs::write(out.join("hls/b.ts"), b"segment").unwrap();
+    std::fs::write(out.join("hls/a.ts"), b"segment").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", out.join("hls/c.ts")).unwrap();
+    std::fs::create_dir(out.join("hls/d")).unwrap();
+    std::fs::write(out.join("hls/d/e.ts"), b"deeper").unwrap();
+    std::fs::write(out.join("stray"), b"top level").unwrap();
+    assert_eq!(
+        client.list_outputs(uid, 100).expect("list"),
+        ["hls/a.ts", "hls/b.ts", "video/result.mp4"]
+    );
+    assert_eq!(
+        client.list_outputs(uid, 2).expect("list"),
+        ["hls/a.ts", "hls/b.ts"]
+    );
+    let limits = Limits::default();
+    refused(
+        client.spawn(uid, Program::Ffprobe, &[], OutAccess::Write, &limits),
+        "may not have that access",
+    );
+    let s = client
+        .spawn(
+            uid,
+            Program::Ffprobe,
+            &["-u".into()],
+            OutAccess::Read,
+            &limits,
+        )
+        .expect("an ffprobe that reads out/");
+    assert_eq!(read_all(&s.status), 0i32.to_ne_bytes());
+    refused(
+        client.spawn_raw(uid, Program::Ffprobe as u8, &[], 9, &limits),
+        "unknown out/ access",
+    );
+    client.handover(uid).expect("handover");
+    refused(client.list_outputs(uid, 100), "handed over");
+    client.end(uid).expect("end");
 }
 
 /// END only detaches `out/`: a descriptor the worker kept into it would otherwise keep what the

@@ -21,6 +21,8 @@ pub struct Asset {
     pub completed_at: Option<OffsetDateTime>,
     /// When an upload no job has used is removed (`None` once a job used it, and for outputs).
     pub expires_at: Option<OffsetDateTime>,
+    /// For an output: what it is as media (`mpegflow_domain::media::MediaInfo`).
+    pub media: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]

@@ -170,6 +170,8 @@ pub struct OutputObject {
     pub filename: String,
     pub size: i64,
     pub sha256: String,
+    /// What it is as media (`mpegflow_domain::media::MediaInfo`), when measured.
+    pub media: Option<Value>,
 }
 
 /// Provenance of one attempt, written whatever its outcome.
@@ -747,8 +749,8 @@ impl Store {
                 .await?;
             for o in outputs {
                 sqlx::query(
-                    "INSERT INTO assets (id, org_id, object_key, filename, size, sha256, state, source_job_id, completed_at)
-                     VALUES ($1,$2,$3,$4,$5,$6,'ready',$7, now())",
+                    "INSERT INTO assets (id, org_id, object_key, filename, size, sha256, state, source_job_id, completed_at, media)
+                     VALUES ($1,$2,$3,$4,$5,$6,'ready',$7, now(), $8)",
                 )
                 .bind(o.asset_id)
                 .bind(job.org_id)
@@ -757,6 +759,7 @@ impl Store {
                 .bind(o.size)
                 .bind(&o.sha256)
                 .bind(job_id)
+                .bind(&o.media)
                 .execute(&mut *tx)
                 .await?;
             }

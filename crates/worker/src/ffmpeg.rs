@@ -376,7 +376,7 @@ pub enum Launch {
         spawner: Arc<SpawnerClient>,
         uid: u32,
         program: mpegflow_jail::spawner::Program,
-        write_out: bool,
+        out: mpegflow_jail::spawner::OutAccess,
         limits: mpegflow_jail::Limits,
     },
 }
@@ -434,13 +434,13 @@ impl Running {
                 spawner,
                 uid,
                 program,
-                write_out,
+                out,
                 limits,
             } => {
                 let args = argv.to_vec();
                 let client = spawner.clone();
                 let spawned = tokio::task::spawn_blocking(move || {
-                    client.spawn(uid, program, &args, write_out, &limits)
+                    client.spawn(uid, program, &args, out, &limits)
                 })
                 .await
                 .map_err(std::io::Error::other)?
@@ -494,6 +494,15 @@ impl Running {
                     },
                 )
             }
+        }
+    }
+
+    /// After it ended: kills what it left in its process group. One the helper started leaves
+    /// nothing (its status arrives once its namespace init exited, taking the namespace), and
+    /// killing by uid there would end the job's other processes too (measured two at a time).
+    fn reap_rest(&self) {
+        if let Running::Child(..) = self {
+            self.kill();
         }
     }
 
@@ -571,7 +580,7 @@ pub async fn run(
         () = cancel.cancelled() => { child.kill(); let _ = child.wait().await; Exit::Canceled }
     };
     // Reap anything left (a process that forked and left).
-    child.kill();
+    child.reap_rest();
     let stderr = stderr_task.await.unwrap_or_default();
     let stdout = stdout_task.await.unwrap_or_default();
     Ok(Finished {
@@ -618,6 +627,44 @@ pub async fn probe_duration_us(
         .ok()
         .filter(|d| d.is_finite() && *d > 0.0)
         .map(|d| (d * 1e6) as u64))
+}
+
+/// What a file the job wrote is, as media: `Ok(None)` when ffprobe does not read it as media
+/// on the input whitelist (a playlist, say); `Err` only for a tripped seccomp wire.
+pub async fn probe_media(
+    ffprobe: &Path,
+    dir: &Path,
+    rel: &str,
+    cancel: &CancellationToken,
+    launch: Launch,
+) -> Result<Option<mpegflow_domain::media::MediaInfo>, String> {
+    let argv: Vec<String> = [
+        "-v",
+        "error",
+        "-protocol_whitelist",
+        "file",
+        // Demuxers that open nothing but the file itself (no playlists, no concat).
+        "-format_whitelist",
+        mpegflow_domain::command::INPUT_FORMAT_WHITELIST,
+        "-probesize",
+        mpegflow_domain::command::PROBE_SIZE,
+        "-show_entries",
+        mpegflow_domain::media::FFPROBE_ENTRIES,
+        "-of",
+        "json",
+        rel,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match run_probe(ffprobe, &argv, dir, cancel, launch).await {
+        Ok(stdout) => Ok(mpegflow_domain::media::MediaInfo::from_ffprobe_json(&stdout).ok()),
+        Err(message) if message.starts_with(SECURITY_PREFIX) => Err(message),
+        Err(message) => {
+            tracing::debug!(file = rel, "not measured as media: {message}");
+            Ok(None)
+        }
+    }
 }
 
 /// How [`probe_subtitles`] reads a subtitle file.

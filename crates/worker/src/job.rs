@@ -5,7 +5,7 @@ use crate::transfer::{self, Digested};
 use crate::{Client, Worker};
 use mpegflow_domain::command::{check_rendered, parse_rendered, subtitle_inputs, IoSpec};
 use mpegflow_domain::job::error_code;
-use mpegflow_jail::spawner::Program;
+use mpegflow_jail::spawner::{OutAccess, Program};
 use mpegflow_proto as pb;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -166,6 +166,8 @@ struct Run<'a> {
     stages: Stages,
     inputs: Vec<pb::InputHash>,
     stderr: Vec<u8>,
+    /// What the jailed ffprobe measured of the outputs.
+    media: Vec<pb::OutputMedia>,
     /// As root: the job's own uid, leased from the spawn helper for this run.
     job_uid: Option<u32>,
 }
@@ -195,6 +197,7 @@ pub async fn execute(
         stages: Stages::default(),
         inputs: Vec::new(),
         stderr: Vec::new(),
+        media: Vec::new(),
         job_uid: None,
     };
     let heartbeat = tokio::spawn(heartbeat_loop(
@@ -254,6 +257,7 @@ pub async fn execute(
             report.outcome = pb::Outcome::Succeeded as i32;
             report.exit_code = 0;
             report.outputs = outputs;
+            report.output_media = run.media;
         }
         Ended::Canceled => report.outcome = pb::Outcome::Canceled as i32,
         Ended::Failed(f) => {
@@ -439,8 +443,8 @@ impl Run<'_> {
             let probed = match subtitles.get(&input.alias) {
                 Some(demuxer) => self.check_subtitles(&input.path, demuxer).await?,
                 None => {
-                    let jail = self.jail_for(&self.worker.ffprobe, &limits, false)?;
-                    let jail = self.launch_for(Program::Ffprobe, jail, &limits, false);
+                    let jail = self.jail_for(&self.worker.ffprobe, &limits, OutAccess::None)?;
+                    let jail = self.launch_for(Program::Ffprobe, jail, &limits, OutAccess::None);
                     ffmpeg::probe_duration_us(
                         &self.worker.ffprobe,
                         &self.dir,
@@ -477,7 +481,7 @@ impl Run<'_> {
         self.progress.set_stage("encode");
         let timeout = Duration::from_secs(limits.timeout_seconds.max(1).into());
         self.progress.set(0.0);
-        let jail = self.jail_for(&self.worker.ffmpeg, &limits, true)?;
+        let jail = self.jail_for(&self.worker.ffmpeg, &limits, OutAccess::Write)?;
         // The output limits hold while FFmpeg runs: a watcher kills it once out/ grows past
         // them (RLIMIT_FSIZE bounds each single file on top).
         let encode = self.cancel.child_token();
@@ -498,7 +502,7 @@ impl Run<'_> {
             encode.clone(),
             tripped.clone(),
         ));
-        let jail = self.launch_for(Program::Ffmpeg, jail, &limits, true);
+        let jail = self.launch_for(Program::Ffmpeg, jail, &limits, OutAccess::Write);
         let finished = ffmpeg::run(
             &self.worker.ffmpeg,
             &self.a.argv,
@@ -519,6 +523,14 @@ impl Run<'_> {
         })?;
         self.stderr = finished.stderr;
         self.stages.end();
+        if matches!(finished.exit, ffmpeg::Exit::Code(0))
+            && tripped.lock().is_ok_and(|t| t.is_none())
+        {
+            self.stages.start("measure");
+            self.progress.set_stage("measure");
+            self.media = self.measure_outputs(&spec, &limits).await?;
+            self.stages.end();
+        }
         if let (Some(uid), Some(spawner)) = (self.job_uid, self.worker.config.spawner.clone()) {
             // Nothing of the job runs past here, and out/ becomes this worker's to upload.
             tokio::task::spawn_blocking(move || spawner.handover(uid))
@@ -693,8 +705,8 @@ impl Run<'_> {
             ffmpeg::SubtitleProbe::Forced,
             ffmpeg::SubtitleProbe::Content,
         ] {
-            let jail = self.jail_for(&self.worker.ffprobe, &limits, false)?;
-            let jail = self.launch_for(Program::Ffprobe, jail, &limits, false);
+            let jail = self.jail_for(&self.worker.ffprobe, &limits, OutAccess::None)?;
+            let jail = self.launch_for(Program::Ffprobe, jail, &limits, OutAccess::None);
             let checked = ffmpeg::probe_subtitles(
                 &self.worker.ffprobe,
                 &self.dir,
@@ -761,14 +773,14 @@ impl Run<'_> {
         program: Program,
         jail: Option<mpegflow_jail::Prepared>,
         limits: &pb::Limits,
-        write: bool,
+        out: OutAccess,
     ) -> ffmpeg::Launch {
         match (self.job_uid, &self.worker.config.spawner) {
             (Some(uid), Some(spawner)) => ffmpeg::Launch::Helper {
                 spawner: spawner.clone(),
                 uid,
                 program,
-                write_out: write,
+                out,
                 limits: self.jail_limits(limits),
             },
             _ => ffmpeg::Launch::Direct(jail),
@@ -790,12 +802,12 @@ impl Run<'_> {
         }
     }
 
-    /// The jail for one FFmpeg (`write`: may write `out/`) or ffprobe process of this job.
+    /// The jail for one FFmpeg or ffprobe process of this job, with `out` access to `out/`.
     fn jail_for(
         &self,
         program: &std::path::Path,
         limits: &pb::Limits,
-        write: bool,
+        out: OutAccess,
     ) -> Result<Option<mpegflow_jail::Prepared>, JobFailure> {
         let Some(jail) = &self.worker.config.jail else {
             return Ok(None);
@@ -804,13 +816,16 @@ impl Run<'_> {
             // The helper builds the jail itself.
             return Ok(None);
         }
+        let mut read = vec![self.dir.join("in")];
+        let mut write = vec![];
+        match out {
+            OutAccess::None => {}
+            OutAccess::Read => read.push(self.dir.join("out")),
+            OutAccess::Write => write.push(self.dir.join("out")),
+        }
         let policy = mpegflow_jail::Policy {
-            read: vec![self.dir.join("in")],
-            write: if write {
-                vec![self.dir.join("out")]
-            } else {
-                vec![]
-            },
+            read,
+            write,
             limits: self.jail_limits(limits),
             identity: None,
         };
@@ -821,6 +836,63 @@ impl Run<'_> {
                 true,
             )
         })
+    }
+
+    /// What each file FFmpeg wrote is, as media: the jailed ffprobe, as the job's own uid and
+    /// before the handover (after it the job's uid cannot read `out/`), reads them two at a
+    /// time, at most [`MAX_MEASURED_FILES`] within [`MEASURE_BUDGET`]. A file it cannot read as
+    /// media (a playlist) gets none; only a tripped seccomp wire fails the job.
+    async fn measure_outputs(
+        &self,
+        spec: &IoSpec,
+        limits: &pb::Limits,
+    ) -> Result<Vec<pb::OutputMedia>, JobFailure> {
+        use futures::StreamExt;
+        let names = match (self.job_uid, &self.worker.config.spawner) {
+            (Some(uid), Some(spawner)) => {
+                let spawner = spawner.clone();
+                tokio::task::spawn_blocking(move || spawner.list_outputs(uid, MAX_MEASURED_FILES))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
+            }
+            _ => list_regular_files(&self.dir.join("out"), spec, MAX_MEASURED_FILES).await,
+        };
+        let deadline = tokio::time::Instant::now() + MEASURE_BUDGET;
+        let measured: Vec<Result<Option<pb::OutputMedia>, JobFailure>> =
+            futures::stream::iter(names.into_iter().filter(|n| spec.output_of(n).is_some()))
+                .map(|rel| async move {
+                    let jail = self.jail_for(&self.worker.ffprobe, limits, OutAccess::Read)?;
+                    let launch = self.launch_for(Program::Ffprobe, jail, limits, OutAccess::Read);
+                    let path = format!("out/{rel}");
+                    let probed = tokio::time::timeout_at(
+                        deadline,
+                        ffmpeg::probe_media(
+                            &self.worker.ffprobe,
+                            &self.dir,
+                            &path,
+                            &self.cancel,
+                            launch,
+                        ),
+                    )
+                    .await;
+                    match probed {
+                        Ok(Ok(media)) => Ok(media.map(|m| pb::OutputMedia {
+                            path: rel,
+                            media: Some(media_to_pb(m)),
+                        })),
+                        Ok(Err(message)) => Err(JobFailure {
+                            exit_code: 128 + libc::SIGSYS,
+                            ..JobFailure::new(error_code::SECURITY_VIOLATION, message, false)
+                        }),
+                        Err(_) => Ok(None),
+                    }
+                })
+                .buffered(2)
+                .collect()
+                .await;
+        measured.into_iter().filter_map(Result::transpose).collect()
     }
 
     /// Lists what FFmpeg wrote under `out/`: regular files only (a symlink could point anywhere).
@@ -896,6 +968,61 @@ impl Run<'_> {
             }
         }
         Ok(files)
+    }
+}
+
+/// Output files measured as media per job (the rest get none).
+const MAX_MEASURED_FILES: usize = 256;
+/// Time all measuring of one job's outputs may take.
+const MEASURE_BUDGET: Duration = Duration::from_secs(60);
+
+/// Regular files under `out/`'s declared alias directories as `alias/name`, sorted, at most
+/// `max` (an unprivileged worker lists them itself).
+async fn list_regular_files(out: &std::path::Path, spec: &IoSpec, max: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    for alias in spec.outputs.keys() {
+        let Ok(mut entries) = tokio::fs::read_dir(out.join(alias)).await else {
+            continue;
+        };
+        let mut names = Vec::new();
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            if entry.file_type().await.is_ok_and(|t| t.is_file()) {
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.push(format!("{alias}/{name}"));
+                }
+            }
+        }
+        names.sort();
+        found.extend(names);
+    }
+    found.truncate(max);
+    found
+}
+
+fn media_to_pb(m: mpegflow_domain::media::MediaInfo) -> pb::MediaInfo {
+    pb::MediaInfo {
+        format: m.format,
+        duration_seconds: m.duration_seconds,
+        bit_rate: m.bit_rate,
+        streams: m
+            .streams
+            .into_iter()
+            .map(|s| pb::MediaStream {
+                index: s.index,
+                kind: s.kind.as_str().to_owned(),
+                codec: s.codec,
+                profile: s.profile,
+                width: s.width,
+                height: s.height,
+                frame_rate: s.frame_rate,
+                pixel_format: s.pixel_format,
+                bit_rate: s.bit_rate,
+                sample_rate: s.sample_rate,
+                channels: s.channels,
+                channel_layout: s.channel_layout,
+                duration_seconds: s.duration_seconds,
+            })
+            .collect(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! must be refused a forbidden one, must not be able to signal the worker, and must be killed
 //! for creating a socket.
 
-use mpegflow_jail::spawner::{Program, SpawnerClient};
+use mpegflow_jail::spawner::{OutAccess, Program, SpawnerClient};
 use mpegflow_jail::{Jail, Limits, Policy};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -185,7 +185,7 @@ pub fn run_privileged(spawner: &SpawnerClient, work_dir: &Path) -> Result<(), St
             ..Limits::default()
         };
         let spawned = spawner
-            .spawn(uid, Program::SelfTestProbe, &argv, false, &limits)
+            .spawn(uid, Program::SelfTestProbe, &argv, OutAccess::None, &limits)
             .map_err(|e| format!("cannot start the jailed probe: {e}"))?;
         wait_status(&spawned.status).map_err(|e| format!("waiting for the probe: {e}"))
     };

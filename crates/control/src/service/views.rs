@@ -35,6 +35,12 @@ pub fn asset(a: &Asset) -> Result<api::Asset> {
         created_at: a.created_at.into(),
         completed_at: a.completed_at.map(Into::into),
         expires_at: a.expires_at.map(Into::into),
+        media: a
+            .media
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| corrupt("asset media", a.id, e))?,
     })
 }
 
