@@ -3,11 +3,12 @@
 use crate::ffmpeg::{self, Exit, Progress};
 use crate::transfer::{self, Digested};
 use crate::{Client, Worker};
+use mpegflow_domain::command::timing::expected_output_us;
 use mpegflow_domain::command::{check_rendered, parse_rendered, subtitle_inputs, IoSpec};
 use mpegflow_domain::job::error_code;
 use mpegflow_jail::spawner::{OutAccess, Program};
 use mpegflow_proto as pb;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -385,9 +386,9 @@ impl Run<'_> {
         check_rendered(&self.a.argv, &spec)
             .map_err(|e| JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false))?;
         // Inputs that a filter (subtitles=, ass=) opens itself, and the demuxer each must be.
-        let subtitles = parse_rendered(&self.a.argv, &spec)
-            .map(|cmd| subtitle_inputs(&cmd, &spec))
+        let cmd = parse_rendered(&self.a.argv, &spec)
             .map_err(|e| JobFailure::new(error_code::COMMAND_REJECTED, e.to_string(), false))?;
+        let subtitles = subtitle_inputs(&cmd, &spec);
 
         tokio::fs::create_dir_all(self.dir.join("in"))
             .await
@@ -438,7 +439,7 @@ impl Run<'_> {
         self.stages.start("validate");
         self.progress.set_stage("validate");
         let limits = self.a.limits.unwrap_or_default();
-        let mut duration_us = None;
+        let mut durations = BTreeMap::new();
         for input in &self.a.inputs {
             let probed = match subtitles.get(&input.alias) {
                 Some(demuxer) => self.check_subtitles(&input.path, demuxer).await?,
@@ -453,7 +454,11 @@ impl Run<'_> {
                         jail,
                     )
                     .await
-                    .map(|d| duration_us = duration_us.or(d))
+                    .map(|d| {
+                        if let Some(d) = d {
+                            durations.insert(input.alias.clone(), d);
+                        }
+                    })
                 }
             };
             if let Err(message) = probed {
@@ -509,7 +514,11 @@ impl Run<'_> {
             &self.dir,
             timeout,
             &encode,
-            Some((&self.progress, duration_us.unwrap_or(0))),
+            // Against what the output runs: `-t`, `-ss` and `-to` cut the inputs.
+            Some((
+                &self.progress,
+                expected_output_us(&cmd, &durations).unwrap_or(0),
+            )),
             jail,
         )
         .await;

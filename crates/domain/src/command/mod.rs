@@ -23,6 +23,7 @@ pub mod filtergraph;
 pub mod filters;
 pub mod grammar;
 pub mod options;
+pub mod timing;
 
 use crate::names::{check_alias, check_file_name, safe_extension, NameError};
 use options::{Kind, Match, OptSpec, Scope};
