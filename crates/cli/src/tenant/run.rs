@@ -385,6 +385,31 @@ pub async fn follow(client: &ApiClient, id: Uuid, progress: &mut Progress) -> Re
     }
 }
 
+/// One line of what a file is: `10.0 s, h264 1280x720 25/1 fps, aac 48000 Hz 2 ch`.
+pub fn media_summary(m: &api::MediaInfo) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = m.duration_seconds {
+        parts.push(format!("{d:.1} s"));
+    }
+    for s in &m.streams {
+        let mut p = s.codec.clone();
+        if let (Some(w), Some(h)) = (s.width, s.height) {
+            p += &format!(" {w}x{h}");
+        }
+        if let Some(r) = &s.frame_rate {
+            p += &format!(" {r} fps");
+        }
+        if let Some(r) = s.sample_rate {
+            p += &format!(" {r} Hz");
+        }
+        if let Some(c) = s.channels {
+            p += &format!(" {c} ch");
+        }
+        parts.push(p);
+    }
+    parts.join(", ")
+}
+
 /// Downloads a finished job's outputs (when it succeeded) and tells the outcome.
 pub async fn finish(
     client: &ApiClient,
@@ -400,11 +425,18 @@ pub async fn finish(
             };
             let total: u64 = out.files.iter().map(|f| f.size).sum();
             progress.bytes(&format!("downloading {alias}"), total);
-            for path in client
+            let written = client
                 .download_output(out, dest, |n| progress.set_bytes(n))
-                .await?
-            {
-                progress.line(&format!("wrote {}", path.display()));
+                .await?;
+            for (path, file) in written.iter().zip(&out.files) {
+                match &file.media {
+                    Some(media) => progress.line(&format!(
+                        "wrote {} ({})",
+                        path.display(),
+                        media_summary(media)
+                    )),
+                    None => progress.line(&format!("wrote {}", path.display())),
+                }
             }
         }
         progress.finish();

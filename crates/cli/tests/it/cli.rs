@@ -102,6 +102,8 @@ async fn run_json_no_wait_wait_and_download_through_the_binary() {
         "{stderr}"
     );
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    // What was written, as media.
+    assert!(stderr.contains("h264 160x120"), "{stderr}");
 
     // --no-wait: the id on stdout, then `jobs wait` and `jobs download`.
     let out = cli
