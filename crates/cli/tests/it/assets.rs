@@ -161,3 +161,88 @@ async fn uploads_no_job_used_expire_and_used_ones_stay() {
     assert!(stored(&tp, org, used.id).await);
     tp.stop().await;
 }
+
+/// An upload whose URL was valid when it started may still be streaming when its asset's
+/// deletion falls due (the URL's expiry is checked when a request starts, not when its body
+/// ends). The store must not call the object deleted and then let that upload land: the bytes
+/// of a deleted asset would stay in the store for good, owned by no asset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_still_streaming_when_its_asset_is_deleted_does_not_outlive_the_deletion() {
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let tp = TestPlatform::start(
+        0,
+        ControlConfig {
+            presign_ttl_seconds: 10,
+            deletion_grace_seconds: 1,
+            ..test_control_config()
+        },
+    )
+    .await;
+    let (org, key) = tp.platform.store().create_org("acme").await.unwrap();
+    let client = mpegflow::client::ApiClient::new(&tp.platform.api_url, key.expose());
+    let body: &[u8] = b"1\n00:00:00,000 --> 00:00:01,000\nhi\n";
+    let upload = client
+        .create_asset(&api::AssetIn {
+            filename: api::FileName::parse("subs.srt").unwrap(),
+            size: body.len() as u64,
+            sha256: Some(api::Sha256Hex::parse(hex::encode(sha2::Sha256::digest(body))).unwrap()),
+            content_type: None,
+        })
+        .await
+        .unwrap();
+    // A PUT that starts at once and stalls half-way through its body.
+    let (mut writer, reader) = tokio::io::duplex(1024);
+    writer.write_all(&body[..8]).await.unwrap();
+    let mut put = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .put(&upload.upload_url)
+        .header("content-length", body.len().to_string())
+        .body(reqwest::Body::wrap_stream(
+            tokio_util::io::ReaderStream::new(reader),
+        ));
+    for (k, v) in &upload.upload_headers {
+        if k != "content-length" {
+            put = put.header(k, v);
+        }
+    }
+    let put = tokio::spawn(async move { put.send().await.unwrap().status().as_u16() });
+
+    // The asset is deleted; once its URLs have expired the control plane tries to delete the
+    // object while that PUT is still streaming.
+    client.delete_asset(upload.id).await.unwrap();
+    let object_key = mpegflow_domain::names::asset_key(org, upload.id);
+    let db = sqlx::PgPool::connect(&tp.platform.database_url)
+        .await
+        .unwrap();
+    eventually(
+        "the object's deletion to be attempted",
+        Duration::from_secs(60),
+        || async {
+            let attempts: Option<i32> =
+                sqlx::query_scalar("SELECT attempts FROM object_deletions WHERE object_key = $1")
+                    .bind(&object_key)
+                    .fetch_optional(&db)
+                    .await
+                    .unwrap();
+            attempts.is_none_or(|a| a > 0).then_some(())
+        },
+    )
+    .await;
+    assert!(!put.is_finished(), "the PUT is still streaming");
+
+    // The upload then ends; whatever it wrote must still go.
+    writer.write_all(&body[8..]).await.unwrap();
+    writer.shutdown().await.unwrap();
+    let status = put.await.unwrap();
+    assert!(status == 200 || status >= 400, "{status}");
+    eventually(
+        "the deleted asset's late bytes to go",
+        Duration::from_secs(60),
+        || async { (!stored(&tp, org, upload.id).await).then_some(()) },
+    )
+    .await;
+    tp.stop().await;
+}
