@@ -19,7 +19,9 @@
 //! Behind the guard, [`WriteOnce`] passes only GET, HEAD, PUT and such a DELETE on to
 //! `s3s-fs`, refuses a PUT
 //! without `If-None-Match: *`, and holds a per-key lock from its existence check to the rename,
-//! so two PUTs of one key cannot both succeed and nothing overwrites a stored object.
+//! so two PUTs of one key cannot both succeed and nothing overwrites a stored object. A DELETE
+//! takes the same lock and is refused (409) while a PUT of its key still streams, so an upload
+//! that began while its URL was valid cannot land after its object was deleted.
 //!
 //! The method and the key are covered by the signature (s3s checks it), so a URL authorizes
 //! exactly one method on exactly one key. DELETE URLs are signed only by the control plane for
