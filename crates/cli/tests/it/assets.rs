@@ -246,3 +246,50 @@ async fn an_upload_still_streaming_when_its_asset_is_deleted_does_not_outlive_th
     .await;
     tp.stop().await;
 }
+
+/// A repeated submission (same Idempotency-Key, same body) answers the first job, also once
+/// that job's input has been deleted: the retry of a request that succeeded must not turn into
+/// an `unknown_asset` refusal — nor may another body under the key be anything but a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_submission_answers_the_first_job_after_its_input_was_deleted() {
+    let tp = TestPlatform::start(0, config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let asset = client.upload(&input).await.unwrap();
+    let body =
+        api::JobIn::new([("in", asset.id)], [("out", "o.mp4")], "-i {{in}} {{out}}").unwrap();
+    let submit = |body: api::JobIn| {
+        let client = &client;
+        async move {
+            client
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/jobs",
+                    Some(&body),
+                    &[("idempotency-key", "order-42")],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let first = submit(body.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let job: api::Job = first.json().unwrap();
+    client.cancel(job.id).await.unwrap();
+    client.delete_asset(asset.id).await.unwrap();
+
+    let again = submit(body.clone()).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json::<api::Job>().unwrap().id, job.id);
+    let other = submit(
+        api::JobIn::new(
+            [("in", asset.id)],
+            [("out", "o.mp4")],
+            "-i {{in}} -an {{out}}",
+        )
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(other.status, 409, "{}", other.body);
+    tp.stop().await;
+}
