@@ -291,5 +291,18 @@ async fn a_replayed_submission_answers_the_first_job_after_its_input_was_deleted
     )
     .await;
     assert_eq!(other.status, 409, "{}", other.body);
+    // Without the key it is a new submission, on an asset that is gone; the refusal names the
+    // input as the tenant wrote it.
+    let err = client.submit(&body).await.unwrap_err();
+    let problem = &err.downcast_ref::<mpegflow::client::ApiError>().unwrap().0;
+    assert_eq!(
+        (problem.status, problem.code.as_str()),
+        (400, "unknown_asset")
+    );
+    assert!(
+        problem.detail.starts_with("input \"in\": asset"),
+        "{}",
+        problem.detail
+    );
     tp.stop().await;
 }

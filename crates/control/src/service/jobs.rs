@@ -156,13 +156,16 @@ pub async fn submit(
         let asset = assets.iter().find(|a| a.id == *id).ok_or_else(|| {
             ControlError::invalid(
                 "unknown_asset",
-                format!("input {alias:?}: asset {id} not found"),
+                format!("input {:?}: asset {id} not found", alias.as_str()),
             )
         })?;
         if asset.state != "ready" {
             return Err(ControlError::invalid(
                 "asset_not_ready",
-                format!("input {alias:?}: asset {id} has not been completed"),
+                format!(
+                    "input {:?}: asset {id} has not been completed",
+                    alias.as_str()
+                ),
             ));
         }
         named.push((alias, asset));
