@@ -19,7 +19,9 @@
 //! Behind the guard, [`WriteOnce`] passes only GET, HEAD, PUT and such a DELETE on to
 //! `s3s-fs`, refuses a PUT
 //! without `If-None-Match: *`, and holds a per-key lock from its existence check to the rename,
-//! so two PUTs of one key cannot both succeed and nothing overwrites a stored object.
+//! so two PUTs of one key cannot both succeed and nothing overwrites a stored object. A DELETE
+//! takes the same lock and is refused (409) while a PUT of its key still streams, so an upload
+//! that began while its URL was valid cannot land after its object was deleted.
 //!
 //! The method and the key are covered by the signature (s3s checks it), so a URL authorizes
 //! exactly one method on exactly one key. DELETE URLs are signed only by the control plane for
@@ -272,6 +274,19 @@ impl S3 for WriteOnce {
         if !is_deletable_object(&req.input.key, false) {
             return Err(s3s::s3_error!(AccessDenied, "this key cannot be deleted"));
         }
+        // A PUT whose URL was valid when it started may still be streaming: deleting now
+        // would find nothing and let it land afterwards, for good. Refuse until it has ended
+        // (the control plane tries again), and hold the key so none starts meanwhile.
+        let key = (req.input.bucket.clone(), req.input.key.clone());
+        if !self
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return Err(write_in_progress());
+        }
+        let _writing = Writing(&self.writing, key);
         self.fs.delete_object(req).await
     }
 
@@ -296,19 +311,24 @@ impl S3 for WriteOnce {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone())
         {
-            // What S3 answers to concurrent conditional writes.
-            let mut e = s3s::S3Error::with_message(
-                s3s::S3ErrorCode::Custom("ConditionalRequestConflict".into()),
-                "another write of this object is in progress",
-            );
-            e.set_status_code(StatusCode::CONFLICT);
-            return Err(e);
+            return Err(write_in_progress());
         }
         let _writing = Writing(&self.writing, key);
         // s3s-fs checks that the object does not exist, streams to a temporary file and renames
         // it into place; with the key held, no other PUT can slip between the check and the rename.
         self.fs.put_object(req).await
     }
+}
+
+/// What S3 answers to concurrent conditional writes (409 `ConditionalRequestConflict`); also
+/// the answer to a DELETE of a key being written.
+fn write_in_progress() -> s3s::S3Error {
+    let mut e = s3s::S3Error::with_message(
+        s3s::S3ErrorCode::Custom("ConditionalRequestConflict".into()),
+        "another write of this object is in progress",
+    );
+    e.set_status_code(StatusCode::CONFLICT);
+    e
 }
 
 /// A request body that fails at its end unless its SHA-256 is the expected one.

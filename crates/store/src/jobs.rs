@@ -280,6 +280,17 @@ impl Store {
         Ok(Submitted::Created(job))
     }
 
+    /// The org's job submitted under this idempotency key, if any.
+    pub async fn job_by_idempotency_key(&self, org_id: Uuid, key: &str) -> Result<Option<Job>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM jobs WHERE org_id = $1 AND idempotency_key = $2")
+                .bind(org_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     pub async fn get_job(&self, org_id: Uuid, id: Uuid) -> Result<Job> {
         sqlx::query_as("SELECT * FROM jobs WHERE id = $1 AND org_id = $2")
             .bind(id)

@@ -116,12 +116,33 @@ fn saved_login() -> Result<Option<SavedLogin>> {
         return Ok(None);
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text)
-            .map(Some)
-            .with_context(|| format!("reading {}", path.display())),
+        Ok(text) => toml::from_str(&text).map(Some).map_err(|e| {
+            anyhow!(
+                "reading {}: {}",
+                path.display(),
+                login_file_error(&text, &e)
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Why a saved login does not read, without quoting the file: toml's own text shows the
+/// offending line, which may hold the API key.
+fn login_file_error(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .and_then(|s| text.get(..s.start))
+        .map(|before| format!(" at line {}", before.matches('\n').count() + 1))
+        .unwrap_or_default();
+    let why = e.message().lines().next().unwrap_or_default();
+    let why = if why.contains("mfk_") {
+        "not a setting `mpegflow login` writes"
+    } else {
+        why
+    };
+    format!("{why}{line}; it holds only api_url = \"URL\" and api_key = \"KEY\" (run `mpegflow login` again to rewrite it)")
 }
 
 /// Checks an API base URL: http(s), a host, nothing after the path.
@@ -209,6 +230,7 @@ pub async fn login(conn: &Connection) -> Result<Exit> {
             line.trim().to_owned()
         }
     };
+    warn_if_cleartext(&url);
     let client = ApiClient::new(&url, &key);
     let pools = client.pools().await?;
     let path = config_path().ok_or_else(|| anyhow!("no HOME or XDG_CONFIG_HOME to save to"))?;

@@ -368,3 +368,77 @@ async fn a_long_poll_open_across_revocation_gets_no_job() {
     assert_eq!(job.state, JobState::Queued, "{job:#?}");
     tp.stop().await;
 }
+
+/// A running job's live figures are a worker's word. Whatever a rogue worker sends as stage,
+/// speed, fps and progress (NaN, infinities, negative, huge or subnormal numbers, unknown
+/// stages with NUL and terminal escapes), the tenant reads the job (200, valid JSON of the
+/// contract) and sees only a known stage and plausible figures, or nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_workers_live_figures_reach_the_tenant_bounded_or_not_at_all() {
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+    let (_, token) = tp.worker_token_with("default", limits(2)).await;
+    let mut r = Rogue::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+    let a = r
+        .poll(&w, 2)
+        .await
+        .unwrap()
+        .expect("the rogue gets the job");
+    let odd = [
+        ("a\0b\u{1b}[2J\u{9b}", f32::NAN, f32::NAN, f32::NAN),
+        ("encode\0", f32::INFINITY, f32::NEG_INFINITY, f32::INFINITY),
+        ("ENCODE", -1.0, -0.0, 2.0),
+        ("encode ", f32::MAX, 1e30, -0.5),
+        ("upload", f32::MIN_POSITIVE / 2.0, 1e-45, 1e-45),
+        ("encode", 2.5, 50.0, 0.5),
+    ];
+    for (stage, speed, fps, progress) in odd {
+        let req = r.req(pb::HeartbeatRequest {
+            worker_id: w.clone(),
+            job_id: a.job_id.clone(),
+            fencing_token: a.fencing_token.clone(),
+            progress,
+            stage: stage.into(),
+            speed,
+            fps,
+            refresh_input_urls: false,
+        });
+        r.client.heartbeat(req).await.unwrap();
+        let raw = client
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{}", job.id),
+                None::<&()>,
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(raw.status, 200, "{stage:?}: {}", raw.body);
+        let seen: api::Job = raw.json().unwrap();
+        assert_eq!(seen.state, JobState::Running);
+        let live = seen.live.expect("a running job shows its live figures");
+        assert!(
+            live.stage
+                .as_deref()
+                .is_none_or(|s| { mpegflow_domain::job::STAGES.contains(&s) }),
+            "{live:?}"
+        );
+        for v in [live.speed, live.fps].into_iter().flatten() {
+            assert!(v.is_finite() && v > 0.0 && v < 1e5, "{live:?}");
+        }
+        if let Some(p) = seen.progress {
+            assert!((0.0..=1.0).contains(&p), "{p}");
+        }
+    }
+    // The last, honest heartbeat is shown as sent.
+    let seen = client.job(job.id).await.unwrap();
+    let live = seen.live.unwrap();
+    assert_eq!(
+        (live.stage.as_deref(), live.speed, live.fps, seen.progress),
+        (Some("encode"), Some(2.5), Some(50.0), Some(0.5))
+    );
+    tp.stop().await;
+}

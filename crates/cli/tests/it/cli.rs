@@ -401,3 +401,58 @@ async fn login_saves_the_settings_privately_and_later_commands_use_them() {
     assert!(!Path::new(&saved).exists());
     tp.stop().await;
 }
+
+/// `login` sends the key it is given to the server before saving it: over plain http to
+/// another machine it says so first, as every other command does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_warns_before_sending_a_key_over_plain_http_to_another_machine() {
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let (cli, _) = Cli::new(&tp, "acme").await;
+    // 0.0.0.0 is not a loopback address; nothing answers on port 1, so nothing is saved.
+    let mut login = cli.command(&["login", "--api-url", "http://0.0.0.0:1"]);
+    login.env_remove("MPEGFLOW_API_URL");
+    let out = login.output().await.unwrap();
+    assert_ne!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("plain http"),
+        "no warning: {}",
+        text(&out.stderr)
+    );
+    assert!(!cli.home.join(".config/mpegflow/config.toml").exists());
+    tp.stop().await;
+}
+
+/// A saved login the CLI cannot read (edited by hand: a misspelt field, a value without quotes)
+/// is refused naming the file and the line, without printing the line: it may hold the key,
+/// and stderr ends up in terminals' scrollback and CI logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_saved_login_is_refused_without_printing_the_key() {
+    let home = tempdir::TempDir::new("mpegflow-cli-config");
+    let config = home.path().join(".config/mpegflow");
+    std::fs::create_dir_all(&config).unwrap();
+    let secret = format!("mfk_{}", "s".repeat(43));
+    for saved in [
+        format!("api_url = \"http://127.0.0.1:1\"\napi_kye = \"{secret}\"\n"),
+        format!("api_url = \"http://127.0.0.1:1\"\napi_key = {secret}\n"),
+        format!("api_url = \"http://127.0.0.1:1\"\napi_key = \"{secret}\n"),
+    ] {
+        std::fs::write(config.join("config.toml"), &saved).unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mpegflow"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .args(["pools", "list"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(code(&out), 2, "{stderr}");
+        assert!(stderr.contains("config.toml"), "{stderr}");
+        assert!(stderr.contains("line 2"), "{stderr}");
+        assert!(
+            !stderr.contains(&secret[..12]),
+            "the key was printed: {stderr}"
+        );
+    }
+}

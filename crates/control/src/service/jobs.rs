@@ -127,6 +127,17 @@ pub async fn submit(
         serde_json::to_vec(&req).map_err(|e| ControlError::Internal(e.to_string()))?,
     )
     .to_vec();
+    // A repeated request answers the job it created, whatever became of its inputs since
+    // (they may have been deleted once it finished).
+    if let Some(key) = &idempotency_key {
+        if let Some(existing) = state
+            .store
+            .job_by_idempotency_key(tenant.org_id, key.as_str())
+            .await?
+        {
+            return replay(state, &existing, &request_hash).await;
+        }
+    }
     let metadata = Value::Object(req.metadata.clone().unwrap_or_default());
     if metadata.to_string().len() > api::MAX_METADATA_BYTES {
         return Err(ControlError::invalid(
@@ -145,13 +156,16 @@ pub async fn submit(
         let asset = assets.iter().find(|a| a.id == *id).ok_or_else(|| {
             ControlError::invalid(
                 "unknown_asset",
-                format!("input {alias:?}: asset {id} not found"),
+                format!("input {:?}: asset {id} not found", alias.as_str()),
             )
         })?;
         if asset.state != "ready" {
             return Err(ControlError::invalid(
                 "asset_not_ready",
-                format!("input {alias:?}: asset {id} has not been completed"),
+                format!(
+                    "input {:?}: asset {id} has not been completed",
+                    alias.as_str()
+                ),
             ));
         }
         named.push((alias, asset));
@@ -230,6 +244,22 @@ pub async fn submit(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The answer to a submission whose idempotency key `existing` was submitted with: that job
+/// when the request is the same, a conflict when it is not.
+async fn replay(state: &AppState, existing: &Job, request_hash: &[u8]) -> Result<Submission> {
+    if existing.request_hash.as_deref() != Some(request_hash) {
+        return Err(ControlError::Conflict {
+            code: "idempotency_conflict",
+            message: "Idempotency-Key was already used with a different request".into(),
+        });
+    }
+    Ok(Submission::Replayed(views::job(
+        existing,
+        &pool_name(state, existing).await,
+        None,
+    )?))
 }
 
 async fn tenant_job(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<Job> {
