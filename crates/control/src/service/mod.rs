@@ -1,8 +1,11 @@
-//! The tenant use-cases, free of HTTP: each takes the calling tenant and typed input from
-//! `mpegflow-api`, and answers typed output or a [`ControlError`](crate::error::ControlError).
-//! `api.rs` only parses requests, calls these and maps the answers.
+//! The use-cases, free of HTTP and gRPC. The tenant's (`jobs`, `assets`, `pools`) take the
+//! calling tenant and typed input from `mpegflow-api`; the worker's (`broker`) take the
+//! authenticated worker and plain Rust input converted from the protocol. Each answers typed
+//! output or a [`ControlError`](crate::error::ControlError). `api.rs` and `coordinator.rs` only
+//! parse requests, call these and map the answers.
 
 pub mod assets;
+pub mod broker;
 pub mod jobs;
 pub mod pools;
 mod views;
