@@ -477,7 +477,9 @@ mod tests {
         // Stderr over the bound is dropped, not truncated into an undecodable stream.
         assert!(r.stderr_zstd.is_none() && r.stderr_tail.is_none());
         let version = r.ffmpeg_version.unwrap();
-        assert!(version.len() <= 255 && !version.contains('\0'));
+        // Cut at 255 bytes before control characters become U+FFFD.
+        assert!(version.chars().count() <= 255 && !version.contains('\0'));
+        assert!(version.starts_with("ffmpeg\u{fffd}vvv"), "{version:?}");
         let stages = r.stages.as_array().unwrap();
         assert_eq!(stages.len(), MAX_STAGES);
         assert!(!stages[0]["name"].as_str().unwrap().contains('\u{1b}'));
@@ -492,7 +494,7 @@ mod tests {
         let text = format!("{}\r\nlast line\u{7}", "x".repeat(10_000));
         let z = zstd::encode_all(text.as_bytes(), 0).unwrap();
         let tail = stderr_tail(&z).unwrap();
-        assert!(tail.len() <= STDERR_TAIL);
+        assert!(tail.chars().count() <= STDERR_TAIL);
         assert!(tail.ends_with("\nlast line\u{fffd}"), "{tail:?}");
         assert_eq!(stderr_tail(&[]), None);
     }
