@@ -210,7 +210,7 @@ impl CoordinatorService {
         let holder = LeaseHolder {
             worker_id,
             job_id,
-            fencing_token: std::mem::take(r.fencing_token()),
+            fencing_token: r.take_fencing_token(),
         };
         Ok((holder, r))
     }
@@ -220,7 +220,7 @@ impl CoordinatorService {
 trait JobCall {
     fn worker_id(&self) -> &str;
     fn job_id(&self) -> &str;
-    fn fencing_token(&mut self) -> &mut String;
+    fn take_fencing_token(&mut self) -> String;
 }
 
 macro_rules! job_call {
@@ -228,7 +228,7 @@ macro_rules! job_call {
         impl JobCall for $t {
             fn worker_id(&self) -> &str { &self.worker_id }
             fn job_id(&self) -> &str { &self.job_id }
-            fn fencing_token(&mut self) -> &mut String { &mut self.fencing_token }
+            fn take_fencing_token(&mut self) -> String { std::mem::take(&mut self.fencing_token) }
         }
     )*};
 }
