@@ -81,7 +81,10 @@ async fn transcode_and_hls_round_trip() {
         .unwrap()
         .starts_with("ffmpeg version"));
     let stages: Vec<&str> = a.stages.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(stages, ["download", "validate", "encode", "measure", "upload"]);
+    assert_eq!(
+        stages,
+        ["download", "validate", "encode", "measure", "upload"]
+    );
     let input_sha = sha256_hex(&std::fs::read(&input).unwrap());
     assert_eq!(a.inputs[0].sha256, input_sha);
     tp.stop().await;

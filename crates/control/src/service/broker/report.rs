@@ -444,6 +444,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn output_media_is_kept_once_per_reported_file_and_only_in_range() {
+        use mpegflow_domain::media::{MediaStream, StreamKind};
+        let file = |p: &str| ProducedFile {
+            alias: "out".into(),
+            path: format!("out/{p}"),
+            name: p.into(),
+            size: 1,
+            sha256: "0".repeat(64),
+        };
+        let info = |codec: &str, width: u32| MediaInfo {
+            format: "mpegts".into(),
+            duration_seconds: Some(1.0),
+            bit_rate: None,
+            streams: vec![MediaStream {
+                index: 0,
+                kind: StreamKind::Video,
+                codec: codec.into(),
+                profile: None,
+                width: Some(width),
+                height: Some(240),
+                frame_rate: Some("25/1".into()),
+                pixel_format: None,
+                bit_rate: None,
+                sample_rate: None,
+                channels: None,
+                channel_layout: None,
+                duration_seconds: None,
+            }],
+        };
+        let media = |path: &str, m: Option<MediaInfo>| ReportedMedia {
+            path: format!("out/{path}"),
+            media: m,
+        };
+        // Five files, five entries: every entry is looked at (at most one per file is).
+        let files = ["a.ts", "b.ts", "c.ts", "d.ts", "e.ts"].map(file);
+        let kept = output_media(
+            &[
+                media("a.ts", Some(info("h264", 320))),
+                // A second claim for the same file does not replace the first.
+                media("a.ts", Some(info("hevc", 320))),
+                // Not a file of the report.
+                media("other.ts", Some(info("h264", 320))),
+                // Out of range: left unknown.
+                media("b.ts", Some(info("h264", 0))),
+                media("c.ts", Some(info("bad\u{1b}name", 320))),
+            ],
+            &files,
+        );
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["out/a.ts"]);
+        assert_eq!(kept["out/a.ts"].streams[0].codec, "h264");
+    }
+
+    #[test]
     fn a_worker_error_code_is_kept_only_when_well_formed() {
         assert_eq!(error_code_of("invalid_input"), "invalid_input");
         for bad in ["", "Invalid", "a-b", "x\u{1b}[2J", "a".repeat(65).as_str()] {
