@@ -270,24 +270,34 @@ pub async fn execute(
             report.retryable = f.retryable;
         }
     }
-    for attempt in 0..5 {
-        match client.report_job_status(report.clone()).await {
-            Ok(_) => return,
-            Err(s)
-                if matches!(
-                    s.code(),
-                    Code::Unavailable | Code::Unknown | Code::Internal | Code::DeadlineExceeded
-                ) && attempt < 4 =>
-            {
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+    // Retried through a coordinator restart or a database outage: the attempt's work is done,
+    // and only a refusal (the lease went to another worker) drops it.
+    let sent = crate::rpc::retrying(
+        "reporting",
+        crate::rpc::REPORT_DEADLINE,
+        REPORT_BUDGET,
+        &shutdown_hard,
+        || {
+            let mut client = client.clone();
+            let report = report.clone();
+            async move {
+                client
+                    .report_job_status(crate::rpc::request(report, crate::rpc::REPORT_DEADLINE))
+                    .await
             }
-            Err(s) => {
-                tracing::warn!(job_id = %a.job_id, "report refused: {} {}", s.code(), s.message());
-                return;
-            }
-        }
+        },
+    )
+    .await;
+    if let Err(s) = sent {
+        tracing::warn!(job_id = %a.job_id, "report not delivered: {} {}", s.code(), s.message());
     }
 }
+
+/// How long a finished encode waits for upload URLs through a platform outage (the lease
+/// ending stops it sooner).
+const UPLOAD_URLS_BUDGET: Duration = Duration::from_secs(30 * 60);
+/// How long a report is retried through a platform outage.
+const REPORT_BUDGET: Duration = Duration::from_secs(30 * 60);
 
 #[allow(clippy::too_many_arguments)]
 async fn heartbeat_loop(
@@ -317,7 +327,10 @@ async fn heartbeat_loop(
             speed: progress.speed().unwrap_or(0.0),
             fps: progress.fps().unwrap_or(0.0),
         };
-        match client.heartbeat(req).await {
+        match client
+            .heartbeat(crate::rpc::request(req, crate::rpc::CALL_DEADLINE))
+            .await
+        {
             Ok(r) if r.get_ref().cancel => {
                 canceled_by_tenant.store(true, Ordering::Relaxed);
                 cancel.cancel();
@@ -619,20 +632,36 @@ impl Run<'_> {
             files: files.to_vec(),
         };
         let asked = Instant::now();
-        let resp = client
-            .request_upload_urls(req)
-            .await
-            .map_err(|s| match s.code() {
-                Code::InvalidArgument => {
-                    JobFailure::new(error_code::OUTPUT_REJECTED, s.message().to_owned(), false)
+        // A finished encode waits out a coordinator or database blip rather than spend an
+        // attempt: retried for as long as the lease lives (the heartbeat cancels the run once
+        // the coordinator says it is lost).
+        let resp = crate::rpc::retrying(
+            "asking for upload URLs",
+            crate::rpc::CALL_DEADLINE,
+            UPLOAD_URLS_BUDGET,
+            &self.cancel,
+            || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move {
+                    client
+                        .request_upload_urls(crate::rpc::request(req, crate::rpc::CALL_DEADLINE))
+                        .await
                 }
-                _ => JobFailure::new(
-                    error_code::OUTPUT_UPLOAD_FAILED,
-                    s.message().to_owned(),
-                    true,
-                ),
-            })?
-            .into_inner();
+            },
+        )
+        .await
+        .map_err(|s| match s.code() {
+            Code::InvalidArgument => {
+                JobFailure::new(error_code::OUTPUT_REJECTED, s.message().to_owned(), false)
+            }
+            _ => JobFailure::new(
+                error_code::OUTPUT_UPLOAD_FAILED,
+                s.message().to_owned(),
+                true,
+            ),
+        })?
+        .into_inner();
         let mut by_path = HashMap::new();
         for up in resp.uploads {
             // Upload only what we listed, whatever the answer says.

@@ -5,6 +5,7 @@
 
 pub mod ffmpeg;
 mod job;
+pub mod rpc;
 pub mod selftest;
 pub mod transfer;
 
@@ -125,7 +126,10 @@ async fn register(
 ) -> Result<Option<pb::RegisterWorkerResponse>, WorkerError> {
     let mut backoff = Duration::from_millis(500);
     let r = loop {
-        match client.register_worker(req.clone()).await {
+        match client
+            .register_worker(rpc::request(req.clone(), rpc::CALL_DEADLINE))
+            .await
+        {
             Ok(r) => break r.into_inner(),
             Err(s)
                 if matches!(
@@ -244,8 +248,12 @@ pub async fn run(
             worker_id: worker.worker_id.clone(),
             wait_seconds: worker.config.poll_seconds,
         };
+        // A long-poll: its deadline is the wait it asks for plus room for the answer.
+        let deadline =
+            Duration::from_secs(u64::from(worker.config.poll_seconds)) + rpc::CALL_DEADLINE;
         let resp = tokio::select! {
-            r = client.get_work_assignment(req) => r,
+            r = tokio::time::timeout(deadline, client.get_work_assignment(rpc::request(req, deadline)))
+                => r.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer to a long-poll"))),
             () = shutdown.cancelled() => break,
         };
         match resp {
