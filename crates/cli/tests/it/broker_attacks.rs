@@ -290,12 +290,10 @@ async fn a_long_poll_open_across_revocation_gets_no_job() {
 /// contract) and sees only a known stage and plausible figures, or nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rogue_workers_live_figures_reach_the_tenant_bounded_or_not_at_all() {
-    let tp = TestPlatform::start(0, test_control_config()).await;
-    let client = tp.org("acme").await;
-    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
-    let (_, token) = tp.worker_token_with("default", limits(2)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let Queued { tp, client, jobs } = Queued::start(test_control_config(), 1).await;
+    let job = &jobs[0];
+    let (_, token) = tp.worker_token_with("default", max_workers(2)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
     let a = r
         .poll(&w, 2)
