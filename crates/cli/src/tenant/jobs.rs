@@ -126,6 +126,125 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// A page of a cursor-paged list, as `jobs list` and `assets list` print it.
+trait Listing: serde::Serialize {
+    /// The command that prints the next page with `--cursor`.
+    const COMMAND: &'static str;
+    /// The table's header line.
+    fn header() -> String;
+    /// The table's lines, one an item of this page.
+    fn lines(&self) -> Vec<String>;
+    fn next_cursor(&self) -> Option<&str>;
+}
+
+impl Listing for api::JobList {
+    const COMMAND: &'static str = "jobs list";
+
+    fn header() -> String {
+        format!(
+            "{:<36}  {:<9}  {:>6}  {:<24}  POOL",
+            "ID", "STATE", "DONE", "CREATED"
+        )
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.jobs
+            .iter()
+            .map(|j| {
+                let done = j
+                    .progress
+                    .map_or("-".to_owned(), |p| format!("{:.1}%", p * 100.0));
+                format!(
+                    "{:<36}  {:<9}  {done:>6}  {:<24}  {}",
+                    j.id.to_string(),
+                    j.state.to_string(),
+                    j.created_at.to_string(),
+                    j.pool
+                )
+            })
+            .collect()
+    }
+
+    fn next_cursor(&self) -> Option<&str> {
+        self.next_cursor.as_deref()
+    }
+}
+
+impl Listing for api::AssetList {
+    const COMMAND: &'static str = "assets list";
+
+    fn header() -> String {
+        format!(
+            "{:<36}  {:<7}  {:>12}  {:<24}  {:<24}  FILENAME",
+            "ID", "STATE", "SIZE", "CREATED", "EXPIRES"
+        )
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.assets
+            .iter()
+            .map(|a| {
+                let state = match a.state {
+                    api::AssetState::Pending => "pending",
+                    api::AssetState::Ready => "ready",
+                };
+                format!(
+                    "{:<36}  {state:<7}  {:>12}  {:<24}  {:<24}  {}",
+                    a.id.to_string(),
+                    a.size.map_or("-".to_owned(), |s| s.to_string()),
+                    a.created_at.to_string(),
+                    a.expires_at.map_or("-".to_owned(), |t| t.to_string()),
+                    a.filename
+                )
+            })
+            .collect()
+    }
+
+    fn next_cursor(&self) -> Option<&str> {
+        self.next_cursor.as_deref()
+    }
+}
+
+/// Prints a list from `cursor` on, each page fetched by `fetch` (given the page's cursor): the
+/// header once (after the first page arrived) and a line an item, or each page as JSON with
+/// `json`. With `all` every page; otherwise the first, and on stderr the command for the next.
+async fn print_pages<P, F, Fut>(
+    mut cursor: Option<Uuid>,
+    all: bool,
+    json: bool,
+    mut fetch: F,
+) -> Result<()>
+where
+    P: Listing,
+    F: FnMut(Option<Uuid>) -> Fut,
+    Fut: std::future::Future<Output = Result<P>>,
+{
+    let mut header = !json;
+    loop {
+        let page = fetch(cursor).await?;
+        if std::mem::take(&mut header) {
+            println!("{}", P::header());
+        }
+        if json {
+            print_json(&page)?;
+        } else {
+            for line in page.lines() {
+                println!("{line}");
+            }
+        }
+        match (page.next_cursor(), all) {
+            (Some(next), true) => cursor = Some(next.parse()?),
+            (Some(next), false) => {
+                if !json {
+                    eprintln!("more: mpegflow {} --cursor {next}", P::COMMAND);
+                }
+                return Ok(());
+            }
+            (None, _) => return Ok(()),
+        }
+    }
+}
+
 pub async fn jobs(conn: &Connection, cmd: &JobsCmd) -> Result<Exit> {
     let client = conn.client()?;
     match cmd {
@@ -136,47 +255,16 @@ pub async fn jobs(conn: &Connection, cmd: &JobsCmd) -> Result<Exit> {
             all,
             json,
         } => {
-            let mut query = api::ListJobsQuery {
-                state: state.map(Into::into),
-                cursor: *cursor,
-                limit: Some(*limit),
-            };
-            let mut header = !json;
-            loop {
-                let page = client.list_jobs(&query).await?;
-                if std::mem::take(&mut header) {
-                    println!(
-                        "{:<36}  {:<9}  {:>6}  {:<24}  POOL",
-                        "ID", "STATE", "DONE", "CREATED"
-                    );
-                }
-                if *json {
-                    print_json(&page)?;
-                } else {
-                    for j in &page.jobs {
-                        let done = j
-                            .progress
-                            .map_or("-".to_owned(), |p| format!("{:.1}%", p * 100.0));
-                        println!(
-                            "{:<36}  {:<9}  {done:>6}  {:<24}  {}",
-                            j.id.to_string(),
-                            j.state.to_string(),
-                            j.created_at.to_string(),
-                            j.pool
-                        );
-                    }
-                }
-                match (&page.next_cursor, all) {
-                    (Some(next), true) => query.cursor = Some(next.parse()?),
-                    (Some(next), false) => {
-                        if !json {
-                            eprintln!("more: mpegflow jobs list --cursor {next}");
-                        }
-                        break;
-                    }
-                    (None, _) => break,
-                }
-            }
+            let client = &client;
+            print_pages(*cursor, *all, *json, |cursor| {
+                let query = api::ListJobsQuery {
+                    state: state.map(Into::into),
+                    cursor,
+                    limit: Some(*limit),
+                };
+                async move { client.list_jobs(&query).await }
+            })
+            .await?;
             Ok(Exit::Ok)
         }
         JobsCmd::Show { id } => {
@@ -229,48 +317,15 @@ pub async fn assets(conn: &Connection, cmd: &AssetsCmd) -> Result<Exit> {
             all,
             json,
         } => {
-            let mut query = api::ListAssetsQuery {
-                cursor: *cursor,
-                limit: Some(*limit),
-            };
-            let mut header = !json;
-            loop {
-                let page = client.list_assets(&query).await?;
-                if std::mem::take(&mut header) {
-                    println!(
-                        "{:<36}  {:<7}  {:>12}  {:<24}  {:<24}  FILENAME",
-                        "ID", "STATE", "SIZE", "CREATED", "EXPIRES"
-                    );
-                }
-                if *json {
-                    print_json(&page)?;
-                } else {
-                    for a in &page.assets {
-                        let state = match a.state {
-                            api::AssetState::Pending => "pending",
-                            api::AssetState::Ready => "ready",
-                        };
-                        println!(
-                            "{:<36}  {state:<7}  {:>12}  {:<24}  {:<24}  {}",
-                            a.id.to_string(),
-                            a.size.map_or("-".to_owned(), |s| s.to_string()),
-                            a.created_at.to_string(),
-                            a.expires_at.map_or("-".to_owned(), |t| t.to_string()),
-                            a.filename
-                        );
-                    }
-                }
-                match (&page.next_cursor, all) {
-                    (Some(next), true) => query.cursor = Some(next.parse()?),
-                    (Some(next), false) => {
-                        if !json {
-                            eprintln!("more: mpegflow assets list --cursor {next}");
-                        }
-                        break;
-                    }
-                    (None, _) => break,
-                }
-            }
+            let client = &client;
+            print_pages(*cursor, *all, *json, |cursor| {
+                let query = api::ListAssetsQuery {
+                    cursor,
+                    limit: Some(*limit),
+                };
+                async move { client.list_assets(&query).await }
+            })
+            .await?;
             Ok(Exit::Ok)
         }
         AssetsCmd::Delete { id } => {

@@ -5,79 +5,8 @@ use crate::harness::*;
 use mpegflow_api::{self as api, JobState};
 use mpegflow_control::ControlConfig;
 use mpegflow_proto as pb;
-use mpegflow_store::TokenLimits;
 use std::time::{Duration, Instant};
-use tonic::{Code, Request};
-
-#[derive(Clone)]
-struct Rogue {
-    client: pb::CoordinatorClient<tonic::transport::Channel>,
-    token: String,
-}
-
-impl Rogue {
-    async fn connect(tp: &TestPlatform, token: &str) -> Rogue {
-        Rogue {
-            client: pb::CoordinatorClient::connect(tp.platform.coordinator_url.clone())
-                .await
-                .unwrap(),
-            token: token.to_owned(),
-        }
-    }
-    fn req<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
-        );
-        r
-    }
-    async fn register(&mut self) -> Result<String, tonic::Status> {
-        let r = self.req(pb::RegisterWorkerRequest {
-            hostname: "rogue".into(),
-            fingerprint: Some(fingerprint()),
-            ..Default::default()
-        });
-        Ok(self.client.register_worker(r).await?.into_inner().worker_id)
-    }
-    async fn poll(
-        &mut self,
-        worker: &str,
-        wait: u32,
-    ) -> Result<Option<pb::JobAssignment>, tonic::Status> {
-        let r = self.req(pb::GetWorkAssignmentRequest {
-            worker_id: worker.into(),
-            wait_seconds: wait,
-        });
-        Ok(self
-            .client
-            .get_work_assignment(r)
-            .await?
-            .into_inner()
-            .assignment)
-    }
-    async fn heartbeat(
-        &mut self,
-        worker: &str,
-        a: &pb::JobAssignment,
-    ) -> Result<pb::HeartbeatResponse, tonic::Status> {
-        let r = self.req(pb::HeartbeatRequest {
-            worker_id: worker.into(),
-            job_id: a.job_id.clone(),
-            fencing_token: a.fencing_token.clone(),
-            progress: -1.0,
-            ..Default::default()
-        });
-        Ok(self.client.heartbeat(r).await?.into_inner())
-    }
-}
-
-fn limits(max_workers: u32) -> TokenLimits {
-    TokenLimits {
-        max_workers,
-        leases_per_minute: None,
-    }
-}
+use tonic::Code;
 
 async fn running_jobs(tp: &TestPlatform) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
@@ -89,14 +18,9 @@ async fn running_jobs(tp: &TestPlatform) -> i64 {
 /// One registration asks for work several times at once: it must still hold one job at most.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_never_holds_two_leases_through_concurrent_polls() {
-    let tp = TestPlatform::start(0, test_control_config()).await;
-    let client = tp.org("acme").await;
-    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    for _ in 0..4 {
-        submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
-    }
-    let (_, token) = tp.worker_token_with("default", limits(4)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let Queued { tp, .. } = Queued::start(test_control_config(), 4).await;
+    let (_, token) = tp.worker_token_with("default", max_workers(4)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
     let mut polls = Vec::new();
     for _ in 0..4 {
@@ -126,14 +50,9 @@ async fn lapsed_registrations_cannot_multiply_a_tokens_leases() {
         lease_seconds: 30,
         ..test_control_config()
     };
-    let tp = TestPlatform::start(0, config).await;
-    let client = tp.org("acme").await;
-    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    for _ in 0..4 {
-        submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
-    }
-    let (_, token) = tp.worker_token_with("default", limits(1)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let Queued { tp, .. } = Queued::start(config, 4).await;
+    let (_, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let mut held: Vec<(String, pb::JobAssignment)> = Vec::new();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(12) && held.len() < 4 {
@@ -146,12 +65,12 @@ async fn lapsed_registrations_cannot_multiply_a_tokens_leases() {
         // lease alive from the lapsed registrations.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         for (w, a) in &held {
-            let _ = r.heartbeat(w, a).await;
+            let _ = r.heartbeat(w, a, false).await;
         }
     }
     let mut alive = 0;
     for (w, a) in &held {
-        if r.heartbeat(w, a).await.is_ok_and(|h| !h.cancel) {
+        if r.heartbeat(w, a, false).await.is_ok_and(|h| !h.cancel) {
             alive += 1;
         }
     }
@@ -181,8 +100,8 @@ async fn a_heartbeating_rogue_cannot_hold_a_job_past_its_timeout() {
         api::JobIn::new([("in", asset.id)], [("out", "o.mp4")], "-i {{in}} {{out}}").unwrap();
     job.timeout_seconds = Some(api::TimeoutSeconds::parse(1).unwrap());
     let id = client.submit(&job).await.unwrap().id;
-    let (_, token) = tp.worker_token_with("default", limits(1)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let (_, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
     let a = r
         .poll(&w, 2)
@@ -194,7 +113,7 @@ async fn a_heartbeating_rogue_cannot_hold_a_job_past_its_timeout() {
     let start = Instant::now();
     let mut refused = None;
     while start.elapsed() < Duration::from_secs(40) {
-        match r.heartbeat(&w, &a).await {
+        match r.heartbeat(&w, &a, false).await {
             Ok(_) => {}
             Err(s) => {
                 refused = Some(s);
@@ -215,19 +134,17 @@ async fn a_heartbeating_rogue_cannot_hold_a_job_past_its_timeout() {
 /// such job costs the honest token a strike until the pool's token is suspended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nul_byte_on_ffmpegs_stderr_does_not_break_an_honest_workers_report() {
-    use crate::jail::{hostile, submit_attack};
     let config = ControlConfig {
         max_attempts: 1,
         ..test_control_config()
     };
-    let mut tp = TestPlatform::start(0, config).await;
-    let client = tp.org("acme").await;
-    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    let (token_id, token) = tp.worker_token("default").await;
-    tp.platform
-        .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
-        .await
-        .unwrap();
+    let HostilePlatform {
+        tp,
+        client,
+        clip,
+        token_id,
+        ..
+    } = HostilePlatform::start(config).await;
     for (exit, state) in [(0, JobState::Succeeded), (1, JobState::Failed)] {
         let id = submit_attack(&client, &clip, &format!("stderr_nul:{exit}"), 60).await;
         let job = client.wait(id, |_| {}).await.unwrap();
@@ -257,12 +174,10 @@ async fn a_nul_byte_on_ffmpegs_stderr_does_not_break_an_honest_workers_report() 
 /// a clean answer, never an internal error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_characters_from_a_rogue_worker_get_no_internal_error() {
-    let tp = TestPlatform::start(0, test_control_config()).await;
-    let client = tp.org("acme").await;
-    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
-    let (_, token) = tp.worker_token_with("default", limits(2)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let Queued { tp, client, jobs } = Queued::start(test_control_config(), 1).await;
+    let job = &jobs[0];
+    let (_, token) = tp.worker_token_with("default", max_workers(2)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     // A NUL, and terminal escapes (a clipboard write, clear screen) aimed at whoever reads the job.
     let nul = "a\0b\u{1b}]52;c;aGk=\u{7}\u{1b}[2J\u{9b}";
     let req = r.req(pb::RegisterWorkerRequest {
@@ -339,8 +254,8 @@ async fn a_long_poll_open_across_revocation_gets_no_job() {
     let client = tp.org("acme").await;
     let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
     let asset = client.upload(&input).await.unwrap();
-    let (token_id, token) = tp.worker_token_with("default", limits(1)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let (token_id, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
     let poll = {
         let (mut r, w) = (r.clone(), w.clone());
@@ -375,12 +290,10 @@ async fn a_long_poll_open_across_revocation_gets_no_job() {
 /// contract) and sees only a known stage and plausible figures, or nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rogue_workers_live_figures_reach_the_tenant_bounded_or_not_at_all() {
-    let tp = TestPlatform::start(0, test_control_config()).await;
-    let client = tp.org("acme").await;
-    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
-    let (_, token) = tp.worker_token_with("default", limits(2)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let Queued { tp, client, jobs } = Queued::start(test_control_config(), 1).await;
+    let job = &jobs[0];
+    let (_, token) = tp.worker_token_with("default", max_workers(2)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
     let a = r
         .poll(&w, 2)

@@ -58,6 +58,56 @@ fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
+/// Asserts that `o`'s stderr says `what`.
+fn assert_stderr_says(o: &Output, what: &str) {
+    let stderr = text(&o.stderr);
+    assert!(stderr.contains(what), "{what:?} not in: {stderr}");
+}
+
+/// The ids of a `jobs list` or `assets list` table (the first column under the header).
+fn table_ids(o: &Output) -> Vec<String> {
+    let table = text(&o.stdout);
+    let mut lines = table.lines();
+    assert!(
+        lines.next().is_some_and(|h| h.starts_with("ID ")),
+        "no header: {table}"
+    );
+    lines
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The cursor of the next page that a one-page `<list>` names on stderr, if it names one.
+fn next_page(o: &Output, list: &str) -> Option<String> {
+    let prefix = format!("more: mpegflow {list} --cursor ");
+    text(&o.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+}
+
+/// `mpegflow run -i <input> -o <output> <flags…> -- <command…>`.
+fn run_args<'a>(
+    input: &'a str,
+    output: &'a str,
+    flags: &[&'a str],
+    command: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["run", "-i", input, "-o", output];
+    args.extend(flags);
+    args.push("--");
+    args.extend(command);
+    args
+}
+
+/// The platform, a CLI user of org "acme" with its API client, and a clip in the user's home.
+async fn start(workers: usize, seconds: u32, size: &str) -> (TestPlatform, Cli, ApiClient, String) {
+    let tp = TestPlatform::start(workers, test_control_config()).await;
+    let (cli, client) = Cli::new(&tp, "acme").await;
+    let input = clip(&cli.home, "in.mp4", seconds, size).await;
+    let input_arg = format!("in={}", input.display());
+    (tp, cli, client, input_arg)
+}
+
 async fn asset_count(client: &ApiClient) -> usize {
     client
         .list_assets(&api::ListAssetsQuery {
@@ -72,22 +122,16 @@ async fn asset_count(client: &ApiClient) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_json_no_wait_wait_and_download_through_the_binary() {
-    let tp = TestPlatform::start(1, test_control_config()).await;
-    let (cli, client) = Cli::new(&tp, "acme").await;
-    let input = clip(&cli.home, "in.mp4", 1, "160x120").await;
+    let (tp, cli, client, input_arg) = start(1, 1, "160x120").await;
 
     // --json: the finished job on stdout, parseable as the API's Job, outputs written.
     let out = cli
-        .run(&[
-            "run",
-            "-i",
-            &format!("in={}", input.display()),
-            "-o",
+        .run(&run_args(
+            &input_arg,
             "out=result/o.mp4",
-            "--json",
-            "--",
-            "-i {{in}} -c:v libx264 -preset ultrafast {{out}}",
-        ])
+            &["--json"],
+            &["-i {{in}} -c:v libx264 -preset ultrafast {{out}}"],
+        ))
         .await;
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let job: api::Job = serde_json::from_slice(&out.stdout).expect("--json prints a Job");
@@ -107,20 +151,12 @@ async fn run_json_no_wait_wait_and_download_through_the_binary() {
 
     // --no-wait: the id on stdout, then `jobs wait` and `jobs download`.
     let out = cli
-        .run(&[
-            "run",
-            "-i",
-            &format!("in={}", input.display()),
-            "-o",
+        .run(&run_args(
+            &input_arg,
             "out=o.mkv",
-            "--no-wait",
-            "--",
-            "-i",
-            "{{in}}",
-            "-c",
-            "copy",
-            "{{out}}",
-        ])
+            &["--no-wait"],
+            &["-i", "{{in}}", "-c", "copy", "{{out}}"],
+        ))
         .await;
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let id: Uuid = text(&out.stdout)
@@ -153,6 +189,60 @@ async fn run_json_no_wait_wait_and_download_through_the_binary() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(pages.iter().map(|p| p.jobs.len()).sum::<usize>(), 2);
+
+    // One page at a time: the newest job, and on stderr the command for the next page, which
+    // `--cursor` follows to the older job and a last page that names none.
+    let out = cli.run(&["jobs", "list", "--limit", "1"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(table_ids(&out), [id.to_string()]);
+    let next = next_page(&out, "jobs list").expect("a next page");
+    let out = cli
+        .run(&["jobs", "list", "--limit", "1", "--cursor", &next])
+        .await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(table_ids(&out), [job.id.to_string()]);
+    assert_eq!(next_page(&out, "jobs list"), None, "{}", text(&out.stderr));
+
+    // `assets list` pages the same way: two uploads and two outputs, newest first.
+    let out = cli.run(&["assets", "list"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let all = table_ids(&out);
+    assert_eq!(all.len(), 4, "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("ID "),
+        "{}",
+        text(&out.stdout)
+    );
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut args = vec!["assets", "list", "--limit", "3"];
+        if let Some(c) = &cursor {
+            args.extend(["--cursor", c.as_str()]);
+        }
+        let out = cli.run(&args).await;
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        paged.extend(table_ids(&out));
+        match next_page(&out, "assets list") {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    let out = cli
+        .run(&["assets", "list", "--limit", "3", "--all", "--json"])
+        .await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let pages: Vec<api::AssetList> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let json_ids: Vec<String> = pages
+        .iter()
+        .flat_map(|p| p.assets.iter().map(|a| a.id.to_string()))
+        .collect();
+    assert_eq!((pages.len(), json_ids), (2, all));
     assert_eq!(
         client.job(id).await.unwrap().state,
         api::JobState::Succeeded
@@ -162,29 +252,19 @@ async fn run_json_no_wait_wait_and_download_through_the_binary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_say_what_went_wrong_and_nothing_is_uploaded_for_a_refused_command() {
-    let tp = TestPlatform::start(0, test_control_config()).await;
-    let (cli, client) = Cli::new(&tp, "acme").await;
-    let input = clip(&cli.home, "in.mp4", 1, "160x120").await;
-    let input_arg = format!("in={}", input.display());
+    let (tp, cli, client, input_arg) = start(0, 1, "160x120").await;
 
     // A refused template: exit 2, the argument named, and not one byte uploaded.
     let out = cli
-        .run(&[
-            "run",
-            "-i",
+        .run(&run_args(
             &input_arg,
-            "-o",
             "out=o.mp4",
-            "--",
-            "-i {{in}} -badopt 1 {{out}}",
-        ])
+            &[],
+            &["-i {{in}} -badopt 1 {{out}}"],
+        ))
         .await;
     assert_eq!(code(&out), 2, "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("\"-badopt\""),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_says(&out, "\"-badopt\"");
     assert_eq!(
         asset_count(&client).await,
         0,
@@ -193,24 +273,15 @@ async fn exit_codes_say_what_went_wrong_and_nothing_is_uploaded_for_a_refused_co
 
     // A repeated alias is refused before anything happens.
     let out = cli
-        .run(&[
-            "run",
-            "-i",
+        .run(&run_args(
             &input_arg,
-            "-i",
-            &input_arg,
-            "-o",
             "out=o.mp4",
-            "--",
-            "-i {{in}} {{out}}",
-        ])
+            &["-i", &input_arg],
+            &["-i {{in}} {{out}}"],
+        ))
         .await;
     assert_eq!(code(&out), 2);
-    assert!(
-        text(&out.stderr).contains("given twice"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_says(&out, "given twice");
 
     // Not found, bad key, bad URL, server unreachable, bad flag.
     let missing = Uuid::now_v7().to_string();
@@ -224,11 +295,7 @@ async fn exit_codes_say_what_went_wrong_and_nothing_is_uploaded_for_a_refused_co
     no_scheme.env("MPEGFLOW_API_URL", "127.0.0.1:8080");
     let out = no_scheme.output().await.unwrap();
     assert_eq!(code(&out), 2);
-    assert!(
-        text(&out.stderr).contains("http://"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_says(&out, "http://");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
@@ -247,25 +314,15 @@ async fn exit_codes_say_what_went_wrong_and_nothing_is_uploaded_for_a_refused_co
         .await
         .unwrap();
     let out = cli
-        .run(&[
-            "run",
-            "-i",
+        .run(&run_args(
             &input_arg,
-            "-o",
             "out=o.mp4",
-            "--pool",
-            "empty",
-            "--no-wait",
-            "--",
-            "-i {{in}} {{out}}",
-        ])
+            &["--pool", "empty", "--no-wait"],
+            &["-i {{in}} {{out}}"],
+        ))
         .await;
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("pool empty has no live worker"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_says(&out, "pool empty has no live worker");
     let out = cli.run(&["pools", "list"]).await;
     assert!(
         text(&out.stdout)
@@ -287,19 +344,14 @@ async fn exit_codes_say_what_went_wrong_and_nothing_is_uploaded_for_a_refused_co
 /// Ctrl-C asks the server to cancel the job, says so, and the job ends canceled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_cancels_the_job_on_the_server() {
-    let tp = TestPlatform::start(1, test_control_config()).await;
-    let (cli, client) = Cli::new(&tp, "acme").await;
-    let input = clip(&cli.home, "in.mp4", 30, "640x360").await;
+    let (tp, cli, client, input_arg) = start(1, 30, "640x360").await;
     let child = cli
-        .command(&[
-            "run",
-            "-i",
-            &format!("in={}", input.display()),
-            "-o",
+        .command(&run_args(
+            &input_arg,
             "out=o.mp4",
-            "--",
-            "-i {{in}} -c:v libx264 -preset veryslow {{out}}",
-        ])
+            &[],
+            &["-i {{in}} -c:v libx264 -preset veryslow {{out}}"],
+        ))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -378,11 +430,7 @@ async fn login_saves_the_settings_privately_and_later_commands_use_them() {
     );
     let out = other.output().await.unwrap();
     assert_eq!(code(&out), 2, "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("the saved login is for"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_says(&out, "the saved login is for");
     assert!(
         elsewhere.accept().is_err(),
         "the command connected to another server"

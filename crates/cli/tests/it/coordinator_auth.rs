@@ -1,74 +1,7 @@
 use crate::harness::*;
 use mpegflow_api::{self as api, JobState};
 use mpegflow_proto as pb;
-use tonic::{Code, Request};
-
-/// A raw coordinator client presenting `token`, playing the part of a worker (or an attacker).
-struct RawWorker {
-    client: pb::CoordinatorClient<tonic::transport::Channel>,
-    token: String,
-}
-
-impl RawWorker {
-    async fn connect(url: &str, token: &str) -> RawWorker {
-        let client = pb::CoordinatorClient::connect(url.to_owned())
-            .await
-            .unwrap();
-        RawWorker {
-            client,
-            token: token.to_owned(),
-        }
-    }
-    fn req<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
-        );
-        r
-    }
-    async fn register(&mut self) -> Result<String, tonic::Status> {
-        let r = self.req(pb::RegisterWorkerRequest {
-            hostname: "test".into(),
-            fingerprint: Some(fingerprint()),
-            ..Default::default()
-        });
-        Ok(self.client.register_worker(r).await?.into_inner().worker_id)
-    }
-    async fn poll(
-        &mut self,
-        worker_id: &str,
-        wait: u32,
-    ) -> Result<Option<pb::JobAssignment>, tonic::Status> {
-        let r = self.req(pb::GetWorkAssignmentRequest {
-            worker_id: worker_id.into(),
-            wait_seconds: wait,
-        });
-        Ok(self
-            .client
-            .get_work_assignment(r)
-            .await?
-            .into_inner()
-            .assignment)
-    }
-    async fn report(
-        &mut self,
-        worker_id: &str,
-        job_id: &str,
-        fencing: &str,
-    ) -> Result<(), tonic::Status> {
-        let r = self.req(pb::ReportJobStatusRequest {
-            worker_id: worker_id.into(),
-            job_id: job_id.into(),
-            fencing_token: fencing.into(),
-            outcome: pb::Outcome::Failed as i32,
-            error_code: "ffmpeg_failed".into(),
-            error_message: "forged".into(),
-            ..Default::default()
-        });
-        self.client.report_job_status(r).await.map(|_| ())
-    }
-}
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_checked_and_bound_to_their_pool() {
@@ -80,7 +13,7 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
     // Wrong, malformed, API-key and revoked credentials: UNAUTHENTICATED.
     let wrong = format!("mfw_{}", "ab".repeat(32));
     for bad in [wrong.as_str(), "garbage", api_key.expose()] {
-        let err = RawWorker::connect(&url, bad)
+        let err = RawWorker::connect_to(&url, bad)
             .await
             .register()
             .await
@@ -95,7 +28,7 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
     assert_eq!(err.code(), Code::Unauthenticated);
 
     let (token_id, token) = tp.worker_token("default").await;
-    let mut w = RawWorker::connect(&url, &token).await;
+    let mut w = RawWorker::connect_to(&url, &token).await;
     let worker_id = w.register().await.unwrap();
     assert!(w.poll(&worker_id, 0).await.unwrap().is_none());
     store.revoke_worker_token(token_id).await.unwrap();
@@ -109,8 +42,8 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
     // cannot speak for another token's worker.
     let (_, t1) = tp.worker_token("default").await;
     let (_, t2) = tp.worker_token("default").await;
-    let mut w1 = RawWorker::connect(&url, &t1).await;
-    let mut w2 = RawWorker::connect(&url, &t2).await;
+    let mut w1 = RawWorker::connect_to(&url, &t1).await;
+    let mut w2 = RawWorker::connect_to(&url, &t2).await;
     let id1 = w1.register().await.unwrap();
     assert_eq!(
         w2.poll(&id1, 0).await.unwrap_err().code(),
@@ -120,7 +53,7 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
     // Pool binding: a "gpu" token never receives a default-pool job, and vice versa.
     store.create_pool("gpu", None).await.unwrap();
     let (_, gpu_token) = tp.worker_token("gpu").await;
-    let mut gpu = RawWorker::connect(&url, &gpu_token).await;
+    let mut gpu = RawWorker::connect_to(&url, &gpu_token).await;
     let gpu_id = gpu.register().await.unwrap();
     let client = mpegflow::client::ApiClient::new(&tp.platform.api_url, api_key.expose());
     let input = clip(tp.dir.path(), "a.mp4", 1, "160x120").await;
@@ -141,10 +74,7 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
         .unwrap()
         .expect("default worker gets the default job");
     assert_eq!(got.job_id, default_job.id.to_string());
-    assert!(w1
-        .report(&id1, &got.job_id, &got.fencing_token)
-        .await
-        .is_ok());
+    assert!(w1.fail(&id1, &got, "ffmpeg_failed", false).await.is_ok());
     let got_gpu = gpu
         .poll(&gpu_id, 1)
         .await
@@ -156,7 +86,7 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
     // job is unchanged.
     let id2 = w2.register().await.unwrap();
     let forged = w2
-        .report(&id2, &got_gpu.job_id, &got_gpu.fencing_token)
+        .fail(&id2, &got_gpu, "ffmpeg_failed", false)
         .await
         .unwrap_err();
     assert!(
@@ -166,8 +96,12 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
         ),
         "{forged:?}"
     );
+    let guess = pb::JobAssignment {
+        fencing_token: "00000000000000000000000000000000".into(),
+        ..got_gpu.clone()
+    };
     let guessed = w1
-        .report(&id1, &got_gpu.job_id, "00000000000000000000000000000000")
+        .fail(&id1, &guess, "ffmpeg_failed", false)
         .await
         .unwrap_err();
     assert_eq!(guessed.code(), Code::FailedPrecondition);
@@ -178,7 +112,7 @@ async fn tokens_are_checked_and_bound_to_their_pool() {
         "forged reports changed nothing: {job:#?}"
     );
     assert!(
-        gpu.report(&gpu_id, &got_gpu.job_id, &got_gpu.fencing_token)
+        gpu.fail(&gpu_id, &got_gpu, "ffmpeg_failed", false)
             .await
             .is_ok(),
         "the holder's report is accepted"

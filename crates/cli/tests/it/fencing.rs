@@ -50,20 +50,15 @@ async fn a_frozen_worker_is_fenced_off_after_its_lease_expires() {
     // Worker A wakes up: whatever it sends, the job keeps B's result.
     unsafe { libc::kill(pid_a as i32, libc::SIGCONT) };
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut raw = pb::CoordinatorClient::connect(tp.platform.coordinator_url.clone())
-        .await
-        .unwrap();
-    let mut stale = tonic::Request::new(pb::ReportJobStatusRequest {
+    let mut raw = RawWorker::connect(&tp, &token).await;
+    let stale = raw.req(pb::ReportJobStatusRequest {
         worker_id: worker_a.to_string(),
         job_id: job_uuid.to_string(),
         fencing_token: fencing_a.clone(),
         outcome: pb::Outcome::Succeeded as i32,
         ..Default::default()
     });
-    stale
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let err = raw.report_job_status(stale).await.unwrap_err();
+    let err = raw.client.report_job_status(stale).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 
     let after = client.job(job_uuid).await.unwrap();

@@ -6,10 +6,13 @@ use mpegflow::pg::Cluster;
 use mpegflow::platform::{Platform, PlatformConfig};
 use mpegflow_api as api;
 use mpegflow_control::ControlConfig;
+use mpegflow_proto as pb;
+use mpegflow_store::TokenLimits;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use tonic::Request;
 use uuid::Uuid;
 
 struct Db {
@@ -339,4 +342,194 @@ pub fn compile_standin(source: &str, name: &str) -> PathBuf {
         .expect("cc");
     assert!(st.success(), "compiling {source}");
     bin
+}
+
+/// Compiles the hostile stand-in for FFmpeg (`tests/it/hostile.c`) once per test binary.
+pub fn hostile() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| compile_standin("hostile.c", "hostile-ffmpeg"))
+}
+
+/// Submits a job whose FFmpeg is the hostile stand-in running `attack` (`name:arg`); its
+/// verdict lands in the output `verdict.txt`. Returns the job id.
+pub async fn submit_attack(client: &ApiClient, clip: &Path, attack: &str, timeout: u32) -> Uuid {
+    let asset = client.upload(clip).await.unwrap();
+    let mut job = api::JobIn::new(
+        [("in", asset.id)],
+        [("out", "verdict.txt")],
+        format!("-i {{{{in}}}} -metadata comment=attack:{attack} -f mp4 {{{{out}}}}"),
+    )
+    .unwrap();
+    job.timeout_seconds = Some(api::TimeoutSeconds::parse(timeout).unwrap());
+    client.submit(&job).await.unwrap().id
+}
+
+/// A platform with one unprivileged worker whose FFmpeg is the hostile stand-in, a client of
+/// org "acme" and a 1 s clip to submit.
+pub struct HostilePlatform {
+    pub tp: TestPlatform,
+    pub client: ApiClient,
+    pub clip: PathBuf,
+    /// The worker's token.
+    pub token_id: Uuid,
+    /// The worker's pid.
+    pub worker: u32,
+}
+
+impl HostilePlatform {
+    pub async fn start(control: ControlConfig) -> HostilePlatform {
+        let mut tp = TestPlatform::start(0, control).await;
+        let client = tp.org("acme").await;
+        let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+        let (token_id, token) = tp.worker_token("default").await;
+        let worker = tp
+            .platform
+            .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
+            .await
+            .unwrap();
+        HostilePlatform {
+            tp,
+            client,
+            clip,
+            token_id,
+            worker,
+        }
+    }
+}
+
+/// A platform without workers (the test plays them over raw gRPC), a client of org "acme", and
+/// `n` queued jobs copying a 1 s clip (`-i {{in}} {{out}}` into `o.mp4`), oldest first.
+pub struct Queued {
+    pub tp: TestPlatform,
+    pub client: ApiClient,
+    pub jobs: Vec<api::Job>,
+}
+
+impl Queued {
+    pub async fn start(control: ControlConfig, n: usize) -> Queued {
+        let tp = TestPlatform::start(0, control).await;
+        let client = tp.org("acme").await;
+        let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+        let mut jobs = Vec::with_capacity(n);
+        for _ in 0..n {
+            jobs.push(submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await);
+        }
+        Queued { tp, client, jobs }
+    }
+}
+
+/// Token limits allowing `max_workers` live workers, unthrottled.
+pub fn max_workers(max_workers: u32) -> TokenLimits {
+    TokenLimits {
+        max_workers,
+        leases_per_minute: None,
+    }
+}
+
+/// A coordinator client presenting one worker token over raw gRPC: a worker a test drives by
+/// hand, or an attacker holding the token.
+#[derive(Clone)]
+pub struct RawWorker {
+    pub client: pb::CoordinatorClient<tonic::transport::Channel>,
+    token: String,
+}
+
+impl RawWorker {
+    pub async fn connect(tp: &TestPlatform, token: &str) -> RawWorker {
+        RawWorker::connect_to(&tp.platform.coordinator_url, token).await
+    }
+
+    pub async fn connect_to(url: &str, token: &str) -> RawWorker {
+        RawWorker {
+            client: pb::CoordinatorClient::connect(url.to_owned())
+                .await
+                .unwrap(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// `msg` with this token as its bearer credential.
+    pub fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        r
+    }
+
+    /// Registers a worker with this FFmpeg fingerprint; returns its id.
+    pub async fn register_as(
+        &mut self,
+        fp: pb::FfmpegFingerprint,
+    ) -> Result<String, tonic::Status> {
+        let r = self.req(pb::RegisterWorkerRequest {
+            hostname: "rogue".into(),
+            fingerprint: Some(fp),
+            ..Default::default()
+        });
+        Ok(self.client.register_worker(r).await?.into_inner().worker_id)
+    }
+
+    /// Registers a worker with the installed FFmpeg's fingerprint; returns its id.
+    pub async fn register(&mut self) -> Result<String, tonic::Status> {
+        self.register_as(fingerprint()).await
+    }
+
+    /// Asks for work as `worker`, waiting up to `wait` seconds.
+    pub async fn poll(
+        &mut self,
+        worker: &str,
+        wait: u32,
+    ) -> Result<Option<pb::JobAssignment>, tonic::Status> {
+        let r = self.req(pb::GetWorkAssignmentRequest {
+            worker_id: worker.into(),
+            wait_seconds: wait,
+        });
+        Ok(self
+            .client
+            .get_work_assignment(r)
+            .await?
+            .into_inner()
+            .assignment)
+    }
+
+    /// Reports `a` failed with `code` as `worker`.
+    pub async fn fail(
+        &mut self,
+        worker: &str,
+        a: &pb::JobAssignment,
+        code: &str,
+        retryable: bool,
+    ) -> Result<(), tonic::Status> {
+        let r = self.req(pb::ReportJobStatusRequest {
+            worker_id: worker.into(),
+            job_id: a.job_id.clone(),
+            fencing_token: a.fencing_token.clone(),
+            outcome: pb::Outcome::Failed as i32,
+            error_code: code.into(),
+            error_message: "said the rogue".into(),
+            retryable,
+            ..Default::default()
+        });
+        self.client.report_job_status(r).await.map(|_| ())
+    }
+
+    /// Heartbeats `a` as `worker` (asking for fresh input URLs with `refresh`).
+    pub async fn heartbeat(
+        &mut self,
+        worker: &str,
+        a: &pb::JobAssignment,
+        refresh: bool,
+    ) -> Result<pb::HeartbeatResponse, tonic::Status> {
+        let r = self.req(pb::HeartbeatRequest {
+            worker_id: worker.into(),
+            job_id: a.job_id.clone(),
+            fencing_token: a.fencing_token.clone(),
+            progress: -1.0,
+            refresh_input_urls: refresh,
+            ..Default::default()
+        });
+        Ok(self.client.heartbeat(r).await?.into_inner())
+    }
 }

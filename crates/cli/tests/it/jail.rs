@@ -6,35 +6,8 @@
 use crate::harness::*;
 use mpegflow::client::ApiClient;
 use mpegflow_api::{self as api, JobState};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 use std::time::Duration;
-use uuid::Uuid;
-
-/// Compiles the hostile program once per test binary.
-pub(crate) fn hostile() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| compile_standin("hostile.c", "hostile-ffmpeg"))
-}
-
-/// Submits a job whose FFmpeg is the hostile stand-in running `attack` (`name:arg`); its
-/// verdict lands in the output `verdict.txt`. Returns the job id.
-pub(crate) async fn submit_attack(
-    client: &ApiClient,
-    clip: &Path,
-    attack: &str,
-    timeout: u32,
-) -> Uuid {
-    let asset = client.upload(clip).await.unwrap();
-    let mut job = api::JobIn::new(
-        [("in", asset.id)],
-        [("out", "verdict.txt")],
-        format!("-i {{{{in}}}} -metadata comment=attack:{attack} -f mp4 {{{{out}}}}"),
-    )
-    .unwrap();
-    job.timeout_seconds = Some(api::TimeoutSeconds::parse(timeout).unwrap());
-    client.submit(&job).await.unwrap().id
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {

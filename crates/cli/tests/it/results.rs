@@ -12,66 +12,27 @@ use mpegflow_objstore::{Presigner, S3Config};
 use mpegflow_proto as pb;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use tonic::{Code, Request};
+use tonic::Code;
 use uuid::Uuid;
 
-/// A coordinator client playing a worker that lies.
-struct RawWorker {
-    client: pb::CoordinatorClient<tonic::transport::Channel>,
-    token: String,
+/// A worker that lies, played over raw gRPC: registered once, with its id.
+struct Liar {
+    raw: RawWorker,
     id: String,
 }
 
-impl RawWorker {
-    async fn register(tp: &TestPlatform) -> RawWorker {
+impl Liar {
+    async fn register(tp: &TestPlatform) -> Liar {
         let (_, token) = tp.worker_token("default").await;
-        let client = pb::CoordinatorClient::connect(tp.platform.coordinator_url.clone())
-            .await
-            .unwrap();
-        let mut w = RawWorker {
-            client,
-            token,
-            id: String::new(),
-        };
-        let r = w.req(pb::RegisterWorkerRequest {
-            hostname: "liar".into(),
-            fingerprint: Some(fingerprint()),
-            ..Default::default()
-        });
-        w.id = w
-            .client
-            .register_worker(r)
-            .await
-            .unwrap()
-            .into_inner()
-            .worker_id;
-        w
-    }
-
-    fn req<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
-        );
-        r
+        let mut raw = RawWorker::connect(tp, &token).await;
+        let id = raw.register().await.unwrap();
+        Liar { raw, id }
     }
 
     /// Polls until a job is assigned.
     async fn take(&mut self) -> pb::JobAssignment {
         for _ in 0..20 {
-            let r = self.req(pb::GetWorkAssignmentRequest {
-                worker_id: self.id.clone(),
-                wait_seconds: 2,
-            });
-            if let Some(a) = self
-                .client
-                .get_work_assignment(r)
-                .await
-                .unwrap()
-                .into_inner()
-                .assignment
-            {
+            if let Some(a) = self.raw.poll(&self.id, 2).await.unwrap() {
                 return a;
             }
         }
@@ -91,13 +52,14 @@ impl RawWorker {
                 sha256: sha256_hex(b),
             })
             .collect();
-        let r = self.req(pb::RequestUploadUrlsRequest {
+        let r = self.raw.req(pb::RequestUploadUrlsRequest {
             worker_id: self.id.clone(),
             job_id: a.job_id.clone(),
             fencing_token: a.fencing_token.clone(),
             files,
         });
         Ok(self
+            .raw
             .client
             .request_upload_urls(r)
             .await?
@@ -111,7 +73,7 @@ impl RawWorker {
         a: &pb::JobAssignment,
         outputs: &[(&str, usize, String)],
     ) -> Result<(), tonic::Status> {
-        let r = self.req(pb::ReportJobStatusRequest {
+        let r = self.raw.req(pb::ReportJobStatusRequest {
             worker_id: self.id.clone(),
             job_id: a.job_id.clone(),
             fencing_token: a.fencing_token.clone(),
@@ -126,7 +88,7 @@ impl RawWorker {
                 .collect(),
             ..Default::default()
         });
-        self.client.report_job_status(r).await.map(|_| ())
+        self.raw.client.report_job_status(r).await.map(|_| ())
     }
 }
 
@@ -182,7 +144,7 @@ async fn a_worker_cannot_report_a_hash_the_stored_bytes_do_not_have() {
     let tp = TestPlatform::start(0, test_control_config()).await;
     let client = tp.org("acme").await;
     let id = job(&tp, &client).await;
-    let mut w = RawWorker::register(&tp).await;
+    let mut w = Liar::register(&tp).await;
 
     let real: &[u8] = b"the bytes ffmpeg really wrote";
     let claimed: &[u8] = b"THE BYTES FFMPEG REALLY WROTE";
@@ -312,7 +274,7 @@ async fn no_url_can_rewrite_an_output_once_its_attempt_ended() {
     let tp = TestPlatform::start(0, test_control_config()).await;
     let client = tp.org("acme").await;
     let id = job(&tp, &client).await;
-    let mut w = RawWorker::register(&tp).await;
+    let mut w = Liar::register(&tp).await;
     let real: &[u8] = b"the result";
     let other: &[u8] = b"other byte";
     let seg: &[u8] = b"segment";
@@ -368,7 +330,7 @@ async fn upload_urls_only_for_declared_files_within_bounds() {
     let tp = TestPlatform::start(0, config).await;
     let client = tp.org("acme").await;
     let id = job(&tp, &client).await;
-    let mut w = RawWorker::register(&tp).await;
+    let mut w = Liar::register(&tp).await;
     let a = w.take().await;
     let x: &[u8] = b"x";
 

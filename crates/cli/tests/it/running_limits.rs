@@ -3,7 +3,6 @@
 //! from many threads into many files is stopped with `output_limit` while it writes.
 
 use crate::harness::*;
-use crate::jail::{hostile, submit_attack};
 use mpegflow::client::ApiClient;
 use mpegflow_api::{self as api, JobState};
 use std::path::{Path, PathBuf};
@@ -38,15 +37,13 @@ async fn verdict(tp: &TestPlatform, client: &ApiClient, job: &api::Job) -> Strin
 /// peak memory grows by a bounded amount, and the job still ends normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2_gib_line_on_stdout_or_stderr_costs_the_worker_bounded_memory() {
-    let mut tp = TestPlatform::start(0, test_control_config()).await;
-    let client = tp.org("acme").await;
-    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    let (_, token) = tp.worker_token("default").await;
-    let worker = tp
-        .platform
-        .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
-        .await
-        .unwrap();
+    let HostilePlatform {
+        mut tp,
+        client,
+        clip,
+        worker,
+        ..
+    } = HostilePlatform::start(test_control_config()).await;
     // One ordinary job first, so the baseline includes everything a job costs anyway.
     let warm = run_attack(&client, &clip, "none", 60).await;
     assert_eq!(warm.state, JobState::Succeeded, "{warm:#?}");
@@ -136,29 +133,35 @@ impl Sampler {
     }
 }
 
+const MAX_BYTES: u64 = 8 << 20;
+const MAX_FILES: u32 = 50;
+
+/// A hostile worker under output limits of `MAX_BYTES` and `MAX_FILES`: the platform, a client,
+/// the clip, the worker's pid and the directory its jobs work in.
+async fn output_limited() -> (TestPlatform, ApiClient, PathBuf, u32, PathBuf) {
+    let config = mpegflow_control::ControlConfig {
+        max_output_bytes: MAX_BYTES,
+        max_output_files: MAX_FILES,
+        ..test_control_config()
+    };
+    let HostilePlatform {
+        tp,
+        client,
+        clip,
+        worker,
+        ..
+    } = HostilePlatform::start(config).await;
+    let work = tp.platform.data_dir.join("work");
+    (tp, client, clip, worker, work)
+}
+
 /// An unprivileged worker (no kernel-enforced bound on out/): 16 threads write 2 GiB into 1024
 /// files, then 16 threads create 16,000 empty files. The worker stops each while it writes:
 /// the job fails `output_limit` from the watcher, and the disk never holds more than the limit
 /// plus what the stand-in writes in one watch interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_output_limit_holds_while_ffmpeg_runs() {
-    const MAX_BYTES: u64 = 8 << 20;
-    const MAX_FILES: u32 = 50;
-    let config = mpegflow_control::ControlConfig {
-        max_output_bytes: MAX_BYTES,
-        max_output_files: MAX_FILES,
-        ..test_control_config()
-    };
-    let mut tp = TestPlatform::start(0, config).await;
-    let client = tp.org("acme").await;
-    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    let (_, token) = tp.worker_token("default").await;
-    let worker = tp
-        .platform
-        .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
-        .await
-        .unwrap();
-    let work = tp.platform.data_dir.join("work");
+    let (mut tp, client, clip, worker, work) = output_limited().await;
     let mut report = Vec::new();
     for (attack, what) in [
         ("disk_flood:16:64:2048", "bytes"),
@@ -203,22 +206,7 @@ async fn the_output_limit_holds_while_ffmpeg_runs() {
 /// must not go unseen: the worker stops the job while it runs, and removes what it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlistable_output_directory_does_not_hide_writes() {
-    const MAX_BYTES: u64 = 8 << 20;
-    let config = mpegflow_control::ControlConfig {
-        max_output_bytes: MAX_BYTES,
-        max_output_files: 50,
-        ..test_control_config()
-    };
-    let mut tp = TestPlatform::start(0, config).await;
-    let client = tp.org("acme").await;
-    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    let (_, token) = tp.worker_token("default").await;
-    let worker = tp
-        .platform
-        .spawn_worker_with(&token, &["--ffmpeg", hostile().to_str().unwrap()], false)
-        .await
-        .unwrap();
-    let work = tp.platform.data_dir.join("work");
+    let (mut tp, client, clip, worker, work) = output_limited().await;
     let base = disk_use(&work);
     // 4 threads × 256 files × 2 MiB: 2 GiB, 256 times the limit. Unprivileged, the bound is one
     // watcher interval at page-cache speed (see the test above): the writers must be stopped

@@ -8,7 +8,6 @@
 //! (Debian 12's 6.1, without Landlock's signal scoping). Unjailed, the same routes land.
 
 use crate::harness::*;
-use crate::jail::{hostile, submit_attack};
 use mpegflow::client::ApiClient;
 use mpegflow_api::{self as api, JobState};
 use std::os::unix::process::CommandExt;

@@ -6,99 +6,9 @@ use crate::harness::*;
 use mpegflow_api::JobState;
 use mpegflow_control::ControlConfig;
 use mpegflow_proto as pb;
-use mpegflow_store::TokenLimits;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use tonic::{Code, Request};
-
-/// A coordinator client presenting one token: a worker, or an attacker holding the token.
-#[derive(Clone)]
-struct Rogue {
-    client: pb::CoordinatorClient<tonic::transport::Channel>,
-    token: String,
-}
-
-impl Rogue {
-    async fn connect(tp: &TestPlatform, token: &str) -> Rogue {
-        Rogue {
-            client: pb::CoordinatorClient::connect(tp.platform.coordinator_url.clone())
-                .await
-                .unwrap(),
-            token: token.to_owned(),
-        }
-    }
-    fn req<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
-        );
-        r
-    }
-    async fn register_as(&mut self, fp: pb::FfmpegFingerprint) -> Result<String, tonic::Status> {
-        let r = self.req(pb::RegisterWorkerRequest {
-            hostname: "rogue".into(),
-            fingerprint: Some(fp),
-            ..Default::default()
-        });
-        Ok(self.client.register_worker(r).await?.into_inner().worker_id)
-    }
-    async fn register(&mut self) -> Result<String, tonic::Status> {
-        self.register_as(fingerprint()).await
-    }
-    async fn poll(
-        &mut self,
-        worker: &str,
-        wait: u32,
-    ) -> Result<Option<pb::JobAssignment>, tonic::Status> {
-        let r = self.req(pb::GetWorkAssignmentRequest {
-            worker_id: worker.into(),
-            wait_seconds: wait,
-        });
-        Ok(self
-            .client
-            .get_work_assignment(r)
-            .await?
-            .into_inner()
-            .assignment)
-    }
-    async fn fail(
-        &mut self,
-        worker: &str,
-        a: &pb::JobAssignment,
-        code: &str,
-        retryable: bool,
-    ) -> Result<(), tonic::Status> {
-        let r = self.req(pb::ReportJobStatusRequest {
-            worker_id: worker.into(),
-            job_id: a.job_id.clone(),
-            fencing_token: a.fencing_token.clone(),
-            outcome: pb::Outcome::Failed as i32,
-            error_code: code.into(),
-            error_message: "said the rogue".into(),
-            retryable,
-            ..Default::default()
-        });
-        self.client.report_job_status(r).await.map(|_| ())
-    }
-    async fn heartbeat(
-        &mut self,
-        worker: &str,
-        job_id: &str,
-        fencing: &str,
-        refresh: bool,
-    ) -> Result<pb::HeartbeatResponse, tonic::Status> {
-        let r = self.req(pb::HeartbeatRequest {
-            worker_id: worker.into(),
-            job_id: job_id.into(),
-            fencing_token: fencing.into(),
-            progress: -1.0,
-            refresh_input_urls: refresh,
-            ..Default::default()
-        });
-        Ok(self.client.heartbeat(r).await?.into_inner())
-    }
-}
+use tonic::Code;
 
 async fn audit_rows(
     tp: &TestPlatform,
@@ -119,13 +29,6 @@ fn metric(tp: &TestPlatform, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not in\n{text}"))
 }
 
-fn limits(max_workers: u32) -> TokenLimits {
-    TokenLimits {
-        max_workers,
-        leases_per_minute: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_token_cannot_register_more_workers_until_a_registration_lapses() {
     let config = ControlConfig {
@@ -133,8 +36,8 @@ async fn a_capped_token_cannot_register_more_workers_until_a_registration_lapses
         ..test_control_config()
     };
     let tp = TestPlatform::start(0, config).await;
-    let (_, token) = tp.worker_token_with("default", limits(2)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let (_, token) = tp.worker_token_with("default", max_workers(2)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let w1 = r.register().await.unwrap();
     let w2 = r.register().await.unwrap();
     let refused = r.register().await.unwrap_err();
@@ -145,8 +48,12 @@ async fn a_capped_token_cannot_register_more_workers_until_a_registration_lapses
         refused.message()
     );
     // Another token's workers are unaffected.
-    let (_, other) = tp.worker_token_with("default", limits(1)).await;
-    Rogue::connect(&tp, &other).await.register().await.unwrap();
+    let (_, other) = tp.worker_token_with("default", max_workers(1)).await;
+    RawWorker::connect(&tp, &other)
+        .await
+        .register()
+        .await
+        .unwrap();
 
     // w1 keeps calling; w2 falls silent. Once w2's registration lapses, a new worker takes
     // its place, and w2 must register again (and is refused: the slots are full).
@@ -191,8 +98,8 @@ async fn too_many_concurrent_long_polls_per_token_are_refused() {
         ..test_control_config()
     };
     let tp = TestPlatform::start(0, config).await;
-    let (_, token) = tp.worker_token_with("default", limits(2)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let (_, token) = tp.worker_token_with("default", max_workers(2)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let w1 = r.register().await.unwrap();
     let w2 = r.register().await.unwrap();
     // Two long-polls open (the token's maximum), then more from the same workers. The long
@@ -265,8 +172,8 @@ async fn a_token_failing_fast_is_throttled_then_suspended_and_its_jobs_stay_runn
         ids.push(job.id);
     }
     // Room for a second registration after the suspension is lifted.
-    let (rogue_token, token) = tp.worker_token_with("default", limits(2)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let (rogue_token, token) = tp.worker_token_with("default", max_workers(2)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
 
     // Drain attempt: take every job and fail it at once, as infrastructure trouble and as the
@@ -345,14 +252,9 @@ async fn ordinary_crashes_do_not_suspend_a_token() {
         max_attempts: 30,
         ..test_control_config()
     };
-    let tp = TestPlatform::start(0, config).await;
-    let client = tp.org("acme").await;
-    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    for _ in 0..4 {
-        submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
-    }
-    let (token_id, token) = tp.worker_token_with("default", limits(2)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let Queued { tp, .. } = Queued::start(config, 4).await;
+    let (token_id, token) = tp.worker_token_with("default", max_workers(2)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let workers = [r.register().await.unwrap(), r.register().await.unwrap()];
     let pool = tp.platform.store().pool().clone();
     let lost = || async {
@@ -405,8 +307,8 @@ async fn a_single_workers_blame_is_not_trusted() {
     let command = "-i {{in}} -c:v libx264 -preset veryfast {{out}}";
     let branded = submit(&client, &input, &[("out", "o.mp4")], command).await;
     let branded2 = submit(&client, &input, &[("out", "o.mp4")], command).await;
-    let (_, token) = tp.worker_token_with("default", limits(1)).await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let (_, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
 
     // The rogue brands the tenant's jobs.
@@ -462,15 +364,13 @@ async fn a_single_workers_blame_is_not_trusted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blame_is_final_once_a_worker_of_another_token_confirms_it() {
-    let tp = TestPlatform::start(0, test_control_config()).await;
-    let client = tp.org("acme").await;
-    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+    let Queued { tp, client, jobs } = Queued::start(test_control_config(), 1).await;
+    let job = &jobs[0];
     let id = job.id;
-    let (_, t1) = tp.worker_token_with("default", limits(2)).await;
-    let (_, t2) = tp.worker_token_with("default", limits(1)).await;
-    let mut a = Rogue::connect(&tp, &t1).await;
-    let mut b = Rogue::connect(&tp, &t2).await;
+    let (_, t1) = tp.worker_token_with("default", max_workers(2)).await;
+    let (_, t2) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut a = RawWorker::connect(&tp, &t1).await;
+    let mut b = RawWorker::connect(&tp, &t2).await;
     let wa = a.register().await.unwrap();
     let wa2 = a.register().await.unwrap();
     let wb = b.register().await.unwrap();
@@ -504,14 +404,11 @@ async fn input_urls_expire_with_the_lease_and_are_reissued_to_the_holder_only() 
         input_url_slack_seconds: 2,
         ..test_control_config()
     };
-    let tp = TestPlatform::start(0, config).await;
-    let client = tp.org("acme").await;
-    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+    let Queued { tp, client, .. } = Queued::start(config, 1).await;
     let (_, token) = tp.worker_token("default").await;
     let (_, other_token) = tp.worker_token("default").await;
-    let mut r = Rogue::connect(&tp, &token).await;
-    let mut o = Rogue::connect(&tp, &other_token).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
+    let mut o = RawWorker::connect(&tp, &other_token).await;
     let w = r.register().await.unwrap();
     let w_same_token = r.register().await.unwrap();
     let w_other = o.register().await.unwrap();
@@ -532,20 +429,11 @@ async fn input_urls_expire_with_the_lease_and_are_reissued_to_the_holder_only() 
     assert_eq!(get(first.url.clone()).await, 200);
 
     // Someone else asking for the URLs, with the leaked fencing token, gets none.
-    let err = o
-        .heartbeat(&w_other, &a.job_id, &a.fencing_token, true)
-        .await
-        .unwrap_err();
+    let err = o.heartbeat(&w_other, &a, true).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    let err = r
-        .heartbeat(&w_same_token, &a.job_id, &a.fencing_token, true)
-        .await
-        .unwrap_err();
+    let err = r.heartbeat(&w_same_token, &a, true).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    let err = o
-        .heartbeat(&w, &a.job_id, &a.fencing_token, true)
-        .await
-        .unwrap_err();
+    let err = o.heartbeat(&w, &a, true).await.unwrap_err();
     assert_eq!(
         err.code(),
         Code::PermissionDenied,
@@ -553,15 +441,10 @@ async fn input_urls_expire_with_the_lease_and_are_reissued_to_the_holder_only() 
     );
 
     // The holder keeps its lease alive past the first URLs' expiry, then asks for fresh ones.
-    let hb = r
-        .heartbeat(&w, &a.job_id, &a.fencing_token, false)
-        .await
-        .unwrap();
+    let hb = r.heartbeat(&w, &a, false).await.unwrap();
     assert!(hb.inputs.is_empty(), "URLs only when asked for");
     while time::OffsetDateTime::now_utc().unix_timestamp() <= first.url_expires_at_unix + 1 {
-        r.heartbeat(&w, &a.job_id, &a.fencing_token, false)
-            .await
-            .unwrap();
+        r.heartbeat(&w, &a, false).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
@@ -569,11 +452,7 @@ async fn input_urls_expire_with_the_lease_and_are_reissued_to_the_holder_only() 
         403,
         "the first URL died with its lease time"
     );
-    let fresh = r
-        .heartbeat(&w, &a.job_id, &a.fencing_token, true)
-        .await
-        .unwrap()
-        .inputs;
+    let fresh = r.heartbeat(&w, &a, true).await.unwrap().inputs;
     assert_eq!(fresh.len(), 1);
     assert_eq!(fresh[0].alias, first.alias);
     assert!(fresh[0].url_expires_at_unix > first.url_expires_at_unix);
@@ -583,22 +462,17 @@ async fn input_urls_expire_with_the_lease_and_are_reissued_to_the_holder_only() 
 
     // Once the lease is gone, no more URLs.
     wait_for_state(&client, a.job_id.parse().unwrap(), JobState::Queued).await;
-    let err = r
-        .heartbeat(&w, &a.job_id, &a.fencing_token, true)
-        .await
-        .unwrap_err();
+    let err = r.heartbeat(&w, &a, true).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     tp.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_ffmpeg_grammar_differs_gets_no_work() {
-    let tp = TestPlatform::start(0, test_control_config()).await;
-    let client = tp.org("acme").await;
-    let input = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
-    let job = submit(&client, &input, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+    let Queued { tp, jobs, .. } = Queued::start(test_control_config(), 1).await;
+    let job = &jobs[0];
     let (_, token) = tp.worker_token("default").await;
-    let mut r = Rogue::connect(&tp, &token).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
     let newer = r.register_as(fingerprint_of("7.1")).await.unwrap();
     // Claiming the right grammar with another release's version line is no better.
     let liar = r
@@ -645,9 +519,9 @@ async fn bad_credentials_are_rate_limited_per_peer_before_the_database() {
     };
     let tp = TestPlatform::start(0, config).await;
     let (_, token) = tp.worker_token("default").await;
-    let mut good = Rogue::connect(&tp, &token).await;
+    let mut good = RawWorker::connect(&tp, &token).await;
     good.register().await.unwrap();
-    let mut bad = Rogue::connect(&tp, &format!("mfw_{}", "cd".repeat(32))).await;
+    let mut bad = RawWorker::connect(&tp, &format!("mfw_{}", "cd".repeat(32))).await;
     let mut codes = Vec::new();
     for _ in 0..8 {
         codes.push(bad.register().await.unwrap_err().code());

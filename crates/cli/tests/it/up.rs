@@ -3,7 +3,7 @@
 //! its data directory under a parent only its owner may enter (mode 0700, like a home
 //! directory). Every process and cluster a test starts is stopped by pid, even when it fails.
 
-use crate::harness::{root_setup_available, tempdir::TempDir};
+use crate::harness::{eventually, root_setup_available, tempdir::TempDir};
 use mpegflow_objstore::embedded::EmbeddedConfig;
 use mpegflow_objstore::{Presigner, S3Config};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -269,12 +269,14 @@ fn assert_nothing_left(place: &Place, up: &mut Up) {
     assert_eq!(place.worker_pids(), Vec::<i32>::new(), "workers left");
 }
 
+/// An HTTP client that ignores proxy settings.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
 /// GET /v1/jobs with `key`: the HTTP status.
 async fn list_jobs_status(api: &str, key: &str) -> u16 {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    http()
         .get(format!("{api}/v1/jobs"))
         .bearer_auth(key)
         .send()
@@ -369,7 +371,7 @@ async fn a_failed_up_stops_what_it_started_and_the_next_up_works() {
         &[("MPEGFLOW_WORKER_BIN", standin.to_str().unwrap())],
     );
     up.wait_for("demo org credentials", Duration::from_secs(60));
-    let workers = crate::harness::eventually("the workers", Duration::from_secs(10), || {
+    let workers = eventually("the workers", Duration::from_secs(10), || {
         let w = place.worker_pids();
         async move { (w.len() >= 2).then_some(w) }
     })
@@ -482,26 +484,66 @@ async fn up_after_a_crash_recovers_its_cluster_and_workers_and_keeps_the_one_dem
     assert_nothing_left(&place, &mut fourth);
 }
 
+/// An embedded store on a free port with a key pair of its own, in a directory of its own;
+/// stopped on drop.
+struct Store {
+    endpoint: String,
+    cfg: EmbeddedConfig,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: TempDir,
+}
+
+impl Store {
+    async fn start(bucket: &str, access_key: &str, secret_key: &str) -> Store {
+        let dir = TempDir::new("mpegflow-up-s3");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let cfg = EmbeddedConfig {
+            root: dir.path().join("s3"),
+            bucket: bucket.into(),
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+        };
+        let task = tokio::spawn(mpegflow_objstore::embedded::serve(
+            listener,
+            cfg.clone(),
+            std::future::pending(),
+        ));
+        Store {
+            endpoint,
+            cfg,
+            task,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A presigner for `bucket` at `endpoint` (path style, us-east-1) with this key pair.
+fn presigner(endpoint: &str, bucket: &str, access_key: &str, secret_key: &str) -> Presigner {
+    Presigner::new(&S3Config {
+        endpoint: endpoint.to_owned(),
+        region: "us-east-1".into(),
+        bucket: bucket.into(),
+        path_style: true,
+        access_key: access_key.into(),
+        secret_key: secret_key.into(),
+    })
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_s3_secret_bucket_key_or_region_fails_up_fast_naming_the_setting() {
     // An "external" store: the embedded one, with a key pair of its own.
-    let store_dir = TempDir::new("mpegflow-up-s3");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let cfg = EmbeddedConfig {
-        root: store_dir.path().join("s3"),
-        bucket: "tenant-media".into(),
-        access_key: "AKUPTEST".into(),
-        secret_key: "the-right-secret".into(),
-    };
-    let store = tokio::spawn(mpegflow_objstore::embedded::serve(
-        listener,
-        cfg.clone(),
-        std::future::pending(),
-    ));
+    let store = Store::start("tenant-media", "AKUPTEST", "the-right-secret").await;
     let settings = |bucket: &'static str, access: &'static str, secret: &'static str| {
         vec![
-            ("MPEGFLOW_S3_ENDPOINT", endpoint.clone()),
+            ("MPEGFLOW_S3_ENDPOINT", store.endpoint.clone()),
             ("MPEGFLOW_S3_REGION", "us-east-1".to_owned()),
             ("MPEGFLOW_S3_BUCKET", bucket.to_owned()),
             ("MPEGFLOW_S3_ACCESS_KEY", access.to_owned()),
@@ -558,14 +600,13 @@ async fn a_wrong_s3_secret_bucket_key_or_region_fails_up_fast_naming_the_setting
     let mut up = Up::start(&place, &["--workers", "0", "--no-sample"], &env);
     up.wait_serving();
     assert!(up.stop().success(), "{}", up.log());
-    let probe_dir = cfg.root.join(&cfg.bucket).join("_mpegflow");
+    let probe_dir = store.cfg.root.join(&store.cfg.bucket).join("_mpegflow");
     let left: Vec<PathBuf> = walk(&probe_dir)
         .into_iter()
         .filter(|p| p.is_file())
         .collect();
     assert!(left.is_empty(), "probe objects left: {left:?}");
     assert!(!up.log().contains("could not delete"), "{}", up.log());
-    store.abort();
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -582,26 +623,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// A request to the store of a running `up` signed with a key pair it does not know.
 async fn forged_store_request(endpoint: &str) -> u16 {
-    let p = Presigner::new(&S3Config {
-        endpoint: endpoint.to_owned(),
-        region: "us-east-1".into(),
-        bucket: "mpegflow".into(),
-        path_style: true,
-        access_key: "MFFORGED".into(),
-        secret_key: "forged".into(),
-    })
-    .unwrap();
+    let p = presigner(endpoint, "mpegflow", "MFFORGED", "forged");
     let url = p.get("orgs/someone/asset", Duration::from_secs(60)).url;
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    http().get(url).send().await.unwrap().status().as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,17 +675,16 @@ async fn up_logs_carry_no_colour_codes_off_a_terminal_and_json_lines_parse() {
     up.wait_serving();
     // The worker starts beside `up`'s own serving line: wait until it has logged something.
     let logs = place.data().join("logs");
-    let started = std::time::Instant::now();
-    while std::fs::read_dir(&logs)
-        .map(|d| !d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
-        .unwrap_or(true)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the worker logged nothing within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        "the worker's first log line",
+        Duration::from_secs(60),
+        || {
+            let logged = std::fs::read_dir(&logs)
+                .is_ok_and(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)));
+            async move { logged.then_some(()) }
+        },
+    )
+    .await;
     let endpoint = up.logged_url("object store");
     assert_eq!(forged_store_request(&endpoint).await, 403);
     assert!(up.stop().success());
@@ -708,31 +731,16 @@ async fn up_logs_carry_no_colour_codes_off_a_terminal_and_json_lines_parse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_store_deletes_only_plain_keys_of_an_org_or_the_probe() {
     use mpegflow_objstore::PutSpec;
-    let dir = TempDir::new("mpegflow-up-del");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let cfg = EmbeddedConfig {
-        root: dir.path().join("s3"),
-        bucket: "mpegflow".into(),
-        access_key: "AKDEL".into(),
-        secret_key: "delete-test-secret".into(),
-    };
-    let store = tokio::spawn(mpegflow_objstore::embedded::serve(
-        listener,
-        cfg.clone(),
-        std::future::pending(),
-    ));
+    let store = Store::start("mpegflow", "AKDEL", "delete-test-secret").await;
     // Signed with the platform's own key: the store, not the signature, must refuse.
-    let p = Presigner::new(&S3Config {
-        endpoint,
-        region: "us-east-1".into(),
-        bucket: cfg.bucket.clone(),
-        path_style: true,
-        access_key: cfg.access_key.clone(),
-        secret_key: cfg.secret_key.clone(),
-    })
-    .unwrap();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let cfg = &store.cfg;
+    let p = presigner(
+        &store.endpoint,
+        &cfg.bucket,
+        &cfg.access_key,
+        &cfg.secret_key,
+    );
+    let http = http();
     let ttl = Duration::from_secs(60);
     let body = b"a stored result".to_vec();
     for key in [
@@ -771,5 +779,4 @@ async fn the_embedded_store_deletes_only_plain_keys_of_an_org_or_the_probe() {
             }
         }
     }
-    store.abort();
 }
