@@ -41,7 +41,7 @@ pub enum JobsCmd {
         /// Jobs per page (1-200).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
         limit: u32,
-        /// Start after this job id (the `next:` cursor a previous page printed).
+        /// Start after this job id (the cursor a previous page printed on its `more: … --cursor X` line).
         #[arg(long, value_name = "CURSOR", conflicts_with = "all")]
         cursor: Option<Uuid>,
         /// Every page, not just the first.
@@ -92,7 +92,7 @@ pub enum AssetsCmd {
         /// Assets per page (1-200).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
         limit: u32,
-        /// Start after this asset id (the `next:` cursor a previous page printed).
+        /// Start after this asset id (the cursor a previous page printed on its `more: … --cursor X` line).
         #[arg(long, value_name = "CURSOR", conflicts_with = "all")]
         cursor: Option<Uuid>,
         /// Every page, not just the first.
