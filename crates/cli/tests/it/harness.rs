@@ -113,6 +113,7 @@ impl TestPlatform {
             worker_bin: None,
             control,
             pg_for_tests: true,
+            ..PlatformConfig::default()
         };
         let platform = Platform::start(cfg).await.expect("platform starts");
         TestPlatform { platform, dir }

@@ -493,6 +493,7 @@ async fn a_wrong_s3_secret_bucket_key_or_region_fails_up_fast_naming_the_setting
         bucket: "tenant-media".into(),
         access_key: "AKUPTEST".into(),
         secret_key: "the-right-secret".into(),
+        body_idle_timeout: mpegflow_objstore::embedded::DEFAULT_BODY_IDLE_TIMEOUT,
     };
     let store = tokio::spawn(mpegflow_objstore::embedded::serve(
         listener,
@@ -716,6 +717,7 @@ async fn the_embedded_store_deletes_only_plain_keys_of_an_org_or_the_probe() {
         bucket: "mpegflow".into(),
         access_key: "AKDEL".into(),
         secret_key: "delete-test-secret".into(),
+        body_idle_timeout: mpegflow_objstore::embedded::DEFAULT_BODY_IDLE_TIMEOUT,
     };
     let store = tokio::spawn(mpegflow_objstore::embedded::serve(
         listener,
