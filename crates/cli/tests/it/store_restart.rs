@@ -179,12 +179,61 @@ async fn a_stalled_put_is_cut_off_and_frees_its_key() {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
 
+    // A client that goes away mid-body: its PUT ends, and the key is free again.
+    let key_gone = "orgs/o/jobs/j/attempts/1/out/gone.mp4";
+    let gone = p.put(key_gone, Duration::from_secs(600), &spec).unwrap();
+    let gone_headers: Vec<(String, String)> = gone
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    {
+        let u: reqwest::Url = gone.url.parse().unwrap();
+        let addr = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap());
+        let mut req = format!(
+            "PUT {}?{} HTTP/1.1\r\nhost: {addr}\r\n",
+            u.path(),
+            u.query().unwrap()
+        );
+        for (k, v) in &gone_headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(&body[..body.len() / 2]).await.unwrap();
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let status = eventually(
+        "the abandoned PUT's key is free",
+        Duration::from_secs(30),
+        || {
+            let mut req = http.put(&gone.url).body(body.clone());
+            for (k, v) in &gone.headers {
+                req = req.header(k, v);
+            }
+            async move {
+                let s = req.send().await.unwrap().status();
+                // 409 while the abandoned PUT still holds the key.
+                (s != 409).then_some(s)
+            }
+        },
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+
     let answer = stalled_put(&put.url, &headers, &body).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("RequestTimeout"), "{answer}");
 
-    // Nothing was stored, and the key is free: the same URL now stores the whole body.
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // Nothing was stored (no partial file left either), and the key is free: the same URL
+    // now stores the whole body.
+    let partial: Vec<_> = std::fs::read_dir(&cfg.root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp."))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
     let get = p.get(key, Duration::from_secs(600)).url;
     assert_eq!(http.get(&get).send().await.unwrap().status(), 404);
     let mut req = http.put(&put.url).body(body.clone());
