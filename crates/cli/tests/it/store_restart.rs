@@ -7,6 +7,8 @@ use mpegflow::platform::{Platform, PlatformConfig, EMBEDDED_KEY_FILE};
 use mpegflow_objstore::embedded::EmbeddedConfig;
 use mpegflow_objstore::{Presigner, PutSpec, S3Config};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -245,4 +247,137 @@ async fn a_stalled_put_is_cut_off_and_frees_its_key() {
     let got = http.get(&get).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(got.to_vec(), body);
     store.abort();
+}
+
+/// A TCP proxy in front of a store that answers the first request whose (lowercased) request
+/// line starts with `method` and contains `path_part` with 403 (as a store answers a URL signed
+/// with a key it no longer has) and passes everything else on.
+/// Each request gets a connection of its own (`connection: close` is added), so each is seen.
+async fn refusing_proxy(
+    upstream: String,
+    method: &'static str,
+    path_part: &'static str,
+) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (upstream, refused) = (upstream.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 8192];
+                let end = loop {
+                    if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                let line_end = text.find("\r\n").unwrap();
+                let hit = text.starts_with(method) && text[..line_end].contains(path_part);
+                if hit
+                    && refused
+                        .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    // Read the body first, so the client reads the answer, not a reset.
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    let mut left = length.saturating_sub(head.len() - end);
+                    while left > 0 {
+                        match client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => left = left.saturating_sub(n),
+                        }
+                    }
+                    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>refused by the test proxy</Message></Error>";
+                    let resp = format!(
+                        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(resp.as_bytes()).await;
+                    let _ = client.shutdown().await;
+                    return;
+                }
+                head.splice(line_end + 2..line_end + 2, *b"connection: close\r\n");
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                if up.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), refused)
+}
+
+/// Runs one job through a platform whose store is behind [`refusing_proxy`]: it succeeds on its
+/// first attempt, the proxy having refused one request.
+async fn one_job_behind_a_refusing_proxy(method: &'static str, path_part: &'static str) {
+    let dir = tempdir::TempDir::new("mpegflow-reask");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    let store_cfg = EmbeddedConfig::new(dir.path().join("s3"), "media", "AKREASK", "reask-secret");
+    let store = tokio::spawn(mpegflow_objstore::embedded::serve(
+        listener,
+        store_cfg.clone(),
+        std::future::pending(),
+    ));
+    let (endpoint, refused) = refusing_proxy(upstream, method, path_part).await;
+    let cfg = PlatformConfig {
+        s3: Some(S3Config {
+            endpoint,
+            region: "us-east-1".into(),
+            bucket: store_cfg.bucket.clone(),
+            path_style: true,
+            access_key: store_cfg.access_key.clone(),
+            secret_key: store_cfg.secret_key.clone(),
+        }),
+        workers: 1,
+        ..config(
+            &dir.path().join("data"),
+            &fresh_database().await,
+            "127.0.0.1:0",
+        )
+    };
+    let platform = Platform::start(cfg).await.expect("platform starts");
+    let (_, key) = platform.store().create_org("acme").await.unwrap();
+    let client = mpegflow::client::ApiClient::new(&platform.api_url, key.expose());
+    let input = clip(dir.path(), "in.mp4", 1, "160x120").await;
+    let job = run_job(
+        &client,
+        &input,
+        &[("out", "out.mp4")],
+        "-i {{in}} -c copy {{out}}",
+    )
+    .await;
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        1,
+        "the proxy refused one {method} of {path_part}"
+    );
+    assert_eq!(job.state, mpegflow_api::JobState::Succeeded, "{job:#?}");
+    assert_eq!(
+        job.attempts, 1,
+        "no attempt spent on the 403 of a {method}: {job:#?}"
+    );
+    platform.stop(Duration::from_secs(5)).await;
+    store.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refused_with_403_asks_for_fresh_urls_once() {
+    // An output's upload: fresh upload URLs (same pins) are asked for once.
+    one_job_behind_a_refusing_proxy("put ", "/attempts/").await;
+    // An input's download: fresh input URLs come with the next heartbeat.
+    one_job_behind_a_refusing_proxy("get ", "/assets/").await;
 }
