@@ -42,6 +42,8 @@ pub struct PlatformConfig {
     pub control: ControlConfig,
     /// Tune the private cluster for tests (no fsync).
     pub pg_for_tests: bool,
+    /// The embedded store cuts off a request body that sends no byte for this long.
+    pub s3_body_idle_timeout_secs: u64,
 }
 
 impl Default for PlatformConfig {
@@ -61,6 +63,8 @@ impl Default for PlatformConfig {
             worker_bin: None,
             control: ControlConfig::default(),
             pg_for_tests: false,
+            s3_body_idle_timeout_secs: mpegflow_objstore::embedded::DEFAULT_BODY_IDLE_TIMEOUT
+                .as_secs(),
         }
     }
 }
@@ -87,6 +91,13 @@ impl PlatformConfig {
         }
         if let Some(v) = env("MPEGFLOW_S3_ADDR") {
             cfg.s3_addr = v;
+        }
+        if let Some(v) = env("MPEGFLOW_S3_BODY_IDLE_TIMEOUT") {
+            cfg.s3_body_idle_timeout_secs = v
+                .parse()
+                .ok()
+                .filter(|&s| s > 0)
+                .context("MPEGFLOW_S3_BODY_IDLE_TIMEOUT must be a number of seconds above 0")?;
         }
         if let Some(v) = env("MPEGFLOW_WORKERS") {
             cfg.workers = v.parse().context("MPEGFLOW_WORKERS must be a number")?;
@@ -177,6 +188,107 @@ fn random_hex(n: usize) -> String {
     (0..n)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
+}
+
+/// The file, in the data directory, holding the embedded store's key pair.
+pub const EMBEDDED_KEY_FILE: &str = "s3.key";
+
+/// The embedded store's key pair, as kept in [`EMBEDDED_KEY_FILE`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddedKey {
+    access_key: String,
+    secret_key: String,
+}
+
+impl std::fmt::Debug for EmbeddedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedKey")
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedKey {
+    fn generate() -> Self {
+        EmbeddedKey {
+            access_key: format!("MF{}", random_hex(8)),
+            secret_key: random_hex(32),
+        }
+    }
+
+    fn is_well_formed(&self) -> bool {
+        let hex = |s: &str, n: usize| {
+            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        self.access_key
+            .strip_prefix("MF")
+            .is_some_and(|h| hex(h, 16))
+            && hex(&self.secret_key, 64)
+    }
+}
+
+/// The embedded store's key pair: read from `path`, or made and written there (mode 0600) on
+/// the first start, so URLs signed before a restart stay valid after it. A file others could
+/// read, or that is not ours, not a regular file or not a key file, fails the start naming it:
+/// its key may have been copied (fixing the mode would not undo that) or the file is not
+/// what `up` wrote.
+fn embedded_key(path: &Path) -> Result<EmbeddedKey> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let remedy = "remove it to make a new key (URLs signed with the old one then answer 403)";
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = EmbeddedKey::generate();
+            crate::write_private(path, &toml::to_string(&key)?)
+                .with_context(|| format!("writing the object store's key to {}", path.display()))?;
+            return Ok(key);
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            bail!(
+                "{} is a symbolic link, not the object store's key file; {remedy}",
+                path.display()
+            )
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("reading the object store's key {}", path.display()))
+        }
+    };
+    let meta = file.metadata()?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() || meta.uid() != me {
+        bail!(
+            "{} is not a regular file owned by uid {me}, so not the object store's key file; {remedy}",
+            path.display()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "the object store's key file {} is readable or writable by others (mode {:04o}, must be 0600):              its key may have been copied; {remedy}",
+            path.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    let mut text = String::new();
+    (&mut file)
+        .take(4096)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading the object store's key {}", path.display()))?;
+    match toml::from_str::<EmbeddedKey>(&text) {
+        Ok(key) if key.is_well_formed() => Ok(key),
+        // The parser's message could quote the file: say only where it is.
+        _ => bail!(
+            "{} is not a valid object store key file; {remedy}",
+            path.display()
+        ),
+    }
 }
 
 /// The worker binary: next to this executable (or its parent, for test binaries in deps/).
@@ -344,11 +456,15 @@ impl Platform {
                     )
                 })?;
                 let endpoint = format!("http://{}", listener.local_addr()?);
+                let key = embedded_key(&data_dir.join(EMBEDDED_KEY_FILE))?;
                 let embedded = EmbeddedConfig {
                     root: data_dir.join("s3"),
                     bucket: "mpegflow".into(),
-                    access_key: format!("MF{}", random_hex(8)),
-                    secret_key: random_hex(32),
+                    access_key: key.access_key,
+                    secret_key: key.secret_key,
+                    body_idle_timeout: std::time::Duration::from_secs(
+                        cfg.s3_body_idle_timeout_secs.max(1),
+                    ),
                 };
                 let s3 = S3Config {
                     endpoint,
@@ -358,15 +474,16 @@ impl Platform {
                     access_key: embedded.access_key.clone(),
                     secret_key: embedded.secret_key.clone(),
                 };
-                mpegflow_objstore::embedded::prepare(&embedded)?;
+                let opened = mpegflow_objstore::embedded::open(embedded.clone())
+                    .context("opening the embedded object store")?;
                 // Objects an earlier version's probe left behind.
                 remove_embedded_probe_objects(&embedded);
                 let stop = parts.shutdown.clone();
-                let serve_cfg = embedded.clone();
                 parts.tasks.push(tokio::spawn(async move {
-                    if let Err(e) = mpegflow_objstore::embedded::serve(
+                    if let Err(e) = mpegflow_objstore::embedded::serve_open(
                         listener,
-                        serve_cfg,
+                        opened,
+                        Default::default(),
                         stop.cancelled_owned(),
                     )
                     .await

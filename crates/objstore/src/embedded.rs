@@ -32,6 +32,14 @@
 //! a mismatch ends the body with an error, so `s3s-fs` never moves the upload into place.
 //! (s3s-fs 0.14.1 itself compares the checksum only *after* renaming the file into place, so a
 //! wrong body would be stored and merely answered with an error.)
+//!
+//! A request body that sends no byte for [`EmbeddedConfig::body_idle_timeout`] is cut off
+//! ([`IdleBody`]): the PUT fails (400 `RequestTimeout`, as S3 answers), its temporary file is
+//! dropped and its key's write lock released. A client that went away mid-body is logged at
+//! debug: neither is the store's failure.
+//!
+//! [`open`] takes an exclusive lock on the store directory (`flock` on `.lock` in it): two
+//! processes never serve, or clean up, one directory.
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -46,7 +54,7 @@ use s3s::{S3Request, S3Response, S3Result, S3};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,13 +77,43 @@ const SIGV4_PARAMS: &[&str] = &[
     "x-amz-security-token",
 ];
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EmbeddedConfig {
     /// Directory holding the bucket directory. Created with mode 0700.
     pub root: PathBuf,
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
+    /// A request body that sends no byte for this long is cut off.
+    pub body_idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for EmbeddedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedConfig")
+            .field("root", &self.root)
+            .field("bucket", &self.bucket)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("body_idle_timeout", &self.body_idle_timeout)
+            .finish()
+    }
+}
+
+/// The default of [`EmbeddedConfig::body_idle_timeout`].
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl EmbeddedConfig {
+    /// A store on `root` serving `bucket` for one key pair, with the default timeouts.
+    pub fn new(root: PathBuf, bucket: &str, access_key: &str, secret_key: &str) -> Self {
+        EmbeddedConfig {
+            root,
+            bucket: bucket.to_owned(),
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -389,6 +427,96 @@ where
     }
 }
 
+/// How a request body ended early, if it did.
+#[derive(Debug, Default)]
+pub struct BodyFault(Mutex<Option<BodyFaultKind>>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFaultKind {
+    /// No byte arrived for the idle timeout.
+    Stalled,
+    /// The client's connection failed or closed before the body's end.
+    ClientGone,
+}
+
+impl BodyFault {
+    fn set(&self, kind: BodyFaultKind) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert(kind);
+    }
+
+    pub fn get(&self) -> Option<BodyFaultKind> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A request body that fails once no byte has arrived for `timeout`, and records why it ended
+/// early (a stall or a client gone) in `fault`.
+pub struct IdleBody<B> {
+    inner: B,
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    fault: Arc<BodyFault>,
+}
+
+impl<B> IdleBody<B> {
+    pub fn new(inner: B, timeout: Duration, fault: Arc<BodyFault>) -> Self {
+        IdleBody {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            fault,
+        }
+    }
+}
+
+impl<B> http_body::Body for IdleBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.fault.set(BodyFaultKind::ClientGone);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.fault.set(BodyFaultKind::Stalled);
+                    Poll::Ready(Some(Err(format!(
+                        "no byte of the request body for {:?}",
+                        this.timeout
+                    )
+                    .into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The signed SHA-256 a PUT declares, if any; `Err` when the header is not a SHA-256.
 fn declared_sha256<B>(req: &Request<B>) -> Result<Option<[u8; 32]>, Refusal> {
     let Some(v) = req.headers().get("x-amz-checksum-sha256") else {
@@ -460,6 +588,7 @@ struct Guarded {
     inner: S3Service,
     bucket: String,
     options: GuardOptions,
+    body_idle_timeout: Duration,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Guarded {
@@ -473,12 +602,24 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
             return Box::pin(std::future::ready(Ok(refuse(&r))));
         }
         let mismatch = Arc::new(AtomicBool::new(false));
+        let fault = Arc::new(BodyFault::default());
+        let idle = self.body_idle_timeout;
         let req = match declared_sha256(&req) {
             Ok(Some(expected))
                 if req.method() == Method::PUT && self.options.verify_checksum_while_streaming =>
             {
-                let flag = mismatch.clone();
-                req.map(|b| s3s::Body::http_body_unsync(VerifiedBody::new(b, expected, flag)))
+                let (flag, fault) = (mismatch.clone(), fault.clone());
+                req.map(|b| {
+                    s3s::Body::http_body_unsync(VerifiedBody::new(
+                        IdleBody::new(b, idle, fault),
+                        expected,
+                        flag,
+                    ))
+                })
+            }
+            Ok(_) if req.method() == Method::PUT => {
+                let fault = fault.clone();
+                req.map(|b| s3s::Body::http_body_unsync(IdleBody::new(b, idle, fault)))
             }
             Ok(_) => req.map(s3s::Body::from),
             Err(r) => return Box::pin(std::future::ready(Ok(refuse(&r)))),
@@ -492,6 +633,15 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
                     http::header::X_CONTENT_TYPE_OPTIONS,
                     http::HeaderValue::from_static("nosniff"),
                 );
+            }
+            if let Some(kind) = fault.get() {
+                // Not the store's failure: the upload is dropped, its key free again.
+                tracing::debug!(%method, path, ?kind, "object store dropped an unfinished request body");
+                return Ok(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "RequestTimeout",
+                    "the request body was not received in time or its connection closed",
+                ));
             }
             if mismatch.load(Ordering::SeqCst) {
                 resp = Ok(error_response(
@@ -520,13 +670,64 @@ pub fn prepare(cfg: &EmbeddedConfig) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves the store on `listener` until `shutdown` resolves.
+/// The name of the lock file in the store directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// A prepared store directory, locked for this process while the value lives.
+pub struct OpenStore {
+    cfg: EmbeddedConfig,
+    _lock: std::fs::File,
+}
+
+impl OpenStore {
+    pub fn config(&self) -> &EmbeddedConfig {
+        &self.cfg
+    }
+}
+
+/// Prepares the store directory ([`prepare`]) and takes its lock: a second process (or a
+/// second store in this one) on the same directory is refused, naming it.
+pub fn open(cfg: EmbeddedConfig) -> std::io::Result<OpenStore> {
+    prepare(&cfg)?;
+    let lock = lock_dir(&cfg.root)?;
+    Ok(OpenStore { cfg, _lock: lock })
+}
+
+fn lock_dir(root: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = root.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "the object store directory {} is in use by another process (or another store); \
+                 two stores never share one directory ({e})",
+                root.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Serves the store on `listener` until `shutdown` resolves (opening it first: see [`open`]).
 pub async fn serve(
     listener: TcpListener,
     cfg: EmbeddedConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_with(listener, cfg, GuardOptions::default(), shutdown).await
+    serve_open(listener, open(cfg)?, GuardOptions::default(), shutdown).await
 }
 
 /// [`serve`] with some protections switched off: for tests of [`crate::probe`] only.
@@ -537,7 +738,17 @@ pub async fn serve_with(
     options: GuardOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    prepare(&cfg)?;
+    serve_open(listener, open(cfg)?, options, shutdown).await
+}
+
+/// Serves an opened store until `shutdown` resolves; its lock is released on return.
+pub async fn serve_open(
+    listener: TcpListener,
+    store: OpenStore,
+    options: GuardOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let cfg = &store.cfg;
     let fs =
         s3s_fs::FileSystem::new(&cfg.root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
     let mut builder = S3ServiceBuilder::new(WriteOnce {
@@ -553,6 +764,7 @@ pub async fn serve_with(
         inner: builder.build(),
         bucket: cfg.bucket.clone(),
         options,
+        body_idle_timeout: cfg.body_idle_timeout,
     };
 
     let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -584,6 +584,8 @@ impl Run<'_> {
         // they are half-way to expiry.
         let mut urls = self.upload_urls(client, &files).await?;
         let mut done = 0;
+        // Whether the current file's URL was already asked for again after a 403.
+        let mut reasked = false;
         while done < files.len() {
             if urls.refresh_at <= Instant::now() {
                 urls = self.upload_urls(client, &files[done..]).await?;
@@ -605,6 +607,15 @@ impl Run<'_> {
                 // Write-once: the object is already there, and the store only ever took the
                 // pinned bytes for it (an earlier try of ours went through).
                 Ok(()) | Err(transfer::TransferError::Status { status: 412, .. }) => {}
+                Err(e) if reask_after(&e, reasked) => {
+                    // Most likely URLs signed with a key the store no longer has (it was
+                    // restarted without its key) or expired early: ask again (idempotent,
+                    // same pins) once, then try this file again.
+                    tracing::warn!(path = %f.path, "upload refused, asking for fresh upload URLs: {e}");
+                    reasked = true;
+                    urls = self.upload_urls(client, &files[done..]).await?;
+                    continue;
+                }
                 Err(e) => {
                     return Err(JobFailure::new(
                         error_code::OUTPUT_UPLOAD_FAILED,
@@ -614,6 +625,7 @@ impl Run<'_> {
                 }
             }
             done += 1;
+            reasked = false;
         }
         self.stages.end();
         Ok(files)
@@ -1142,6 +1154,13 @@ fn classify_exit(exit: &Exit, stderr: &[u8], timeout: Duration) -> Result<(), Jo
     }
 }
 
+/// Whether an upload that failed with `e` is tried again with fresh URLs: a 403 (a URL the
+/// store no longer honours) once per file, whatever else (transient errors are the attempt's
+/// to retry) never.
+fn reask_after(e: &transfer::TransferError, reasked: bool) -> bool {
+    !reasked && matches!(e, transfer::TransferError::Status { status: 403, .. })
+}
+
 /// Upload URLs of some of a job's files, and when to ask for fresh ones.
 struct UploadUrls {
     by_path: HashMap<String, pb::UploadUrl>,
@@ -1178,6 +1197,23 @@ fn remove_job_dir(dir: &std::path::Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upload_refused_with_403_asks_for_fresh_urls_once() {
+        let status = |status| transfer::TransferError::Status {
+            status,
+            body: String::new(),
+        };
+        assert!(reask_after(&status(403), false));
+        assert!(!reask_after(&status(403), true), "once per file, then fail");
+        for other in [400, 404, 409, 500, 503] {
+            assert!(!reask_after(&status(other), false), "{other}");
+        }
+        assert!(!reask_after(
+            &transfer::TransferError::Mismatch("x".into()),
+            false
+        ));
+    }
 
     #[test]
     fn exits_map_to_error_codes() {

@@ -116,6 +116,7 @@ impl TestPlatform {
             worker_bin: None,
             control,
             pg_for_tests: true,
+            ..PlatformConfig::default()
         };
         let platform = Platform::start(cfg).await.expect("platform starts");
         TestPlatform { platform, dir }

@@ -25,5 +25,6 @@ mod results;
 mod running_limits;
 mod signals;
 mod store_attacks;
+mod store_restart;
 mod tokens;
 mod up;

@@ -527,6 +527,7 @@ async fn store(
         bucket: "probe-bucket".into(),
         access_key: "AKPROBE".into(),
         secret_key: "secret-probe-key".into(),
+        body_idle_timeout: mpegflow_objstore::embedded::DEFAULT_BODY_IDLE_TIMEOUT,
     };
     let presigner = Presigner::new(&S3Config {
         endpoint,

@@ -503,6 +503,7 @@ impl Store {
             bucket: bucket.into(),
             access_key: access_key.into(),
             secret_key: secret_key.into(),
+            body_idle_timeout: mpegflow_objstore::embedded::DEFAULT_BODY_IDLE_TIMEOUT,
         };
         let task = tokio::spawn(mpegflow_objstore::embedded::serve(
             listener,
