@@ -198,3 +198,31 @@ impl From<ControlError> for tonic::Status {
 }
 
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_503_with_retry_after_and_grpc_unavailable() {
+        let e = || ControlError::from(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        let resp = e().into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers().get(axum::http::header::RETRY_AFTER).unwrap(),
+            RETRY_AFTER_SECONDS
+        );
+        let status = tonic::Status::from(e());
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("database"), "{status:?}");
+    }
+
+    #[test]
+    fn other_database_errors_stay_internal() {
+        let e = ControlError::from(StoreError::Db(sqlx::Error::RowNotFound));
+        assert_eq!(
+            e.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

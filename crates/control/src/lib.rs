@@ -452,3 +452,58 @@ async fn housekeeping(state: &AppState, outage: &mut Outage) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Outage;
+    use mpegflow_store::StoreError;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_outage_logs_one_warning_and_one_line_when_it_ends() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut outage = Outage::default();
+            outage.reached();
+            for _ in 0..5 {
+                let down = StoreError::Unavailable(sqlx::Error::PoolTimedOut);
+                outage.unreachable(&down);
+                outage.report("asset expiry", &down);
+            }
+            outage.reached();
+            outage.reached();
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains("database unreachable"),
+            "{log}"
+        );
+        assert!(
+            lines[1].contains("INFO") && lines[1].contains("reachable again"),
+            "{log}"
+        );
+        assert!(!log.contains("ERROR"), "{log}");
+    }
+}

@@ -99,6 +99,9 @@ pub struct Store {
     token_policy: TokenPolicy,
     /// Set when a probe found the database unreachable; cleared by the next connection.
     down: Arc<AtomicBool>,
+    /// The last probe: when, and whether the server was reachable. Callers share one probe
+    /// at a time, so a saturated pool does not open a connection per waiting query.
+    probe: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
 }
 
 /// How long a query waits for a pooled connection before the database is probed.
@@ -112,8 +115,11 @@ pub struct Store {
 /// for a pooled connection, up to [`BUSY_WAIT`] in all as before. While the database is known
 /// to be down, queries probe first and do not wait on the pool at all.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest a probe connection may take to open.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a probe connection may take to open. A refused connection fails at once; this
+/// bounds a server that does not answer at all, and leaves room for a loaded one.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A probe's answer is reused this long by every query that needs one.
+const PROBE_REUSE: Duration = Duration::from_millis(250);
 /// Longest a query waits for a connection of a busy (but reachable) database.
 pub const BUSY_WAIT: Duration = Duration::from_secs(10);
 /// How long [`Store::connect`] waits for the server to accept connections (it may be starting).
@@ -173,6 +179,7 @@ impl Store {
             pool,
             token_policy: TokenPolicy::default(),
             down: Arc::default(),
+            probe: Arc::default(),
         })
     }
 
@@ -210,21 +217,30 @@ impl Store {
         Ok(Transaction::begin(conn, None).await?)
     }
 
-    /// Whether the server accepts a fresh connection within [`PROBE_TIMEOUT`].
+    /// Whether the server accepts a fresh connection within [`PROBE_TIMEOUT`] (or answers
+    /// that it has too many: busy, not down). One probe at a time; its answer is shared.
     async fn reachable(&self) -> bool {
-        let options = self.pool.connect_options();
-        match tokio::time::timeout(
-            PROBE_TIMEOUT,
-            sqlx::PgConnection::connect_with(&options),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => {
-                let _ = conn.close().await;
-                true
+        let mut last = self.probe.lock().await;
+        if let Some((at, reachable)) = *last {
+            if at.elapsed() < PROBE_REUSE {
+                return reachable;
             }
-            _ => false,
         }
+        let options = self.pool.connect_options();
+        let reachable =
+            match tokio::time::timeout(PROBE_TIMEOUT, sqlx::PgConnection::connect_with(&options))
+                .await
+            {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    true
+                }
+                // too_many_connections: the server is up and full.
+                Ok(Err(sqlx::Error::Database(d))) => d.code().as_deref() == Some("53300"),
+                _ => false,
+            };
+        *last = Some((Instant::now(), reachable));
+        reachable
     }
 
     /// Sets the limits worker tokens are held to (the control plane's configuration).
@@ -242,7 +258,9 @@ impl Store {
 
     /// Whether the database answers a query (readiness).
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.conn().await?)
+            .await?;
         Ok(())
     }
 }
