@@ -1,10 +1,11 @@
 //! A database outage: the platform runs on a PostgreSQL cluster of its own (the shared test
 //! cluster must stay up for the other tests), which the test stops and starts again.
 
-use crate::harness::{eventually, tempdir::TempDir, test_control_config};
+use crate::harness::{eventually, fingerprint, tempdir::TempDir, test_control_config};
 use mpegflow::pg::Cluster;
 use mpegflow::platform::{Platform, PlatformConfig};
 use mpegflow_api as api;
+use mpegflow_proto as pb;
 use std::time::{Duration, Instant};
 
 /// Stops the cluster when the test ends, panicking or not.
@@ -93,6 +94,26 @@ async fn database_outage_answers_503_fast_and_recovers() {
     .expect("platform starts");
     let (_, key) = platform.store().create_org("outage").await.unwrap();
     let key = key.expose().to_owned();
+    let (_, worker_token) = platform
+        .store()
+        .create_worker_token("default", "outage", mpegflow_store::TokenLimits::default())
+        .await
+        .unwrap();
+    let mut coordinator = pb::CoordinatorClient::connect(platform.coordinator_url.clone())
+        .await
+        .unwrap();
+    let register = || {
+        let mut r = tonic::Request::new(pb::RegisterWorkerRequest {
+            hostname: "outage".into(),
+            fingerprint: Some(fingerprint()),
+            ..Default::default()
+        });
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", worker_token.expose()).parse().unwrap(),
+        );
+        r
+    };
     let base = platform.api_url.clone();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let jobs = format!("{base}/v1/jobs");
@@ -121,6 +142,13 @@ async fn database_outage_answers_503_fast_and_recovers() {
             a.took
         );
     }
+    // Workers retry UNAVAILABLE; INTERNAL would end their call.
+    let refused = coordinator
+        .register_worker(register())
+        .await
+        .expect_err("no registration without the database");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("database"), "{refused:?}");
     let health = get(&http, &format!("{base}/healthz"), None).await;
     assert_eq!(
         health.status, 200,
@@ -155,6 +183,10 @@ async fn database_outage_answers_503_fast_and_recovers() {
     assert_eq!(after.status, 200, "{}", after.body);
     let list: api::JobList = serde_json::from_str(&after.body).unwrap();
     assert!(list.jobs.is_empty());
+    coordinator
+        .register_worker(register())
+        .await
+        .expect("a worker registers once the database is back");
 
     platform.stop(Duration::from_secs(5)).await;
     tokio::task::block_in_place(|| drop(cluster));
