@@ -60,11 +60,11 @@ pub struct Problem {
     pub argument: Option<String>,
 }
 
-/// `GET /healthz`.
+/// `GET /healthz` (liveness) and `GET /readyz` (readiness).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
-    /// Always `ok` (an unhealthy control plane answers 503 with a problem).
+    /// Always `ok` (a control plane that is not ready answers `/readyz` with 503 and a problem).
     pub status: String,
 }
 

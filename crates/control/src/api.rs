@@ -24,6 +24,7 @@ use uuid::Uuid;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/assets", post(create_asset).get(list_assets))
@@ -57,7 +58,7 @@ pub fn router(state: AppState) -> Router {
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
-        healthz, create_asset, list_assets, get_asset, delete_asset, complete_asset,
+        healthz, readyz, create_asset, list_assets, get_asset, delete_asset, complete_asset,
         download_asset, submit_job, validate_job, list_jobs, get_job, cancel_job,
         attempt_stderr, list_pools
     ),
@@ -67,7 +68,7 @@ pub fn router(state: AppState) -> Router {
         (name = "assets", description = "Uploaded inputs and produced outputs"),
         (name = "jobs", description = "FFmpeg jobs"),
         (name = "pools", description = "Where jobs run"),
-        (name = "health", description = "Liveness"),
+        (name = "health", description = "Liveness and readiness"),
     )
 )]
 pub struct ApiDoc;
@@ -159,9 +160,24 @@ enum Errors {
     /// A limit on the caller was reached; retry later.
     #[response(status = 429, content_type = "application/problem+json")]
     TooManyRequests(api::Problem),
-    /// The database or the object store is unreachable; retry later.
-    #[response(status = 503, content_type = "application/problem+json")]
+    /// The database (`code` `database_unavailable`) or the object store is unreachable;
+    /// retry after `Retry-After` seconds.
+    #[response(status = 503, content_type = "application/problem+json",
+        headers(("Retry-After" = String, description = "Seconds to wait before retrying")))]
     Unavailable(api::Problem),
+}
+
+/// The answers of `/readyz`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Readiness {
+    /// Ready: the database answers.
+    #[response(status = 200)]
+    Ready(api::Health),
+    /// Not ready: the database is unreachable (`code` `database_unavailable`).
+    #[response(status = 503, content_type = "application/problem+json",
+        headers(("Retry-After" = String, description = "Seconds to wait before retrying")))]
+    NotReady(api::Problem),
 }
 
 // ---------------------------------------------------------------- request parsing
@@ -299,11 +315,20 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Whether the control plane and its database answer.
+/// Liveness: the control plane answers. It does not touch the database, so it stays up (and
+/// the process is not restarted) through a database outage; see `/readyz`.
 #[utoipa::path(get, path = "/healthz", tag = "health",
-    responses((status = 200, body = api::Health),
-        (status = 503, body = api::Problem, content_type = "application/problem+json")))]
-async fn healthz(State(state): State<AppState>) -> Result<Json<api::Health>> {
+    responses((status = 200, body = api::Health)))]
+async fn healthz() -> Json<api::Health> {
+    Json(api::Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the control plane can serve requests, i.e. its database answers. While the
+/// database is unreachable it answers 503 `database_unavailable` within about a second.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(Readiness))]
+async fn readyz(State(state): State<AppState>) -> Result<Json<api::Health>> {
     state.store.ping().await?;
     Ok(Json(api::Health {
         status: "ok".into(),

@@ -6,6 +6,10 @@ use axum::response::{IntoResponse, Response};
 use mpegflow_domain::command::CommandError;
 use mpegflow_store::StoreError;
 
+/// `Retry-After` of every 503: a database outage is detected within about a second, and
+/// clients should not hammer a recovering server.
+pub const RETRY_AFTER_SECONDS: &str = "2";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Missing, malformed, wrong-kind, unknown or revoked credential.
@@ -30,6 +34,9 @@ pub enum ControlError {
     LeaseLost(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The database cannot be reached (or is saturated); retry later.
+    #[error("the database is unavailable; retry later")]
+    DatabaseUnavailable(String),
     /// The request body is larger than this endpoint accepts.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -68,6 +75,7 @@ impl From<StoreError> for ControlError {
             StoreError::UnstorableText => {
                 ControlError::invalid("invalid_text", "text must not contain NUL characters")
             }
+            StoreError::Unavailable(e) => ControlError::DatabaseUnavailable(e.to_string()),
             StoreError::Db(e) => ControlError::Internal(e.to_string()),
             StoreError::Migrate(e) => ControlError::Internal(e.to_string()),
         }
@@ -94,6 +102,9 @@ impl ControlError {
             ControlError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ControlError::LeaseLost(_) => (StatusCode::CONFLICT, "lease_lost"),
             ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ControlError::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
             ControlError::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
@@ -114,8 +125,14 @@ impl ControlError {
 impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let ControlError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+        match &self {
+            ControlError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            // One line per request at debug: an outage is reported once by the background
+            // tasks, not once per refused call.
+            ControlError::DatabaseUnavailable(detail) => {
+                tracing::debug!(%detail, "database unavailable")
+            }
+            _ => {}
         }
         let argument = match &self {
             ControlError::Invalid { argument, .. } => argument.clone(),
@@ -135,6 +152,12 @@ impl IntoResponse for ControlError {
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -160,6 +183,11 @@ impl From<ControlError> for tonic::Status {
                 Status::failed_precondition(e.to_string())
             }
             ControlError::Unavailable(_) => Status::unavailable(e.to_string()),
+            // Workers retry UNAVAILABLE with backoff.
+            ControlError::DatabaseUnavailable(detail) => {
+                tracing::debug!(%detail, "database unavailable");
+                Status::unavailable(e.to_string())
+            }
             ControlError::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
             ControlError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
@@ -170,3 +198,31 @@ impl From<ControlError> for tonic::Status {
 }
 
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_503_with_retry_after_and_grpc_unavailable() {
+        let e = || ControlError::from(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        let resp = e().into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers().get(axum::http::header::RETRY_AFTER).unwrap(),
+            RETRY_AFTER_SECONDS
+        );
+        let status = tonic::Status::from(e());
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("database"), "{status:?}");
+    }
+
+    #[test]
+    fn other_database_errors_stay_internal() {
+        let e = ControlError::from(StoreError::Db(sqlx::Error::RowNotFound));
+        assert_eq!(
+            e.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

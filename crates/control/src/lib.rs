@@ -355,6 +355,7 @@ pub async fn run(
 
 async fn reap_loop(state: AppState, shutdown: CancellationToken) {
     let interval = Duration::from_millis(state.config.reaper_interval_ms.max(100));
+    let mut outage = Outage::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -366,6 +367,7 @@ async fn reap_loop(state: AppState, shutdown: CancellationToken) {
             .await
         {
             Ok(reaped) => {
+                outage.reached();
                 for (job_id, new_state) in &reaped {
                     tracing::warn!(%job_id, %new_state, "lease expired");
                 }
@@ -374,14 +376,53 @@ async fn reap_loop(state: AppState, shutdown: CancellationToken) {
                     state.job_changed.notify_waiters();
                 }
             }
+            Err(e) if e.is_unavailable() => {
+                outage.unreachable(&e);
+                // Housekeeping would only meet the same outage.
+                continue;
+            }
             Err(e) => tracing::error!("reaper: {e}"),
         }
-        housekeeping(&state).await;
+        housekeeping(&state, &mut outage).await;
+    }
+}
+
+/// A database outage as the background tasks see it: one WARN when it starts, one INFO when
+/// it ends, nothing per tick in between.
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+}
+
+impl Outage {
+    fn unreachable(&mut self, e: &mpegflow_store::StoreError) {
+        if self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+            tracing::warn!("database unreachable, background tasks pause until it is back: {e}");
+        }
+    }
+
+    fn reached(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                outage_seconds = since.elapsed().as_secs_f64(),
+                "database reachable again, background tasks resume"
+            );
+        }
+    }
+
+    /// Logs `e` as an outage or, when it is another failure, as an error of `what`.
+    fn report(&mut self, what: &str, e: &mpegflow_store::StoreError) {
+        if e.is_unavailable() {
+            self.unreachable(e);
+        } else {
+            tracing::error!("{what}: {e}");
+        }
     }
 }
 
 /// Removes uploads that expired unused and deletes objects whose deletion is due.
-async fn housekeeping(state: &AppState) {
+async fn housekeeping(state: &AppState, outage: &mut Outage) {
     match state
         .store
         .expire_assets(state.config.object_free_at(), 100)
@@ -389,12 +430,12 @@ async fn housekeeping(state: &AppState) {
     {
         Ok(0) => {}
         Ok(n) => tracing::info!(assets = n, "unused uploads expired"),
-        Err(e) => tracing::error!("asset expiry: {e}"),
+        Err(e) => outage.report("asset expiry", &e),
     }
     let due = match state.store.due_object_deletions(20).await {
         Ok(due) => due,
         Err(e) => {
-            tracing::error!("object deletions: {e}");
+            outage.report("object deletions", &e);
             return;
         }
     };
@@ -407,7 +448,62 @@ async fn housekeeping(state: &AppState) {
             }
         };
         if let Err(e) = outcome {
-            tracing::error!("object deletions: {e}");
+            outage.report("object deletions", &e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outage;
+    use mpegflow_store::StoreError;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_outage_logs_one_warning_and_one_line_when_it_ends() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut outage = Outage::default();
+            outage.reached();
+            for _ in 0..5 {
+                let down = StoreError::Unavailable(sqlx::Error::PoolTimedOut);
+                outage.unreachable(&down);
+                outage.report("asset expiry", &down);
+            }
+            outage.reached();
+            outage.reached();
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains("database unreachable"),
+            "{log}"
+        );
+        assert!(
+            lines[1].contains("INFO") && lines[1].contains("reachable again"),
+            "{log}"
+        );
+        assert!(!log.contains("ERROR"), "{log}");
     }
 }

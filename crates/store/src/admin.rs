@@ -80,7 +80,7 @@ fn admin(
 impl Store {
     /// Creates an org and its first API key. The key is returned once and stored only as a hash.
     pub async fn create_org(&self, name: &str) -> Result<(Uuid, Secret)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let org_id = Uuid::now_v7();
         sqlx::query("INSERT INTO orgs (id, name) VALUES ($1, $2)")
             .bind(org_id)
@@ -106,7 +106,7 @@ impl Store {
     pub async fn org_by_name(&self, name: &str) -> Result<Uuid> {
         sqlx::query_scalar("SELECT id FROM orgs WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .ok_or(StoreError::NotFound)
     }
@@ -116,7 +116,7 @@ impl Store {
         match Uuid::parse_str(id_or_name) {
             Ok(id) => sqlx::query_scalar("SELECT id FROM orgs WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
                 .ok_or(StoreError::NotFound),
             Err(_) => self.org_by_name(id_or_name).await,
@@ -124,14 +124,14 @@ impl Store {
     }
 
     pub async fn create_api_key(&self, org_id: Uuid, label: &str) -> Result<(Uuid, Secret)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let key = create_api_key_tx(&mut tx, org_id, label).await?;
         tx.commit().await?;
         Ok(key)
     }
 
     pub async fn revoke_api_key(&self, key_id: Uuid) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let org: Option<Uuid> =
             sqlx::query_scalar("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING org_id")
                 .bind(key_id)
@@ -154,13 +154,13 @@ impl Store {
                 "SELECT org_id, id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
             )
             .bind(hash.as_bytes())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?,
         )
     }
 
     pub async fn create_pool(&self, name: &str, org_id: Option<Uuid>) -> Result<Pool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let id = Uuid::now_v7();
         sqlx::query("INSERT INTO pools (id, name, org_id) VALUES ($1, $2, $3)")
             .bind(id)
@@ -190,7 +190,7 @@ impl Store {
     pub async fn pool_by_name(&self, name: &str) -> Result<Pool> {
         sqlx::query_as("SELECT id, name, org_id FROM pools WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .ok_or(StoreError::NotFound)
     }
@@ -198,7 +198,7 @@ impl Store {
     pub async fn pool_name(&self, id: Uuid) -> Result<String> {
         sqlx::query_scalar("SELECT name FROM pools WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .ok_or(StoreError::NotFound)
     }
@@ -211,7 +211,7 @@ impl Store {
         let rows: Vec<(Uuid, String)> =
             sqlx::query_as("SELECT id, name FROM pools WHERE id = ANY($1)")
                 .bind(ids)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?;
         Ok(rows.into_iter().collect())
     }
@@ -227,7 +227,7 @@ impl Store {
         )
         .bind(org_id)
         .bind(self.token_policy.worker_ttl.as_secs_f64())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -254,7 +254,7 @@ impl Store {
         let pool = self.pool_by_name(pool_name).await?;
         let secret = Secret::generate(TokenKind::WorkerToken);
         let id = Uuid::now_v7();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO worker_tokens (id, pool_id, label, hash, max_workers, leases_per_minute) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -309,7 +309,7 @@ impl Store {
         update: &'static str,
         action: &'static str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let n = sqlx::query(update)
             .bind(token_id)
             .execute(&mut *tx)
@@ -338,7 +338,7 @@ impl Store {
              WHERE t.hash = $1 AND t.revoked_at IS NULL",
         )
         .bind(hash.as_bytes())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?)
     }
 }

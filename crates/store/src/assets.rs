@@ -60,7 +60,7 @@ impl Store {
         .bind(a.declared_size)
         .bind(a.declared_sha256)
         .bind(a.expires_at)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -70,7 +70,7 @@ impl Store {
         sqlx::query_as("SELECT * FROM assets WHERE id = $1 AND org_id = $2")
             .bind(id)
             .bind(org_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .ok_or(StoreError::NotFound)
     }
@@ -80,7 +80,7 @@ impl Store {
             sqlx::query_as("SELECT * FROM assets WHERE id = ANY($1) AND org_id = $2")
                 .bind(ids)
                 .bind(org_id)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?,
         )
     }
@@ -103,7 +103,7 @@ impl Store {
         .bind(org_id)
         .bind(size)
         .bind(sha256)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         match updated {
             Some(a) => Ok(a),
@@ -125,7 +125,7 @@ impl Store {
         .bind(org_id)
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -140,7 +140,7 @@ impl Store {
         actor: String,
         object_free_at: OffsetDateTime,
     ) -> Result<Deletion> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let asset: Asset =
             sqlx::query_as("SELECT * FROM assets WHERE id = $1 AND org_id = $2 FOR UPDATE")
                 .bind(id)
@@ -168,7 +168,7 @@ impl Store {
     /// Removes up to `limit` uploads whose expiry passed without a job using them; answers how
     /// many.
     pub async fn expire_assets(&self, object_free_at: OffsetDateTime, limit: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let expired: Vec<Asset> = sqlx::query_as(
             "SELECT * FROM assets WHERE expires_at < now() ORDER BY expires_at LIMIT $1
              FOR UPDATE SKIP LOCKED",
@@ -197,7 +197,7 @@ impl Store {
              ORDER BY not_before LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -205,7 +205,7 @@ impl Store {
     pub async fn object_deleted(&self, key: &str) -> Result<()> {
         sqlx::query("DELETE FROM object_deletions WHERE object_key = $1")
             .bind(key)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -218,7 +218,7 @@ impl Store {
              WHERE object_key = $1",
         )
         .bind(key)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }

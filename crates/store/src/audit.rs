@@ -69,12 +69,12 @@ pub struct AuditRow {
 
 impl Store {
     pub async fn audit(&self, e: &AuditEntry<'_>) -> Result<()> {
-        insert_audit(&self.pool, e).await
+        insert_audit(&mut *self.conn().await?, e).await
     }
 
     /// Several audit lines in one round trip (presigns come in batches).
     pub async fn audit_many(&self, entries: &[AuditEntry<'_>]) -> Result<()> {
-        insert_audits(&self.pool, entries).await
+        insert_audits(&mut *self.conn().await?, entries).await
     }
 
     /// The audit trail of one job, oldest first.
@@ -82,7 +82,7 @@ impl Store {
         Ok(
             sqlx::query_as("SELECT * FROM audit_logs WHERE job_id = $1 ORDER BY id")
                 .bind(job_id)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?,
         )
     }

@@ -42,7 +42,7 @@ impl Store {
         files: &[UploadGrant],
         limits: GrantLimits,
     ) -> Result<GrantResult> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Locks the job row: grants and the attempt's report are serialised.
         let attempt: Option<i32> = sqlx::query_scalar(
             "SELECT attempts FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state = 'running' FOR UPDATE",
@@ -123,7 +123,7 @@ impl Store {
 
     /// Everything granted to one attempt, by path.
     pub async fn upload_grants(&self, job_id: Uuid, attempt: i32) -> Result<Vec<UploadGrant>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         grants_of(&mut conn, job_id, attempt).await
     }
 }

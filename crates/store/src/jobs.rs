@@ -204,7 +204,7 @@ fn to_offset(t: SystemTime) -> OffsetDateTime {
 
 impl Store {
     pub async fn submit_job(&self, new: NewJob) -> Result<Submitted> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // The inputs cannot be deleted under the submission (deletion locks them FOR UPDATE
         // and then looks for queued jobs that read them).
         let mut wanted = new.input_assets.clone();
@@ -286,7 +286,7 @@ impl Store {
             sqlx::query_as("SELECT * FROM jobs WHERE org_id = $1 AND idempotency_key = $2")
                 .bind(org_id)
                 .bind(key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?,
         )
     }
@@ -295,7 +295,7 @@ impl Store {
         sqlx::query_as("SELECT * FROM jobs WHERE id = $1 AND org_id = $2")
             .bind(id)
             .bind(org_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .ok_or(StoreError::NotFound)
     }
@@ -316,7 +316,7 @@ impl Store {
         .bind(state.map(JobState::as_str))
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -327,7 +327,7 @@ impl Store {
              FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
         )
         .bind(job_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -338,13 +338,13 @@ impl Store {
         )
         .bind(job_id)
         .bind(attempt)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?
         .flatten())
     }
 
     pub async fn cancel_job(&self, org_id: Uuid, id: Uuid, actor: String) -> Result<Job> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let job: Job =
             sqlx::query_as("SELECT * FROM jobs WHERE id = $1 AND org_id = $2 FOR UPDATE")
                 .bind(id)
@@ -397,7 +397,7 @@ impl Store {
             "SELECT id FROM jobs WHERE lease_worker_id = $1 AND state = 'running' LIMIT 1",
         )
         .bind(worker_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?)
     }
 
@@ -422,7 +422,7 @@ impl Store {
         let token = claimant.token;
         let worker_id = claimant.worker_id;
         let db = |e: sqlx::Error| E::from(StoreError::from(e));
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.begin().await.map_err(E::from)?;
         // One job at a time per worker: claims of one worker are serialised on its row (concurrent
         // long-polls of one registration would otherwise each take a job), and a worker that
         // still holds a lease gets nothing more.
@@ -593,7 +593,7 @@ impl Store {
         .bind(lease_ref.job_id)
         .bind(lease_ref.worker_id)
         .bind(lease_ref.fencing_token)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?)
     }
 
@@ -629,7 +629,7 @@ impl Store {
         .bind(progress)
         .bind(grace.as_secs_f64())
         .bind(live)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(match row.as_deref() {
             Some("running") => HeartbeatResult::Extended,
@@ -650,7 +650,7 @@ impl Store {
         let Lease {
             job_id, worker_id, ..
         } = lease_ref;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let job: Option<Job> = sqlx::query_as(
             "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state IN ('running', 'canceled') FOR UPDATE",
         )
@@ -854,7 +854,7 @@ impl Store {
         policy: RetryPolicy,
         jitter: f64,
     ) -> Result<Vec<(Uuid, JobState)>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let expired: Vec<Job> = sqlx::query_as(
             "SELECT * FROM jobs WHERE state = 'running' AND lease_expires_at < now()
              ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",

@@ -19,8 +19,12 @@ pub use grants::*;
 pub use jobs::*;
 pub use workers::*;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use std::time::Duration;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Transaction};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub use sqlx::PgPool as Pool;
 pub use uuid::Uuid;
@@ -34,6 +38,11 @@ pub enum StoreError {
     /// Text PostgreSQL cannot store: a NUL character in `text` or `jsonb`.
     #[error("text contains a character the database cannot store")]
     UnstorableText,
+    /// The database cannot be reached: no connection within the acquire timeout while a fresh
+    /// connection is refused too, a connection refused, reset or lost, or the server shutting
+    /// down. Transient: callers answer "retry later", not a failure of the request.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
     #[error("database error: {0}")]
     Db(sqlx::Error),
     #[error("migration failed: {0}")]
@@ -48,7 +57,34 @@ impl From<sqlx::Error> for StoreError {
         if code.is_some_and(|c| c == "22P05" || c == "22021") {
             return StoreError::UnstorableText;
         }
+        if unavailable(&e) {
+            return StoreError::Unavailable(e);
+        }
         StoreError::Db(e)
+    }
+}
+
+/// Whether `e` says the database cannot be reached (rather than that it refused a query).
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08 is "connection exception"; 57P01..57P03 are admin_shutdown, crash_shutdown
+        // and cannot_connect_now (the server stopping or starting).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
+impl StoreError {
+    /// Whether this error is the database being unreachable (transient, retry later).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
     }
 }
 
@@ -61,7 +97,33 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct Store {
     pool: PgPool,
     token_policy: TokenPolicy,
+    /// Set when a probe found the database unreachable; cleared by the next connection.
+    down: Arc<AtomicBool>,
+    /// The last probe: when, and whether the server was reachable. Callers share one probe
+    /// at a time, so a saturated pool does not open a connection per waiting query.
+    probe: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
 }
+
+/// How long a query waits for a pooled connection before the database is probed.
+///
+/// The pool's own timeout cannot tell "the server is down" from "every connection is busy":
+/// when the server refuses connections sqlx retries until the deadline, then answers
+/// `PoolTimedOut` exactly as it does for an exhausted pool. So the pool waits only this long,
+/// then [`Store::conn`] opens one fresh connection ([`PROBE_TIMEOUT`]): refused or timed out
+/// means unreachable, and the caller gets [`StoreError::Unavailable`] within about a second
+/// (the API answers 503); accepted means the pool is merely busy, and the query keeps waiting
+/// for a pooled connection, up to [`BUSY_WAIT`] in all as before. While the database is known
+/// to be down, queries probe first and do not wait on the pool at all.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a probe connection may take to open. A refused connection fails at once; this
+/// bounds a server that does not answer at all, and leaves room for a loaded one.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A probe's answer is reused this long by every query that needs one.
+const PROBE_REUSE: Duration = Duration::from_millis(250);
+/// Longest a query waits for a connection of a busy (but reachable) database.
+pub const BUSY_WAIT: Duration = Duration::from_secs(10);
+/// How long [`Store::connect`] waits for the server to accept connections (it may be starting).
+const STARTUP_WAIT: Duration = Duration::from_secs(10);
 
 /// How far one worker token may go: registration liveness, lease rate, and the strikes (leases
 /// that ended without a finished encode by the worker's doing) that throttle and suspend it.
@@ -98,16 +160,87 @@ impl Default for TokenPolicy {
 impl Store {
     /// Connects and applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        // Migrations run on a pool of their own that waits for a starting server; the pool
+        // queries use gives up fast (see ACQUIRE_TIMEOUT).
+        let boot = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(STARTUP_WAIT)
+            .connect_with(options.clone())
+            .await?;
+        let migrated = MIGRATOR.run(&boot).await;
+        boot.close().await;
+        migrated?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
-        MIGRATOR.run(&pool).await?;
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
         Ok(Store {
             pool,
             token_policy: TokenPolicy::default(),
+            down: Arc::default(),
+            probe: Arc::default(),
         })
+    }
+
+    /// A pooled connection, or [`StoreError::Unavailable`] within about a second when the
+    /// database cannot be reached (see [`ACQUIRE_TIMEOUT`] for how busy is told from down).
+    pub(crate) async fn conn(&self) -> Result<PoolConnection<Postgres>> {
+        if self.down.load(Ordering::Relaxed) && !self.reachable().await {
+            return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        }
+        let started = Instant::now();
+        loop {
+            match self.pool.acquire().await {
+                Ok(conn) => {
+                    self.down.store(false, Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                Err(sqlx::Error::PoolTimedOut) => {
+                    if !self.reachable().await {
+                        self.down.store(true, Ordering::Relaxed);
+                        return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+                    }
+                    if started.elapsed() >= BUSY_WAIT {
+                        // Reachable but saturated for this long: still "retry later".
+                        return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// A transaction on a pooled connection (see [`Store::conn`]).
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        let conn = self.conn().await?;
+        Ok(Transaction::begin(conn, None).await?)
+    }
+
+    /// Whether the server accepts a fresh connection within [`PROBE_TIMEOUT`] (or answers
+    /// that it has too many: busy, not down). One probe at a time; its answer is shared.
+    async fn reachable(&self) -> bool {
+        let mut last = self.probe.lock().await;
+        if let Some((at, reachable)) = *last {
+            if at.elapsed() < PROBE_REUSE {
+                return reachable;
+            }
+        }
+        let options = self.pool.connect_options();
+        let reachable =
+            match tokio::time::timeout(PROBE_TIMEOUT, sqlx::PgConnection::connect_with(&options))
+                .await
+            {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    true
+                }
+                // too_many_connections: the server is up and full.
+                Ok(Err(sqlx::Error::Database(d))) => d.code().as_deref() == Some("53300"),
+                _ => false,
+            };
+        *last = Some((Instant::now(), reachable));
+        reachable
     }
 
     /// Sets the limits worker tokens are held to (the control plane's configuration).
@@ -123,8 +256,11 @@ impl Store {
         &self.pool
     }
 
+    /// Whether the database answers a query (readiness).
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.conn().await?)
+            .await?;
         Ok(())
     }
 }

@@ -52,7 +52,7 @@ impl Store {
         info: &WorkerInfo,
     ) -> Result<Registration> {
         let ttl = self.token_policy.worker_ttl.as_secs_f64();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Registrations of one token are serialised on its row; claims never lock it.
         let max: i32 =
             sqlx::query_scalar("SELECT max_workers FROM worker_tokens WHERE id = $1 FOR UPDATE")
@@ -126,7 +126,7 @@ impl Store {
         .bind(worker_id)
         .bind(token_id)
         .bind(ttl)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(match row {
             Some((grammar, true)) => WorkerContact::Live { grammar },
@@ -140,7 +140,7 @@ impl Store {
         Ok(sqlx::query_scalar(OCCUPIED_SLOTS)
             .bind(token_id)
             .bind(self.token_policy.worker_ttl.as_secs_f64())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn().await?)
             .await?)
     }
 }

@@ -18,6 +18,7 @@ mod identity;
 mod isolation;
 mod jail;
 mod media_inputs;
+mod outage;
 mod output_media;
 mod presign;
 mod replicas;

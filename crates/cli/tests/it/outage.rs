@@ -1,0 +1,193 @@
+//! A database outage: the platform runs on a PostgreSQL cluster of its own (the shared test
+//! cluster must stay up for the other tests), which the test stops and starts again.
+
+use crate::harness::{eventually, fingerprint, tempdir::TempDir, test_control_config};
+use mpegflow::pg::Cluster;
+use mpegflow::platform::{Platform, PlatformConfig};
+use mpegflow_api as api;
+use mpegflow_proto as pb;
+use std::time::{Duration, Instant};
+
+/// Stops the cluster when the test ends, panicking or not.
+struct Stopped(Cluster);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// What a client sees of one GET.
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    content_type: String,
+    body: String,
+    took: Duration,
+}
+
+async fn get(http: &reqwest::Client, url: &str, key: Option<&str>) -> Answer {
+    let mut req = http.get(url);
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    let started = Instant::now();
+    let resp = req.send().await.expect("the API answers");
+    let took = started.elapsed();
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let retry_after = header(reqwest::header::RETRY_AFTER);
+    let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    Answer {
+        status,
+        retry_after,
+        content_type,
+        body,
+        took,
+    }
+}
+
+/// A 503 a client can act on: `Retry-After` and a problem naming the database.
+fn assert_database_unavailable(a: &Answer, what: &str) {
+    assert_eq!(a.status, 503, "{what}: {}", a.body);
+    let retry: u64 = a
+        .retry_after
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no numeric Retry-After: {:?}", a.retry_after));
+    assert!(retry >= 1, "{what}: Retry-After {retry}");
+    assert_eq!(a.content_type, "application/problem+json", "{what}");
+    let problem: api::Problem = serde_json::from_str(&a.body).expect("a problem body");
+    assert_eq!(problem.code, "database_unavailable", "{what}: {problem:?}");
+    assert_eq!(problem.status, 503);
+    assert!(problem.detail.contains("database"), "{what}: {problem:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_outage_answers_503_fast_and_recovers() {
+    let dir = TempDir::new("mpegflow-it-outage");
+    let pg_dir = dir.path().join("pg");
+    let cluster = Stopped(Cluster::start(&pg_dir, None, true).expect("start a private cluster"));
+    let port = cluster.0.port;
+    let url = mpegflow_store::create_database(&cluster.0.database_url("postgres"), "outage")
+        .await
+        .expect("create the database");
+    let platform = Platform::start(PlatformConfig {
+        data_dir: dir.path().join("data"),
+        database_url: Some(url),
+        api_addr: "127.0.0.1:0".into(),
+        grpc_addr: "127.0.0.1:0".into(),
+        s3_addr: "127.0.0.1:0".into(),
+        s3: None,
+        workers: 0,
+        worker_bin: None,
+        control: test_control_config(),
+        pg_for_tests: true,
+    })
+    .await
+    .expect("platform starts");
+    let (_, key) = platform.store().create_org("outage").await.unwrap();
+    let key = key.expose().to_owned();
+    let (_, worker_token) = platform
+        .store()
+        .create_worker_token("default", "outage", mpegflow_store::TokenLimits::default())
+        .await
+        .unwrap();
+    let mut coordinator = pb::CoordinatorClient::connect(platform.coordinator_url.clone())
+        .await
+        .unwrap();
+    let register = || {
+        let mut r = tonic::Request::new(pb::RegisterWorkerRequest {
+            hostname: "outage".into(),
+            fingerprint: Some(fingerprint()),
+            ..Default::default()
+        });
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", worker_token.expose()).parse().unwrap(),
+        );
+        r
+    };
+    let base = platform.api_url.clone();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let jobs = format!("{base}/v1/jobs");
+
+    let before = get(&http, &jobs, Some(&key)).await;
+    assert_eq!(before.status, 200, "{}", before.body);
+    assert_eq!(
+        get(&http, &format!("{base}/readyz"), None).await.status,
+        200
+    );
+
+    tokio::task::block_in_place(|| drop(cluster));
+
+    // The first call after the outage starts meets a pool full of dead connections; later
+    // ones know the database is down. Both answer 503, neither waits out a long pool timeout.
+    for round in ["first call", "second call"] {
+        let a = get(&http, &jobs, Some(&key)).await;
+        eprintln!(
+            "outage: GET /v1/jobs ({round}) answered {} in {:?}",
+            a.status, a.took
+        );
+        assert_database_unavailable(&a, round);
+        assert!(
+            a.took < Duration::from_secs(8),
+            "{round} took {:?}: the old 10 s pool timeout",
+            a.took
+        );
+    }
+    // Workers retry UNAVAILABLE; INTERNAL would end their call.
+    let refused = coordinator
+        .register_worker(register())
+        .await
+        .expect_err("no registration without the database");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("database"), "{refused:?}");
+    let health = get(&http, &format!("{base}/healthz"), None).await;
+    assert_eq!(
+        health.status, 200,
+        "liveness during the outage: {}",
+        health.body
+    );
+    let ready = get(&http, &format!("{base}/readyz"), None).await;
+    eprintln!(
+        "outage: GET /readyz answered {} in {:?}",
+        ready.status, ready.took
+    );
+    assert_database_unavailable(&ready, "readyz");
+
+    // Back on the same port, the same data.
+    let cluster = tokio::task::block_in_place(|| Cluster::start(&pg_dir, Some(port), true))
+        .map(Stopped)
+        .expect("restart the cluster");
+    let recovered = Instant::now();
+    eventually(
+        "readyz after the restart",
+        Duration::from_secs(30),
+        || async {
+            (get(&http, &format!("{base}/readyz"), None).await.status == 200).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "outage: /readyz 200 {:?} after the restart",
+        recovered.elapsed()
+    );
+    let after = get(&http, &jobs, Some(&key)).await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    let list: api::JobList = serde_json::from_str(&after.body).unwrap();
+    assert!(list.jobs.is_empty());
+    coordinator
+        .register_worker(register())
+        .await
+        .expect("a worker registers once the database is back");
+
+    platform.stop(Duration::from_secs(5)).await;
+    tokio::task::block_in_place(|| drop(cluster));
+}
