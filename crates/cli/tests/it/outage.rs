@@ -84,11 +84,10 @@ async fn database_outage_answers_503_fast_and_recovers() {
         api_addr: "127.0.0.1:0".into(),
         grpc_addr: "127.0.0.1:0".into(),
         s3_addr: "127.0.0.1:0".into(),
-        s3: None,
         workers: 0,
-        worker_bin: None,
         control: test_control_config(),
         pg_for_tests: true,
+        ..PlatformConfig::default()
     })
     .await
     .expect("platform starts");
