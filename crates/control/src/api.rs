@@ -62,7 +62,7 @@ pub fn router(state: AppState) -> Router {
         download_asset, submit_job, validate_job, list_jobs, get_job, cancel_job,
         attempt_stderr, list_pools
     ),
-    components(schemas(api::IdempotencyKey, api::MetadataValue)),
+    components(schemas(api::IdempotencyKey, api::MetadataValue, api::Problem)),
     modifiers(&ApiKeyAuth, &AtLeastOneInputAndOutput),
     tags(
         (name = "assets", description = "Uploaded inputs and produced outputs"),
@@ -562,6 +562,33 @@ mod tests {
         assert_eq!(doc["openapi"], "3.1.0");
         for op in ["/v1/jobs", "/v1/jobs/validate", "/v1/assets/{id}/download"] {
             assert!(doc["paths"][op].is_object(), "{op} undocumented");
+        }
+    }
+
+    /// Every `$ref` names a schema the document holds: a dangling one makes clients and
+    /// Schemathesis skip that part of the contract.
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc: Value = serde_json::from_str(&openapi_document()).unwrap();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r);
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+            assert!(schemas.contains_key(name), "{r} does not resolve");
         }
     }
 
