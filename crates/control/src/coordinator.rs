@@ -8,7 +8,6 @@
 use crate::error::{ControlError, Result};
 use crate::service::broker::{self, claim, heartbeat, register, report, uploads, LeaseHolder};
 use crate::AppState;
-use mpegflow_domain::media::{MediaInfo, MediaStream, StreamKind};
 use mpegflow_domain::token::{Secret, TokenKind};
 use mpegflow_proto as pb;
 use mpegflow_store::{WorkerContact, WorkerTokenInfo};
@@ -315,7 +314,7 @@ fn worker_report(r: pb::ReportJobStatusRequest) -> report::WorkerReport {
         .take(r.outputs.len())
         .map(|m| report::ReportedMedia {
             path: m.path.clone(),
-            media: m.media.as_ref().and_then(media_info),
+            media: m.media.as_ref().and_then(pb::MediaInfo::to_domain),
         })
         .collect();
     report::WorkerReport {
@@ -346,40 +345,6 @@ fn worker_report(r: pb::ReportJobStatusRequest) -> report::WorkerReport {
                 .collect(),
         },
     }
-}
-
-/// A measurement as domain types, or `None` when it has more streams than any output may or a
-/// stream kind this build does not know. (Its bounds are checked by the service.)
-fn media_info(m: &pb::MediaInfo) -> Option<MediaInfo> {
-    if m.streams.len() > mpegflow_domain::media::MAX_STREAMS {
-        return None;
-    }
-    Some(MediaInfo {
-        format: m.format.clone(),
-        duration_seconds: m.duration_seconds,
-        bit_rate: m.bit_rate,
-        streams: m
-            .streams
-            .iter()
-            .map(|s| {
-                Some(MediaStream {
-                    index: s.index,
-                    kind: StreamKind::parse(&s.kind)?,
-                    codec: s.codec.clone(),
-                    profile: s.profile.clone(),
-                    width: s.width,
-                    height: s.height,
-                    frame_rate: s.frame_rate.clone(),
-                    pixel_format: s.pixel_format.clone(),
-                    bit_rate: s.bit_rate,
-                    sample_rate: s.sample_rate,
-                    channels: s.channels,
-                    channel_layout: s.channel_layout.clone(),
-                    duration_seconds: s.duration_seconds,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?,
-    })
 }
 
 #[tonic::async_trait]

@@ -5,6 +5,8 @@ pub mod v1 {
     tonic::include_proto!("mpegflow.coordinator.v1");
 }
 
+mod media;
+
 pub use v1::coordinator_client::CoordinatorClient;
 pub use v1::coordinator_server::{Coordinator, CoordinatorServer};
 pub use v1::*;

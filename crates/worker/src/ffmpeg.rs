@@ -593,6 +593,18 @@ pub async fn run(
 /// Marks a probe failure that was a tripped seccomp wire.
 pub const SECURITY_PREFIX: &str = "security: ";
 
+/// An ffprobe of `rel` as a job's inputs are read (only local files, only whitelisted
+/// demuxers, bounded probing), printing what `show` asks for.
+fn probe_argv(show: &[&str], rel: &str) -> Vec<String> {
+    ["-v", "error"]
+        .into_iter()
+        .chain(mpegflow_domain::command::forced_input_flags())
+        .chain(show.iter().copied())
+        .chain([rel])
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Duration of a media file in microseconds, from ffprobe; `Err` carries ffprobe's complaint.
 pub async fn probe_duration_us(
     ffprobe: &Path,
@@ -601,24 +613,15 @@ pub async fn probe_duration_us(
     cancel: &CancellationToken,
     launch: Launch,
 ) -> Result<Option<u64>, String> {
-    let argv: Vec<String> = [
-        "-v",
-        "error",
-        "-protocol_whitelist",
-        "file",
-        "-format_whitelist",
-        mpegflow_domain::command::INPUT_FORMAT_WHITELIST,
-        "-probesize",
-        mpegflow_domain::command::PROBE_SIZE,
-        "-show_entries",
-        "format=duration",
-        "-of",
-        "default=nw=1:nk=1",
+    let argv = probe_argv(
+        &[
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=nw=1:nk=1",
+        ],
         rel,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    );
     let stdout = run_probe(ffprobe, &argv, dir, cancel, launch).await?;
     let text = String::from_utf8_lossy(&stdout);
     Ok(text
@@ -638,25 +641,16 @@ pub async fn probe_media(
     cancel: &CancellationToken,
     launch: Launch,
 ) -> Result<Option<mpegflow_domain::media::MediaInfo>, String> {
-    let argv: Vec<String> = [
-        "-v",
-        "error",
-        "-protocol_whitelist",
-        "file",
-        // Demuxers that open nothing but the file itself (no playlists, no concat).
-        "-format_whitelist",
-        mpegflow_domain::command::INPUT_FORMAT_WHITELIST,
-        "-probesize",
-        mpegflow_domain::command::PROBE_SIZE,
-        "-show_entries",
-        mpegflow_domain::media::FFPROBE_ENTRIES,
-        "-of",
-        "json",
+    // The inputs' whitelist: demuxers that open nothing but the file itself (no playlists).
+    let argv = probe_argv(
+        &[
+            "-show_entries",
+            mpegflow_domain::media::FFPROBE_ENTRIES,
+            "-of",
+            "json",
+        ],
         rel,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    );
     match run_probe(ffprobe, &argv, dir, cancel, launch).await {
         Ok(stdout) => Ok(mpegflow_domain::media::MediaInfo::from_ffprobe_json(&stdout).ok()),
         Err(message) if message.starts_with(SECURITY_PREFIX) => Err(message),

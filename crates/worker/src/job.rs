@@ -35,6 +35,14 @@ impl JobFailure {
             exit_code: -1,
         }
     }
+
+    /// A jailed probe tripped the seccomp wire.
+    fn security(message: String) -> Self {
+        JobFailure {
+            exit_code: 128 + libc::SIGSYS,
+            ..JobFailure::new(error_code::SECURITY_VIOLATION, message, false)
+        }
+    }
 }
 
 enum Ended {
@@ -477,10 +485,7 @@ impl Run<'_> {
             if let Err(message) = probed {
                 self.stderr = message.clone().into_bytes();
                 if message.starts_with(ffmpeg::SECURITY_PREFIX) {
-                    return Err(JobFailure {
-                        exit_code: 128 + libc::SIGSYS,
-                        ..JobFailure::new(error_code::SECURITY_VIOLATION, message, false)
-                    });
+                    return Err(JobFailure::security(message));
                 }
                 let kind = match subtitles.get(&input.alias) {
                     Some(demuxer) => format!("a subtitle file ({demuxer})"),
@@ -930,12 +935,9 @@ impl Run<'_> {
                     match probed {
                         Ok(Ok(media)) => Ok(media.map(|m| pb::OutputMedia {
                             path: rel,
-                            media: Some(media_to_pb(m)),
+                            media: Some(m.into()),
                         })),
-                        Ok(Err(message)) => Err(JobFailure {
-                            exit_code: 128 + libc::SIGSYS,
-                            ..JobFailure::new(error_code::SECURITY_VIOLATION, message, false)
-                        }),
+                        Ok(Err(message)) => Err(JobFailure::security(message)),
                         Err(_) => Ok(None),
                     }
                 })
@@ -1047,33 +1049,6 @@ async fn list_regular_files(out: &std::path::Path, spec: &IoSpec, max: usize) ->
     }
     found.truncate(max);
     found
-}
-
-fn media_to_pb(m: mpegflow_domain::media::MediaInfo) -> pb::MediaInfo {
-    pb::MediaInfo {
-        format: m.format,
-        duration_seconds: m.duration_seconds,
-        bit_rate: m.bit_rate,
-        streams: m
-            .streams
-            .into_iter()
-            .map(|s| pb::MediaStream {
-                index: s.index,
-                kind: s.kind.as_str().to_owned(),
-                codec: s.codec,
-                profile: s.profile,
-                width: s.width,
-                height: s.height,
-                frame_rate: s.frame_rate,
-                pixel_format: s.pixel_format,
-                bit_rate: s.bit_rate,
-                sample_rate: s.sample_rate,
-                channels: s.channels,
-                channel_layout: s.channel_layout,
-                duration_seconds: s.duration_seconds,
-            })
-            .collect(),
-    }
 }
 
 /// Whether the job's bounded `out/` file system ran out of space or inodes.
