@@ -216,6 +216,7 @@ fn main() {
     a_worker_holds_few_live_jobs(&client, &work);
     the_worker_gets_out_read_only(&client, &work);
     out_is_listed_and_read_only_before_the_handover(&client, &work);
+    the_longest_listing_fits_one_answer_and_no_linked_directory_is_walked(&client, &work);
     nothing_of_out_survives_end_for_a_descriptor_holder(&client, &work);
     drop(client);
     a_job_dies_with_its_helper(&base, &work);
@@ -529,6 +530,32 @@ fn out_is_listed_and_read_only_before_the_handover(client: &spawner::SpawnerClie
     client.handover(uid).expect("handover");
     refused(client.list_outputs(uid, 100), "handed over");
     client.end(uid).expect("end");
+}
+
+/// The most names the helper lists, each as long as a file name can be, fit in one answer; an
+/// alias that is a link to a directory outside `out/` is not walked.
+fn the_longest_listing_fits_one_answer_and_no_linked_directory_is_walked(
+    client: &spawner::SpawnerClient,
+    work: &Path,
+) {
+    job_dir(work, "job-names");
+    let alias = "a".repeat(64);
+    let uid = client
+        .begin("job-names", &[alias.as_str()], 1 << 24, 1000)
+        .expect("begin");
+    let out = work.join("job-names/out");
+    std::os::unix::fs::symlink("/etc", out.join("linked")).unwrap();
+    for i in 0..spawner::MAX_LISTED + 1 {
+        let name = format!("{i:04}{}", "x".repeat(251));
+        std::fs::write(out.join(&alias).join(name), b"").unwrap();
+    }
+    let names = client.list_outputs(uid, usize::MAX).expect("list");
+    client.end(uid).expect("end");
+    assert_eq!(names.len(), spawner::MAX_LISTED);
+    assert!(
+        names.iter().all(|n| n.starts_with(&format!("{alias}/"))),
+        "only the alias directory is walked, not the link to /etc"
+    );
 }
 
 /// END only detaches `out/`: a descriptor the worker kept into it would otherwise keep what the

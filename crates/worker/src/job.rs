@@ -918,6 +918,13 @@ impl Run<'_> {
         let measured: Vec<Result<Option<pb::OutputMedia>, JobFailure>> =
             futures::stream::iter(names.into_iter().filter(|n| spec.output_of(n).is_some()))
                 .map(|rel| async move {
+                    // Past the budget, start nothing: a timeout polls what it bounds once
+                    // before it looks at the clock, and a spawn once asked for runs to its end
+                    // (the ffprobe then lives until the handover), so every file left would
+                    // still cost the shared helper a spawn.
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
                     let jail = self.jail_for(&self.worker.ffprobe, limits, OutAccess::Read)?;
                     let launch = self.launch_for(Program::Ffprobe, jail, limits, OutAccess::Read);
                     let path = format!("out/{rel}");
