@@ -288,6 +288,22 @@ impl Drop for Writing<'_> {
     }
 }
 
+impl WriteOnce {
+    /// Holds the key for one PUT or DELETE until the guard drops; 409 while another holds it.
+    fn hold(&self, bucket: &str, key: &str) -> S3Result<Writing<'_>> {
+        let key = (bucket.to_owned(), key.to_owned());
+        if !self
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return Err(write_in_progress());
+        }
+        Ok(Writing(&self.writing, key))
+    }
+}
+
 #[async_trait::async_trait]
 impl S3 for WriteOnce {
     async fn get_object(
@@ -315,16 +331,7 @@ impl S3 for WriteOnce {
         // A PUT whose URL was valid when it started may still be streaming: deleting now
         // would find nothing and let it land afterwards, for good. Refuse until it has ended
         // (the control plane tries again), and hold the key so none starts meanwhile.
-        let key = (req.input.bucket.clone(), req.input.key.clone());
-        if !self
-            .writing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone())
-        {
-            return Err(write_in_progress());
-        }
-        let _writing = Writing(&self.writing, key);
+        let _writing = self.hold(&req.input.bucket, &req.input.key)?;
         self.fs.delete_object(req).await
     }
 
@@ -342,16 +349,7 @@ impl S3 for WriteOnce {
                 "objects are write-once: send If-None-Match: *"
             ));
         }
-        let key = (req.input.bucket.clone(), req.input.key.clone());
-        if !self
-            .writing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone())
-        {
-            return Err(write_in_progress());
-        }
-        let _writing = Writing(&self.writing, key);
+        let _writing = self.hold(&req.input.bucket, &req.input.key)?;
         // s3s-fs checks that the object does not exist, streams to a temporary file and renames
         // it into place; with the key held, no other PUT can slip between the check and the rename.
         self.fs.put_object(req).await
