@@ -115,7 +115,10 @@ pub async fn report(state: &AppState, holder: &LeaseHolder, report: WorkerReport
             .await;
         return match canceled {
             Ok(ReportResult::RecordedCanceled) => Ok(()),
-            _ => {
+            // The database, not the fencing token, failed (an outage answers UNAVAILABLE, and
+            // the worker tries again): a holder is never told it lost a lease it may hold.
+            Err(e) => Err(e.into()),
+            Ok(_) => {
                 tracing::warn!(%job_id, %worker_id, "refused report with stale fencing token");
                 Err(stale())
             }
