@@ -434,9 +434,23 @@ pub struct Attempt {
     pub error_message: Option<String>,
     #[schema(required = true)]
     pub ffmpeg_version: Option<String>,
+    /// Whose fault a failed attempt was: `job` (counts against `max_attempts`) or `platform`
+    /// (a store, the database or a worker failed it; costs none of the job's attempts).
+    /// `null` while running, after success, and for a failure awaiting another worker's
+    /// confirmation.
+    #[schema(required = true)]
+    pub fault: Option<Fault>,
     pub stages: Vec<AttemptStage>,
     pub inputs: Vec<AttemptInput>,
     pub outputs: Vec<AttemptOutput>,
+}
+
+/// Whose fault a failed attempt was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    Job,
+    Platform,
 }
 
 /// What a running job is doing now, from its worker's last heartbeat (the worker's word).
@@ -469,7 +483,15 @@ pub struct Job {
     pub live: Option<LiveStatus>,
     /// Runs started so far.
     pub attempts: u32,
+    /// Runs that may fail by the job's own fault (its input, its command); the last such
+    /// failure is final.
     pub max_attempts: u32,
+    /// Runs that failed by the job's own fault so far (they count against `max_attempts`).
+    pub job_faults: u32,
+    /// Runs lost to the platform (a store, the database or a worker failing): each is retried
+    /// at once in the job's place in the queue, up to a bound of the platform's, and none
+    /// counts against `max_attempts`.
+    pub platform_faults: u32,
     pub pool: String,
     /// The template as submitted.
     pub command: String,

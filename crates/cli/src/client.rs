@@ -29,6 +29,8 @@ pub struct Answer {
     pub status: u16,
     pub content_type: String,
     pub body: String,
+    /// `Retry-After`, when it was a number of seconds.
+    pub retry_after: Option<u64>,
 }
 
 impl Answer {
@@ -52,6 +54,11 @@ impl Answer {
             detail: self.body.chars().take(500).collect(),
             argument: None,
         })
+    }
+
+    /// How long the server asked us to wait (`Retry-After` in seconds, 1 to 10; 1 without one).
+    fn retry_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.retry_after.unwrap_or(1).clamp(1, 10))
     }
 
     fn into_result<T: DeserializeOwned>(self) -> Result<T> {
@@ -80,6 +87,9 @@ pub async fn sha256_file(path: &Path) -> Result<(u64, String)> {
     }
     Ok((size, hex::encode(hasher.finalize())))
 }
+
+/// How long [`ApiClient::wait`] keeps asking while the platform does not answer.
+pub const WAIT_OUTAGE_BUDGET: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl ApiClient {
     pub fn new(base: &str, key: &str) -> Self {
@@ -122,11 +132,16 @@ impl ApiClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse().ok());
         let body = resp.text().await?;
         Ok(Answer {
             status,
             content_type,
             body,
+            retry_after,
         })
     }
 
@@ -305,14 +320,43 @@ impl ApiClient {
         }
     }
 
-    /// Long-polls until the job ends, calling `on_progress` with each fresh view.
+    /// Long-polls until the job ends, calling `on_progress` with each fresh view. Rides out
+    /// the platform being briefly away (a 502/503/504, or the API not answering while a
+    /// control plane restarts) for up to [`WAIT_OUTAGE_BUDGET`]: the job runs on meanwhile.
     pub async fn wait(&self, id: Uuid, mut on_progress: impl FnMut(&api::Job)) -> Result<api::Job> {
+        let path = format!("/v1/jobs/{id}?wait_seconds=20");
+        let mut away_since: Option<std::time::Instant> = None;
         loop {
-            let job: api::Job = self.get(&format!("/v1/jobs/{id}?wait_seconds=20")).await?;
-            on_progress(&job);
-            if job.state.is_terminal() {
-                return Ok(job);
+            let pause = match self
+                .call(reqwest::Method::GET, &path, None::<&()>, &[])
+                .await
+            {
+                Ok(a) if matches!(a.status, 502..=504) => a.retry_after(),
+                Ok(a) => {
+                    let job: api::Job = a.into_result()?;
+                    away_since = None;
+                    on_progress(&job);
+                    if job.state.is_terminal() {
+                        return Ok(job);
+                    }
+                    continue;
+                }
+                Err(e)
+                    if e.downcast_ref::<reqwest::Error>()
+                        .is_some_and(|e| e.is_connect()) =>
+                {
+                    std::time::Duration::from_secs(1)
+                }
+                Err(e) => return Err(e),
+            };
+            let since = *away_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > WAIT_OUTAGE_BUDGET {
+                anyhow::bail!(
+                    "the platform has not answered for {} s while waiting for job {id}; it may still run: `mpegflow jobs wait {id}`",
+                    since.elapsed().as_secs()
+                );
             }
+            tokio::time::sleep(pause).await;
         }
     }
 

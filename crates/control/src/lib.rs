@@ -31,8 +31,12 @@ pub struct ControlConfig {
     pub heartbeat_seconds: u32,
     /// TTL of presigned URLs (capped at 3600).
     pub presign_ttl_seconds: u32,
-    /// Attempts per job before it fails for good.
+    /// Attempts per job that may fail by the job's own fault (its input, its command); the
+    /// last such failure is final.
     pub max_attempts: u32,
+    /// Attempts per job that may fail by the platform's fault (a store, the database, a lost
+    /// worker); these cost none of `max_attempts`, and the job keeps its place in the queue.
+    pub max_platform_faults: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
     pub default_timeout_seconds: u32,
@@ -88,6 +92,7 @@ impl Default for ControlConfig {
             heartbeat_seconds: 5,
             presign_ttl_seconds: 3600,
             max_attempts: 3,
+            max_platform_faults: 10,
             retry_base_ms: 1_000,
             retry_max_ms: 60_000,
             default_timeout_seconds: 3_600,
@@ -121,6 +126,7 @@ impl ControlConfig {
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.max_attempts,
+            max_platform_faults: self.max_platform_faults,
             base_delay: Duration::from_millis(self.retry_base_ms),
             max_delay: Duration::from_millis(self.retry_max_ms),
         }
@@ -239,6 +245,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(mut store: Store, presigner: Presigner, config: ControlConfig) -> Self {
         store.set_token_policy(config.token_policy());
+        store.set_lease(config.lease());
         AppState {
             store,
             presigner,

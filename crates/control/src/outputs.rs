@@ -63,7 +63,7 @@ pub struct ProducedFile {
 }
 
 /// The code of an attempt whose report and the store disagree.
-pub const OUTPUT_MISMATCH: &str = "output_mismatch";
+pub use mpegflow_domain::job::error_code::OUTPUT_MISMATCH;
 
 fn rejected(message: String) -> ControlError {
     ControlError::invalid("output_rejected", message)

@@ -12,6 +12,13 @@
 //!
 //! Every change to a running job carries the fencing token handed out with its lease; a worker
 //! whose lease was taken away can no longer move the job.
+//!
+//! **What a failure costs.** A failed attempt is either the job's fault (its input, its
+//! command, FFmpeg on it: [`Fault::Job`]) or the platform's (a store, the coordinator, the
+//! database or a worker failing it: [`Fault::Platform`]). Only job faults count against the
+//! job's `max_attempts`, and only they wait out a backoff; a platform fault requeues the job at
+//! once in its old place in the queue, bounded by the larger [`RetryPolicy::max_platform_faults`]
+//! so that nothing retries for ever.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -86,6 +93,9 @@ pub mod error_code {
     pub const OUTPUT_UPLOAD_FAILED: &str = "output_upload_failed";
     pub const OUTPUT_MISSING: &str = "output_missing";
     pub const OUTPUT_REJECTED: &str = "output_rejected";
+    /// The store holds other bytes than the worker was granted to upload, or the worker's
+    /// report differs from its grants: the worker's doing, decided by the control plane.
+    pub const OUTPUT_MISMATCH: &str = "output_mismatch";
     pub const LEASE_EXPIRED: &str = "lease_expired";
     pub const TIME_LIMIT: &str = "time_limit";
     pub const MEMORY_LIMIT: &str = "memory_limit";
@@ -93,6 +103,24 @@ pub mod error_code {
     pub const SECURITY_VIOLATION: &str = "security_violation";
     pub const WORKER_ERROR: &str = "worker_error";
     pub const COMMAND_REJECTED: &str = "command_rejected";
+    /// The job's process was killed by something its own limits do not explain (the host's
+    /// OOM killer, an operator): the platform's trouble.
+    pub const KILLED: &str = "killed";
+
+    /// Codes that say the platform failed the attempt, not the job: a store, the coordinator
+    /// or a worker. A retryable failure with one of these costs none of the job's attempts.
+    pub fn is_platform_fault(code: &str) -> bool {
+        matches!(
+            code,
+            INPUT_FETCH_FAILED
+                | OUTPUT_UPLOAD_FAILED
+                | OUTPUT_MISSING
+                | OUTPUT_MISMATCH
+                | LEASE_EXPIRED
+                | WORKER_ERROR
+                | KILLED
+        )
+    }
 
     /// Codes that put the blame on the tenant's job. One worker's word is not enough for them:
     /// the job runs again on another worker, and only a second such report makes it final.
@@ -116,8 +144,75 @@ pub mod error_code {
 pub struct Failure {
     pub code: String,
     pub message: String,
-    /// A retry on another worker could succeed (infrastructure trouble, not the job itself).
+    /// Running the job again could succeed.
     pub retryable: bool,
+}
+
+impl Failure {
+    /// Whose fault the failure is, by its code (see [`error_code::is_platform_fault`]).
+    pub fn fault(&self) -> Fault {
+        if error_code::is_platform_fault(&self.code) {
+            Fault::Platform
+        } else {
+            Fault::Job
+        }
+    }
+}
+
+/// Whose fault a failed attempt was, which decides what it costs the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// The job's input, command or FFmpeg on it: counts against `max_attempts`.
+    Job,
+    /// A store, the coordinator, the database or a worker: counts against the larger
+    /// `max_platform_faults`, and the job keeps its place in the queue.
+    Platform,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Job => "job",
+            Fault::Platform => "platform",
+        }
+    }
+}
+
+impl FromStr for Fault {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "job" => Ok(Fault::Job),
+            "platform" => Ok(Fault::Platform),
+            _ => Err(UnknownState(s.to_owned())),
+        }
+    }
+}
+
+/// What the attempts of a job have cost so far: the failed attempts charged to it and to the
+/// platform (an attempt still running is in neither).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    pub job_faults: u32,
+    pub platform_faults: u32,
+}
+
+impl Spent {
+    /// The counts once an attempt that ended with `charge` is added.
+    pub fn after(self, charge: Option<Fault>) -> Spent {
+        match charge {
+            Some(Fault::Job) => Spent {
+                job_faults: self.job_faults.saturating_add(1),
+                ..self
+            },
+            Some(Fault::Platform) => Spent {
+                platform_faults: self.platform_faults.saturating_add(1),
+                ..self
+            },
+            None => self,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,15 +238,20 @@ pub enum Event {
 pub enum Transition {
     /// Run a new attempt (the attempt counter goes up by one).
     StartAttempt,
-    /// Back to the queue, not before the given time.
+    /// Back to the queue: after a job fault not before `not_before`; after a platform fault
+    /// (`not_before` is `None`) at once, in the place in the queue it had.
     Requeue {
-        not_before: SystemTime,
+        not_before: Option<SystemTime>,
         failure: Failure,
+        /// Whose fault the ended attempt was (`None`: nobody's yet, see
+        /// [`Event::BlameUnconfirmed`]).
+        charge: Option<Fault>,
     },
     /// A final state.
     Finish {
         state: JobState,
         failure: Option<Failure>,
+        charge: Option<Fault>,
     },
 }
 
@@ -165,7 +265,11 @@ pub struct TransitionError {
 /// Retry policy for a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// Attempts that may fail by the job's fault; the last one's failure is final.
     pub max_attempts: u32,
+    /// Attempts that may fail by the platform's fault; the last one's failure is final (a job
+    /// that kills every worker it reaches is not retried for ever).
+    pub max_platform_faults: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
 }
@@ -174,18 +278,19 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 3,
+            max_platform_faults: 10,
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(60),
         }
     }
 }
 
-/// The state machine. `attempts` is how many attempts have started so far (including a running
-/// one); `jitter` in `[0, 1)` spreads requeues.
+/// The state machine. `spent` is what the job's earlier attempts cost (not counting the one
+/// the event ends); `jitter` in `[0, 1)` spreads requeues after job faults.
 pub fn transition(
     state: JobState,
     event: &Event,
-    attempts: u32,
+    spent: Spent,
     policy: &RetryPolicy,
     now: SystemTime,
     jitter: f64,
@@ -201,18 +306,31 @@ pub fn transition(
     };
     let refuse = || Err(TransitionError { state, event: name });
     let retry_or_fail = |failure: Failure| {
-        if failure.retryable && attempts < policy.max_attempts {
-            let delay =
-                crate::backoff::backoff(attempts, policy.base_delay, policy.max_delay, jitter);
-            Transition::Requeue {
-                not_before: now + delay,
+        let fault = failure.fault();
+        let spent = spent.after(Some(fault));
+        let not_before = match fault {
+            Fault::Job if spent.job_faults < policy.max_attempts => Some(Some(
+                now + crate::backoff::backoff(
+                    spent.job_faults,
+                    policy.base_delay,
+                    policy.max_delay,
+                    jitter,
+                ),
+            )),
+            Fault::Platform if spent.platform_faults < policy.max_platform_faults => Some(None),
+            _ => None,
+        };
+        match not_before {
+            Some(not_before) if failure.retryable => Transition::Requeue {
+                not_before,
                 failure,
-            }
-        } else {
-            Transition::Finish {
+                charge: Some(fault),
+            },
+            _ => Transition::Finish {
                 state: Failed,
                 failure: Some(failure),
-            }
+                charge: Some(fault),
+            },
         }
     };
     Ok(match (state, event) {
@@ -220,10 +338,13 @@ pub fn transition(
         (Running, Event::Succeed) => Transition::Finish {
             state: Succeeded,
             failure: None,
+            charge: None,
         },
         (Running, Event::Fail(f)) => retry_or_fail(f.clone()),
+        // At most once per job: the next blame comes from another worker and is confirmed.
         (Running, Event::BlameUnconfirmed(f)) => Transition::Requeue {
-            not_before: now,
+            not_before: None,
+            charge: None,
             failure: Failure {
                 message: format!(
                     "reported by one worker, awaiting confirmation by another: {}",
@@ -240,6 +361,7 @@ pub fn transition(
         (Queued | Running, Event::Cancel) => Transition::Finish {
             state: Canceled,
             failure: None,
+            charge: None,
         },
         _ => return refuse(),
     })
@@ -250,141 +372,183 @@ mod tests {
     use super::*;
     use JobState::*;
 
-    fn fail(retryable: bool) -> Event {
-        Event::Fail(Failure {
-            code: "x".into(),
+    fn failure(code: &str, retryable: bool) -> Failure {
+        Failure {
+            code: code.into(),
             message: "m".into(),
             retryable,
-        })
+        }
+    }
+
+    fn spent(job_faults: u32, platform_faults: u32) -> Spent {
+        Spent {
+            job_faults,
+            platform_faults,
+        }
+    }
+
+    const NOW: SystemTime = SystemTime::UNIX_EPOCH;
+
+    fn run(event: Event, before: Spent, policy: &RetryPolicy) -> Transition {
+        transition(Running, &event, before, policy, NOW, 0.0).unwrap()
     }
 
     #[test]
     fn table() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let p = RetryPolicy::default();
-        let requeue_after = |secs| now + Duration::from_secs(secs);
         let finish = |state| {
             Ok(Transition::Finish {
                 state,
                 failure: None,
+                charge: None,
             })
         };
-        let cases: Vec<(JobState, Event, u32, Result<Transition, TransitionError>)> = vec![
-            (Queued, Event::Assign, 0, Ok(Transition::StartAttempt)),
-            (Running, Event::Succeed, 1, finish(Succeeded)),
-            (Queued, Event::Cancel, 0, finish(Canceled)),
-            (Running, Event::Cancel, 1, finish(Canceled)),
-            (
-                Running,
-                fail(true),
-                1,
-                Ok(Transition::Requeue {
-                    not_before: requeue_after(1),
-                    failure: Failure {
-                        code: "x".into(),
-                        message: "m".into(),
-                        retryable: true,
-                    },
-                }),
-            ),
-            (
-                Running,
-                fail(true),
-                3,
-                Ok(Transition::Finish {
-                    state: Failed,
-                    failure: Some(Failure {
-                        code: "x".into(),
-                        message: "m".into(),
-                        retryable: true,
-                    }),
-                }),
-            ),
-            (
-                Running,
-                fail(false),
-                1,
-                Ok(Transition::Finish {
-                    state: Failed,
-                    failure: Some(Failure {
-                        code: "x".into(),
-                        message: "m".into(),
-                        retryable: false,
-                    }),
-                }),
-            ),
-            (
-                Running,
-                Event::Assign,
-                1,
-                Err(TransitionError {
-                    state: Running,
-                    event: "assign",
-                }),
-            ),
-            (
-                Queued,
-                Event::Succeed,
-                0,
-                Err(TransitionError {
-                    state: Queued,
-                    event: "succeed",
-                }),
-            ),
-            (
-                Succeeded,
-                Event::Cancel,
-                1,
-                Err(TransitionError {
-                    state: Succeeded,
-                    event: "cancel",
-                }),
-            ),
-            (
-                Canceled,
-                Event::Assign,
-                0,
-                Err(TransitionError {
-                    state: Canceled,
-                    event: "assign",
-                }),
-            ),
+        let refused = |state, event| Err(TransitionError { state, event });
+        let cases: Vec<(JobState, Event, Result<Transition, TransitionError>)> = vec![
+            (Queued, Event::Assign, Ok(Transition::StartAttempt)),
+            (Running, Event::Succeed, finish(Succeeded)),
+            (Queued, Event::Cancel, finish(Canceled)),
+            (Running, Event::Cancel, finish(Canceled)),
+            (Running, Event::Assign, refused(Running, "assign")),
+            (Queued, Event::Succeed, refused(Queued, "succeed")),
+            (Succeeded, Event::Cancel, refused(Succeeded, "cancel")),
+            (Canceled, Event::Assign, refused(Canceled, "assign")),
             (
                 Failed,
-                fail(true),
-                1,
-                Err(TransitionError {
-                    state: Failed,
-                    event: "fail",
-                }),
+                Event::Fail(failure("x", true)),
+                refused(Failed, "fail"),
             ),
         ];
-        for (state, event, attempts, want) in cases {
+        for (state, event, want) in cases {
             assert_eq!(
-                transition(state, &event, attempts, &p, now, 0.0),
+                transition(state, &event, Spent::default(), &p, NOW, 0.0),
                 want,
-                "{state} {event:?} {attempts}"
+                "{state} {event:?}"
             );
         }
     }
 
     #[test]
-    fn lease_expiry_requeues_until_attempts_run_out() {
-        let now = SystemTime::UNIX_EPOCH;
-        let p = RetryPolicy {
-            max_attempts: 2,
-            ..Default::default()
-        };
-        assert!(matches!(
-            transition(Running, &Event::LeaseExpired, 1, &p, now, 0.0),
-            Ok(Transition::Requeue { .. })
-        ));
-        match transition(Running, &Event::LeaseExpired, 2, &p, now, 0.0).unwrap() {
+    fn a_retryable_job_fault_waits_a_backoff_and_counts_against_max_attempts() {
+        let p = RetryPolicy::default();
+        let f = failure(error_code::FFMPEG_FAILED, true);
+        assert_eq!(f.fault(), Fault::Job);
+        assert_eq!(
+            run(Event::Fail(f.clone()), spent(0, 5), &p),
+            Transition::Requeue {
+                not_before: Some(NOW + Duration::from_secs(1)),
+                failure: f.clone(),
+                charge: Some(Fault::Job),
+            }
+        );
+        // The third job fault of three allowed is final, whatever the platform cost before.
+        assert_eq!(
+            run(Event::Fail(f.clone()), spent(2, 0), &p),
             Transition::Finish {
                 state: Failed,
                 failure: Some(f),
+                charge: Some(Fault::Job),
+            }
+        );
+    }
+
+    #[test]
+    fn a_job_fault_nobody_can_cure_is_final_at_once() {
+        let p = RetryPolicy::default();
+        for code in [
+            error_code::FFMPEG_FAILED,
+            error_code::TIME_LIMIT,
+            error_code::OUTPUT_REJECTED,
+        ] {
+            let f = failure(code, false);
+            assert_eq!(
+                run(Event::Fail(f.clone()), Spent::default(), &p),
+                Transition::Finish {
+                    state: Failed,
+                    failure: Some(f),
+                    charge: Some(Fault::Job),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn platform_faults_cost_no_attempt_and_keep_the_queue_place_up_to_their_own_bound() {
+        let p = RetryPolicy {
+            max_attempts: 1,
+            max_platform_faults: 4,
+            ..RetryPolicy::default()
+        };
+        for code in [
+            error_code::INPUT_FETCH_FAILED,
+            error_code::OUTPUT_UPLOAD_FAILED,
+            error_code::OUTPUT_MISSING,
+            error_code::OUTPUT_MISMATCH,
+            error_code::WORKER_ERROR,
+            error_code::KILLED,
+        ] {
+            let f = failure(code, true);
+            assert_eq!(f.fault(), Fault::Platform, "{code}");
+            // A job on its last (only) attempt survives three platform faults, then fails on
+            // the fourth.
+            for before in 0..3 {
+                assert_eq!(
+                    run(Event::Fail(f.clone()), spent(0, before), &p),
+                    Transition::Requeue {
+                        not_before: None,
+                        failure: f.clone(),
+                        charge: Some(Fault::Platform),
+                    },
+                    "{code} after {before}"
+                );
+            }
+            assert!(matches!(
+                run(Event::Fail(f.clone()), spent(0, 3), &p),
+                Transition::Finish {
+                    state: Failed,
+                    charge: Some(Fault::Platform),
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn an_expired_lease_is_a_platform_fault() {
+        let p = RetryPolicy {
+            max_attempts: 1,
+            max_platform_faults: 2,
+            ..RetryPolicy::default()
+        };
+        match run(Event::LeaseExpired, spent(0, 0), &p) {
+            Transition::Requeue {
+                not_before: None,
+                charge: Some(Fault::Platform),
+                failure,
+            } => assert_eq!(failure.code, error_code::LEASE_EXPIRED),
+            other => panic!("{other:?}"),
+        }
+        match run(Event::LeaseExpired, spent(0, 1), &p) {
+            Transition::Finish {
+                state: Failed,
+                failure: Some(f),
+                charge: Some(Fault::Platform),
             } => assert_eq!(f.code, error_code::LEASE_EXPIRED),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn spent_adds_one_to_the_charged_side() {
+        assert_eq!(spent(1, 2).after(Some(Fault::Job)), spent(2, 2));
+        assert_eq!(spent(1, 2).after(Some(Fault::Platform)), spent(1, 3));
+        assert_eq!(spent(1, 2).after(None), spent(1, 2));
+        assert_eq!(
+            spent(u32::MAX, 0).after(Some(Fault::Job)),
+            spent(u32::MAX, 0)
+        );
+        for f in [Fault::Job, Fault::Platform] {
+            assert_eq!(f.as_str().parse::<Fault>().unwrap(), f);
         }
     }
 
@@ -397,54 +561,43 @@ mod tests {
     }
 
     #[test]
-    fn an_unconfirmed_blame_requeues_at_once_even_without_attempts_left() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    fn an_unconfirmed_blame_requeues_at_once_and_costs_nothing() {
         let policy = RetryPolicy {
             max_attempts: 1,
             ..RetryPolicy::default()
         };
-        let blame = Failure {
-            code: error_code::SECURITY_VIOLATION.into(),
-            message: "SIGSYS".into(),
-            retryable: false,
-        };
-        let t = transition(
-            Running,
-            &Event::BlameUnconfirmed(blame.clone()),
-            1,
-            &policy,
-            now,
-            0.5,
-        )
-        .unwrap();
+        let blame = failure(error_code::SECURITY_VIOLATION, false);
+        let t = run(Event::BlameUnconfirmed(blame.clone()), spent(0, 0), &policy);
         let Transition::Requeue {
             not_before,
-            failure,
+            failure: told,
+            charge,
         } = t
         else {
             panic!("{t:?}")
         };
-        assert_eq!(not_before, now);
-        assert_eq!(failure.code, blame.code);
+        assert_eq!((not_before, charge), (None, None));
+        assert_eq!(told.code, blame.code);
         assert!(
-            failure.message.contains("awaiting confirmation"),
+            told.message.contains("awaiting confirmation"),
             "{}",
-            failure.message
+            told.message
         );
-        // The same report, once confirmed, is final.
+        // The same report, once confirmed, is final and the job's fault.
         assert_eq!(
-            transition(Running, &Event::Fail(blame.clone()), 1, &policy, now, 0.5).unwrap(),
+            run(Event::Fail(blame.clone()), spent(0, 0), &policy),
             Transition::Finish {
                 state: Failed,
-                failure: Some(blame)
+                failure: Some(blame.clone()),
+                charge: Some(Fault::Job),
             }
         );
         assert!(transition(
             Queued,
-            &Event::BlameUnconfirmed(fail_failure()),
-            1,
+            &Event::BlameUnconfirmed(blame),
+            Spent::default(),
             &policy,
-            now,
+            NOW,
             0.5
         )
         .is_err());
@@ -457,13 +610,5 @@ mod tests {
         assert!(!blame_confirmed(INVALID_INPUT, Some(1), 1));
         assert!(blame_confirmed(INVALID_INPUT, Some(2), 1));
         assert!(!blame_confirmed(TIME_LIMIT, Some(2), 1));
-    }
-
-    fn fail_failure() -> Failure {
-        Failure {
-            code: "x".into(),
-            message: "m".into(),
-            retryable: false,
-        }
     }
 }

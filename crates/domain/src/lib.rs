@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod command;
 pub mod fingerprint;
 pub mod job;
+pub mod lease;
 pub mod media;
 pub mod names;
 pub mod token;

@@ -4,7 +4,7 @@
 use crate::audit::insert_audit;
 use crate::{AuditEntry, Result, Store, StoreError};
 use mpegflow_domain::job::{
-    error_code, transition, Event, Failure, JobState, RetryPolicy, Transition,
+    error_code, transition, Event, Failure, Fault, JobState, RetryPolicy, Spent, Transition,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
@@ -43,9 +43,21 @@ pub struct Job {
     pub blame_worker_id: Option<Uuid>,
     /// While running: the stage and FFmpeg's speed and fps, from the last heartbeat.
     pub live: Option<Value>,
+    /// Failed attempts charged to the job (they count against `max_attempts`).
+    pub job_faults: i32,
+    /// Failed attempts charged to the platform (they count against its own bound).
+    pub platform_faults: i32,
 }
 
 impl Job {
+    /// What the job's finished attempts have cost so far.
+    pub fn spent(&self) -> Spent {
+        Spent {
+            job_faults: self.job_faults.max(0) as u32,
+            platform_faults: self.platform_faults.max(0) as u32,
+        }
+    }
+
     pub fn state(&self) -> JobState {
         self.state.parse().unwrap_or(JobState::Failed)
     }
@@ -67,6 +79,8 @@ pub struct Attempt {
     pub stages: Option<Value>,
     pub input_hashes: Option<Value>,
     pub output_hashes: Option<Value>,
+    /// `job` or `platform` for a failed attempt: whose fault it was (what it cost the job).
+    pub fault: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -323,7 +337,7 @@ impl Store {
     pub async fn job_attempts(&self, job_id: Uuid) -> Result<Vec<Attempt>> {
         Ok(sqlx::query_as(
             "SELECT attempt, worker_id, assigned_at, finished_at, outcome, exit_code, error_code, error_message,
-                    ffmpeg_version, stages, input_hashes, output_hashes
+                    ffmpeg_version, stages, input_hashes, output_hashes, fault
              FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
         )
         .bind(job_id)
@@ -355,7 +369,7 @@ impl Store {
         let t = transition(
             job.state(),
             &Event::Cancel,
-            job.attempts as u32,
+            job.spent(),
             &RetryPolicy::default(),
             SystemTime::now(),
             0.0,
@@ -456,8 +470,8 @@ impl Store {
         }
         // A job blamed on its tenant by one worker goes to another worker, and to a worker of
         // another token while one of those is live in the pool.
-        let candidate: Option<(Uuid, String, i32)> = sqlx::query_as(
-            "SELECT id, state, attempts FROM jobs j
+        let candidate: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, state FROM jobs j
              WHERE pool_id = $1 AND state = 'queued' AND run_after <= now() AND grammar = $4
                AND (blame_worker_id IS NULL OR (blame_worker_id <> $2 AND (blame_token_id IS DISTINCT FROM $3 OR NOT EXISTS (
                     SELECT 1 FROM workers w WHERE w.pool_id = $1 AND w.token_id <> $3 AND w.ffmpeg_grammar = $4
@@ -472,7 +486,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
-        let Some((id, state, attempts)) = candidate else {
+        let Some((id, state)) = candidate else {
             return Ok(Claim::NoWork);
         };
         if let Some(wait) = self.token_gate(&mut tx, token).await? {
@@ -485,7 +499,7 @@ impl Store {
         transition(
             state,
             &Event::Assign,
-            attempts as u32,
+            Spent::default(),
             &RetryPolicy::default(),
             SystemTime::now(),
             0.0,
@@ -588,11 +602,13 @@ impl Store {
     /// The job a worker holds under `fencing_token`, if it still holds it.
     pub async fn leased_job(&self, lease_ref: Lease<'_>) -> Result<Option<Job>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state = 'running'",
+            "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state = 'running'
+               AND lease_expires_at > COALESCE($4, now())",
         )
         .bind(lease_ref.job_id)
         .bind(lease_ref.worker_id)
         .bind(lease_ref.fencing_token)
+        .bind(self.lease_cutoff())
         .fetch_optional(&mut *self.conn().await?)
         .await?)
     }
@@ -619,7 +635,8 @@ impl Store {
                     progress = CASE WHEN state = 'running' THEN COALESCE($5, progress) ELSE progress END,
                     live = CASE WHEN state = 'running' THEN $7 ELSE live END
              WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3
-               AND (state = 'canceled' OR (state = 'running' AND now() < (SELECT at FROM deadline)))
+               AND (state = 'canceled' OR (state = 'running' AND now() < (SELECT at FROM deadline)
+                                           AND lease_expires_at > COALESCE($8, now())))
              RETURNING state",
         )
         .bind(lease_ref.job_id)
@@ -629,6 +646,7 @@ impl Store {
         .bind(progress)
         .bind(grace.as_secs_f64())
         .bind(live)
+        .bind(self.lease_cutoff())
         .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(match row.as_deref() {
@@ -652,11 +670,14 @@ impl Store {
         } = lease_ref;
         let mut tx = self.begin().await?;
         let job: Option<Job> = sqlx::query_as(
-            "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state IN ('running', 'canceled') FOR UPDATE",
+            "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3
+               AND (state = 'canceled' OR (state = 'running' AND lease_expires_at > COALESCE($4, now())))
+             FOR UPDATE",
         )
         .bind(lease_ref.job_id)
         .bind(lease_ref.worker_id)
         .bind(lease_ref.fencing_token)
+        .bind(self.lease_cutoff())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job) = job else {
@@ -683,36 +704,6 @@ impl Store {
                 Report::Failed(f) => f.retryable || unconfirmed_blame,
                 Report::Canceled => true,
             };
-        let token_id: Option<Uuid> = sqlx::query_scalar(
-            "UPDATE job_attempts SET finished_at = now(), outcome = $3, exit_code = $4, error_code = $5, error_message = $6,
-                    stderr_zstd = $7, ffmpeg_version = $8, stages = $9, input_hashes = $10, output_hashes = $11, strike = $12
-             WHERE job_id = $1 AND attempt = $2 RETURNING token_id",
-        )
-        .bind(job_id)
-        .bind(job.attempts)
-        .bind(outcome)
-        .bind(record.exit_code)
-        .bind(failure.as_ref().map(|f| f.code.as_str()))
-        .bind(failure.as_ref().map(|f| f.message.as_str()))
-        .bind(&record.stderr_zstd)
-        .bind(&record.ffmpeg_version)
-        .bind(&record.stages)
-        .bind(&record.input_hashes)
-        .bind(&record.output_hashes)
-        .bind(strike)
-        .fetch_optional(&mut *tx)
-        .await?
-        .flatten();
-        let actor = format!("worker:{worker_id}");
-        if !live {
-            insert_audit(&mut *tx, &AuditEntry { org_id: Some(job.org_id), actor, action: "job.attempt_ended", job_id: Some(job_id), subject: None,
-                details: json!({ "attempt": job.attempts, "outcome": outcome, "job_state": "canceled" }) }).await?;
-            tx.commit().await?;
-            return Ok(ReportResult::RecordedCanceled);
-        }
-        if let (Some(token_id), true) = (token_id, strike) {
-            crate::admin::suspend_if_struck_out(&mut tx, token_id, &self.token_policy).await?;
-        }
         let event = match &report {
             Report::Failed(f) if unconfirmed_blame => Event::BlameUnconfirmed(f.clone()),
             Report::Succeeded { .. } => Event::Succeed,
@@ -727,30 +718,63 @@ impl Store {
             max_attempts: job.max_attempts as u32,
             ..policy
         };
-        let t = transition(
-            JobState::Running,
-            &event,
-            job.attempts as u32,
-            &policy,
-            SystemTime::now(),
-            jitter,
+        // A cancelled job stays cancelled: its attempt is recorded, nothing is charged.
+        let t = live
+            .then(|| {
+                transition(
+                    JobState::Running,
+                    &event,
+                    job.spent(),
+                    &policy,
+                    SystemTime::now(),
+                    jitter,
+                )
+                .map_err(|e| StoreError::Conflict(e.to_string()))
+            })
+            .transpose()?;
+        let token_id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE job_attempts SET finished_at = now(), outcome = $3, exit_code = $4, error_code = $5, error_message = $6,
+                    stderr_zstd = $7, ffmpeg_version = $8, stages = $9, input_hashes = $10, output_hashes = $11, strike = $12,
+                    fault = $13
+             WHERE job_id = $1 AND attempt = $2 RETURNING token_id",
         )
-        .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        .bind(job_id)
+        .bind(job.attempts)
+        .bind(outcome)
+        .bind(record.exit_code)
+        .bind(failure.as_ref().map(|f| f.code.as_str()))
+        .bind(failure.as_ref().map(|f| f.message.as_str()))
+        .bind(&record.stderr_zstd)
+        .bind(&record.ffmpeg_version)
+        .bind(&record.stages)
+        .bind(&record.input_hashes)
+        .bind(&record.output_hashes)
+        .bind(strike)
+        .bind(t.as_ref().and_then(charge_of).map(Fault::as_str))
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten();
+        let actor = format!("worker:{worker_id}");
+        let Some(t) = t else {
+            insert_audit(&mut *tx, &AuditEntry { org_id: Some(job.org_id), actor, action: "job.attempt_ended", job_id: Some(job_id), subject: None,
+                details: json!({ "attempt": job.attempts, "outcome": outcome, "job_state": "canceled" }) }).await?;
+            tx.commit().await?;
+            return Ok(ReportResult::RecordedCanceled);
+        };
+        if let (Some(token_id), true) = (token_id, strike) {
+            crate::admin::suspend_if_struck_out(&mut tx, token_id, &self.token_policy).await?;
+        }
         let new_state = self
             .apply(&mut tx, &job, &t, record.stderr_tail.as_deref())
             .await?;
         if unconfirmed_blame {
-            // For another worker (see `claim_job`), and with an attempt left for it.
-            sqlx::query(
-                "UPDATE jobs SET blame_worker_id = $2, blame_token_id = $3,
-                        max_attempts = GREATEST(max_attempts, attempts + 1)
-                 WHERE id = $1",
-            )
-            .bind(job_id)
-            .bind(worker_id)
-            .bind(token_id)
-            .execute(&mut *tx)
-            .await?;
+            // For another worker (see `claim_job`); the blame cost nothing (see `Event::BlameUnconfirmed`).
+            sqlx::query("UPDATE jobs SET blame_worker_id = $2, blame_token_id = $3 WHERE id = $1")
+                .bind(job_id)
+                .bind(worker_id)
+                .bind(token_id)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Report::Succeeded { result, outputs } = &report {
             sqlx::query("UPDATE jobs SET result = $2, progress = 1 WHERE id = $1")
@@ -792,6 +816,7 @@ impl Store {
                 details: json!({ "attempt": job.attempts, "outcome": outcome, "state": new_state, "token_id": token_id,
                                  "message": failure.as_ref().map(|f| &f.message),
                                  "error_code": failure.as_ref().map(|f| &f.code), "exit_code": record.exit_code,
+                                 "fault": charge_of(&t).map(Fault::as_str),
                                  "ffmpeg_version": record.ffmpeg_version, "inputs": record.input_hashes,
                                  "outputs": record.output_hashes, "stages": record.stages,
                                  "blame_confirmed_after": blame.and(job.blame_worker_id) }),
@@ -802,7 +827,9 @@ impl Store {
         Ok(ReportResult::Applied(new_state))
     }
 
-    /// Writes a transition of a running job; clears the lease so the old holder is fenced off.
+    /// Writes a transition of a running job; clears the lease so the old holder is fenced off,
+    /// and charges the ended attempt to the job or the platform. A job requeued after a
+    /// platform fault keeps its `run_after`, so it keeps its place in the queue.
     async fn apply(
         &self,
         tx: &mut sqlx::PgTransaction<'_>,
@@ -810,27 +837,38 @@ impl Store {
         t: &Transition,
         stderr_tail: Option<&str>,
     ) -> Result<JobState> {
+        let spent = job.spent().after(charge_of(t));
+        let (job_faults, platform_faults) = (
+            i32::try_from(spent.job_faults).unwrap_or(i32::MAX),
+            i32::try_from(spent.platform_faults).unwrap_or(i32::MAX),
+        );
         match t {
             Transition::Requeue {
                 not_before,
                 failure,
+                ..
             } => {
                 sqlx::query(
                     "UPDATE jobs SET state = 'queued', lease_worker_id = NULL, lease_expires_at = NULL, fencing_token = NULL,
-                            run_after = $2, error_code = $3, error_message = $4, progress = NULL WHERE id = $1",
+                            run_after = COALESCE($2, run_after), error_code = $3, error_message = $4, progress = NULL,
+                            job_faults = $5, platform_faults = $6
+                     WHERE id = $1",
                 )
                 .bind(job.id)
-                .bind(to_offset(*not_before))
+                .bind(not_before.map(to_offset))
                 .bind(&failure.code)
                 .bind(&failure.message)
+                .bind(job_faults)
+                .bind(platform_faults)
                 .execute(&mut **tx)
                 .await?;
                 Ok(JobState::Queued)
             }
-            Transition::Finish { state, failure } => {
+            Transition::Finish { state, failure, .. } => {
                 sqlx::query(
                     "UPDATE jobs SET state = $2, lease_worker_id = NULL, lease_expires_at = NULL, fencing_token = NULL,
-                            finished_at = now(), error_code = $3, error_message = $4, stderr_tail = COALESCE($5, stderr_tail)
+                            finished_at = now(), error_code = $3, error_message = $4, stderr_tail = COALESCE($5, stderr_tail),
+                            job_faults = $6, platform_faults = $7
                      WHERE id = $1",
                 )
                 .bind(job.id)
@@ -838,12 +876,126 @@ impl Store {
                 .bind(failure.as_ref().map(|f| &f.code))
                 .bind(failure.as_ref().map(|f| &f.message))
                 .bind(stderr_tail)
+                .bind(job_faults)
+                .bind(platform_faults)
                 .execute(&mut **tx)
                 .await?;
                 Ok(*state)
             }
             Transition::StartAttempt => Err(StoreError::Conflict("unexpected transition".into())),
         }
+    }
+
+    /// Ends the running attempt of `job` (locked by the caller) without a report: its lease ran
+    /// out, or its worker asked for new work while holding it. A platform fault: the attempt is
+    /// a strike against the worker's token, and the job goes back to its place in the queue.
+    async fn end_unreported(
+        &self,
+        tx: &mut sqlx::PgTransaction<'_>,
+        job: &Job,
+        why: Unreported<'_>,
+        policy: RetryPolicy,
+        jitter: f64,
+    ) -> Result<JobState> {
+        let Unreported {
+            event,
+            outcome,
+            actor,
+            action,
+        } = why;
+        let policy = RetryPolicy {
+            max_attempts: job.max_attempts as u32,
+            ..policy
+        };
+        let t = transition(
+            JobState::Running,
+            &event,
+            job.spent(),
+            &policy,
+            SystemTime::now(),
+            jitter,
+        )
+        .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let failure = match &t {
+            Transition::Requeue { failure, .. } => Some(failure),
+            Transition::Finish { failure, .. } => failure.as_ref(),
+            Transition::StartAttempt => None,
+        };
+        let token_id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE job_attempts SET finished_at = now(), outcome = $3, error_code = $4, error_message = $5,
+                    strike = true, fault = $6
+             WHERE job_id = $1 AND attempt = $2 AND finished_at IS NULL RETURNING token_id",
+        )
+        .bind(job.id)
+        .bind(job.attempts)
+        .bind(outcome)
+        .bind(failure.map(|f| f.code.as_str()))
+        .bind(failure.map(|f| f.message.as_str()))
+        .bind(charge_of(&t).map(Fault::as_str))
+        .fetch_optional(&mut **tx)
+        .await?
+        .flatten();
+        if let Some(token_id) = token_id {
+            crate::admin::suspend_if_struck_out(tx, token_id, &self.token_policy).await?;
+        }
+        let state = self.apply(tx, job, &t, None).await?;
+        insert_audit(
+            &mut **tx,
+            &AuditEntry {
+                org_id: Some(job.org_id),
+                actor: actor.to_owned(),
+                action,
+                job_id: Some(job.id),
+                subject: job.lease_worker_id.map(|w| w.to_string()),
+                details: json!({ "attempt": job.attempts, "state": state,
+                                 "fault": charge_of(&t).map(Fault::as_str) }),
+            },
+        )
+        .await?;
+        Ok(state)
+    }
+
+    /// Requeues the job `worker_id` holds a lease on, if any: a worker asks for new work only
+    /// once it has dropped its job (it lost the lease, or could not report), so the lease
+    /// would only keep the job from running until it ran out. Returns the job requeued.
+    pub async fn release_abandoned_lease(
+        &self,
+        worker_id: Uuid,
+        policy: RetryPolicy,
+        jitter: f64,
+    ) -> Result<Option<(Uuid, JobState)>> {
+        let mut tx = self.begin().await?;
+        let job: Option<Job> = sqlx::query_as(
+            "SELECT * FROM jobs WHERE lease_worker_id = $1 AND state = 'running' LIMIT 1 FOR UPDATE",
+        )
+        .bind(worker_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = job else {
+            return Ok(None);
+        };
+        let event = Event::Fail(Failure {
+            code: error_code::WORKER_ERROR.into(),
+            message: "the worker dropped the job (it asked for new work while holding its lease)"
+                .into(),
+            retryable: true,
+        });
+        let state = self
+            .end_unreported(
+                &mut tx,
+                &job,
+                Unreported {
+                    event,
+                    outcome: "abandoned",
+                    actor: &format!("worker:{worker_id}"),
+                    action: "job.abandoned",
+                },
+                policy,
+                jitter,
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Some((job.id, state)))
     }
 
     /// Requeues (or fails, when out of attempts) jobs whose lease ran out. Safe to run from
@@ -855,56 +1007,51 @@ impl Store {
         jitter: f64,
     ) -> Result<Vec<(Uuid, JobState)>> {
         let mut tx = self.begin().await?;
+        // Not held: expired, and not counted as held through an outage (see `LeaseClock`).
         let expired: Vec<Job> = sqlx::query_as(
-            "SELECT * FROM jobs WHERE state = 'running' AND lease_expires_at < now()
+            "SELECT * FROM jobs WHERE state = 'running' AND lease_expires_at <= COALESCE($2, now())
              ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
+        .bind(self.lease_cutoff())
         .fetch_all(&mut *tx)
         .await?;
         let mut out = Vec::with_capacity(expired.len());
         for job in expired {
-            let policy = RetryPolicy {
-                max_attempts: job.max_attempts as u32,
-                ..policy
-            };
-            let t = transition(
-                JobState::Running,
-                &Event::LeaseExpired,
-                job.attempts as u32,
-                &policy,
-                SystemTime::now(),
-                jitter,
-            )
-            .map_err(|e| StoreError::Conflict(e.to_string()))?;
-            let token_id: Option<Uuid> = sqlx::query_scalar(
-                "UPDATE job_attempts SET finished_at = now(), outcome = 'lease_expired', error_code = 'lease_expired', strike = true
-                 WHERE job_id = $1 AND attempt = $2 AND finished_at IS NULL RETURNING token_id",
-            )
-            .bind(job.id)
-            .bind(job.attempts)
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
-            if let Some(token_id) = token_id {
-                crate::admin::suspend_if_struck_out(&mut tx, token_id, &self.token_policy).await?;
-            }
-            let state = self.apply(&mut tx, &job, &t, None).await?;
-            insert_audit(
-                &mut *tx,
-                &AuditEntry {
-                    org_id: Some(job.org_id),
-                    actor: "system:reaper".into(),
-                    action: "job.lease_expired",
-                    job_id: Some(job.id),
-                    subject: job.lease_worker_id.map(|w| w.to_string()),
-                    details: json!({ "attempt": job.attempts, "state": state }),
-                },
-            )
-            .await?;
+            let state = self
+                .end_unreported(
+                    &mut tx,
+                    &job,
+                    Unreported {
+                        event: Event::LeaseExpired,
+                        outcome: "lease_expired",
+                        actor: "system:reaper",
+                        action: "job.lease_expired",
+                    },
+                    policy,
+                    jitter,
+                )
+                .await?;
             out.push((job.id, state));
         }
         tx.commit().await?;
         Ok(out)
+    }
+}
+
+/// Why an attempt ended without its worker's report, as the attempt and the audit trail tell.
+struct Unreported<'a> {
+    event: Event,
+    /// The attempt's `outcome`.
+    outcome: &'a str,
+    actor: &'a str,
+    action: &'static str,
+}
+
+/// Whose fault the attempt a transition ends was, if anybody's.
+fn charge_of(t: &Transition) -> Option<Fault> {
+    match t {
+        Transition::Requeue { charge, .. } | Transition::Finish { charge, .. } => *charge,
+        Transition::StartAttempt => None,
     }
 }

@@ -19,12 +19,13 @@ pub use grants::*;
 pub use jobs::*;
 pub use workers::*;
 
+use mpegflow_domain::lease::LeaseClock;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use sqlx::PgPool as Pool;
 pub use uuid::Uuid;
@@ -102,6 +103,8 @@ pub struct Store {
     /// The last probe: when, and whether the server was reachable. Callers share one probe
     /// at a time, so a saturated pool does not open a connection per waiting query.
     probe: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
+    /// What this process saw of the database, for the leases that count through an outage.
+    leases: Arc<std::sync::Mutex<LeaseClock>>,
 }
 
 /// How long a query waits for a pooled connection before the database is probed.
@@ -122,6 +125,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_REUSE: Duration = Duration::from_millis(250);
 /// Longest a query waits for a connection of a busy (but reachable) database.
 pub const BUSY_WAIT: Duration = Duration::from_secs(10);
+/// A lease's length until the control plane sets its own ([`Store::set_lease`]).
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// How long [`Store::connect`] waits for the server to accept connections (it may be starting).
 const STARTUP_WAIT: Duration = Duration::from_secs(10);
 
@@ -180,6 +185,10 @@ impl Store {
             token_policy: TokenPolicy::default(),
             down: Arc::default(),
             probe: Arc::default(),
+            leases: Arc::new(std::sync::Mutex::new(LeaseClock::new(
+                DEFAULT_LEASE,
+                SystemTime::now(),
+            ))),
         })
     }
 
@@ -187,6 +196,7 @@ impl Store {
     /// database cannot be reached (see [`ACQUIRE_TIMEOUT`] for how busy is told from down).
     pub(crate) async fn conn(&self) -> Result<PoolConnection<Postgres>> {
         if self.down.load(Ordering::Relaxed) && !self.reachable().await {
+            self.clock(|c| c.unreachable(SystemTime::now()));
             return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
         }
         let started = Instant::now();
@@ -194,11 +204,13 @@ impl Store {
             match self.pool.acquire().await {
                 Ok(conn) => {
                     self.down.store(false, Ordering::Relaxed);
+                    self.clock(|c| c.reached(SystemTime::now()));
                     return Ok(conn);
                 }
                 Err(sqlx::Error::PoolTimedOut) => {
                     if !self.reachable().await {
                         self.down.store(true, Ordering::Relaxed);
+                        self.clock(|c| c.unreachable(SystemTime::now()));
                         return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
                     }
                     if started.elapsed() >= BUSY_WAIT {
@@ -241,6 +253,28 @@ impl Store {
             };
         *last = Some((Instant::now(), reachable));
         reachable
+    }
+
+    fn clock<T>(&self, f: impl FnOnce(&mut LeaseClock) -> T) -> T {
+        // The clock holds plain values: a panic elsewhere cannot leave it half-updated.
+        let mut clock = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut clock)
+    }
+
+    /// Sets how long a lease lasts (the control plane's configuration), and with it how long
+    /// leases count through an outage or this process's start ([`LeaseClock`]).
+    pub fn set_lease(&mut self, lease: Duration) {
+        self.leases = Arc::new(std::sync::Mutex::new(LeaseClock::new(
+            lease,
+            SystemTime::now(),
+        )));
+    }
+
+    /// Leases that expired after this time still count as held (see [`LeaseClock`]); `None`:
+    /// only unexpired ones. Bound into every statement that decides whether a lease is held.
+    pub(crate) fn lease_cutoff(&self) -> Option<time::OffsetDateTime> {
+        self.clock(|c| c.held_if_expired_after(SystemTime::now()))
+            .map(time::OffsetDateTime::from)
     }
 
     /// Sets the limits worker tokens are held to (the control plane's configuration).

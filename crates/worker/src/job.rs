@@ -526,6 +526,7 @@ impl Run<'_> {
             tripped.clone(),
         ));
         let jail = self.launch_for(Program::Ffmpeg, jail, &limits, OutAccess::Write);
+        let encode_started = Instant::now();
         let finished = ffmpeg::run(
             &self.worker.ffmpeg,
             &self.a.argv,
@@ -568,7 +569,12 @@ impl Run<'_> {
         if let Some(why) = tripped.lock().ok().and_then(|mut t| t.take()) {
             return Err(JobFailure::new(error_code::OUTPUT_LIMIT, why, false));
         }
-        if let Err(f) = classify_exit(&finished.exit, &self.stderr, timeout) {
+        // The CPU limit's SIGKILL needs that much CPU time: with every core busy since the
+        // start, could the job have used it? If not, someone else killed it.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cpu_limit_reachable = encode_started.elapsed().as_secs_f64() * cores
+            >= self.jail_limits(&limits).cpu_seconds as f64;
+        if let Err(f) = classify_exit(&finished.exit, &self.stderr, timeout, cpu_limit_reachable) {
             if self.job_uid.is_some() && output_fs_full(&self.dir.join("out")) {
                 return Err(JobFailure {
                     code: error_code::OUTPUT_LIMIT,
@@ -1071,7 +1077,15 @@ fn output_fs_full(out: &std::path::Path) -> bool {
 }
 
 /// Maps how FFmpeg ended to the job's outcome: limits and tripwires get their own codes.
-fn classify_exit(exit: &Exit, stderr: &[u8], timeout: Duration) -> Result<(), JobFailure> {
+/// What FFmpeg's end says about whose fault it was. `cpu_limit_reachable`: whether the job
+/// could have used up its CPU time (see the caller); a SIGKILL it could not have earned that
+/// way (the host's OOM killer, an operator) is the platform's, and the job runs again.
+fn classify_exit(
+    exit: &Exit,
+    stderr: &[u8],
+    timeout: Duration,
+    cpu_limit_reachable: bool,
+) -> Result<(), JobFailure> {
     let fail = |code, message: String, exit_code| {
         Err(JobFailure {
             code,
@@ -1084,7 +1098,14 @@ fn classify_exit(exit: &Exit, stderr: &[u8], timeout: Duration) -> Result<(), Jo
         Exit::Code(0) => Ok(()),
         Exit::Code(c) => {
             let text = String::from_utf8_lossy(stderr);
-            if text.contains("Cannot allocate memory")
+            // FFmpeg catches SIGXCPU (the soft CPU limit) and exits "normally".
+            if text.contains(&format!("received signal {}.", libc::SIGXCPU)) {
+                fail(
+                    error_code::TIME_LIMIT,
+                    format!("ffmpeg used up its CPU time (status {c})"),
+                    c,
+                )
+            } else if text.contains("Cannot allocate memory")
                 || text.contains("Out of memory")
                 || text.contains("out of memory")
             {
@@ -1112,11 +1133,21 @@ fn classify_exit(exit: &Exit, stderr: &[u8], timeout: Duration) -> Result<(), Jo
             "ffmpeg made a forbidden system call and was killed".into(),
             128 + s,
         ),
-        Exit::Signal(s) if s == libc::SIGXCPU || s == libc::SIGKILL => fail(
-            error_code::TIME_LIMIT,
-            format!("ffmpeg used up its CPU time (signal {s})"),
-            128 + s,
-        ),
+        Exit::Signal(s) if s == libc::SIGXCPU || (s == libc::SIGKILL && cpu_limit_reachable) => {
+            fail(
+                error_code::TIME_LIMIT,
+                format!("ffmpeg used up its CPU time (signal {s})"),
+                128 + s,
+            )
+        }
+        Exit::Signal(s) if s == libc::SIGKILL => Err(JobFailure {
+            code: error_code::KILLED,
+            message: "ffmpeg was killed from outside (SIGKILL) before it could have used up \
+                      its CPU time: the host's out-of-memory killer or an operator"
+                .into(),
+            retryable: true,
+            exit_code: 128 + s,
+        }),
         Exit::Signal(s) if s == libc::SIGXFSZ => fail(
             error_code::OUTPUT_LIMIT,
             "ffmpeg wrote a file past the output limit".into(),
@@ -1233,6 +1264,11 @@ mod tests {
                 Some(error_code::TIME_LIMIT),
             ),
             (
+                Exit::Code(255),
+                "Exiting normally, received signal 24.",
+                Some(error_code::TIME_LIMIT),
+            ),
+            (
                 Exit::Signal(libc::SIGXFSZ),
                 "",
                 Some(error_code::OUTPUT_LIMIT),
@@ -1245,13 +1281,33 @@ mod tests {
             (Exit::TimedOut, "", Some(error_code::TIME_LIMIT)),
         ];
         for (exit, stderr, want) in cases {
-            let got = classify_exit(exit, stderr.as_bytes(), t)
+            let got = classify_exit(exit, stderr.as_bytes(), t, true)
                 .err()
                 .map(|f| f.code);
             assert_eq!(got, *want, "{exit:?}");
-            if let Err(f) = classify_exit(exit, stderr.as_bytes(), t) {
+            if let Err(f) = classify_exit(exit, stderr.as_bytes(), t, true) {
                 assert!(!f.retryable, "a job's own failure is not retried elsewhere");
             }
         }
+    }
+
+    #[test]
+    fn a_sigkill_the_cpu_limit_cannot_explain_is_the_platforms_fault() {
+        let t = Duration::from_secs(5);
+        let f = classify_exit(&Exit::Signal(libc::SIGKILL), b"", t, false).unwrap_err();
+        assert_eq!(f.code, error_code::KILLED);
+        assert!(f.retryable);
+        assert_eq!(
+            mpegflow_domain::job::Failure {
+                code: f.code.into(),
+                message: f.message,
+                retryable: f.retryable
+            }
+            .fault(),
+            mpegflow_domain::job::Fault::Platform
+        );
+        // SIGXCPU is the limit's own signal, whatever the time.
+        let f = classify_exit(&Exit::Signal(libc::SIGXCPU), b"", t, false).unwrap_err();
+        assert_eq!(f.code, error_code::TIME_LIMIT);
     }
 }

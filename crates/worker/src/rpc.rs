@@ -14,7 +14,8 @@ pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// A report can make the coordinator read back every output: give it longer.
 pub const REPORT_DEADLINE: Duration = Duration::from_secs(120);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
-const MAX_RETRY: Duration = Duration::from_secs(5);
+// Small: once the coordinator is back, a worker finds out within about this long.
+const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// A request carrying its deadline (sent as `grpc-timeout`, and enforced here too).
 pub fn request<T>(message: T, deadline: Duration) -> tonic::Request<T> {

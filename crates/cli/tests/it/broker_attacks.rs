@@ -90,6 +90,8 @@ async fn a_heartbeating_rogue_cannot_hold_a_job_past_its_timeout() {
         lease_seconds: 2,
         attempt_grace_seconds: 2,
         max_attempts: 1,
+        // The rogue's lost lease is a platform fault: the job's only one allowed here.
+        max_platform_faults: 1,
         ..test_control_config()
     };
     let tp = TestPlatform::start(0, config).await;

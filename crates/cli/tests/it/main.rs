@@ -13,6 +13,7 @@ mod cli;
 mod commands;
 mod coordinator_auth;
 mod e2e;
+mod faults;
 mod fencing;
 mod identity;
 mod isolation;

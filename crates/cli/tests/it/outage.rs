@@ -1,7 +1,10 @@
 //! A database outage: the platform runs on a PostgreSQL cluster of its own (the shared test
 //! cluster must stay up for the other tests), which the test stops and starts again.
 
-use crate::harness::{eventually, fingerprint, tempdir::TempDir, test_control_config};
+use crate::harness::{
+    clip, eventually, fingerprint, submit, tempdir::TempDir, test_control_config,
+};
+use mpegflow::client::ApiClient;
 use mpegflow::pg::Cluster;
 use mpegflow::platform::{Platform, PlatformConfig};
 use mpegflow_api as api;
@@ -187,6 +190,77 @@ async fn database_outage_answers_503_fast_and_recovers() {
         .await
         .expect("a worker registers once the database is back");
 
+    platform.stop(Duration::from_secs(5)).await;
+    tokio::task::block_in_place(|| drop(cluster));
+}
+
+/// A database outage longer than the lease while a job runs: heartbeats and the finished
+/// encode's upload-URL request fail through it and are retried; once the database is back the
+/// lease still counts (nothing was reaped for want of renewals the outage made impossible),
+/// and the job completes on its first attempt, costing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_running_through_an_outage_longer_than_its_lease_completes_on_its_first_attempt() {
+    let dir = TempDir::new("mpegflow-it-outage-lease");
+    let pg_dir = dir.path().join("pg");
+    let cluster = Stopped(Cluster::start(&pg_dir, None, true).expect("start a private cluster"));
+    let port = cluster.0.port;
+    let url = mpegflow_store::create_database(&cluster.0.database_url("postgres"), "outage")
+        .await
+        .expect("create the database");
+    let lease = Duration::from_secs(3);
+    let platform = Platform::start(PlatformConfig {
+        data_dir: dir.path().join("data"),
+        database_url: Some(url),
+        api_addr: "127.0.0.1:0".into(),
+        grpc_addr: "127.0.0.1:0".into(),
+        s3_addr: "127.0.0.1:0".into(),
+        workers: 1,
+        control: mpegflow_control::ControlConfig {
+            lease_seconds: lease.as_secs() as u32,
+            ..test_control_config()
+        },
+        pg_for_tests: true,
+        ..PlatformConfig::default()
+    })
+    .await
+    .expect("platform starts");
+    let (_, key) = platform.store().create_org("outage").await.unwrap();
+    let client = ApiClient::new(&platform.api_url, key.expose());
+    let input = clip(dir.path(), "in.mp4", 4, "320x240").await;
+    // `-re`: the encode takes the clip's 4 s, so the job is in flight when the outage begins.
+    let id = submit(
+        &client,
+        &input,
+        &[("out", "o.mp4")],
+        "-re -i {{in}} -c:v libx264 -preset veryfast {{out}}",
+    )
+    .await
+    .id;
+    eventually("the job running", Duration::from_secs(30), || async {
+        let j = client.job(id).await.ok()?;
+        (j.state == api::JobState::Running).then_some(())
+    })
+    .await;
+
+    tokio::task::block_in_place(|| drop(cluster));
+    let outage = lease * 3;
+    tokio::time::sleep(outage).await;
+    let cluster = tokio::task::block_in_place(|| Cluster::start(&pg_dir, Some(port), true))
+        .map(Stopped)
+        .expect("restart the cluster");
+    let recovered = Instant::now();
+    let job = client.wait(id, |_| {}).await.unwrap();
+    eprintln!(
+        "outage of {outage:?} (lease {lease:?}): the job {} {:?} after the restart",
+        job.state,
+        recovered.elapsed()
+    );
+    assert_eq!(job.state, api::JobState::Succeeded, "{job:#?}");
+    assert_eq!(
+        (job.attempts, job.job_faults, job.platform_faults),
+        (1, 0, 0),
+        "the outage cost nothing: {job:#?}"
+    );
     platform.stop(Duration::from_secs(5)).await;
     tokio::task::block_in_place(|| drop(cluster));
 }

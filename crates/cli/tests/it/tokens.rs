@@ -155,6 +155,7 @@ async fn a_token_failing_fast_is_throttled_then_suspended_and_its_jobs_stay_runn
         throttle_max_ms: 1_000,
         suspend_after_strikes: 5,
         max_attempts: 6,
+        max_platform_faults: 6,
         ..test_control_config()
     };
     let mut tp = TestPlatform::start(0, config).await;
@@ -250,6 +251,7 @@ async fn ordinary_crashes_do_not_suspend_a_token() {
     let config = ControlConfig {
         lease_seconds: 1,
         max_attempts: 30,
+        max_platform_faults: 30,
         ..test_control_config()
     };
     let Queued { tp, .. } = Queued::start(config, 4).await;

@@ -109,6 +109,8 @@ pub fn job(job: &Job, pool: &str, history: Option<Vec<Attempt>>) -> Result<api::
             .and_then(|v| serde_json::from_value(v.clone()).ok()),
         attempts: job.attempts.max(0) as u32,
         max_attempts: job.max_attempts.max(0) as u32,
+        job_faults: job.job_faults.max(0) as u32,
+        platform_faults: job.platform_faults.max(0) as u32,
         pool: pool.to_owned(),
         command: job.command.clone(),
         argv,
@@ -154,6 +156,11 @@ fn attempt(a: &Attempt) -> api::Attempt {
         error_code: a.error_code.clone(),
         error_message: a.error_message.clone(),
         ffmpeg_version: a.ffmpeg_version.clone(),
+        fault: a.fault.as_deref().and_then(|f| match f.parse() {
+            Ok(mpegflow_domain::job::Fault::Job) => Some(api::Fault::Job),
+            Ok(mpegflow_domain::job::Fault::Platform) => Some(api::Fault::Platform),
+            Err(_) => None,
+        }),
         stages: recorded::<RecordedStage>(&a.stages)
             .into_iter()
             .map(|s| api::AttemptStage {

@@ -95,8 +95,18 @@ pub async fn claim(state: &AppState, req: WorkRequest<'_>) -> Result<Option<Assi
     } = req;
     let span = tracing::info_span!("get_work_assignment", %worker_id, pool = %token.pool_name);
     async move {
-        if let Some(job_id) = state.store.lease_held_by(worker_id).await? {
-            return Err(lease_held(job_id));
+        // A worker asks for work only once it has dropped its job: it must not wait behind its
+        // own stale lease (a platform fault; the job goes back to its place in the queue).
+        if let Some((job_id, new_state)) = state
+            .store
+            .release_abandoned_lease(worker_id, state.config.retry_policy(), rand::random())
+            .await?
+        {
+            tracing::warn!(%job_id, %new_state, "the worker asked for new work while holding this job's lease; released it");
+            state.job_changed.notify_waiters();
+            if new_state == mpegflow_domain::job::JobState::Queued {
+                state.job_queued.notify_waiters();
+            }
         }
         let wait = wait.min(Duration::from_secs(state.config.max_poll_seconds.into()));
         let deadline = Instant::now() + wait;

@@ -1,0 +1,162 @@
+//! What faults cost a job: a platform fault (a store, the database, a lost or abandoning
+//! worker) spends none of its attempts and keeps its place in the queue; only the job's own
+//! faults count against `max_attempts`. Leases are exact: past `lease_expires_at` nothing is
+//! extended, granted or recorded for the attempt.
+
+use crate::harness::*;
+use mpegflow_api::{self as api, JobState};
+use mpegflow_control::ControlConfig;
+use mpegflow_proto as pb;
+use std::time::Duration;
+use tonic::Code;
+
+async fn job(client: &mpegflow::client::ApiClient, id: uuid::Uuid) -> api::Job {
+    client.job(id).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_fault_costs_no_attempt_and_the_job_keeps_its_place_in_the_queue() {
+    // One attempt for the job's own faults: a platform fault that spent it would fail the job.
+    let config = ControlConfig {
+        max_attempts: 1,
+        // Three platform faults are retried; the fourth is final.
+        max_platform_faults: 4,
+        ..test_control_config()
+    };
+    let Queued { tp, client, jobs } = Queued::start(config, 2).await;
+    let (first, second) = (jobs[0].id, jobs[1].id);
+    let (_, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+
+    // Three platform faults in a row (the store refused the upload, the worker crashed, the
+    // host killed FFmpeg): each time the job is back at the head of the queue at once.
+    for (round, code) in ["output_upload_failed", "worker_error", "killed"]
+        .into_iter()
+        .enumerate()
+    {
+        let a = r.poll(&w, 2).await.unwrap().expect("a job");
+        assert_eq!(
+            a.job_id,
+            first.to_string(),
+            "round {round}: the oldest job first, again"
+        );
+        r.fail(&w, &a, code, true).await.unwrap();
+        let j = job(&client, first).await;
+        assert_eq!(j.state, JobState::Queued, "round {round}: {j:#?}");
+        assert_eq!(j.job_faults, 0, "round {round}: {j:#?}");
+        assert_eq!(j.platform_faults, round as u32 + 1, "{j:#?}");
+        assert_eq!(
+            history(&j)[round].fault,
+            Some(api::Fault::Platform),
+            "{j:#?}"
+        );
+    }
+    // The fourth platform fault is past the platform's bound: final.
+    let a = r.poll(&w, 2).await.unwrap().expect("a job");
+    assert_eq!(a.job_id, first.to_string());
+    r.fail(&w, &a, "input_fetch_failed", true).await.unwrap();
+    let j = job(&client, first).await;
+    assert_eq!(j.state, JobState::Failed, "{j:#?}");
+    assert_eq!((j.attempts, j.platform_faults), (4, 4), "{j:#?}");
+
+    // A job's own retryable fault is charged to it: with one attempt allowed, final at once.
+    let a = r.poll(&w, 2).await.unwrap().expect("the second job");
+    assert_eq!(a.job_id, second.to_string());
+    r.fail(&w, &a, "ffmpeg_failed", true).await.unwrap();
+    let j = job(&client, second).await;
+    assert_eq!(j.state, JobState::Failed, "{j:#?}");
+    assert_eq!((j.job_faults, j.platform_faults), (1, 0), "{j:#?}");
+    assert_eq!(history(&j)[0].fault, Some(api::Fault::Job), "{j:#?}");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_asking_for_work_while_holding_a_lease_is_not_stranded_behind_it() {
+    let config = ControlConfig {
+        max_attempts: 1,
+        ..test_control_config()
+    };
+    let Queued { tp, client, jobs } = Queued::start(config, 1).await;
+    let id = jobs[0].id;
+    let (_, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+    let dropped = r.poll(&w, 2).await.unwrap().expect("the job");
+    // The worker dropped the job (say its report could not get through) and asks again: it
+    // gets work at once — the same job, in its old place, under a new fencing token.
+    let again = r
+        .poll(&w, 0)
+        .await
+        .expect("no 'worker already holds the lease'")
+        .expect("the job again, at once");
+    assert_eq!(again.job_id, id.to_string());
+    assert_ne!(again.fencing_token, dropped.fencing_token);
+    let stale = r.heartbeat(&w, &dropped, false).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    let j = job(&client, id).await;
+    assert_eq!(j.state, JobState::Running, "{j:#?}");
+    assert_eq!((j.attempts, j.job_faults, j.platform_faults), (2, 0, 1));
+    let first = &history(&j)[0];
+    assert_eq!(first.outcome.as_deref(), Some("abandoned"), "{j:#?}");
+    assert_eq!(first.fault, Some(api::Fault::Platform));
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_expiry_a_lease_extends_grants_and_records_nothing_even_before_the_reaper_runs() {
+    let config = ControlConfig {
+        lease_seconds: 2,
+        // The reaper does not come by during the test: the lease's expiry alone must count.
+        reaper_interval_ms: 600_000,
+        ..test_control_config()
+    };
+    let Queued { tp, client, jobs } = Queued::start(config, 1).await;
+    let id = jobs[0].id;
+    let (_, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+    // Past the amnesty a starting control plane gives leases (one lease period).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a = r.poll(&w, 2).await.unwrap().expect("the job");
+    r.heartbeat(&w, &a, false)
+        .await
+        .expect("a live lease extends");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    let hb = r.heartbeat(&w, &a, false).await.unwrap_err();
+    assert_eq!(hb.code(), Code::FailedPrecondition, "heartbeat: {hb:?}");
+    let ask = r.req(pb::RequestUploadUrlsRequest {
+        worker_id: w.clone(),
+        job_id: a.job_id.clone(),
+        fencing_token: a.fencing_token.clone(),
+        files: vec![pb::ProducedFile {
+            path: "out/o.mp4".into(),
+            size: 1,
+            sha256: sha256_hex(b"x"),
+        }],
+    });
+    let grant = r.client.request_upload_urls(ask).await.unwrap_err();
+    assert_eq!(
+        grant.code(),
+        Code::FailedPrecondition,
+        "upload URLs: {grant:?}"
+    );
+    let report = r.fail(&w, &a, "ffmpeg_failed", false).await.unwrap_err();
+    assert_eq!(
+        report.code(),
+        Code::FailedPrecondition,
+        "report: {report:?}"
+    );
+
+    let j = job(&client, id).await;
+    assert_eq!(j.state, JobState::Running, "not reaped yet: {j:#?}");
+    assert!(history(&j)[0].outcome.is_none(), "nothing recorded: {j:#?}");
+    let grants: i64 = sqlx::query_scalar("SELECT count(*) FROM upload_grants WHERE job_id = $1")
+        .bind(id)
+        .fetch_one(tp.platform.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(grants, 0, "no upload was granted on an expired lease");
+    tp.stop().await;
+}
