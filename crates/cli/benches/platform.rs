@@ -157,6 +157,7 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
                 let mut r = tonic::Request::new(pb::GetWorkAssignmentRequest {
                     worker_id,
                     wait_seconds: 0,
+                    dropped: None,
                 });
                 r.metadata_mut().insert("authorization", auth.clone());
                 match c
@@ -384,6 +385,7 @@ async fn latency_bench(dir: &Path, cluster: &Cluster) {
         let mut r = tonic::Request::new(pb::GetWorkAssignmentRequest {
             worker_id: worker_id.clone(),
             wait_seconds: 0,
+            dropped: None,
         });
         r.metadata_mut().insert("authorization", auth.clone());
         c.get_work_assignment(r).await.unwrap();
@@ -408,6 +410,7 @@ async fn latency_bench(dir: &Path, cluster: &Cluster) {
         let mut r = tonic::Request::new(pb::GetWorkAssignmentRequest {
             worker_id: worker_id.clone(),
             wait_seconds: 0,
+            dropped: None,
         });
         r.metadata_mut().insert("authorization", auth.clone());
         let t = Instant::now();

@@ -399,6 +399,15 @@ impl pb::Coordinator for CoordinatorService {
             worker_id,
             grammar: &grammar,
             wait: Duration::from_secs(req.get_ref().wait_seconds.into()),
+            dropped: match &req.get_ref().dropped {
+                None => None,
+                Some(d) => Some((
+                    Uuid::parse_str(&d.job_id).map_err(|_| {
+                        ControlError::invalid("invalid_job_id", "dropped.job_id is not a UUID")
+                    })?,
+                    d.fencing_token.as_str(),
+                )),
+            },
         };
         let assignment = claim::claim(&self.state, work).await?;
         Ok(Response::new(pb::GetWorkAssignmentResponse {

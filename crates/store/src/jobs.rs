@@ -955,20 +955,29 @@ impl Store {
         Ok(state)
     }
 
-    /// Requeues the job `worker_id` holds a lease on, if any: a worker asks for new work only
-    /// once it has dropped its job (it lost the lease, or could not report), so the lease
-    /// would only keep the job from running until it ran out. Returns the job requeued.
-    pub async fn release_abandoned_lease(
+    /// Ends the attempt under `job_id`'s lease whose worker gave it up without its report
+    /// getting through: the lease would only keep the job from running until it ran out.
+    /// Fenced: `fencing_token` must be the attempt's, and its worker must be of the caller's
+    /// token (a worker that registered again hands back its earlier registration's lease).
+    /// Returns the job's new state, or `None` when the lease is not held (any more).
+    pub async fn release_dropped_lease(
         &self,
-        worker_id: Uuid,
+        caller: Claimant<'_>,
+        job_id: Uuid,
+        fencing_token: &str,
         policy: RetryPolicy,
         jitter: f64,
-    ) -> Result<Option<(Uuid, JobState)>> {
+    ) -> Result<Option<JobState>> {
+        let worker_id = caller.worker_id;
         let mut tx = self.begin().await?;
         let job: Option<Job> = sqlx::query_as(
-            "SELECT * FROM jobs WHERE lease_worker_id = $1 AND state = 'running' LIMIT 1 FOR UPDATE",
+            "SELECT j.* FROM jobs j JOIN workers w ON w.id = j.lease_worker_id
+             WHERE j.id = $1 AND j.fencing_token = $2 AND w.token_id = $3 AND j.state = 'running'
+             FOR UPDATE OF j",
         )
-        .bind(worker_id)
+        .bind(job_id)
+        .bind(fencing_token)
+        .bind(caller.token.token_id)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job) = job else {
@@ -976,8 +985,7 @@ impl Store {
         };
         let event = Event::Fail(Failure {
             code: error_code::WORKER_ERROR.into(),
-            message: "the worker dropped the job (it asked for new work while holding its lease)"
-                .into(),
+            message: "the worker gave the job up without its report getting through".into(),
             retryable: true,
         });
         let state = self
@@ -986,16 +994,16 @@ impl Store {
                 &job,
                 Unreported {
                     event,
-                    outcome: "abandoned",
+                    outcome: "dropped",
                     actor: &format!("worker:{worker_id}"),
-                    action: "job.abandoned",
+                    action: "job.dropped",
                 },
                 policy,
                 jitter,
             )
             .await?;
         tx.commit().await?;
-        Ok(Some((job.id, state)))
+        Ok(Some(state))
     }
 
     /// Requeues (or fails, when out of attempts) jobs whose lease ran out. Safe to run from

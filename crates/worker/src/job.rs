@@ -182,12 +182,14 @@ struct Run<'a> {
 }
 
 /// Runs one assignment and reports its end to the coordinator.
+/// Runs one job and reports it. Returns the lease when the report did not get through: the
+/// next call for work hands it back, so the job does not wait for the lease to run out.
 pub async fn execute(
     worker: &Worker,
     client: &mut Client,
     a: pb::JobAssignment,
     shutdown_hard: CancellationToken,
-) {
+) -> Option<pb::DroppedLease> {
     let dir = worker
         .config
         .work_dir
@@ -260,7 +262,7 @@ pub async fn execute(
     match ended {
         Ended::LeaseLost => {
             tracing::warn!(job_id = %a.job_id, "lease lost; dropping the job without a report");
-            return;
+            return None;
         }
         Ended::Succeeded(outputs) => {
             report.outcome = pb::Outcome::Succeeded as i32;
@@ -296,8 +298,15 @@ pub async fn execute(
         },
     )
     .await;
-    if let Err(s) = sent {
-        tracing::warn!(job_id = %a.job_id, "report not delivered: {} {}", s.code(), s.message());
+    match sent {
+        Ok(_) => None,
+        Err(s) => {
+            tracing::warn!(job_id = %a.job_id, "report not delivered: {} {}", s.code(), s.message());
+            Some(pb::DroppedLease {
+                job_id: a.job_id.clone(),
+                fencing_token: a.fencing_token.clone(),
+            })
+        }
     }
 }
 

@@ -243,10 +243,13 @@ pub async fn run(
         config,
     };
     let mut backoff = Duration::from_millis(200);
+    // A job given up without its report getting through, handed back with the next call.
+    let mut dropped: Option<pb::DroppedLease> = None;
     while !shutdown.is_cancelled() {
         let req = pb::GetWorkAssignmentRequest {
             worker_id: worker.worker_id.clone(),
             wait_seconds: worker.config.poll_seconds,
+            dropped: dropped.clone(),
         };
         // A long-poll: its deadline is the wait it asks for plus room for the answer.
         let deadline =
@@ -259,11 +262,12 @@ pub async fn run(
         match resp {
             Ok(r) => {
                 backoff = Duration::from_millis(200);
+                dropped = None;
                 if let Some(a) = r.into_inner().assignment {
                     let span = tracing::info_span!("job", worker_id = %worker.worker_id, job_id = %a.job_id, attempt = a.attempt);
                     let _g = span.enter();
                     tracing::info!("job started");
-                    job::execute(&worker, &mut client, a, shutdown_hard.clone()).await;
+                    dropped = job::execute(&worker, &mut client, a, shutdown_hard.clone()).await;
                     // Without its spawn helper a root worker can run nothing: stop, do not
                     // take jobs only to fail them (SEAL is idempotent; it answers while alive).
                     if let Some(spawner) = &worker.config.spawner {

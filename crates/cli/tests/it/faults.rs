@@ -72,23 +72,35 @@ async fn a_platform_fault_costs_no_attempt_and_the_job_keeps_its_place_in_the_qu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_asking_for_work_while_holding_a_lease_is_not_stranded_behind_it() {
+async fn a_worker_that_gave_up_a_job_hands_its_lease_back_and_gets_work_at_once() {
     let config = ControlConfig {
         max_attempts: 1,
         ..test_control_config()
     };
     let Queued { tp, client, jobs } = Queued::start(config, 1).await;
     let id = jobs[0].id;
-    let (_, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let (_, token) = tp.worker_token_with("default", max_workers(2)).await;
     let mut r = RawWorker::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
     let dropped = r.poll(&w, 2).await.unwrap().expect("the job");
-    // The worker dropped the job (say its report could not get through) and asks again: it
-    // gets work at once — the same job, in its old place, under a new fencing token.
+    // Asking again without handing the lease back (a second, concurrent long-poll, say) is
+    // refused: one worker holds one lease.
+    let held = r.poll(&w, 0).await.unwrap_err();
+    assert_eq!(held.code(), Code::FailedPrecondition, "{held:?}");
+    // A wrong fencing token hands back nothing.
+    let mut forged = dropped.clone();
+    forged.fencing_token = "0".repeat(forged.fencing_token.len());
+    let held = r.poll_dropping(&w, 0, Some(&forged)).await.unwrap_err();
+    assert_eq!(held.code(), Code::FailedPrecondition, "{held:?}");
+
+    // The worker gave the job up (its report could not get through) and registered again:
+    // handing back the lease of its earlier registration, it gets work at once — the same
+    // job, in its old place, under a new fencing token.
+    let w2 = r.register().await.unwrap();
     let again = r
-        .poll(&w, 0)
+        .poll_dropping(&w2, 0, Some(&dropped))
         .await
-        .expect("no 'worker already holds the lease'")
+        .expect("the dropped lease does not strand the worker")
         .expect("the job again, at once");
     assert_eq!(again.job_id, id.to_string());
     assert_ne!(again.fencing_token, dropped.fencing_token);
@@ -98,7 +110,7 @@ async fn a_worker_asking_for_work_while_holding_a_lease_is_not_stranded_behind_i
     assert_eq!(j.state, JobState::Running, "{j:#?}");
     assert_eq!((j.attempts, j.job_faults, j.platform_faults), (2, 0, 1));
     let first = &history(&j)[0];
-    assert_eq!(first.outcome.as_deref(), Some("abandoned"), "{j:#?}");
+    assert_eq!(first.outcome.as_deref(), Some("dropped"), "{j:#?}");
     assert_eq!(first.fault, Some(api::Fault::Platform));
     tp.stop().await;
 }

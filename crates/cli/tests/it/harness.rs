@@ -483,9 +483,23 @@ impl RawWorker {
         worker: &str,
         wait: u32,
     ) -> Result<Option<pb::JobAssignment>, tonic::Status> {
+        self.poll_dropping(worker, wait, None).await
+    }
+
+    /// Asks for work as `worker`, handing back the lease of `dropped` (a job given up on).
+    pub async fn poll_dropping(
+        &mut self,
+        worker: &str,
+        wait: u32,
+        dropped: Option<&pb::JobAssignment>,
+    ) -> Result<Option<pb::JobAssignment>, tonic::Status> {
         let r = self.req(pb::GetWorkAssignmentRequest {
             worker_id: worker.into(),
             wait_seconds: wait,
+            dropped: dropped.map(|a| pb::DroppedLease {
+                job_id: a.job_id.clone(),
+                fencing_token: a.fencing_token.clone(),
+            }),
         });
         Ok(self
             .client

@@ -9,6 +9,7 @@ mod audit;
 mod bad_input;
 mod broker_attacks;
 mod cancel;
+mod chaos;
 mod cli;
 mod commands;
 mod coordinator_auth;

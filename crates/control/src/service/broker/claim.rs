@@ -20,6 +20,9 @@ pub struct WorkRequest<'a> {
     pub grammar: &'a str,
     /// How long the worker lets the call wait for work (bounded by the configuration).
     pub wait: Duration,
+    /// A job the worker gave up on without its report getting through, with the attempt's
+    /// fencing token: its lease is released before the worker gets new work.
+    pub dropped: Option<(Uuid, &'a str)>,
 }
 
 /// What the worker receives for a claimed job.
@@ -92,21 +95,38 @@ pub async fn claim(state: &AppState, req: WorkRequest<'_>) -> Result<Option<Assi
         worker_id,
         grammar,
         wait,
+        dropped,
     } = req;
     let span = tracing::info_span!("get_work_assignment", %worker_id, pool = %token.pool_name);
     async move {
-        // A worker asks for work only once it has dropped its job: it must not wait behind its
-        // own stale lease (a platform fault; the job goes back to its place in the queue).
-        if let Some((job_id, new_state)) = state
-            .store
-            .release_abandoned_lease(worker_id, state.config.retry_policy(), rand::random())
-            .await?
-        {
-            tracing::warn!(%job_id, %new_state, "the worker asked for new work while holding this job's lease; released it");
-            state.job_changed.notify_waiters();
-            if new_state == mpegflow_domain::job::JobState::Queued {
-                state.job_queued.notify_waiters();
+        // A worker that gave up on its job must not wait behind its own stale lease: it says
+        // so (fenced), and the job goes back to its place in the queue (a platform fault).
+        if let Some((job_id, fencing_token)) = dropped {
+            let caller = Claimant {
+                token,
+                worker_id,
+                grammar,
+            };
+            let released = state
+                .store
+                .release_dropped_lease(
+                    caller,
+                    job_id,
+                    fencing_token,
+                    state.config.retry_policy(),
+                    rand::random(),
+                )
+                .await?;
+            if let Some(new_state) = released {
+                tracing::warn!(%job_id, %new_state, "the worker dropped this job without a report; released its lease");
+                state.job_changed.notify_waiters();
+                if new_state == mpegflow_domain::job::JobState::Queued {
+                    state.job_queued.notify_waiters();
+                }
             }
+        }
+        if let Some(job_id) = state.store.lease_held_by(worker_id).await? {
+            return Err(lease_held(job_id));
         }
         let wait = wait.min(Duration::from_secs(state.config.max_poll_seconds.into()));
         let deadline = Instant::now() + wait;
