@@ -701,7 +701,13 @@ impl Platform {
             return Ok(());
         }
         let launch = self.launch(token.expose(), &[], true)?;
-        let (stop, _) = watch::channel(None);
+        // Kept in the parts before the first worker starts: a start that fails half-way stops
+        // the supervisors already running.
+        let stop = self
+            .parts
+            .fleet_stop
+            .get_or_insert_with(|| watch::channel(None).0)
+            .clone();
         for slot in 0..n {
             let number = self.next_number();
             let (child, work_dir) = launch.spawn(number, false).await?;
@@ -723,7 +729,6 @@ impl Platform {
             );
             self.parts.fleet.push(tokio::spawn(supervisor));
         }
-        self.parts.fleet_stop = Some(stop);
         Ok(())
     }
 

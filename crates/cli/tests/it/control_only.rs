@@ -6,6 +6,7 @@ use crate::harness::*;
 use mpegflow::client::ApiClient;
 use mpegflow::control_only::{self, ControlOnlyConfig, Listeners};
 use mpegflow_api::JobState;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,6 +41,10 @@ async fn a_control_plane_joined_to_a_running_platform_runs_jobs_on_its_workers_a
     let tp = TestPlatform::start(1, test_control_config()).await;
     let data_dir = tp.platform.data_dir.clone();
     let (_, key) = tp.platform.store().create_org("acme").await.unwrap();
+    // What a joiner reads: only its owner may (it names the database).
+    let published = data_dir.join(mpegflow::platform::PLATFORM_FILE);
+    let mode = std::fs::metadata(&published).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", published.display());
     let (api, stop, joined) = join_in_process(&data_dir).await;
     let client = ApiClient::new(&api, key.expose());
 
