@@ -676,7 +676,7 @@ impl Platform {
         })
     }
 
-    /// Starts `n` workers under one fresh token sized to them; with `supervise`, each one that
+    /// Starts `n` workers under one fresh token sized to them; `supervised`, each one that
     /// exits while the platform runs is replaced (see [`supervise`]).
     async fn start_fleet(&mut self, n: usize, supervised: bool) -> Result<()> {
         if n == 0 {
