@@ -172,6 +172,32 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
+    /// Whether a platform holds the lock on `data_dir` now. (It takes a shared lock for an
+    /// instant when none is held: an `up` starting in that instant is refused and can retry.)
+    pub fn is_held(data_dir: &Path) -> Result<bool> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = data_dir.join("up.lock");
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return Ok(false); // released when `file` closes
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(true);
+        }
+        Err(e).with_context(|| format!("locking {}", path.display()))
+    }
+
     pub fn acquire(data_dir: &Path) -> Result<DataDirLock> {
         use std::io::{Read, Seek, Write};
         use std::os::fd::AsRawFd;
@@ -226,6 +252,35 @@ pub fn stop_orphan_workers(work_root: &Path) {
 
 /// Pids of processes started with `--work-dir <work_root>/…`.
 pub fn orphan_workers(work_root: &Path) -> Vec<i32> {
+    processes_with_work_dir(|dir| dir.parent() == Some(work_root))
+}
+
+/// Reclaims the work directory of a worker that exited: stops what of it still runs (its
+/// spawn helper, a fork with its arguments) and removes the directory with the files of its
+/// jobs (as root, whatever uid owns them).
+pub fn reclaim_work_dir(work_dir: &Path) {
+    let left = || processes_with_work_dir(|dir| dir == work_dir);
+    for pid in left() {
+        // SAFETY: kill takes plain integers; the process works in the directory we reclaim.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && !left().is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    match std::fs::remove_dir_all(work_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            "removing the work directory {} of a worker that exited: {e}",
+            work_dir.display()
+        ),
+    }
+}
+
+/// Pids of processes (other than this one) started with a `--work-dir` argument `is_ours`
+/// accepts.
+fn processes_with_work_dir(is_ours: impl Fn(&Path) -> bool) -> Vec<i32> {
     use std::os::unix::ffi::OsStrExt;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -240,8 +295,7 @@ pub fn orphan_workers(work_root: &Path) -> Vec<i32> {
             };
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             args.windows(2).any(|w| {
-                w[0] == b"--work-dir"
-                    && Path::new(std::ffi::OsStr::from_bytes(w[1])).parent() == Some(work_root)
+                w[0] == b"--work-dir" && is_ours(Path::new(std::ffi::OsStr::from_bytes(w[1])))
             })
         })
         .collect()

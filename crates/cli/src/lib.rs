@@ -2,6 +2,7 @@
 //! client, and a private PostgreSQL cluster helper.
 
 pub mod client;
+pub mod control_only;
 pub mod demo;
 pub mod layout;
 pub mod logging;

@@ -1,4 +1,4 @@
-//! `mpegflow`: run the platform (`up`), run jobs (`run`, `jobs`), administer it (`admin`).
+//! `mpegflow`: run the platform (`up`) or its control plane alone (`control`), run jobs (`run`, `jobs`), administer it (`admin`).
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -37,6 +37,19 @@ enum Cmd {
         /// Do not run the sample job.
         #[arg(long)]
         no_sample: bool,
+    },
+    /// Serve only the control plane (REST API, gRPC coordinator, reaper) against a database and
+    /// object store that run already: DATABASE_URL and MPEGFLOW_S3_*, or --join the platform a
+    /// running `mpegflow up` serves. Killing and restarting it touches neither PostgreSQL, the
+    /// store nor the workers. Serves until Ctrl-C.
+    Control {
+        /// TOML file with settings (overridden by MPEGFLOW_* variables); `up`'s file does.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Use the database and object store of the `mpegflow up` running with this data
+        /// directory.
+        #[arg(long, value_name = "DATA_DIR")]
+        join: Option<PathBuf>,
     },
     /// Check an FFmpeg command, upload its inputs, run it on the platform and download its
     /// outputs. Ctrl-C cancels the job (a second Ctrl-C leaves it running).
@@ -212,6 +225,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             workers,
             no_sample,
         } => up(data_dir, config, workers, no_sample).await,
+        Cmd::Control { config, join } => control(config, join).await,
         Cmd::Admin { data_dir, cmd } => admin(data_dir, cmd).await,
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
@@ -307,6 +321,30 @@ async fn serve(
     }
     mpegflow::logging::status(format_args!("serving; press Ctrl-C to stop"));
     stop_requested.await;
+    Ok(0)
+}
+
+async fn control(config: Option<PathBuf>, join: Option<PathBuf>) -> Result<i32> {
+    use mpegflow::control_only::{self, ControlOnlyConfig, Listeners};
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut cfg = ControlOnlyConfig::load(config.as_deref())?;
+    if join.is_some() {
+        cfg.join = join;
+    }
+    let listeners = Listeners::bind(&cfg).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        mpegflow::logging::status(format_args!("shutting down"));
+        stop.cancel();
+    });
+    control_only::run(cfg, listeners, shutdown).await?;
     Ok(0)
 }
 

@@ -15,8 +15,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +47,9 @@ pub struct PlatformConfig {
     pub pg_for_tests: bool,
     /// The embedded store cuts off a request body that sends no byte for this long.
     pub s3_body_idle_timeout_secs: u64,
+    /// Replace a worker of the fleet that exits while the platform runs (after removing its
+    /// work directory). Workers started with [`Platform::spawn_worker`] are never replaced.
+    pub supervise_workers: bool,
 }
 
 impl Default for PlatformConfig {
@@ -65,6 +71,7 @@ impl Default for PlatformConfig {
             pg_for_tests: false,
             s3_body_idle_timeout_secs: mpegflow_objstore::embedded::DEFAULT_BODY_IDLE_TIMEOUT
                 .as_secs(),
+            supervise_workers: true,
         }
     }
 }
@@ -72,13 +79,7 @@ impl Default for PlatformConfig {
 impl PlatformConfig {
     /// Defaults, then a TOML file, then `MPEGFLOW_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self> {
-        let mut cfg = match file {
-            Some(f) => toml::from_str(
-                &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            )
-            .with_context(|| format!("parsing {}", f.display()))?,
-            None => PlatformConfig::default(),
-        };
+        let mut cfg: PlatformConfig = load_toml(file)?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let Some(v) = env("DATABASE_URL") {
             cfg.database_url = Some(v);
@@ -102,21 +103,42 @@ impl PlatformConfig {
         if let Some(v) = env("MPEGFLOW_WORKERS") {
             cfg.workers = v.parse().context("MPEGFLOW_WORKERS must be a number")?;
         }
-        if let Some(endpoint) = env("MPEGFLOW_S3_ENDPOINT") {
-            cfg.s3 = Some(S3Config {
-                endpoint,
-                region: env("MPEGFLOW_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
-                bucket: env("MPEGFLOW_S3_BUCKET")
-                    .context("MPEGFLOW_S3_BUCKET is required with MPEGFLOW_S3_ENDPOINT")?,
-                path_style: env("MPEGFLOW_S3_PATH_STYLE").is_none_or(|v| v != "false"),
-                access_key: env("MPEGFLOW_S3_ACCESS_KEY")
-                    .context("MPEGFLOW_S3_ACCESS_KEY is required")?,
-                secret_key: env("MPEGFLOW_S3_SECRET_KEY")
-                    .context("MPEGFLOW_S3_SECRET_KEY is required")?,
-            });
+        if let Some(s3) = s3_from_env()? {
+            cfg.s3 = Some(s3);
         }
         Ok(cfg)
     }
+}
+
+/// A config file's settings over `T`'s defaults (`T` ignores keys it does not know, so `up`
+/// and `control` can share one file).
+pub(crate) fn load_toml<T: serde::de::DeserializeOwned + Default>(
+    file: Option<&Path>,
+) -> Result<T> {
+    match file {
+        Some(f) => toml::from_str(
+            &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        )
+        .with_context(|| format!("parsing {}", f.display())),
+        None => Ok(T::default()),
+    }
+}
+
+/// An external object store named by `MPEGFLOW_S3_*` variables, if `MPEGFLOW_S3_ENDPOINT` is set.
+pub(crate) fn s3_from_env() -> Result<Option<S3Config>> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let Some(endpoint) = env("MPEGFLOW_S3_ENDPOINT") else {
+        return Ok(None);
+    };
+    Ok(Some(S3Config {
+        endpoint,
+        region: env("MPEGFLOW_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+        bucket: env("MPEGFLOW_S3_BUCKET")
+            .context("MPEGFLOW_S3_BUCKET is required with MPEGFLOW_S3_ENDPOINT")?,
+        path_style: env("MPEGFLOW_S3_PATH_STYLE").is_none_or(|v| v != "false"),
+        access_key: env("MPEGFLOW_S3_ACCESS_KEY").context("MPEGFLOW_S3_ACCESS_KEY is required")?,
+        secret_key: env("MPEGFLOW_S3_SECRET_KEY").context("MPEGFLOW_S3_SECRET_KEY is required")?,
+    }))
 }
 
 /// A started platform.
@@ -144,15 +166,36 @@ struct Parts {
     store: Option<Store>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// Workers started one by one ([`Platform::spawn_worker`]): not replaced when they exit.
     workers: Vec<tokio::process::Child>,
+    /// The supervisors of the fleet `start` launched, one per worker (see [`supervise`]).
+    fleet: Vec<JoinHandle<()>>,
+    /// The pid of each fleet worker running now (`None` between one and its replacement).
+    fleet_pids: Arc<Mutex<Vec<Option<u32>>>>,
+    /// Set to the grace period when the platform stops: the supervisors then stop their
+    /// workers instead of replacing them.
+    fleet_stop: Option<watch::Sender<Option<Duration>>>,
+    /// Numbers workers (their log files and work directories).
+    next_worker: usize,
     /// The token of the workers `start` launched; revoked at `stop`, so it dies with this run.
     fleet_token: Option<uuid::Uuid>,
+    /// [`PLATFORM_FILE`], once written: removed first at `stop`, so no control plane joins a
+    /// platform that is going away.
+    published: Option<PathBuf>,
 }
 
 impl Parts {
     /// Stops workers (SIGTERM, then SIGKILL after `grace`), revokes the fleet's token, stops
     /// the servers and the private cluster.
     async fn stop(&mut self, grace: std::time::Duration) {
+        if let Some(path) = self.published.take() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("removing {}: {e}", path.display());
+            }
+        }
+        if let Some(stop) = self.fleet_stop.take() {
+            let _ = stop.send(Some(grace));
+        }
         for w in &self.workers {
             if let Some(pid) = w.id() {
                 // SAFETY: signalling a child we started.
@@ -165,6 +208,9 @@ impl Parts {
             }
         }
         self.workers.clear();
+        for s in self.fleet.drain(..) {
+            let _ = s.await;
+        }
         if let (Some(id), Some(store)) = (self.fleet_token.take(), &self.store) {
             if let Err(e) = store.revoke_worker_token(id).await {
                 tracing::warn!("revoking the fleet's worker token: {e}");
@@ -193,12 +239,50 @@ fn random_hex(n: usize) -> String {
 /// The file, in the data directory, holding the embedded store's key pair.
 pub const EMBEDDED_KEY_FILE: &str = "s3.key";
 
+/// The embedded store's one bucket.
+pub const EMBEDDED_BUCKET: &str = "mpegflow";
+
+/// The file, in the data directory, telling a control plane started with `mpegflow control
+/// --join` where the running platform's database and object store are (a [`PlatformInfo`],
+/// mode 0600: it names the database). Written once the platform serves, removed at its clean
+/// stop; a crashed platform leaves it behind, so a joiner also checks that the data directory
+/// is locked (see [`crate::layout::DataDirLock::is_held`]).
+pub const PLATFORM_FILE: &str = "platform.json";
+
+/// What [`PLATFORM_FILE`] holds.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PlatformInfo {
+    /// The `mpegflow up` process.
+    pub pid: u32,
+    pub database_url: String,
+    pub api_url: String,
+    pub coordinator_url: String,
+    /// The embedded store (its key pair is in [`EMBEDDED_KEY_FILE`]); `None` when the platform
+    /// uses an external store, whose key is not written down.
+    pub embedded_store: Option<StoreLocation>,
+}
+
+/// Where an S3 store answers: all of an [`S3Config`] but its key pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreLocation {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+}
+
+/// The first wait before replacing a fleet worker that exited, doubled at each exit in a row
+/// up to [`RESTART_MAX`] (a crash-looping worker binary does not spin).
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A worker that ran this long before exiting is replaced after [`RESTART_FIRST`] again.
+const RESTART_STABLE: Duration = Duration::from_secs(60);
+
 /// The embedded store's key pair, as kept in [`EMBEDDED_KEY_FILE`].
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EmbeddedKey {
-    access_key: String,
-    secret_key: String,
+pub(crate) struct EmbeddedKey {
+    pub(crate) access_key: String,
+    pub(crate) secret_key: String,
 }
 
 impl std::fmt::Debug for EmbeddedKey {
@@ -233,7 +317,10 @@ impl EmbeddedKey {
 /// read, or that is not ours, not a regular file or not a key file, fails the start naming it:
 /// its key may have been copied (fixing the mode would not undo that) or the file is not
 /// what `up` wrote.
-fn embedded_key(path: &Path) -> Result<EmbeddedKey> {
+///
+/// Without `create`, a missing file is an error: a control plane joining a running platform
+/// must use its key, never make one.
+pub(crate) fn embedded_key(path: &Path, create: bool) -> Result<EmbeddedKey> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let remedy = "remove it to make a new key (URLs signed with the old one then answer 403)";
@@ -243,6 +330,9 @@ fn embedded_key(path: &Path) -> Result<EmbeddedKey> {
         .open(path)
     {
         Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+            bail!("the object store's key file {} is missing", path.display())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = EmbeddedKey::generate();
             crate::write_private(path, &toml::to_string(&key)?)
@@ -352,7 +442,7 @@ fn setting_name(s: StoreSetting) -> (&'static str, &'static str) {
 }
 
 /// Checks an external object store, naming the setting a refusal points at.
-async fn check_external_store(presigner: &Presigner, s3: &S3Config) -> Result<()> {
+pub(crate) async fn check_external_store(presigner: &Presigner, s3: &S3Config) -> Result<()> {
     let http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30))
@@ -427,11 +517,37 @@ impl Platform {
                 return Err(e);
             }
         };
-        if let Err(e) = platform.start_fleet(cfg.workers).await {
+        let started = async {
+            platform.publish(cfg.s3.is_none())?;
+            platform
+                .start_fleet(cfg.workers, cfg.supervise_workers)
+                .await
+        };
+        if let Err(e) = started.await {
             platform.stop(std::time::Duration::from_secs(5)).await;
             return Err(e);
         }
         Ok(platform)
+    }
+
+    /// Writes [`PLATFORM_FILE`].
+    fn publish(&mut self, embedded: bool) -> Result<()> {
+        let info = PlatformInfo {
+            pid: std::process::id(),
+            database_url: self.database_url.clone(),
+            api_url: self.api_url.clone(),
+            coordinator_url: self.coordinator_url.clone(),
+            embedded_store: embedded.then(|| StoreLocation {
+                endpoint: self.s3_endpoint.clone(),
+                region: mpegflow_objstore::embedded::EMBEDDED_REGION.into(),
+                bucket: EMBEDDED_BUCKET.into(),
+            }),
+        };
+        let path = self.data_dir.join(PLATFORM_FILE);
+        crate::write_private(&path, &serde_json::to_string_pretty(&info)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.parts.published = Some(path);
+        Ok(())
     }
 
     async fn start_services(cfg: PlatformConfig, parts: &mut Parts) -> Result<Platform> {
@@ -456,10 +572,10 @@ impl Platform {
                     )
                 })?;
                 let endpoint = format!("http://{}", listener.local_addr()?);
-                let key = embedded_key(&data_dir.join(EMBEDDED_KEY_FILE))?;
+                let key = embedded_key(&data_dir.join(EMBEDDED_KEY_FILE), true)?;
                 let embedded = EmbeddedConfig {
                     root: data_dir.join("s3"),
-                    bucket: "mpegflow".into(),
+                    bucket: EMBEDDED_BUCKET.into(),
                     access_key: key.access_key,
                     secret_key: key.secret_key,
                     body_idle_timeout: std::time::Duration::from_secs(
@@ -560,8 +676,9 @@ impl Platform {
         })
     }
 
-    /// Starts `n` workers under one fresh token sized to them.
-    async fn start_fleet(&mut self, n: usize) -> Result<()> {
+    /// Starts `n` workers under one fresh token sized to them; `supervised`, each one that
+    /// exits while the platform runs is replaced (see [`supervise`]).
+    async fn start_fleet(&mut self, n: usize, supervised: bool) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
@@ -577,10 +694,48 @@ impl Platform {
             .create_worker_token("default", "local fleet", limits)
             .await?;
         self.parts.fleet_token = Some(token_id);
-        for _ in 0..n {
-            self.spawn_worker(token.expose()).await?;
+        if !supervised {
+            for _ in 0..n {
+                self.spawn_worker(token.expose()).await?;
+            }
+            return Ok(());
+        }
+        let launch = self.launch(token.expose(), &[], true)?;
+        // Kept in the parts before the first worker starts: a start that fails half-way stops
+        // the supervisors already running.
+        let stop = self
+            .parts
+            .fleet_stop
+            .get_or_insert_with(|| watch::channel(None).0)
+            .clone();
+        for slot in 0..n {
+            let number = self.next_number();
+            let (child, work_dir) = launch.spawn(number, false).await?;
+            let pids = self.parts.fleet_pids.clone();
+            {
+                let mut pids = pids.lock().unwrap_or_else(|e| e.into_inner());
+                pids.push(child.id());
+            }
+            let supervisor = supervise(
+                launch.clone(),
+                Slot {
+                    index: slot,
+                    number,
+                    pids,
+                },
+                child,
+                work_dir,
+                stop.subscribe(),
+            );
+            self.parts.fleet.push(tokio::spawn(supervisor));
         }
         Ok(())
+    }
+
+    fn next_number(&mut self) -> usize {
+        let n = self.parts.next_worker;
+        self.parts.next_worker += 1;
+        n
     }
 
     pub fn store(&self) -> &Store {
@@ -593,15 +748,31 @@ impl Platform {
     }
 
     /// The pids of the worker processes this platform started (and has not seen exit).
+    /// The fleet's come first, in start order (a replacement takes the place of the worker it
+    /// replaces).
     pub fn worker_pids(&mut self) -> Vec<u32> {
-        self.parts
-            .workers
-            .iter_mut()
-            .filter_map(|w| match w.try_wait() {
-                Ok(None) => w.id(),
-                _ => None,
-            })
-            .collect()
+        let mut pids = self.fleet_pids();
+        pids.extend(
+            self.parts
+                .workers
+                .iter_mut()
+                .filter_map(|w| match w.try_wait() {
+                    Ok(None) => w.id(),
+                    _ => None,
+                }),
+        );
+        pids
+    }
+
+    /// The pids of the fleet's workers running now (a worker that exited is left out until
+    /// its replacement starts).
+    pub fn fleet_pids(&self) -> Vec<u32> {
+        let pids = self
+            .parts
+            .fleet_pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pids.iter().flatten().copied().collect()
     }
 
     /// Starts a worker with extra arguments. With `as_root` (and when we are root) the worker
@@ -614,67 +785,29 @@ impl Platform {
         extra_args: &[&str],
         as_root: bool,
     ) -> Result<u32> {
-        let n = self.parts.workers.len();
-        let work_root = self.layout.work_root();
-        let work_dir = work_root.join(format!("{n}-{}", random_hex(4)));
-        mkdir(&work_root, 0o711)?;
-        mkdir(&work_dir, 0o700)?;
-        let drop_to = self.worker_uid.filter(|_| !as_root);
-        if let Some((uid, gid)) = drop_to {
-            std::os::unix::fs::chown(&work_dir, Some(uid), Some(gid))?;
-        }
-        let log =
-            std::fs::File::create(self.data_dir.join("logs").join(format!("worker-{n}.log")))?;
+        let launch = self.launch(token, extra_args, as_root)?;
+        let number = self.next_number();
+        let (child, _) = launch.spawn(number, false).await?;
+        let pid = child.id().unwrap_or(0);
+        self.parts.workers.push(child);
+        Ok(pid)
+    }
+
+    /// How to start workers with `token`.
+    fn launch(&mut self, token: &str, extra_args: &[&str], as_root: bool) -> Result<WorkerLaunch> {
         if self.worker_bin.is_none() {
             let bin = default_worker_bin()?;
             self.worker_bin = Some(self.reachable_worker_bin(&bin)?);
         }
-        let bin = self.worker_bin.clone().unwrap_or_default();
-        let mut cmd = tokio::process::Command::new(&bin);
-        cmd.arg("--coordinator")
-            .arg(&self.coordinator_url)
-            .arg("--token-file")
-            .arg("-")
-            .arg("--work-dir")
-            .arg(&work_dir)
-            .arg("--poll-seconds")
-            .arg("5")
-            .args(extra_args)
-            // The credential vacuum starts with the environment: nothing of ours is inherited.
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env(
-                "MPEGFLOW_LOG",
-                std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            // Their stderr is a log file: no colour codes; JSON lines when `up` logs JSON.
-            .env("NO_COLOR", "1")
-            .env(
-                "MPEGFLOW_LOG_FORMAT",
-                match crate::logging::format() {
-                    crate::logging::LogFormat::Json => "json",
-                    crate::logging::LogFormat::Text => "text",
-                },
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        if let Some((uid, gid)) = drop_to {
-            cmd.as_std_mut().uid(uid).gid(gid);
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut stdin = child.stdin.take().context("worker stdin")?;
-        stdin.write_all(token.as_bytes()).await?;
-        drop(stdin);
-        let pid = child.id().unwrap_or(0);
-        self.parts.workers.push(child);
-        Ok(pid)
+        Ok(WorkerLaunch {
+            bin: self.worker_bin.clone().unwrap_or_default(),
+            coordinator_url: self.coordinator_url.clone(),
+            work_root: self.layout.work_root(),
+            logs: self.data_dir.join("logs"),
+            token: Arc::new(token.to_owned()),
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            drop_to: self.worker_uid.filter(|_| !as_root),
+        })
     }
 
     /// As root, each worker's jailed self-test runs the worker binary as a job uid, so that
@@ -710,13 +843,16 @@ impl Platform {
 
     /// Whether the worker with this pid is still running.
     pub fn worker_alive(&mut self, pid: u32) -> bool {
-        self.parts
-            .workers
-            .iter_mut()
-            .any(|w| w.id() == Some(pid) && matches!(w.try_wait(), Ok(None)))
+        self.fleet_pids().contains(&pid)
+            || self
+                .parts
+                .workers
+                .iter_mut()
+                .any(|w| w.id() == Some(pid) && matches!(w.try_wait(), Ok(None)))
     }
 
-    /// Waits for a worker to exit and returns its exit code.
+    /// Waits for a worker started with [`Platform::spawn_worker`] to exit and returns its exit
+    /// code (`None` for a fleet worker: its supervisor waits for it).
     pub async fn wait_worker(&mut self, pid: u32) -> Option<i32> {
         let w = self
             .parts
@@ -730,5 +866,188 @@ impl Platform {
     /// and the private cluster.
     pub async fn stop(mut self, grace: std::time::Duration) {
         self.parts.stop(grace).await;
+    }
+}
+
+/// Everything starting one worker process takes: cloned into each fleet worker's supervisor.
+#[derive(Clone)]
+struct WorkerLaunch {
+    bin: PathBuf,
+    coordinator_url: String,
+    work_root: PathBuf,
+    logs: PathBuf,
+    token: Arc<String>,
+    extra_args: Vec<String>,
+    /// The unprivileged user to start it as (else it starts as we are).
+    drop_to: Option<(u32, u32)>,
+}
+
+impl WorkerLaunch {
+    /// Starts worker number `n` in a fresh work directory, its token on stdin, its stderr to
+    /// `logs/worker-<n>.log` (appended to with `append`: a replacement keeps the last words of
+    /// the worker it replaces). Returns it and its work directory.
+    async fn spawn(&self, n: usize, append: bool) -> Result<(tokio::process::Child, PathBuf)> {
+        let work_dir = self.work_root.join(format!("{n}-{}", random_hex(4)));
+        mkdir(&self.work_root, 0o711)?;
+        mkdir(&work_dir, 0o700)?;
+        if let Some((uid, gid)) = self.drop_to {
+            std::os::unix::fs::chown(&work_dir, Some(uid), Some(gid))?;
+        }
+        let log_path = self.logs.join(format!("worker-{n}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("--coordinator")
+            .arg(&self.coordinator_url)
+            .arg("--token-file")
+            .arg("-")
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .arg("--poll-seconds")
+            .arg("5")
+            .args(&self.extra_args)
+            // The credential vacuum starts with the environment: nothing of ours is inherited.
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env(
+                "MPEGFLOW_LOG",
+                std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            // Their stderr is a log file: no colour codes; JSON lines when `up` logs JSON.
+            .env("NO_COLOR", "1")
+            .env(
+                "MPEGFLOW_LOG_FORMAT",
+                match crate::logging::format() {
+                    crate::logging::LogFormat::Json => "json",
+                    crate::logging::LogFormat::Text => "text",
+                },
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some((uid, gid)) = self.drop_to {
+            cmd.as_std_mut().uid(uid).gid(gid);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let mut stdin = child.stdin.take().context("worker stdin")?;
+        stdin.write_all(self.token.as_bytes()).await?;
+        drop(stdin);
+        Ok((child, work_dir))
+    }
+}
+
+/// Where a supervised worker's pid is published.
+struct Slot {
+    /// Its place in [`Parts::fleet_pids`].
+    index: usize,
+    /// Its number (log file and work directory names).
+    number: usize,
+    pids: Arc<Mutex<Vec<Option<u32>>>>,
+}
+
+impl Slot {
+    fn set(&self, pid: Option<u32>) {
+        let mut pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pids.get_mut(self.index) {
+            *p = pid;
+        }
+    }
+}
+
+/// Keeps one fleet worker running until the platform stops. A worker that exits meanwhile
+/// (crashed, killed, out of memory) is logged, its work directory removed (the files of its
+/// jobs, owned by per-job uids when we are root, would otherwise stay until the next `up`),
+/// and a replacement started with the same token after a backoff. The wait comes first: a
+/// Ctrl-C reaches the workers (same process group) as it reaches `up`, whose stop then
+/// arrives within it, so stopping replaces no one.
+async fn supervise(
+    launch: WorkerLaunch,
+    slot: Slot,
+    mut child: tokio::process::Child,
+    mut work_dir: PathBuf,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
+    let mut backoff = RESTART_FIRST;
+    let mut started = Instant::now();
+    loop {
+        slot.set(child.id());
+        let pid = child.id().unwrap_or(0);
+        let exit = tokio::select! {
+            status = child.wait() => Ok(status),
+            // A dropped sender (a platform dropped unstopped) stops at once.
+            grace = stop.wait_for(Option::is_some) => {
+                Err(grace.map(|g| (*g).unwrap_or_default()).unwrap_or_default())
+            }
+        };
+        let status = match exit {
+            Ok(status) => status,
+            Err(grace) => {
+                terminate(&mut child, grace).await;
+                slot.set(None);
+                return;
+            }
+        };
+        slot.set(None);
+        if started.elapsed() >= RESTART_STABLE {
+            backoff = RESTART_FIRST;
+        }
+        let mut exited = Some(status);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(Option::is_some) => return,
+            }
+            backoff = (backoff * 2).min(RESTART_MAX);
+            if let Some(status) = exited.take() {
+                let status = match &status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("unknown ({e})"),
+                };
+                tracing::warn!(
+                    pid,
+                    %status,
+                    work_dir = %work_dir.display(),
+                    "worker {} exited while the platform runs: removing its work directory and \
+                     starting a replacement",
+                    slot.number
+                );
+                let dir = work_dir.clone();
+                let _ = tokio::task::spawn_blocking(move || crate::layout::reclaim_work_dir(&dir))
+                    .await;
+            }
+            match launch.spawn(slot.number, true).await {
+                Ok((c, d)) => {
+                    tracing::info!(pid = c.id().unwrap_or(0), "worker {} replaced", slot.number);
+                    (child, work_dir) = (c, d);
+                    started = Instant::now();
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("starting a replacement for worker {}: {e:#}", slot.number);
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling a child we started (and have not reaped).
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
     }
 }

@@ -138,6 +138,18 @@ impl Up {
     }
 
     fn start_bin(bin: &Path, place: &Place, args: &[&str], env: &[(&str, &str)]) -> Up {
+        Up::start_with(bin, place, args, env, false)
+    }
+
+    /// With `own_group`, `up` leads a process group of its own, as a shell starts a command:
+    /// a terminal's Ctrl-C reaches it and its workers at once.
+    fn start_with(
+        bin: &Path,
+        place: &Place,
+        args: &[&str],
+        env: &[(&str, &str)],
+        own_group: bool,
+    ) -> Up {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = place.parent.path().join(format!("up-{n}.log"));
@@ -155,6 +167,9 @@ impl Up {
             .env("MPEGFLOW_S3_ADDR", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if own_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -780,4 +795,90 @@ async fn the_embedded_store_deletes_only_plain_keys_of_an_org_or_the_probe() {
             }
         }
     }
+}
+
+/// The `--work-dir` a process was started with.
+fn work_dir_of(pid: i32) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .find(|w| w[0] == b"--work-dir")
+        .map(|w| PathBuf::from(std::ffi::OsStr::from_bytes(w[1])))
+}
+
+/// The work directories of the workers running now (a root worker's spawn helper shares its
+/// worker's).
+fn live_work_dirs(place: &Place) -> std::collections::BTreeSet<PathBuf> {
+    place
+        .worker_pids()
+        .into_iter()
+        .filter_map(work_dir_of)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_replaces_a_worker_that_dies_and_a_ctrl_c_replaces_none() {
+    let place = Place::new();
+    let mut up = Up::start_with(
+        Path::new(BIN),
+        &place,
+        &["--workers", "2", "--no-sample"],
+        &[],
+        true,
+    );
+    up.wait_serving();
+    let before = eventually("two workers", Duration::from_secs(30), || {
+        let dirs = live_work_dirs(&place);
+        async move { (dirs.len() == 2).then_some(dirs) }
+    })
+    .await;
+    // The worker itself: the oldest process of its work directory.
+    let victim_dir = before.iter().next().unwrap().clone();
+    let victim = place
+        .worker_pids()
+        .into_iter()
+        .filter(|&p| work_dir_of(p).as_ref() == Some(&victim_dir))
+        .min()
+        .unwrap();
+    stop_pid(victim, libc::SIGKILL);
+
+    // Logged with its pid and how it ended; its directory goes; a replacement runs.
+    let log = up.wait_for("exited while the platform runs", Duration::from_secs(30));
+    let warn = log
+        .lines()
+        .find(|l| l.contains("exited while the platform runs"))
+        .unwrap();
+    assert!(
+        warn.contains(" WARN ")
+            && warn.contains(&format!("pid={victim}"))
+            && warn.contains("SIGKILL"),
+        "{warn}"
+    );
+    let after = eventually("a replacement worker", Duration::from_secs(30), || {
+        let dirs = live_work_dirs(&place);
+        let replaced = dirs.len() == 2 && !dirs.contains(&victim_dir);
+        async move { replaced.then_some(dirs) }
+    })
+    .await;
+    assert!(!victim_dir.exists(), "{} was left", victim_dir.display());
+    assert_eq!(
+        after.intersection(&before).count(),
+        1,
+        "{before:?} {after:?}"
+    );
+
+    // A Ctrl-C at the terminal reaches `up` and its workers together: they stop, and none is
+    // replaced.
+    // SAFETY: signalling the process group this test's `up` leads.
+    unsafe { libc::kill(-up.pid(), libc::SIGINT) };
+    let status = up.wait_exit(Duration::from_secs(40));
+    let log = up.log();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("exited while the platform runs").count(),
+        1,
+        "a worker stopped by Ctrl-C was replaced:\n{log}"
+    );
+    assert_nothing_left(&place, &mut up);
 }
