@@ -246,6 +246,9 @@ impl AppState {
     pub fn new(mut store: Store, presigner: Presigner, config: ControlConfig) -> Self {
         store.set_token_policy(config.token_policy());
         store.set_lease(config.lease());
+        store.set_unused_outputs_after(
+            config.upload_url_ttl() + Duration::from_secs(config.deletion_grace_seconds),
+        );
         AppState {
             store,
             presigner,

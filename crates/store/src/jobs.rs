@@ -755,6 +755,9 @@ impl Store {
         .await?
         .flatten();
         let actor = format!("worker:{worker_id}");
+        if !matches!(report, Report::Succeeded { .. }) || t.is_none() {
+            self.collect_attempt_uploads(&mut tx, &job).await?;
+        }
         let Some(t) = t else {
             insert_audit(&mut *tx, &AuditEntry { org_id: Some(job.org_id), actor, action: "job.attempt_ended", job_id: Some(job_id), subject: None,
                 details: json!({ "attempt": job.attempts, "outcome": outcome, "job_state": "canceled" }) }).await?;
@@ -886,6 +889,40 @@ impl Store {
         }
     }
 
+    /// Schedules the deletion of what the running attempt of `job` was granted to upload: it
+    /// ended without success, so no asset will reference those attempt-scoped keys. Not before
+    /// every upload URL granted for them has expired.
+    async fn collect_attempt_uploads(
+        &self,
+        tx: &mut sqlx::PgTransaction<'_>,
+        job: &Job,
+    ) -> Result<()> {
+        let paths: Vec<String> =
+            sqlx::query_scalar("SELECT path FROM upload_grants WHERE job_id = $1 AND attempt = $2")
+                .bind(job.id)
+                .bind(job.attempts)
+                .fetch_all(&mut **tx)
+                .await?;
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let attempt = job.attempts.max(0) as u32;
+        let keys: Vec<String> = paths
+            .iter()
+            .map(|p| mpegflow_domain::names::output_key(job.org_id, job.id, attempt, p))
+            .collect();
+        sqlx::query(
+            "INSERT INTO object_deletions (object_key, not_before)
+             SELECT k, now() + make_interval(secs => $2) FROM unnest($1::text[]) AS k
+             ON CONFLICT (object_key) DO NOTHING",
+        )
+        .bind(&keys)
+        .bind(self.unused_outputs_after.as_secs_f64())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     /// Ends the running attempt of `job` (locked by the caller) without a report: its lease ran
     /// out, or its worker asked for new work while holding it. A platform fault: the attempt is
     /// a strike against the worker's token, and the job goes back to its place in the queue.
@@ -938,6 +975,7 @@ impl Store {
         if let Some(token_id) = token_id {
             crate::admin::suspend_if_struck_out(tx, token_id, &self.token_policy).await?;
         }
+        self.collect_attempt_uploads(tx, job).await?;
         let state = self.apply(tx, job, &t, None).await?;
         insert_audit(
             &mut **tx,

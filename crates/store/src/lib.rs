@@ -105,6 +105,9 @@ pub struct Store {
     probe: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
     /// What this process saw of the database, for the leases that count through an outage.
     leases: Arc<std::sync::Mutex<LeaseClock>>,
+    /// How long after an attempt ended without success the objects it was granted to upload
+    /// are deleted: once no upload URL signed for them can still be used.
+    unused_outputs_after: Duration,
 }
 
 /// How long a query waits for a pooled connection before the database is probed.
@@ -189,6 +192,7 @@ impl Store {
                 DEFAULT_LEASE,
                 SystemTime::now(),
             ))),
+            unused_outputs_after: Duration::from_secs(3600 + 300),
         })
     }
 
@@ -268,6 +272,12 @@ impl Store {
             lease,
             SystemTime::now(),
         )));
+    }
+
+    /// Sets how long the objects of an attempt that ended without success stay in the store
+    /// (the longest an upload URL granted to it lives, plus a grace for clock differences).
+    pub fn set_unused_outputs_after(&mut self, after: Duration) {
+        self.unused_outputs_after = after;
     }
 
     /// Leases that expired after this time still count as held (see [`LeaseClock`]); `None`:

@@ -5,8 +5,15 @@
 //! bad-input job spends exactly the one attempt its error code allows; and no good job is
 //! charged an attempt for the platform's trouble. Recovery times (fault cleared → first job
 //! completed) are printed as figures (`chaos:` lines), not asserted.
+//!
+//! The workers talk to a control plane of its own process (`mpegflow control`, the one a test
+//! can kill -9): it alone decides leases. The in-process platform's control plane, there for
+//! the test's API calls, keeps its reaper idle.
 
-use crate::harness::{clip, eventually, max_workers, tempdir::TempDir, test_control_config};
+use crate::harness::{
+    clip, control_config_file, eventually, max_workers, tempdir::TempDir, test_control_config,
+    ControlChild,
+};
 use mpegflow::client::ApiClient;
 use mpegflow::pg::Cluster;
 use mpegflow::platform::{Platform, PlatformConfig};
@@ -54,6 +61,11 @@ impl Drop for Pg {
 
 struct Chaos {
     platform: Platform,
+    /// The control plane the workers use; restarted by the control-plane fault.
+    control: ControlChild,
+    /// Its command-line arguments and environment, to start it again on the same addresses.
+    control_args: Vec<String>,
+    control_env: Vec<(String, String)>,
     pg: Pg,
     client: ApiClient,
     token: String,
@@ -93,6 +105,7 @@ impl Chaos {
             workers: 0,
             control: mpegflow_control::ControlConfig {
                 lease_seconds: LEASE.as_secs() as u32,
+                reaper_interval_ms: 24 * 3600 * 1000,
                 ..test_control_config()
             },
             pg_for_tests: true,
@@ -108,13 +121,45 @@ impl Chaos {
             .create_worker_token("default", "chaos", max_workers(3 * WORKERS as u32))
             .await
             .unwrap();
+        // The control plane the workers use: its own process, joined to the platform's
+        // database and store.
+        let config = control_config_file(
+            dir,
+            mpegflow_control::ControlConfig {
+                lease_seconds: LEASE.as_secs() as u32,
+                ..test_control_config()
+            },
+        );
+        let control_args = vec![
+            "--config".to_owned(),
+            config.to_str().unwrap().to_owned(),
+            "--join".to_owned(),
+            platform.data_dir.to_str().unwrap().to_owned(),
+        ];
+        let mut control = ControlChild::start(dir, &strs(&control_args), &[]);
+        let (api, coordinator) = tokio::task::block_in_place(|| control.wait_serving());
+        let control_env = vec![
+            (
+                "MPEGFLOW_API_ADDR".to_owned(),
+                api.trim_start_matches("http://").to_owned(),
+            ),
+            (
+                "MPEGFLOW_GRPC_ADDR".to_owned(),
+                coordinator.trim_start_matches("http://").to_owned(),
+            ),
+        ];
         let good = clip(dir, "in.mp4", 2, "320x240").await;
         let bad = dir.join("bad.mp4");
         std::fs::write(&bad, b"this is not a video, whatever its name says\n").unwrap();
         let good_input = client.upload(&good).await.unwrap().id;
         let bad_input = client.upload(&bad).await.unwrap().id;
+        let mut platform = platform;
+        platform.coordinator_url = coordinator;
         let mut chaos = Chaos {
             platform,
+            control,
+            control_args,
+            control_env,
             pg,
             client,
             token: token.expose().to_owned(),
@@ -126,6 +171,22 @@ impl Chaos {
             chaos.spawn_worker().await;
         }
         chaos
+    }
+
+    /// kill -9 of the control plane the workers use; started again on the same addresses
+    /// after `down`.
+    async fn kill_control_plane(&mut self, down: Duration) {
+        self.control.child.kill().unwrap();
+        self.control.child.wait().unwrap();
+        tokio::time::sleep(down).await;
+        let env: Vec<(&str, &str)> = self
+            .control_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut control = ControlChild::start(&self.dir, &strs(&self.control_args), &env);
+        tokio::task::block_in_place(|| control.wait_serving());
+        self.control = control;
     }
 
     async fn spawn_worker(&mut self) -> u32 {
@@ -256,6 +317,10 @@ impl Chaos {
     }
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill takes plain integers.
     assert_eq!(
@@ -315,6 +380,16 @@ async fn chaos_faults_lose_nothing_double_nothing_and_cost_no_attempts() {
     signal(frozen, libc::SIGSTOP);
     tokio::time::sleep(LEASE * 2).await;
     signal(frozen, libc::SIGCONT);
+    let cleared = Instant::now();
+    let recovery = chaos.recovery(&batch, cleared).await;
+    let absorbed = chaos.settle(fault, &batch).await;
+    Chaos::report(fault, recovery, absorbed);
+
+    // 5. kill -9 of the control plane, down for twice the lease, then started again.
+    let fault = "kill -9 of the control plane, restarted after twice the lease";
+    let batch = chaos.submit_batch().await;
+    chaos.encoding(&batch, 2).await;
+    chaos.kill_control_plane(LEASE * 2).await;
     let cleared = Instant::now();
     let recovery = chaos.recovery(&batch, cleared).await;
     let absorbed = chaos.settle(fault, &batch).await;

@@ -7,12 +7,8 @@ use mpegflow::client::ApiClient;
 use mpegflow::control_only::{self, ControlOnlyConfig, Listeners};
 use mpegflow_api::JobState;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 use tokio_util::sync::CancellationToken;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mpegflow");
 
 /// A joined control plane on free ports, in this process.
 async fn join_in_process(
@@ -121,104 +117,6 @@ async fn a_control_plane_joined_to_a_running_platform_runs_jobs_on_its_workers_a
     );
 }
 
-/// One `mpegflow control` child with its stderr in a file.
-struct ControlChild {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ControlChild {
-    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ControlChild {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let log = dir.join(format!("control-{n}.log"));
-        let mut cmd = Command::new(BIN);
-        cmd.arg("control").args(args);
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("MPEGFLOW_") || k == "DATABASE_URL" || k == "NO_COLOR" {
-                cmd.env_remove(&*k);
-            }
-        }
-        cmd.env("MPEGFLOW_API_ADDR", "127.0.0.1:0")
-            .env("MPEGFLOW_GRPC_ADDR", "127.0.0.1:0");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start target/debug/mpegflow");
-        ControlChild { child, log }
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    /// Waits for the serving line; returns the API and coordinator URLs it names.
-    fn wait_serving(&mut self) -> (String, String) {
-        let start = Instant::now();
-        loop {
-            let log = self.log();
-            if let Some(line) = log.lines().find(|l| l.contains("control plane serving")) {
-                let after = |label: &str| {
-                    let at = line.find(label).unwrap() + label.len();
-                    line[at..].split_whitespace().next().unwrap().to_owned()
-                };
-                return (after("API "), after("coordinator "));
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("control exited ({status}) before serving:\n{log}");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "not serving within 60 s:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "control still running:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for ControlChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The test settings as a config file `control` reads.
-fn control_config_file(dir: &Path) -> PathBuf {
-    #[derive(serde::Serialize)]
-    struct File {
-        control: mpegflow_control::ControlConfig,
-    }
-    let path = dir.join("control.toml");
-    let text = toml::to_string(&File {
-        control: test_control_config(),
-    })
-    .unwrap();
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_plane_killed_mid_job_and_restarted_serves_again_with_database_and_workers_untouched(
 ) {
@@ -248,7 +146,7 @@ async fn a_control_plane_killed_mid_job_and_restarted_serves_again_with_database
         ),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let config = control_config_file(tp.dir.path());
+    let config = control_config_file(tp.dir.path(), test_control_config());
     let args = ["--config", config.to_str().unwrap()];
     let mut control = ControlChild::start(tp.dir.path(), &args, &env);
     let (api, coordinator) = control.wait_serving();

@@ -172,3 +172,66 @@ async fn past_its_expiry_a_lease_extends_grants_and_records_nothing_even_before_
     assert_eq!(grants, 0, "no upload was granted on an expired lease");
     tp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_failed_attempt_was_granted_to_upload_is_collected_once_its_urls_expire() {
+    let Queued { tp, client, jobs } = Queued::start(test_control_config(), 1).await;
+    let id = jobs[0].id;
+    let (_, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+    let a = r.poll(&w, 2).await.unwrap().expect("the job");
+    let bytes = b"half an output".to_vec();
+    let ask = r.req(pb::RequestUploadUrlsRequest {
+        worker_id: w.clone(),
+        job_id: a.job_id.clone(),
+        fencing_token: a.fencing_token.clone(),
+        files: vec![pb::ProducedFile {
+            path: "out/o.mp4".into(),
+            size: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+        }],
+    });
+    let granted = r
+        .client
+        .request_upload_urls(ask)
+        .await
+        .unwrap()
+        .into_inner();
+    let up = &granted.uploads[0];
+    let mut put = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .put(&up.url)
+        .body(bytes);
+    for (name, value) in &up.headers {
+        put = put.header(name, value);
+    }
+    assert!(put.send().await.unwrap().status().is_success());
+    // The attempt fails after its upload: nothing will ever reference that object.
+    r.fail(&w, &a, "output_upload_failed", true).await.unwrap();
+    assert_eq!(job(&client, id).await.state, JobState::Queued);
+
+    let org: uuid::Uuid = sqlx::query_scalar("SELECT org_id FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(tp.platform.store().pool())
+        .await
+        .unwrap();
+    let key = mpegflow_domain::names::output_key(org, id, a.attempt, "out/o.mp4");
+    let due: Option<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM not_before - now())::float8 FROM object_deletions WHERE object_key = $1",
+    )
+    .bind(&key)
+    .fetch_optional(tp.platform.store().pool())
+    .await
+    .unwrap();
+    let due = due.expect("the failed attempt's object is scheduled for deletion");
+    let config = test_control_config();
+    let urls_live = config.upload_url_ttl().as_secs_f64();
+    assert!(
+        due > urls_live && due <= urls_live + config.deletion_grace_seconds as f64 + 5.0,
+        "deleted {due:.0} s from now: not before its upload URL ({urls_live} s) expired"
+    );
+    tp.stop().await;
+}

@@ -10,6 +10,7 @@ use mpegflow_proto as pb;
 use mpegflow_store::TokenLimits;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tonic::Request;
@@ -547,4 +548,99 @@ impl RawWorker {
         });
         Ok(self.client.heartbeat(r).await?.into_inner())
     }
+}
+
+/// One `mpegflow control` child with its stderr in a file.
+pub struct ControlChild {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl ControlChild {
+    pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ControlChild {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = dir.join(format!("control-{n}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mpegflow"));
+        cmd.arg("control").args(args);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("MPEGFLOW_") || k == "DATABASE_URL" || k == "NO_COLOR" {
+                cmd.env_remove(&*k);
+            }
+        }
+        cmd.env("MPEGFLOW_API_ADDR", "127.0.0.1:0")
+            .env("MPEGFLOW_GRPC_ADDR", "127.0.0.1:0");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start target/debug/mpegflow");
+        ControlChild { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits for the serving line; returns the API and coordinator URLs it names.
+    pub fn wait_serving(&mut self) -> (String, String) {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| l.contains("control plane serving")) {
+                let after = |label: &str| {
+                    let at = line.find(label).unwrap() + label.len();
+                    line[at..].split_whitespace().next().unwrap().to_owned()
+                };
+                return (after("API "), after("coordinator "));
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("control exited ({status}) before serving:\n{log}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "not serving within 60 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "control still running:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ControlChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test settings as a config file `control` reads.
+pub fn control_config_file(dir: &Path, control: ControlConfig) -> PathBuf {
+    #[derive(serde::Serialize)]
+    struct File {
+        control: mpegflow_control::ControlConfig,
+    }
+    let path = dir.join("control.toml");
+    let text = toml::to_string(&File { control }).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path
 }
