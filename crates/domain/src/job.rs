@@ -122,6 +122,14 @@ pub mod error_code {
         )
     }
 
+    /// Whether a retryable failure with `code` counts against the reporting worker's token. A
+    /// job can bring some platform faults about itself: FFmpeg may SIGKILL its own process
+    /// (the jail lets it signal itself), which only [`KILLED`] tells. Those are no evidence
+    /// against the worker, or a tenant's crafted input could get an honest token suspended.
+    pub fn is_worker_evidence(code: &str) -> bool {
+        code != KILLED
+    }
+
     /// Codes that put the blame on the tenant's job. One worker's word is not enough for them:
     /// the job runs again on another worker, and only a second such report makes it final.
     pub fn blames_tenant(code: &str) -> bool {

@@ -701,7 +701,9 @@ impl Store {
         let strike = live
             && match &report {
                 Report::Succeeded { .. } => false,
-                Report::Failed(f) => f.retryable || unconfirmed_blame,
+                Report::Failed(f) => {
+                    (f.retryable && error_code::is_worker_evidence(&f.code)) || unconfirmed_blame
+                }
                 Report::Canceled => true,
             };
         let event = match &report {

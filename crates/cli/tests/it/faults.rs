@@ -235,3 +235,61 @@ async fn what_a_failed_attempt_was_granted_to_upload_is_collected_once_its_urls_
     );
     tp.stop().await;
 }
+
+/// The pid of the FFmpeg process working in a directory of `job` (its cwd is the job's).
+fn ffmpeg_of(job: uuid::Uuid) -> Option<i32> {
+    let job = job.to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        (comm.trim() == "ffmpeg" && cwd.to_string_lossy().contains(&job)).then_some(pid)
+    })
+}
+
+/// FFmpeg killed from outside (as the host's OOM killer would) long before it could have used
+/// up its CPU time: the platform's fault. The job runs again and succeeds, charged nothing, and
+/// the honest worker's token takes no strike (a crafted input could make FFmpeg kill itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_killed_by_something_its_limits_do_not_explain_costs_the_job_nothing() {
+    let tp = TestPlatform::start(1, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "in.mp4", 4, "320x240").await;
+    let id = submit(
+        &client,
+        &input,
+        &[("out", "o.mp4")],
+        "-re -i {{in}} -c:v libx264 -preset veryfast {{out}}",
+    )
+    .await
+    .id;
+    let pid = eventually("FFmpeg encoding", Duration::from_secs(60), || async {
+        let j = client.job(id).await.ok()?;
+        if j.live.and_then(|l| l.stage).as_deref() != Some("encode") {
+            return None;
+        }
+        ffmpeg_of(id)
+    })
+    .await;
+    // SAFETY: kill takes plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+
+    let j = client.wait(id, |_| {}).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:#?}");
+    assert_eq!(
+        (j.attempts, j.job_faults, j.platform_faults),
+        (2, 0, 1),
+        "{j:#?}"
+    );
+    let killed = &history(&j)[0];
+    assert_eq!(killed.error_code.as_deref(), Some("killed"), "{j:#?}");
+    assert_eq!(killed.fault, Some(api::Fault::Platform));
+    let strikes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE job_id = $1 AND strike")
+            .bind(id)
+            .fetch_one(tp.platform.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(strikes, 0, "the honest worker's token was struck");
+    tp.stop().await;
+}
