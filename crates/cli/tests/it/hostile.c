@@ -377,6 +377,29 @@ int main(int argc, char **argv) {
         verdict("OK stderr_nul");
         return atoi(arg);
     }
+    else if (!strcmp(name, "self_kill")) {
+        /* Code run inside FFmpeg by a crafted input SIGKILLs its own process (tgkill to
+         * itself: seccomp allows it), optionally after `arg` seconds of work. */
+        if (*arg) sleep(atoi(arg));
+        raise(SIGKILL);
+        verdict("ESCAPED %s: still alive", name);
+    }
+    else if (!strcmp(name, "many_files")) {
+        /* `arg` small files with 127-character names beside the output (a directory output). */
+        int n = atoi(arg);
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s", out_path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        for (int i = 0; i < n; i++) {
+            char p[1400];
+            snprintf(p, sizeof p, "%s/%0124d.ts", dir, i);
+            int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd < 0 || write(fd, "x", 1) != 1) { fprintf(stderr, "many_files %d: %s\n", i, strerror(errno)); return 1; }
+            close(fd);
+        }
+        verdict("OK %s: %d files", name, n);
+    }
     else if (!strcmp(name, "sleep")) { sleep(atoi(arg)); verdict("ESCAPED %s: slept", name); }
     else { fprintf(stderr, "unknown attack %s\n", name); return 2; }
     return 0;

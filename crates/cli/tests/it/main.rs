@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod adv9;
 mod api_contract;
 mod assets;
 mod audit;

@@ -1,0 +1,178 @@
+//! Adversarial review of issue 9 (fault accounting): what a tenant's own job can make the
+//! platform charge to the platform, and so to the honest workers that ran it.
+
+use crate::harness::*;
+use mpegflow_api::{self as api, JobState};
+use mpegflow_control::ControlConfig;
+use std::time::{Duration, Instant};
+
+async fn suspended(tp: &TestPlatform, token_id: uuid::Uuid) -> bool {
+    sqlx::query_scalar("SELECT suspended_at IS NOT NULL FROM worker_tokens WHERE id = $1")
+        .bind(token_id)
+        .fetch_one(tp.platform.store().pool())
+        .await
+        .unwrap()
+}
+
+async fn strikes(tp: &TestPlatform, token_id: uuid::Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE token_id = $1 AND strike")
+        .bind(token_id)
+        .fetch_one(tp.platform.store().pool())
+        .await
+        .unwrap()
+}
+
+fn attempts_of(job: &api::Job) -> Vec<String> {
+    history(job)
+        .iter()
+        .map(|a| {
+            format!(
+                "{}:{}:{:?}",
+                a.outcome.as_deref().unwrap_or("-"),
+                a.error_code.as_deref().unwrap_or("-"),
+                a.fault
+            )
+        })
+        .collect()
+}
+
+/// Waits until the job is final or the worker token is suspended (then the job never ends).
+async fn settle(
+    tp: &TestPlatform,
+    client: &mpegflow::client::ApiClient,
+    id: uuid::Uuid,
+    token_id: uuid::Uuid,
+) -> api::Job {
+    let start = Instant::now();
+    loop {
+        let job = client.job(id).await.unwrap();
+        if job.state.is_terminal() || suspended(tp, token_id).await {
+            return job;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "neither final nor suspended: {job:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A crafted input makes FFmpeg SIGKILL itself (raise(SIGKILL): tgkill to its own pid is not
+/// a forbidden call). The worker cannot tell that from the host's OOM killer and calls it
+/// `killed`, a retryable platform fault — so the tenant's job is retried for free, ahead of
+/// everyone, and every attempt is a strike against the honest worker's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adv9_a_tenants_self_sigkill_neither_strikes_the_honest_token_nor_runs_for_free() {
+    let config = ControlConfig {
+        max_attempts: 1,
+        // Defaults otherwise (max_platform_faults 10); a low suspension threshold stands for
+        // the default 60 strikes, which six such jobs reach.
+        throttle_after_strikes: 100,
+        suspend_after_strikes: 4,
+        ..test_control_config()
+    };
+    let hp = HostilePlatform::start(config).await;
+    let id = submit_attack(&hp.client, &hp.clip, "self_kill", 30).await;
+    let job = settle(&hp.tp, &hp.client, id, hp.token_id).await;
+    let strikes = strikes(&hp.tp, hp.token_id).await;
+    let suspended = suspended(&hp.tp, hp.token_id).await;
+    eprintln!(
+        "state {} attempts {} job_faults {} platform_faults {} strikes {strikes} suspended {suspended}: {:?}",
+        job.state,
+        job.attempts,
+        job.job_faults,
+        job.platform_faults,
+        attempts_of(&job)
+    );
+    assert!(
+        !suspended,
+        "one tenant job suspended the honest worker token: {strikes} strikes, attempts {:?}",
+        attempts_of(&job)
+    );
+    assert_eq!(
+        strikes,
+        0,
+        "the tenant's own kill struck the worker token: {:?}",
+        attempts_of(&job)
+    );
+    assert_eq!(job.state, JobState::Failed, "{job:#?}");
+    assert!(
+        job.attempts <= 2,
+        "max_attempts 1, yet the job ran {} times: {:?}",
+        job.attempts,
+        attempts_of(&job)
+    );
+    hp.tp.stop().await;
+}
+
+/// A job may produce up to `max_output_files` (10 000) files in a directory output, names of
+/// up to 128 characters. The worker asks for all their upload URLs in one call, whose answer
+/// (about 1 KiB a file) passes gRPC's default 4 MiB message limit: the worker calls that
+/// `output_upload_failed`, a retryable platform fault — a strike on the honest token, and the
+/// job runs again for free, at the head of the queue, until `max_platform_faults`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adv9_a_job_with_many_outputs_is_not_a_platform_fault() {
+    let config = ControlConfig {
+        max_platform_faults: 3,
+        ..test_control_config()
+    };
+    let hp = HostilePlatform::start(config).await;
+    let asset = hp.client.upload(&hp.clip).await.unwrap();
+    let mut job = api::JobIn::new(
+        [("in", asset.id)],
+        [("d", "d/")],
+        "-i {{in}} -metadata comment=attack:many_files:6000 -f mp4 {{d}}/verdict.mp4",
+    )
+    .unwrap();
+    job.timeout_seconds = Some(api::TimeoutSeconds::parse(600).unwrap());
+    let id = hp.client.submit(&job).await.unwrap().id;
+    let job = settle(&hp.tp, &hp.client, id, hp.token_id).await;
+    let strikes = strikes(&hp.tp, hp.token_id).await;
+    eprintln!(
+        "state {} attempts {} job_faults {} platform_faults {} strikes {strikes}: {:?} {:?}",
+        job.state,
+        job.attempts,
+        job.job_faults,
+        job.platform_faults,
+        attempts_of(&job),
+        job.error
+    );
+    assert_eq!(
+        strikes,
+        0,
+        "a tenant's many outputs struck the honest worker token: {:?}",
+        attempts_of(&job)
+    );
+    assert_eq!(job.platform_faults, 0, "{:?}", attempts_of(&job));
+    hp.tp.stop().await;
+}
+
+/// The same with the default strike and fault policy: six such jobs of one tenant (ten free
+/// platform faults each) suspend the honest fleet's token, and every tenant's work stops
+/// until an admin lifts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adv9_six_self_killing_jobs_do_not_suspend_the_honest_token_under_the_default_policy() {
+    let hp = HostilePlatform::start(test_control_config()).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(submit_attack(&hp.client, &hp.clip, "self_kill", 30).await);
+    }
+    let start = Instant::now();
+    let mut jobs = Vec::new();
+    for id in &ids {
+        jobs.push(settle(&hp.tp, &hp.client, *id, hp.token_id).await);
+    }
+    let strikes = strikes(&hp.tp, hp.token_id).await;
+    let suspended = suspended(&hp.tp, hp.token_id).await;
+    let runs: u32 = jobs.iter().map(|j| j.attempts).sum();
+    eprintln!(
+        "after {:.0?}: {runs} runs of 6 jobs, {strikes} strikes, suspended {suspended}; states {:?}",
+        start.elapsed(),
+        jobs.iter().map(|j| j.state).collect::<Vec<_>>()
+    );
+    assert!(
+        !suspended,
+        "six jobs of one tenant suspended the honest token: {runs} runs, {strikes} strikes"
+    );
+    hp.tp.stop().await;
+}
