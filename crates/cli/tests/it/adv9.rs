@@ -176,3 +176,65 @@ async fn adv9_six_self_killing_jobs_do_not_suspend_the_honest_token_under_the_de
     );
     hp.tp.stop().await;
 }
+
+/// FFmpeg that produces nothing for a declared output is the job's doing (its command), yet
+/// the worker's `output_missing` is on the platform's list: the failure is recorded as the
+/// platform's fault and counted in `platform_faults`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adv9_an_output_the_command_never_wrote_is_the_jobs_fault() {
+    let hp = HostilePlatform::start(test_control_config()).await;
+    let asset = hp.client.upload(&hp.clip).await.unwrap();
+    let job = api::JobIn::new(
+        [("in", asset.id)],
+        [("out", "verdict.txt"), ("b", "b.mp4")],
+        "-i {{in}} -metadata comment=attack:none -f mp4 {{b}} -f mp4 {{out}}",
+    )
+    .unwrap();
+    let id = hp.client.submit(&job).await.unwrap().id;
+    let job = settle(&hp.tp, &hp.client, id, hp.token_id).await;
+    eprintln!(
+        "state {} job_faults {} platform_faults {}: {:?} {:?}",
+        job.state,
+        job.job_faults,
+        job.platform_faults,
+        attempts_of(&job),
+        job.error
+    );
+    assert_eq!(job.state, JobState::Failed, "{job:#?}");
+    assert_eq!(job_error(&job).code, "output_missing", "{job:#?}");
+    assert_eq!(
+        history(&job)[0].fault,
+        Some(api::Fault::Job),
+        "the tenant's command wrote no b.mp4: {:?}",
+        attempts_of(&job)
+    );
+    hp.tp.stop().await;
+}
+
+/// A platform fault is meant to cost the job nothing and requeue it (up to
+/// `max_platform_faults`). But a worker's `retryable: false` on a platform code ends the job at
+/// once — charged to "the platform", and with no strike against the token that said so: one
+/// rogue worker fails whatever it claims, for free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adv9_a_workers_unretryable_platform_fault_does_not_end_the_job_unchallenged() {
+    let Queued { tp, client, jobs } = Queued::start(test_control_config(), 1).await;
+    let id = jobs[0].id;
+    let (token_id, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+    let a = r.poll(&w, 2).await.unwrap().expect("the job");
+    r.fail(&w, &a, "worker_error", false).await.unwrap();
+    let job = client.job(id).await.unwrap();
+    let strikes = strikes(&tp, token_id).await;
+    eprintln!(
+        "state {} platform_faults {} strikes {strikes}: {:?}",
+        job.state,
+        job.platform_faults,
+        attempts_of(&job)
+    );
+    assert!(
+        job.state == JobState::Queued || strikes > 0,
+        "one worker's word ended the job for good at no cost to its token: {job:#?}"
+    );
+    tp.stop().await;
+}
