@@ -238,3 +238,87 @@ async fn adv9_a_workers_unretryable_platform_fault_does_not_end_the_job_unchalle
     );
     tp.stop().await;
 }
+
+/// `up` killed (-9, OOM, power) leaves its `platform.json`; the next `up` on the data directory
+/// takes the lock at once but publishes only once it serves, seconds later, after starting
+/// PostgreSQL on a *new* random port. A `control --join` started in that window (a supervisor
+/// restarting it, as in the chaos suite) sees the lock held and trusts the stale file: it
+/// connects to the old database port — free now, so any local user can listen there — and
+/// hands its password (kept across runs in `pg-password`) to whoever answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adv9_a_joiner_does_not_give_the_database_password_to_a_stale_platform_files_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let data_dir = tp.platform.data_dir.clone();
+    let file = data_dir.join(mpegflow::platform::PLATFORM_FILE);
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let url = info["database_url"].as_str().unwrap().to_owned();
+    // The earlier run's port, now held by another local user's listener.
+    let squatter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old_port = squatter.local_addr().unwrap().port();
+    let at = url.find("@127.0.0.1:").unwrap() + "@127.0.0.1:".len();
+    let end = at + url[at..].find('/').unwrap();
+    let stale = format!("{}{old_port}{}", &url[..at], &url[end..]);
+    info["database_url"] = stale.clone().into();
+    std::fs::write(&file, serde_json::to_string_pretty(&info).unwrap()).unwrap();
+
+    // A PostgreSQL look-alike asking for the password in clear text.
+    let caught = tokio::spawn(async move {
+        let (mut s, _) = squatter.accept().await.ok()?;
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.ok()?;
+        let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+        s.read_exact(&mut startup).await.ok()?;
+        if startup.starts_with(&[0x04, 0xd2, 0x16, 0x2f]) {
+            // SSLRequest: no.
+            s.write_all(b"N").await.ok()?;
+            s.read_exact(&mut len).await.ok()?;
+            let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            s.read_exact(&mut startup).await.ok()?;
+        }
+        s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await.ok()?;
+        let mut tag = [0u8; 1];
+        s.read_exact(&mut tag).await.ok()?;
+        s.read_exact(&mut len).await.ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+        s.read_exact(&mut body).await.ok()?;
+        (tag[0] == b'p').then(|| {
+            String::from_utf8_lossy(&body)
+                .trim_end_matches('\0')
+                .to_owned()
+        })
+    });
+
+    let cfg = mpegflow::control_only::ControlOnlyConfig {
+        api_addr: "127.0.0.1:0".into(),
+        grpc_addr: "127.0.0.1:0".into(),
+        control: test_control_config(),
+        join: Some(data_dir.clone()),
+        ..Default::default()
+    };
+    let listeners = mpegflow::control_only::Listeners::bind(&cfg).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let joined = tokio::spawn(mpegflow::control_only::run(cfg, listeners, stop.clone()));
+    let password = tokio::time::timeout(Duration::from_secs(30), caught)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
+    stop.cancel();
+    joined.abort();
+    // The password in the URL the platform uses (an `up` keeps it in DATA_DIR/pg-password).
+    let real = url
+        .split_once("://")
+        .and_then(|(_, r)| r.split_once('@'))
+        .and_then(|(u, _)| u.split_once(':'))
+        .map(|(_, p)| p.to_owned());
+    eprintln!(
+        "the squatter on the stale port got {password:?} (the database's password: {real:?})"
+    );
+    assert!(
+        password.is_none(),
+        "the joiner sent the database password to the stale port's listener: {password:?}"
+    );
+    tp.stop().await;
+}
