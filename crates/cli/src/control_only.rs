@@ -119,9 +119,9 @@ fn read_platform(data_dir: &Path) -> Result<Attachment> {
     if !data_dir.is_dir() {
         bail!("{} (it is not a directory)", not_running());
     }
-    if !DataDirLock::is_held(data_dir)? {
+    let Some(holder) = DataDirLock::held_by(data_dir)? else {
         bail!(not_running());
-    }
+    };
     let path = data_dir.join(PLATFORM_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -133,6 +133,15 @@ fn read_platform(data_dir: &Path) -> Result<Attachment> {
     })?;
     let info: PlatformInfo = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a platform file", path.display()))?;
+    // A file an earlier, crashed run left (its database may have been on another port, which
+    // anyone may listen on now) is not the running platform's: never connect to what it names.
+    if info.pid != holder {
+        bail!(
+            "{} was written by an earlier run (pid {}), not by the `mpegflow up` running now              (pid {holder}), which has not published its platform yet: try again in a moment",
+            path.display(),
+            info.pid
+        );
+    }
     let Some(store) = info.embedded_store else {
         bail!(
             "the platform running with the data directory {} uses an external object store, \

@@ -174,6 +174,16 @@ pub struct DataDirLock {
 impl DataDirLock {
     /// Whether a platform holds the lock on `data_dir` now. (It takes a shared lock for an
     /// instant when none is held: an `up` starting in that instant is refused and can retry.)
+    /// The pid of the `up` holding the lock on `data_dir` (as it wrote it in the lock file;
+    /// 0 while it has not yet), or `None` when nothing holds it.
+    pub fn held_by(data_dir: &Path) -> Result<Option<u32>> {
+        if !Self::is_held(data_dir)? {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(data_dir.join("up.lock")).unwrap_or_default();
+        Ok(Some(text.trim().parse().unwrap_or(0)))
+    }
+
     pub fn is_held(data_dir: &Path) -> Result<bool> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;

@@ -555,6 +555,14 @@ impl Platform {
         // 0711: other users (postgres, workers) may pass through to their own directories only.
         mkdir(&data_dir, 0o711)?;
         parts.lock = Some(DataDirLock::acquire(&data_dir)?);
+        // What a crashed run published names its database port, free now for anyone to take:
+        // gone before anything could read it as ours (joiners also check its pid).
+        match std::fs::remove_file(data_dir.join(PLATFORM_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                bail!("removing the stale {PLATFORM_FILE} of an earlier run: {e}")
+            }
+            _ => {}
+        }
         mkdir(&data_dir.join("logs"), 0o700)?;
         // The object store first: a wrong setting fails the start before anything else runs.
         let s3 = match &cfg.s3 {

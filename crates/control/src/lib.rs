@@ -21,6 +21,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// Largest message a worker may send the coordinator (a report of a job with many outputs).
+pub const MAX_WORKER_MESSAGE: usize = 32 * 1024 * 1024;
+
 /// Tunables of the control plane. Defaults suit production; tests shorten the timings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -104,7 +107,7 @@ impl Default for ControlConfig {
             reaper_interval_ms: 2_000,
             max_poll_seconds: 20,
             job_threads: mpegflow_domain::command::DEFAULT_THREADS,
-            max_upload_url_calls: 32,
+            max_upload_url_calls: 64,
             worker_ttl_seconds: 15,
             input_url_slack_seconds: 60,
             leases_per_worker_per_minute: 120,
@@ -332,9 +335,12 @@ pub async fn run(
         }
     };
     let grpc_server = {
+        // A report lists every output file (up to `max_output_files`, each with its path,
+        // size and SHA-256) and the media of up to 256: past gRPC's default 4 MiB.
         let svc = mpegflow_proto::CoordinatorServer::new(coordinator::CoordinatorService::new(
             state.clone(),
-        ));
+        ))
+        .max_decoding_message_size(MAX_WORKER_MESSAGE);
         let shutdown = shutdown.clone();
         async move {
             tonic::transport::Server::builder()

@@ -190,7 +190,7 @@ pub fn match_grants(reported: &[ProducedFile], grants: &[UploadGrant]) -> Result
 pub fn match_stored(grant: &UploadGrant, stored: Option<&ObjectHead>) -> Result<(), Unverified> {
     let Some(stored) = stored else {
         return Err(Unverified {
-            code: error_code::OUTPUT_MISSING,
+            code: error_code::OUTPUT_NOT_STORED,
             message: format!("{:?} was not uploaded", grant.path),
         });
     };
@@ -351,7 +351,10 @@ mod tests {
             sha256: sha.map(str::to_owned),
         };
         assert_eq!(match_stored(&g, Some(&head(3, Some(A)))), Ok(()));
-        assert_eq!(match_stored(&g, None).unwrap_err().code, "output_missing");
+        assert_eq!(
+            match_stored(&g, None).unwrap_err().code,
+            "output_not_stored"
+        );
         assert_eq!(
             match_stored(&g, Some(&head(3, Some(B)))).unwrap_err().code,
             OUTPUT_MISMATCH

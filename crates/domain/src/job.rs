@@ -91,7 +91,11 @@ pub mod error_code {
     pub const INVALID_INPUT: &str = "invalid_input";
     pub const INPUT_FETCH_FAILED: &str = "input_fetch_failed";
     pub const OUTPUT_UPLOAD_FAILED: &str = "output_upload_failed";
+    /// A declared output the job's command never wrote.
     pub const OUTPUT_MISSING: &str = "output_missing";
+    /// A file the worker was granted to upload that the store does not hold: the worker's or
+    /// the store's trouble, decided by the control plane.
+    pub const OUTPUT_NOT_STORED: &str = "output_not_stored";
     pub const OUTPUT_REJECTED: &str = "output_rejected";
     /// The store holds other bytes than the worker was granted to upload, or the worker's
     /// report differs from its grants: the worker's doing, decided by the control plane.
@@ -103,8 +107,9 @@ pub mod error_code {
     pub const SECURITY_VIOLATION: &str = "security_violation";
     pub const WORKER_ERROR: &str = "worker_error";
     pub const COMMAND_REJECTED: &str = "command_rejected";
-    /// The job's process was killed by something its own limits do not explain (the host's
-    /// OOM killer, an operator): the platform's trouble.
+    /// The job's process was killed (SIGKILL) while the host's OOM killer was seen at work,
+    /// and its own limits do not explain it: the platform's trouble. A SIGKILL without that
+    /// evidence is the job's own (FFmpeg may kill itself).
     pub const KILLED: &str = "killed";
 
     /// Codes that say the platform failed the attempt, not the job: a store, the coordinator
@@ -114,7 +119,7 @@ pub mod error_code {
             code,
             INPUT_FETCH_FAILED
                 | OUTPUT_UPLOAD_FAILED
-                | OUTPUT_MISSING
+                | OUTPUT_NOT_STORED
                 | OUTPUT_MISMATCH
                 | LEASE_EXPIRED
                 | WORKER_ERROR
@@ -328,12 +333,16 @@ pub fn transition(
             Fault::Platform if spent.platform_faults < policy.max_platform_faults => Some(None),
             _ => None,
         };
+        // A platform fault is retried whatever the reporting worker said: one worker's word
+        // cannot end a job for the platform's trouble.
         match not_before {
-            Some(not_before) if failure.retryable => Transition::Requeue {
-                not_before,
-                failure,
-                charge: Some(fault),
-            },
+            Some(not_before) if failure.retryable || fault == Fault::Platform => {
+                Transition::Requeue {
+                    not_before,
+                    failure,
+                    charge: Some(fault),
+                }
+            }
             _ => Transition::Finish {
                 state: Failed,
                 failure: Some(failure),
@@ -467,6 +476,7 @@ mod tests {
             error_code::FFMPEG_FAILED,
             error_code::TIME_LIMIT,
             error_code::OUTPUT_REJECTED,
+            error_code::OUTPUT_MISSING,
         ] {
             let f = failure(code, false);
             assert_eq!(
@@ -490,7 +500,7 @@ mod tests {
         for code in [
             error_code::INPUT_FETCH_FAILED,
             error_code::OUTPUT_UPLOAD_FAILED,
-            error_code::OUTPUT_MISSING,
+            error_code::OUTPUT_NOT_STORED,
             error_code::OUTPUT_MISMATCH,
             error_code::WORKER_ERROR,
             error_code::KILLED,
@@ -519,6 +529,22 @@ mod tests {
                 }
             ));
         }
+    }
+
+    #[test]
+    fn one_workers_unretryable_word_on_a_platform_fault_does_not_end_the_job() {
+        let p = RetryPolicy::default();
+        let f = failure(error_code::WORKER_ERROR, false);
+        assert_eq!(
+            run(Event::Fail(f.clone()), spent(0, 0), &p),
+            Transition::Requeue {
+                not_before: None,
+                failure: f,
+                charge: Some(Fault::Platform),
+            }
+        );
+        assert!(!error_code::is_worker_evidence(error_code::KILLED));
+        assert!(error_code::is_worker_evidence(error_code::LEASE_EXPIRED));
     }
 
     #[test]

@@ -78,9 +78,18 @@ pub fn asset_key(org: Uuid, asset: Uuid) -> String {
 }
 
 /// Object key of one file a job attempt produced. Attempt-scoped, so a fenced-off attempt can
-/// never overwrite the objects of the attempt that won.
+/// never overwrite the objects of the attempt that won. The file's path (up to a 128-character
+/// name in a directory output) is named by its SHA-256 (128 bits of it): every key has one
+/// short length, which every store can hold (the embedded one keeps each object's metadata in
+/// a file named after the whole key, and a file name has at most 255 bytes); the file's name
+/// lives in its asset.
 pub fn output_key(org: Uuid, job: Uuid, attempt: u32, rel_path: &str) -> String {
-    format!("orgs/{org}/jobs/{job}/attempts/{attempt}/{rel_path}")
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(rel_path.as_bytes());
+    format!(
+        "orgs/{org}/jobs/{job}/attempts/{attempt}/{}",
+        hex::encode(&digest[..16])
+    )
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
@@ -136,5 +145,18 @@ mod tests {
         assert_eq!(safe_extension("noext"), None);
         assert_eq!(safe_extension("x.a/b"), None);
         assert_eq!(safe_extension("x.verylongext"), None);
+    }
+
+    #[test]
+    fn output_keys_have_one_short_length_whatever_the_file_name() {
+        let (org, job) = (Uuid::nil(), Uuid::max());
+        let short = output_key(org, job, 1, "out/o.mp4");
+        let long = output_key(org, job, 1, &format!("d/{}.ts", "0".repeat(125)));
+        assert_eq!(short.len(), long.len());
+        assert_ne!(short, output_key(org, job, 1, "out/o.mkv"));
+        assert_ne!(short, output_key(org, job, 2, "out/o.mp4"));
+        assert!(short.starts_with(&format!("orgs/{org}/jobs/{job}/attempts/1/")));
+        // The embedded store names a metadata file after the base64 of the key, plus 30 bytes.
+        assert!(long.len().div_ceil(3) * 4 + 41 < 255, "{}", long.len());
     }
 }

@@ -43,13 +43,17 @@ impl Store {
         limits: GrantLimits,
     ) -> Result<GrantResult> {
         let mut tx = self.begin().await?;
-        // Locks the job row: grants and the attempt's report are serialised.
+        // Locks the job row: grants and the attempt's report are serialised. Nothing is granted
+        // on an expired lease, reaped or not.
         let attempt: Option<i32> = sqlx::query_scalar(
-            "SELECT attempts FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state = 'running' FOR UPDATE",
+            "SELECT attempts FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state = 'running'
+               AND lease_expires_at > COALESCE($4, now())
+             FOR UPDATE",
         )
         .bind(lease.job_id)
         .bind(lease.worker_id)
         .bind(lease.fencing_token)
+        .bind(self.lease_cutoff())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(attempt) = attempt else {

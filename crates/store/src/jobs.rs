@@ -601,6 +601,9 @@ impl Store {
 
     /// The job a worker holds under `fencing_token`, if it still holds it.
     pub async fn leased_job(&self, lease_ref: Lease<'_>) -> Result<Option<Job>> {
+        // The connection first: reaching the database may end an outage, and with it start
+        // the amnesty the cutoff reflects.
+        let mut conn = self.conn().await?;
         Ok(sqlx::query_as(
             "SELECT * FROM jobs WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3 AND state = 'running'
                AND lease_expires_at > COALESCE($4, now())",
@@ -609,7 +612,7 @@ impl Store {
         .bind(lease_ref.worker_id)
         .bind(lease_ref.fencing_token)
         .bind(self.lease_cutoff())
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut *conn)
         .await?)
     }
 
@@ -625,6 +628,8 @@ impl Store {
         lease: Duration,
         grace: Duration,
     ) -> Result<HeartbeatResult> {
+        // The connection first, as in `leased_job`.
+        let mut conn = self.conn().await?;
         let row: Option<String> = sqlx::query_scalar(
             "WITH deadline AS (
                SELECT a.assigned_at + make_interval(secs => j.timeout_seconds + $6) AS at
@@ -647,7 +652,7 @@ impl Store {
         .bind(grace.as_secs_f64())
         .bind(live)
         .bind(self.lease_cutoff())
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut *conn)
         .await?;
         Ok(match row.as_deref() {
             Some("running") => HeartbeatResult::Extended,
@@ -734,11 +739,13 @@ impl Store {
                 .map_err(|e| StoreError::Conflict(e.to_string()))
             })
             .transpose()?;
-        let token_id: Option<Uuid> = sqlx::query_scalar(
+        // An attempt is recorded once: a cancelled job keeps its fencing token (so its worker
+        // learns of the cancellation), and its report must not be rewritten again and again.
+        let recorded: Option<Option<Uuid>> = sqlx::query_scalar(
             "UPDATE job_attempts SET finished_at = now(), outcome = $3, exit_code = $4, error_code = $5, error_message = $6,
                     stderr_zstd = $7, ffmpeg_version = $8, stages = $9, input_hashes = $10, output_hashes = $11, strike = $12,
                     fault = $13
-             WHERE job_id = $1 AND attempt = $2 RETURNING token_id",
+             WHERE job_id = $1 AND attempt = $2 AND finished_at IS NULL RETURNING token_id",
         )
         .bind(job_id)
         .bind(job.attempts)
@@ -754,8 +761,15 @@ impl Store {
         .bind(strike)
         .bind(t.as_ref().and_then(charge_of).map(Fault::as_str))
         .fetch_optional(&mut *tx)
-        .await?
-        .flatten();
+        .await?;
+        let Some(token_id) = recorded else {
+            // Already recorded: the same answer as the first time, nothing written.
+            return Ok(if live {
+                ReportResult::Refused
+            } else {
+                ReportResult::RecordedCanceled
+            });
+        };
         let actor = format!("worker:{worker_id}");
         if !matches!(report, Report::Succeeded { .. }) || t.is_none() {
             self.collect_attempt_uploads(&mut tx, &job).await?;

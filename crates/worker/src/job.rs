@@ -310,6 +310,9 @@ pub async fn execute(
     }
 }
 
+/// Files whose upload URLs one RequestUploadUrls call asks for (an answer of about 1 KiB a
+/// file stays well under gRPC's 4 MiB message limit).
+const UPLOAD_URL_BATCH: usize = 500;
 /// How long a finished encode waits for upload URLs through a platform outage (the lease
 /// ending stops it sooner).
 const UPLOAD_URLS_BUDGET: Duration = Duration::from_secs(30 * 60);
@@ -536,6 +539,7 @@ impl Run<'_> {
         ));
         let jail = self.launch_for(Program::Ffmpeg, jail, &limits, OutAccess::Write);
         let encode_started = Instant::now();
+        let oom_kills_before = oom_kills(&self.worker.config.oom_events);
         let finished = ffmpeg::run(
             &self.worker.ffmpeg,
             &self.a.argv,
@@ -583,7 +587,17 @@ impl Run<'_> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let cpu_limit_reachable = encode_started.elapsed().as_secs_f64() * cores
             >= self.jail_limits(&limits).cpu_seconds as f64;
-        if let Err(f) = classify_exit(&finished.exit, &self.stderr, timeout, cpu_limit_reachable) {
+        let oom_seen = matches!(
+            (oom_kills_before, oom_kills(&self.worker.config.oom_events)),
+            (Some(before), Some(after)) if after > before
+        );
+        if let Err(f) = classify_exit(
+            &finished.exit,
+            &self.stderr,
+            timeout,
+            cpu_limit_reachable,
+            oom_seen,
+        ) {
             if self.job_uid.is_some() && output_fs_full(&self.dir.join("out")) {
                 return Err(JobFailure {
                     code: error_code::OUTPUT_LIMIT,
@@ -600,15 +614,17 @@ impl Run<'_> {
         self.stages.start("upload");
         self.progress.set_stage("upload");
         let files = self.collect_outputs(&spec, &limits).await?;
-        // URLs live a few minutes: ask again (idempotently, same pins) for what is left once
-        // they are half-way to expiry.
-        let mut urls = self.upload_urls(client, &files).await?;
+        // URLs are asked for in batches (a job may write thousands of files: one answer for
+        // all would pass gRPC's message limit), and live a few minutes: ask again
+        // (idempotently, same pins) for what is left once they are half-way to expiry.
+        let batch_from = |from: usize| &files[from..files.len().min(from + UPLOAD_URL_BATCH)];
+        let mut urls = self.upload_urls(client, batch_from(0)).await?;
         let mut done = 0;
         // Whether the current file's URL was already asked for again after a 403.
         let mut reasked = false;
         while done < files.len() {
-            if urls.refresh_at <= Instant::now() {
-                urls = self.upload_urls(client, &files[done..]).await?;
+            if urls.refresh_at <= Instant::now() || !urls.by_path.contains_key(&files[done].path) {
+                urls = self.upload_urls(client, batch_from(done)).await?;
             }
             let f = &files[done];
             let up = urls.by_path.get(&f.path).ok_or_else(|| {
@@ -633,7 +649,7 @@ impl Run<'_> {
                     // same pins) once, then try this file again.
                     tracing::warn!(path = %f.path, "upload refused, asking for fresh upload URLs: {e}");
                     reasked = true;
-                    urls = self.upload_urls(client, &files[done..]).await?;
+                    urls = self.upload_urls(client, batch_from(done)).await?;
                     continue;
                 }
                 Err(e) => {
@@ -1086,14 +1102,24 @@ fn output_fs_full(out: &std::path::Path) -> bool {
 }
 
 /// Maps how FFmpeg ended to the job's outcome: limits and tripwires get their own codes.
+/// The kernel's count of OOM kills in `path` (/proc/vmstat or a cgroup's memory.events).
+fn oom_kills(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+}
+
 /// What FFmpeg's end says about whose fault it was. `cpu_limit_reachable`: whether the job
-/// could have used up its CPU time (see the caller); a SIGKILL it could not have earned that
-/// way (the host's OOM killer, an operator) is the platform's, and the job runs again.
+/// could have used up its CPU time; `oom_seen`: whether the kernel's OOM killer killed
+/// something while it ran (see the caller). A SIGKILL is the platform's fault only with that
+/// evidence and no limit of the job's to explain it: FFmpeg may SIGKILL itself, and a crafted
+/// input must not buy free reruns that way.
 fn classify_exit(
     exit: &Exit,
     stderr: &[u8],
     timeout: Duration,
     cpu_limit_reachable: bool,
+    oom_seen: bool,
 ) -> Result<(), JobFailure> {
     let fail = |code, message: String, exit_code| {
         Err(JobFailure {
@@ -1149,14 +1175,19 @@ fn classify_exit(
                 128 + s,
             )
         }
-        Exit::Signal(s) if s == libc::SIGKILL => Err(JobFailure {
+        Exit::Signal(s) if s == libc::SIGKILL && oom_seen => Err(JobFailure {
             code: error_code::KILLED,
-            message: "ffmpeg was killed from outside (SIGKILL) before it could have used up \
-                      its CPU time: the host's out-of-memory killer or an operator"
+            message: "ffmpeg was killed (SIGKILL) while the kernel's out-of-memory killer was at \
+                      work, before it could have used up its CPU time"
                 .into(),
             retryable: true,
             exit_code: 128 + s,
         }),
+        Exit::Signal(s) if s == libc::SIGKILL => fail(
+            error_code::FFMPEG_FAILED,
+            "ffmpeg was killed (SIGKILL) with no sign of the out-of-memory killer".into(),
+            128 + s,
+        ),
         Exit::Signal(s) if s == libc::SIGXFSZ => fail(
             error_code::OUTPUT_LIMIT,
             "ffmpeg wrote a file past the output limit".into(),
@@ -1290,20 +1321,21 @@ mod tests {
             (Exit::TimedOut, "", Some(error_code::TIME_LIMIT)),
         ];
         for (exit, stderr, want) in cases {
-            let got = classify_exit(exit, stderr.as_bytes(), t, true)
+            let got = classify_exit(exit, stderr.as_bytes(), t, true, false)
                 .err()
                 .map(|f| f.code);
             assert_eq!(got, *want, "{exit:?}");
-            if let Err(f) = classify_exit(exit, stderr.as_bytes(), t, true) {
+            if let Err(f) = classify_exit(exit, stderr.as_bytes(), t, true, false) {
                 assert!(!f.retryable, "a job's own failure is not retried elsewhere");
             }
         }
     }
 
     #[test]
-    fn a_sigkill_the_cpu_limit_cannot_explain_is_the_platforms_fault() {
+    fn a_sigkill_is_the_platforms_fault_only_with_the_oom_killer_at_work() {
         let t = Duration::from_secs(5);
-        let f = classify_exit(&Exit::Signal(libc::SIGKILL), b"", t, false).unwrap_err();
+        let kill = Exit::Signal(libc::SIGKILL);
+        let f = classify_exit(&kill, b"", t, false, true).unwrap_err();
         assert_eq!(f.code, error_code::KILLED);
         assert!(f.retryable);
         assert_eq!(
@@ -1315,8 +1347,25 @@ mod tests {
             .fault(),
             mpegflow_domain::job::Fault::Platform
         );
+        // No OOM kill seen: FFmpeg (or the tenant's code in it) killed itself.
+        let f = classify_exit(&kill, b"", t, false, false).unwrap_err();
+        assert_eq!((f.code, f.retryable), (error_code::FFMPEG_FAILED, false));
         // SIGXCPU is the limit's own signal, whatever the time.
-        let f = classify_exit(&Exit::Signal(libc::SIGXCPU), b"", t, false).unwrap_err();
+        let f = classify_exit(&Exit::Signal(libc::SIGXCPU), b"", t, false, true).unwrap_err();
         assert_eq!(f.code, error_code::TIME_LIMIT);
+    }
+
+    #[test]
+    fn the_oom_kill_count_is_read_from_vmstat_or_memory_events() {
+        let dir = std::env::temp_dir().join(format!("mf-oom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let events = dir.join("memory.events");
+        std::fs::write(&events, "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n").unwrap();
+        assert_eq!(oom_kills(&events), Some(2));
+        std::fs::write(&events, "oom_kill_disable 0\n").unwrap();
+        assert_eq!(oom_kills(&events), None);
+        assert_eq!(oom_kills(&dir.join("absent")), None);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(oom_kills(std::path::Path::new("/proc/vmstat")).is_some());
     }
 }

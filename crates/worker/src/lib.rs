@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     pub jail: Option<mpegflow_jail::Jail>,
     /// Address-space limit of each jailed process.
     pub memory_limit_bytes: u64,
+    /// The kernel's OOM-kill count (`oom_kill N`): the evidence that a SIGKILL came from the
+    /// OOM killer rather than from the job itself.
+    pub oom_events: PathBuf,
     /// As root: the privileged spawn helper that runs each job as its own uid (this worker
     /// process itself has dropped to an unprivileged uid of its own).
     pub spawner: Option<std::sync::Arc<mpegflow_jail::spawner::SpawnerClient>>,

@@ -38,6 +38,11 @@ struct Args {
     /// Address-space limit of each FFmpeg/ffprobe process, in MiB.
     #[arg(long, default_value_t = 4096)]
     memory_limit_mb: u64,
+    /// Where the kernel counts OOM kills (an `oom_kill N` line): /proc/vmstat for the host, or
+    /// the worker's cgroup `memory.events` in a container. A SIGKILL of FFmpeg is the
+    /// platform's fault only when this count rose while it ran; otherwise it is the job's own.
+    #[arg(long, default_value = "/proc/vmstat", value_name = "FILE")]
+    oom_events: PathBuf,
     /// Run FFmpeg WITHOUT the jail. Never in production: a crafted input then reaches whatever
     /// this worker can.
     #[arg(long)]
@@ -279,6 +284,7 @@ fn main() -> anyhow::Result<()> {
     let config = WorkerConfig {
         jail,
         memory_limit_bytes: args.memory_limit_mb.saturating_mul(1024 * 1024),
+        oom_events: args.oom_events.clone(),
         coordinator: args.coordinator.clone(),
         work_dir,
         ffmpeg: args.ffmpeg.clone(),

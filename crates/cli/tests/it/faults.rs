@@ -247,13 +247,27 @@ fn ffmpeg_of(job: uuid::Uuid) -> Option<i32> {
     })
 }
 
-/// FFmpeg killed from outside (as the host's OOM killer would) long before it could have used
-/// up its CPU time: the platform's fault. The job runs again and succeeds, charged nothing, and
-/// the honest worker's token takes no strike (a crafted input could make FFmpeg kill itself).
+/// FFmpeg SIGKILLed while the kernel counts an OOM kill (the worker reads the count from the
+/// file `--oom-events` names: /proc/vmstat, or a cgroup's memory.events; here a file the test
+/// bumps as the OOM killer would) long before it could have used up its CPU time: the
+/// platform's fault. The job runs again and succeeds, charged nothing, and the worker's token
+/// takes no strike. (Without the OOM count rising, a SIGKILL is the job's own: see
+/// `fault_attacks::a_tenants_self_sigkill_…`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ffmpeg_killed_by_something_its_limits_do_not_explain_costs_the_job_nothing() {
-    let tp = TestPlatform::start(1, test_control_config()).await;
+async fn ffmpeg_killed_by_the_oom_killer_costs_the_job_nothing() {
+    let mut tp = TestPlatform::start(0, test_control_config()).await;
     let client = tp.org("acme").await;
+    let oom_events = tp.path("memory.events");
+    std::fs::write(&oom_events, "oom 0\noom_kill 0\n").unwrap();
+    let (_, token) = tp.worker_token("default").await;
+    tp.platform
+        .spawn_worker_with(
+            &token,
+            &["--oom-events", oom_events.to_str().unwrap()],
+            true,
+        )
+        .await
+        .unwrap();
     let input = clip(tp.dir.path(), "in.mp4", 4, "320x240").await;
     let id = submit(
         &client,
@@ -271,6 +285,7 @@ async fn ffmpeg_killed_by_something_its_limits_do_not_explain_costs_the_job_noth
         ffmpeg_of(id)
     })
     .await;
+    std::fs::write(&oom_events, "oom 1\noom_kill 1\n").unwrap();
     // SAFETY: kill takes plain integers.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
 
@@ -290,6 +305,6 @@ async fn ffmpeg_killed_by_something_its_limits_do_not_explain_costs_the_job_noth
             .fetch_one(tp.platform.store().pool())
             .await
             .unwrap();
-    assert_eq!(strikes, 0, "the honest worker's token was struck");
+    assert_eq!(strikes, 0, "the worker's token was struck");
     tp.stop().await;
 }

@@ -3,7 +3,6 @@
 
 mod harness;
 
-mod adv9;
 mod api_contract;
 mod assets;
 mod audit;
@@ -16,6 +15,7 @@ mod commands;
 mod control_only;
 mod coordinator_auth;
 mod e2e;
+mod fault_attacks;
 mod faults;
 mod fencing;
 mod fleet;

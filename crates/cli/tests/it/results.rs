@@ -194,7 +194,7 @@ async fn a_worker_cannot_report_a_hash_the_stored_bytes_do_not_have() {
     let j = wait_for_state(&client, id, JobState::Queued).await;
     assert_eq!(
         history(&j)[0].error_code.as_deref(),
-        Some("output_missing"),
+        Some("output_not_stored"),
         "{j:#?}"
     );
 
@@ -232,7 +232,7 @@ async fn a_worker_cannot_report_a_hash_the_stored_bytes_do_not_have() {
         .filter(|(a, _)| a == "job.output_unverified")
         .collect();
     assert_eq!(unverified.len(), 2, "{audit:#?}");
-    assert_eq!(unverified[0].1["code"], "output_missing");
+    assert_eq!(unverified[0].1["code"], "output_not_stored");
     assert_eq!(unverified[1].1["code"], "output_mismatch");
 
     // Attempt 3 tells the truth and succeeds.

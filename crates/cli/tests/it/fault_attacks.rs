@@ -1,5 +1,7 @@
-//! Adversarial review of issue 9 (fault accounting): what a tenant's own job can make the
-//! platform charge to the platform, and so to the honest workers that ran it.
+//! Attacks on fault accounting (an adversarial review of issue 9): what a tenant's own job, or
+//! one worker's word, could make the platform charge to the platform (free reruns at the head
+//! of the queue, strikes against the honest workers' token), and a joiner's trust in a stale
+//! platform file.
 
 use crate::harness::*;
 use mpegflow_api::{self as api, JobState};
@@ -62,7 +64,7 @@ async fn settle(
 /// `killed`, a retryable platform fault — so the tenant's job is retried for free, ahead of
 /// everyone, and every attempt is a strike against the honest worker's token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adv9_a_tenants_self_sigkill_neither_strikes_the_honest_token_nor_runs_for_free() {
+async fn a_tenants_self_sigkill_neither_strikes_the_honest_token_nor_runs_for_free() {
     let config = ControlConfig {
         max_attempts: 1,
         // Defaults otherwise (max_platform_faults 10); a low suspension threshold stands for
@@ -111,7 +113,7 @@ async fn adv9_a_tenants_self_sigkill_neither_strikes_the_honest_token_nor_runs_f
 /// `output_upload_failed`, a retryable platform fault — a strike on the honest token, and the
 /// job runs again for free, at the head of the queue, until `max_platform_faults`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adv9_a_job_with_many_outputs_is_not_a_platform_fault() {
+async fn a_job_with_many_outputs_is_not_a_platform_fault() {
     let config = ControlConfig {
         max_platform_faults: 3,
         ..test_control_config()
@@ -151,7 +153,7 @@ async fn adv9_a_job_with_many_outputs_is_not_a_platform_fault() {
 /// platform faults each) suspend the honest fleet's token, and every tenant's work stops
 /// until an admin lifts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adv9_six_self_killing_jobs_do_not_suspend_the_honest_token_under_the_default_policy() {
+async fn six_self_killing_jobs_do_not_suspend_the_honest_token_under_the_default_policy() {
     let hp = HostilePlatform::start(test_control_config()).await;
     let mut ids = Vec::new();
     for _ in 0..6 {
@@ -181,7 +183,7 @@ async fn adv9_six_self_killing_jobs_do_not_suspend_the_honest_token_under_the_de
 /// the worker's `output_missing` is on the platform's list: the failure is recorded as the
 /// platform's fault and counted in `platform_faults`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adv9_an_output_the_command_never_wrote_is_the_jobs_fault() {
+async fn an_output_the_command_never_wrote_is_the_jobs_fault() {
     let hp = HostilePlatform::start(test_control_config()).await;
     let asset = hp.client.upload(&hp.clip).await.unwrap();
     let job = api::JobIn::new(
@@ -216,7 +218,7 @@ async fn adv9_an_output_the_command_never_wrote_is_the_jobs_fault() {
 /// once — charged to "the platform", and with no strike against the token that said so: one
 /// rogue worker fails whatever it claims, for free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adv9_a_workers_unretryable_platform_fault_does_not_end_the_job_unchallenged() {
+async fn a_workers_unretryable_platform_fault_does_not_end_the_job_unchallenged() {
     let Queued { tp, client, jobs } = Queued::start(test_control_config(), 1).await;
     let id = jobs[0].id;
     let (token_id, token) = tp.worker_token_with("default", max_workers(1)).await;
@@ -246,7 +248,7 @@ async fn adv9_a_workers_unretryable_platform_fault_does_not_end_the_job_unchalle
 /// connects to the old database port — free now, so any local user can listen there — and
 /// hands its password (kept across runs in `pg-password`) to whoever answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adv9_a_joiner_does_not_give_the_database_password_to_a_stale_platform_files_port() {
+async fn a_joiner_does_not_give_the_database_password_to_a_stale_platform_files_port() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tp = TestPlatform::start(0, test_control_config()).await;
     let data_dir = tp.platform.data_dir.clone();
@@ -261,6 +263,11 @@ async fn adv9_a_joiner_does_not_give_the_database_password_to_a_stale_platform_f
     let end = at + url[at..].find('/').unwrap();
     let stale = format!("{}{old_port}{}", &url[..at], &url[end..]);
     info["database_url"] = stale.clone().into();
+    // Written by the earlier run: its pid, which is gone.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    info["pid"] = gone_pid.into();
     std::fs::write(&file, serde_json::to_string_pretty(&info).unwrap()).unwrap();
 
     // A PostgreSQL look-alike asking for the password in clear text.
