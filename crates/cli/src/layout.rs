@@ -270,14 +270,22 @@ pub fn orphan_workers(work_root: &Path) -> Vec<i32> {
 /// jobs (as root, whatever uid owns them).
 pub fn reclaim_work_dir(work_dir: &Path) {
     let left = || processes_with_work_dir(|dir| dir == work_dir);
+    let wait = |secs| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline && !left().is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    // A dead worker's spawn helper sees its socket close and ends its jobs itself (killing
+    // their namespaces, unmounting their out/): let it, then kill what is left.
+    wait(5);
     for pid in left() {
         // SAFETY: kill takes plain integers; the process works in the directory we reclaim.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::time::Instant::now() < deadline && !left().is_empty() {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait(5);
+    // A helper killed before it could unmount leaves a job's tmpfs on its out/.
+    detach_mounts_under(work_dir);
     match std::fs::remove_dir_all(work_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -285,6 +293,41 @@ pub fn reclaim_work_dir(work_dir: &Path) {
             "removing the work directory {} of a worker that exited: {e}",
             work_dir.display()
         ),
+    }
+}
+
+/// Detaches every mount at or below `dir` (deepest first), from this mount namespace.
+fn detach_mounts_under(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // Field 5 is the mount point, with space, tab, newline and backslash as octal escapes.
+    let unescape = |s: &str| {
+        s.replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\")
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for p in points {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: a NUL-terminated path; detaching is all this does.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            tracing::warn!(
+                "detaching {} under a dead worker's work directory: {}",
+                p.display(),
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
