@@ -605,7 +605,10 @@ fn probe_argv(show: &[&str], rel: &str) -> Vec<String> {
         .collect()
 }
 
-/// Duration of a media file in microseconds, from ffprobe; `Err` carries ffprobe's complaint.
+/// Duration of a media file in microseconds, from ffprobe; `Err` carries ffprobe's complaint,
+/// or says the file holds no stream or no packet at all (an MP4 cut inside its index probes as
+/// a container whose streams have no data: FFmpeg would only fail on it later). Reading the
+/// first packet costs next to nothing beside ffprobe's start.
 pub async fn probe_duration_us(
     ffprobe: &Path,
     dir: &Path,
@@ -615,19 +618,30 @@ pub async fn probe_duration_us(
 ) -> Result<Option<u64>, String> {
     let argv = probe_argv(
         &[
+            "-read_intervals",
+            "%+#1",
             "-show_entries",
-            "format=duration",
+            "format=nb_streams,duration:packet=stream_index",
             "-of",
-            "default=nw=1:nk=1",
+            "default=nw=1",
         ],
         rel,
     );
     let stdout = run_probe(ffprobe, &argv, dir, cancel, launch).await?;
     let text = String::from_utf8_lossy(&stdout);
-    Ok(text
-        .trim()
-        .parse::<f64>()
-        .ok()
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    if field("nb_streams").and_then(|n| n.parse::<u32>().ok()) == Some(0) {
+        return Err("ffprobe found no audio, video or subtitle stream in it".into());
+    }
+    if field("stream_index").is_none() {
+        return Err("ffprobe read no packet of it: its streams hold no data".into());
+    }
+    Ok(field("duration")
+        .and_then(|d| d.parse::<f64>().ok())
         .filter(|d| d.is_finite() && *d > 0.0)
         .map(|d| (d * 1e6) as u64))
 }

@@ -20,6 +20,7 @@ mod faults;
 mod fencing;
 mod fleet;
 mod identity;
+mod input_corpus;
 mod isolation;
 mod jail;
 mod media_inputs;
