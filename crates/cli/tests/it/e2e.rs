@@ -1,6 +1,7 @@
 use crate::harness::*;
 use mpegflow_api::JobState;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transcode_and_hls_round_trip() {
@@ -166,5 +167,48 @@ async fn corrupt_inputs_fail_cleanly_and_the_worker_takes_the_next_job() {
         .unwrap();
     assert_eq!(health.status, 200);
     assert_eq!(health.json::<mpegflow_api::Health>().unwrap().status, "ok");
+    tp.stop().await;
+}
+
+/// With the shipped defaults (no test timings), a 5-s encode shows its progress moving at least
+/// four times through `GET /v1/jobs/{id}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_second_encode_shows_its_progress_move_four_times_with_shipped_defaults() {
+    let tp = TestPlatform::start(1, mpegflow_control::ControlConfig::default()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "five.mp4", 5, "320x240").await;
+    // `-re`: the encode takes the clip's 5 s, whatever the machine.
+    let id = submit(
+        &client,
+        &input,
+        &[("out", "out.mp4")],
+        "-re -i {{in}} -c:v libx264 -preset veryfast {{out}}",
+    )
+    .await
+    .id;
+    let mut seen: Vec<f32> = Vec::new();
+    let job = loop {
+        let job = client.job(id).await.unwrap();
+        if let Some(p) = job.progress.filter(|_| job.state == JobState::Running) {
+            if seen.last() != Some(&p) {
+                seen.push(p);
+            }
+        }
+        if job.state.is_terminal() {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
+    let rising: Vec<f32> = seen
+        .iter()
+        .copied()
+        .filter(|p| *p > 0.0 && *p < 1.0)
+        .collect();
+    eprintln!("progress values seen: {seen:?}");
+    assert!(
+        rising.len() >= 4 && rising.windows(2).all(|w| w[0] < w[1]),
+        "progress seen: {seen:?}"
+    );
     tp.stop().await;
 }
