@@ -701,13 +701,15 @@ impl Store {
         let unconfirmed_blame = blame
             .is_some_and(|f| !error_code::blame_confirmed(&f.code, job.blame_worker_id, worker_id));
         // Counted against the token: an attempt that ended without a finished encode by the
-        // worker's doing (infrastructure trouble it reported, an unasked cancellation, or a blame
-        // nobody confirmed yet). The tenant's own failures are not.
+        // worker's doing (infrastructure trouble it reported, an unasked cancellation). The
+        // tenant's own failures are not, and neither is a blame nobody confirmed yet: a crafted
+        // input earns one from every honest worker. A blame becomes a strike once another
+        // worker runs the job to success (below).
         let strike = live
             && match &report {
                 Report::Succeeded { .. } => false,
                 Report::Failed(f) => {
-                    (f.retryable && error_code::is_worker_evidence(&f.code)) || unconfirmed_blame
+                    f.retryable && !unconfirmed_blame && error_code::is_worker_evidence(&f.code)
                 }
                 Report::Canceled => true,
             };
@@ -794,6 +796,9 @@ impl Store {
                 .bind(token_id)
                 .execute(&mut *tx)
                 .await?;
+        }
+        if matches!(report, Report::Succeeded { .. }) {
+            self.strike_refuted_blames(&mut tx, &job).await?;
         }
         if let Report::Succeeded { result, outputs } = &report {
             sqlx::query("UPDATE jobs SET result = $2, progress = 1 WHERE id = $1")
@@ -903,6 +908,44 @@ impl Store {
             }
             Transition::StartAttempt => Err(StoreError::Conflict("unexpected transition".into())),
         }
+    }
+
+    /// The job succeeded: an earlier attempt that blamed the tenant (unconfirmed, so charged to
+    /// nobody) was wrong, and becomes a strike against its worker's token.
+    async fn strike_refuted_blames(
+        &self,
+        tx: &mut sqlx::PgTransaction<'_>,
+        job: &Job,
+    ) -> Result<()> {
+        let refuted: Vec<(Option<Uuid>, Uuid)> = sqlx::query_as(
+            "UPDATE job_attempts SET strike = true
+             WHERE job_id = $1 AND attempt < $2 AND outcome = 'failed' AND fault IS NULL AND NOT strike
+               AND error_code = ANY($3)
+             RETURNING token_id, worker_id",
+        )
+        .bind(job.id)
+        .bind(job.attempts)
+        .bind([error_code::INVALID_INPUT, error_code::SECURITY_VIOLATION])
+        .fetch_all(&mut **tx)
+        .await?;
+        for (token_id, worker_id) in refuted {
+            insert_audit(
+                &mut **tx,
+                &AuditEntry {
+                    org_id: Some(job.org_id),
+                    actor: "system:coordinator".into(),
+                    action: "job.blame_refuted",
+                    job_id: Some(job.id),
+                    subject: Some(worker_id.to_string()),
+                    details: json!({ "token_id": token_id }),
+                },
+            )
+            .await?;
+            if let Some(token_id) = token_id {
+                crate::admin::suspend_if_struck_out(tx, token_id, &self.token_policy).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Schedules the deletion of what the running attempt of `job` was granted to upload: it

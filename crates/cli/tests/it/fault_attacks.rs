@@ -329,3 +329,88 @@ async fn a_joiner_does_not_give_the_database_password_to_a_stale_platform_files_
     );
     tp.stop().await;
 }
+
+/// A tenant's crafted bad inputs draw a blame from every honest worker that meets them. Before
+/// a second worker confirms, a blame was a strike: enough bad jobs suspended the honest fleet's
+/// token. Now a confirmed blame strikes no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_bad_inputs_confirmed_by_a_second_worker_strike_no_one() {
+    let config = ControlConfig {
+        throttle_after_strikes: 100,
+        suspend_after_strikes: 2,
+        ..test_control_config()
+    };
+    // Two honest workers of one (fleet) token.
+    let tp = TestPlatform::start(2, config).await;
+    let client = tp.org("acme").await;
+    let bad = tp.path("bad.mp4");
+    std::fs::write(&bad, b"not a video").unwrap();
+    for _ in 0..4 {
+        let job = run_job(&client, &bad, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+        assert_eq!(job.state, JobState::Failed, "{job:#?}");
+        assert_eq!(job_error(&job).code, "invalid_input");
+        assert_eq!((job.attempts, job.job_faults), (2, 1), "{job:#?}");
+    }
+    let strikes: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE strike")
+        .fetch_one(tp.platform.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        strikes, 0,
+        "the honest fleet was struck for the tenant's bad inputs"
+    );
+    let suspended: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM worker_tokens WHERE suspended_at IS NOT NULL")
+            .fetch_one(tp.platform.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(suspended, 0);
+    tp.stop().await;
+}
+
+/// A rogue worker blames a good job on its tenant. Unconfirmed, that costs it nothing at first;
+/// once an honest worker runs the job to success, the blame is refuted: a strike against the
+/// rogue's token, and an audit row naming its worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refuted_blame_is_a_strike_against_the_blamer() {
+    let Queued {
+        mut tp,
+        client,
+        jobs,
+    } = Queued::start(test_control_config(), 1).await;
+    let id = jobs[0].id;
+    let (rogue_token, token) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut r = RawWorker::connect(&tp, &token).await;
+    let w = r.register().await.unwrap();
+    let a = r
+        .poll(&w, 2)
+        .await
+        .unwrap()
+        .expect("the rogue gets the job");
+    r.fail(&w, &a, "invalid_input", false).await.unwrap();
+    assert_eq!(
+        strikes(&tp, rogue_token).await,
+        0,
+        "not yet: nobody knows who is right"
+    );
+    // An honest worker of another token runs it.
+    let (_, honest) = tp.worker_token("default").await;
+    tp.platform.spawn_worker(&honest).await.unwrap();
+    let job = client.wait(id, |_| {}).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
+    assert_eq!((job.job_faults, job.platform_faults), (0, 0), "{job:#?}");
+    assert_eq!(
+        strikes(&tp, rogue_token).await,
+        1,
+        "the refuted blame is a strike"
+    );
+    let refuted: Vec<String> = sqlx::query_scalar(
+        "SELECT subject FROM audit_logs WHERE job_id = $1 AND action = 'job.blame_refuted'",
+    )
+    .bind(id)
+    .fetch_all(tp.platform.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(refuted, vec![w.clone()]);
+    tp.stop().await;
+}

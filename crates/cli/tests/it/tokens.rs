@@ -177,8 +177,9 @@ async fn a_token_failing_fast_is_throttled_then_suspended_and_its_jobs_stay_runn
     let mut r = RawWorker::connect(&tp, &token).await;
     let w = r.register().await.unwrap();
 
-    // Drain attempt: take every job and fail it at once, as infrastructure trouble and as the
-    // tenant's fault, until the coordinator stops answering.
+    // Drain attempt: take every job and fail it at once as infrastructure trouble, until the
+    // coordinator stops answering. (Blaming the tenant instead is a strike only once another
+    // worker runs the job to success: `fault_attacks::a_refuted_blame_is_a_strike_…`.)
     let mut failed = 0;
     let refusal = loop {
         assert!(failed <= 5, "the token was never suspended");
@@ -187,9 +188,9 @@ async fn a_token_failing_fast_is_throttled_then_suspended_and_its_jobs_stay_runn
                 let code = if failed % 2 == 0 {
                     "worker_error"
                 } else {
-                    "invalid_input"
+                    "output_upload_failed"
                 };
-                if r.fail(&w, &a, code, code == "worker_error").await.is_ok() {
+                if r.fail(&w, &a, code, true).await.is_ok() {
                     failed += 1;
                 }
             }
