@@ -8,8 +8,8 @@
 
 use crate::layout::DataDirLock;
 use crate::platform::{
-    check_external_store, embedded_key, load_toml, s3_from_env, PlatformInfo, EMBEDDED_KEY_FILE,
-    PLATFORM_FILE,
+    apply_control_env, check_external_store, embedded_key, load_toml, PlatformInfo,
+    EMBEDDED_KEY_FILE, PLATFORM_FILE,
 };
 use anyhow::{bail, Context, Result};
 use mpegflow_control::{AppState, ControlConfig};
@@ -53,19 +53,12 @@ impl Default for ControlOnlyConfig {
 impl ControlOnlyConfig {
     pub fn load(file: Option<&Path>) -> Result<Self> {
         let mut cfg: ControlOnlyConfig = load_toml(file)?;
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        if let Some(v) = env("DATABASE_URL") {
-            cfg.database_url = Some(v);
-        }
-        if let Some(v) = env("MPEGFLOW_API_ADDR") {
-            cfg.api_addr = v;
-        }
-        if let Some(v) = env("MPEGFLOW_GRPC_ADDR") {
-            cfg.grpc_addr = v;
-        }
-        if let Some(s3) = s3_from_env()? {
-            cfg.s3 = Some(s3);
-        }
+        apply_control_env(
+            &mut cfg.database_url,
+            &mut cfg.api_addr,
+            &mut cfg.grpc_addr,
+            &mut cfg.s3,
+        )?;
         Ok(cfg)
     }
 }

@@ -81,15 +81,12 @@ impl PlatformConfig {
     pub fn load(file: Option<&Path>) -> Result<Self> {
         let mut cfg: PlatformConfig = load_toml(file)?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        if let Some(v) = env("DATABASE_URL") {
-            cfg.database_url = Some(v);
-        }
-        if let Some(v) = env("MPEGFLOW_API_ADDR") {
-            cfg.api_addr = v;
-        }
-        if let Some(v) = env("MPEGFLOW_GRPC_ADDR") {
-            cfg.grpc_addr = v;
-        }
+        apply_control_env(
+            &mut cfg.database_url,
+            &mut cfg.api_addr,
+            &mut cfg.grpc_addr,
+            &mut cfg.s3,
+        )?;
         if let Some(v) = env("MPEGFLOW_S3_ADDR") {
             cfg.s3_addr = v;
         }
@@ -103,11 +100,32 @@ impl PlatformConfig {
         if let Some(v) = env("MPEGFLOW_WORKERS") {
             cfg.workers = v.parse().context("MPEGFLOW_WORKERS must be a number")?;
         }
-        if let Some(s3) = s3_from_env()? {
-            cfg.s3 = Some(s3);
-        }
         Ok(cfg)
     }
+}
+
+/// The variables `up` and `control` share: `DATABASE_URL`, `MPEGFLOW_API_ADDR`,
+/// `MPEGFLOW_GRPC_ADDR` and an external store's `MPEGFLOW_S3_*`, over what the file said.
+pub(crate) fn apply_control_env(
+    database_url: &mut Option<String>,
+    api_addr: &mut String,
+    grpc_addr: &mut String,
+    s3: &mut Option<S3Config>,
+) -> Result<()> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(v) = env("DATABASE_URL") {
+        *database_url = Some(v);
+    }
+    if let Some(v) = env("MPEGFLOW_API_ADDR") {
+        *api_addr = v;
+    }
+    if let Some(v) = env("MPEGFLOW_GRPC_ADDR") {
+        *grpc_addr = v;
+    }
+    if let Some(v) = s3_from_env()? {
+        *s3 = Some(v);
+    }
+    Ok(())
 }
 
 /// A config file's settings over `T`'s defaults (`T` ignores keys it does not know, so `up`
@@ -125,7 +143,7 @@ pub(crate) fn load_toml<T: serde::de::DeserializeOwned + Default>(
 }
 
 /// An external object store named by `MPEGFLOW_S3_*` variables, if `MPEGFLOW_S3_ENDPOINT` is set.
-pub(crate) fn s3_from_env() -> Result<Option<S3Config>> {
+fn s3_from_env() -> Result<Option<S3Config>> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let Some(endpoint) = env("MPEGFLOW_S3_ENDPOINT") else {
         return Ok(None);

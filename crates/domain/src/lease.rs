@@ -44,10 +44,6 @@ impl LeaseClock {
         }
     }
 
-    pub fn lease(&self) -> Duration {
-        self.lease
-    }
-
     /// The database answered at `now`. Ends an outage, starting its amnesty.
     pub fn reached(&mut self, now: SystemTime) {
         if let Some(since) = self.outage_since.take() {
@@ -65,16 +61,11 @@ impl LeaseClock {
         self.last_reached = Some(now);
     }
 
-    /// The database could not be reached at `now`.
-    pub fn unreachable(&mut self, _now: SystemTime) {
+    /// The database could not be reached.
+    pub fn unreachable(&mut self) {
         if self.outage_since.is_none() {
             self.outage_since = Some(self.last_reached);
         }
-    }
-
-    /// Whether the database is known to be unreachable.
-    pub fn in_outage(&self) -> bool {
-        self.outage_since.is_some()
     }
 
     /// Leases that expired after the returned time still count as held (`UNIX_EPOCH`: any
@@ -114,11 +105,11 @@ mod tests {
         c.reached(at(110));
         assert_eq!(c.held_if_expired_after(at(111)), None);
         // Down from just after 110 until 200: longer than a lease.
-        c.unreachable(at(112));
-        c.unreachable(at(150));
-        assert!(c.in_outage());
+        c.unreachable();
+        c.unreachable();
+        // Nothing is decided from the outage until the database answers again.
+        assert_eq!(c.held_if_expired_after(at(150)), None);
         c.reached(at(200));
-        assert!(!c.in_outage());
         assert_eq!(c.held_if_expired_after(at(201)), Some(at(110)));
         assert_eq!(c.held_if_expired_after(at(229)), Some(at(110)));
         assert_eq!(c.held_if_expired_after(at(230)), None);
@@ -128,15 +119,15 @@ mod tests {
     fn an_outage_during_an_amnesty_keeps_what_the_amnesty_held() {
         let mut c = LeaseClock::new(LEASE, at(0));
         c.reached(at(100));
-        c.unreachable(at(101));
+        c.unreachable();
         c.reached(at(120)); // amnesty for leases alive at 100, until 150
-        c.unreachable(at(125));
+        c.unreachable();
         c.reached(at(140));
         assert_eq!(c.held_if_expired_after(at(141)), Some(at(100)));
         assert_eq!(c.held_if_expired_after(at(170)), None);
         // At start-up: an outage before the first contact keeps "any lease".
         let mut c = LeaseClock::new(LEASE, at(0));
-        c.unreachable(at(1));
+        c.unreachable();
         c.reached(at(20));
         assert_eq!(
             c.held_if_expired_after(at(49)),

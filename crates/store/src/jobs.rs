@@ -797,10 +797,8 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if matches!(report, Report::Succeeded { .. }) {
-            self.strike_refuted_blames(&mut tx, &job).await?;
-        }
         if let Report::Succeeded { result, outputs } = &report {
+            self.strike_refuted_blames(&mut tx, &job).await?;
             sqlx::query("UPDATE jobs SET result = $2, progress = 1 WHERE id = $1")
                 .bind(job_id)
                 .bind(result)

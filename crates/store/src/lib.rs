@@ -200,7 +200,7 @@ impl Store {
     /// database cannot be reached (see [`ACQUIRE_TIMEOUT`] for how busy is told from down).
     pub(crate) async fn conn(&self) -> Result<PoolConnection<Postgres>> {
         if self.down.load(Ordering::Relaxed) && !self.reachable().await {
-            self.clock(|c| c.unreachable(SystemTime::now()));
+            self.clock(|c| c.unreachable());
             return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
         }
         let started = Instant::now();
@@ -214,7 +214,7 @@ impl Store {
                 Err(sqlx::Error::PoolTimedOut) => {
                     if !self.reachable().await {
                         self.down.store(true, Ordering::Relaxed);
-                        self.clock(|c| c.unreachable(SystemTime::now()));
+                        self.clock(|c| c.unreachable());
                         return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
                     }
                     if started.elapsed() >= BUSY_WAIT {

@@ -162,13 +162,11 @@ async fn a_nul_byte_on_ffmpegs_stderr_does_not_break_an_honest_workers_report() 
         }
         assert_eq!(job.attempts, 1, "{job:#?}");
     }
-    let strikes: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE token_id = $1 AND strike")
-            .bind(token_id)
-            .fetch_one(tp.platform.store().pool())
-            .await
-            .unwrap();
-    assert_eq!(strikes, 0, "the honest token was struck");
+    assert_eq!(
+        strikes(&tp, token_id).await,
+        0,
+        "the honest token was struck"
+    );
     tp.stop().await;
 }
 

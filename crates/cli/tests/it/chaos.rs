@@ -12,10 +12,9 @@
 
 use crate::harness::{
     clip, control_config_file, eventually, max_workers, tempdir::TempDir, test_control_config,
-    ControlChild,
+    ControlChild, OwnCluster,
 };
 use mpegflow::client::ApiClient;
-use mpegflow::pg::Cluster;
 use mpegflow::platform::{Platform, PlatformConfig};
 use mpegflow_api::{self as api, JobState};
 use std::collections::BTreeSet;
@@ -30,35 +29,6 @@ const BAD_JOBS: usize = 2;
 /// `-re`: each encode takes the clip's length, so faults land mid-encode.
 const COMMAND: &str = "-re -i {{in}} -c:v libx264 -preset veryfast -c:a aac {{out}}";
 
-/// The cluster, stopped when the test ends, panicking or not.
-struct Pg {
-    cluster: Option<Cluster>,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Pg {
-    fn stop(&mut self) {
-        if let Some(c) = self.cluster.take() {
-            tokio::task::block_in_place(|| c.stop());
-        }
-    }
-
-    fn start(&mut self) {
-        let c = tokio::task::block_in_place(|| Cluster::start(&self.dir, Some(self.port), true))
-            .expect("restart the cluster");
-        self.cluster = Some(c);
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        if let Some(c) = self.cluster.take() {
-            c.stop();
-        }
-    }
-}
-
 struct Chaos {
     platform: Platform,
     /// The control plane the workers use; restarted by the control-plane fault.
@@ -66,7 +36,7 @@ struct Chaos {
     /// Its command-line arguments and environment, to start it again on the same addresses.
     control_args: Vec<String>,
     control_env: Vec<(String, String)>,
-    pg: Pg,
+    pg: OwnCluster,
     client: ApiClient,
     token: String,
     good_input: Uuid,
@@ -82,20 +52,7 @@ struct Submitted {
 
 impl Chaos {
     async fn start(dir: &Path) -> Chaos {
-        let pg_dir = dir.join("pg");
-        let cluster = Cluster::start(&pg_dir, None, true).expect("start a private cluster");
-        let port = cluster.port;
-        let pg = Pg {
-            cluster: Some(cluster),
-            dir: pg_dir,
-            port,
-        };
-        let url = mpegflow_store::create_database(
-            &pg.cluster.as_ref().unwrap().database_url("postgres"),
-            "chaos",
-        )
-        .await
-        .expect("create the database");
+        let (pg, url) = OwnCluster::start(&dir.join("pg"), "chaos").await;
         let platform = Platform::start(PlatformConfig {
             data_dir: dir.join("data"),
             database_url: Some(url),
@@ -353,7 +310,7 @@ async fn chaos_faults_lose_nothing_double_nothing_and_cost_no_attempts() {
     let batch = chaos.submit_batch().await;
     chaos.encoding(&batch, 2).await;
     chaos.pg.stop();
-    chaos.pg.start();
+    chaos.pg.restart();
     let cleared = Instant::now();
     let recovery = chaos.recovery(&batch, cleared).await;
     let absorbed = chaos.settle(fault, &batch).await;
@@ -365,7 +322,7 @@ async fn chaos_faults_lose_nothing_double_nothing_and_cost_no_attempts() {
     chaos.encoding(&batch, 2).await;
     chaos.pg.stop();
     tokio::time::sleep(LEASE * 2).await;
-    chaos.pg.start();
+    chaos.pg.restart();
     let cleared = Instant::now();
     let recovery = chaos.recovery(&batch, cleared).await;
     let absorbed = chaos.settle(fault, &batch).await;

@@ -16,14 +16,6 @@ async fn suspended(tp: &TestPlatform, token_id: uuid::Uuid) -> bool {
         .unwrap()
 }
 
-async fn strikes(tp: &TestPlatform, token_id: uuid::Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE token_id = $1 AND strike")
-        .bind(token_id)
-        .fetch_one(tp.platform.store().pool())
-        .await
-        .unwrap()
-}
-
 fn attempts_of(job: &api::Job) -> Vec<String> {
     history(job)
         .iter()

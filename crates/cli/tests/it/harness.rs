@@ -420,6 +420,62 @@ impl Queued {
     }
 }
 
+/// Attempts of `token_id`'s workers counted as strikes against it.
+pub async fn strikes(tp: &TestPlatform, token_id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE token_id = $1 AND strike")
+        .bind(token_id)
+        .fetch_one(tp.platform.store().pool())
+        .await
+        .unwrap()
+}
+
+/// A PostgreSQL cluster of the test's own (the shared one must stay up for the other tests),
+/// which the test may stop and start again on the same port. Stopped when dropped, panicking
+/// or not.
+pub struct OwnCluster {
+    cluster: Option<Cluster>,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl OwnCluster {
+    /// Starts a cluster in `dir` with one database `name`; returns it and the database's URL.
+    pub async fn start(dir: &Path, name: &str) -> (OwnCluster, String) {
+        let cluster = Cluster::start(dir, None, true).expect("start a private cluster");
+        let url = mpegflow_store::create_database(&cluster.database_url("postgres"), name)
+            .await
+            .expect("create the database");
+        let port = cluster.port;
+        let own = OwnCluster {
+            cluster: Some(cluster),
+            dir: dir.to_owned(),
+            port,
+        };
+        (own, url)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(c) = self.cluster.take() {
+            tokio::task::block_in_place(|| c.stop());
+        }
+    }
+
+    /// Starts it again: the same port, the same data.
+    pub fn restart(&mut self) {
+        let c = tokio::task::block_in_place(|| Cluster::start(&self.dir, Some(self.port), true))
+            .expect("restart the cluster");
+        self.cluster = Some(c);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        if let Some(c) = self.cluster.take() {
+            c.stop();
+        }
+    }
+}
+
 /// Token limits allowing `max_workers` live workers, unthrottled.
 pub fn max_workers(max_workers: u32) -> TokenLimits {
     TokenLimits {

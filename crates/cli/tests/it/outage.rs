@@ -2,23 +2,13 @@
 //! cluster must stay up for the other tests), which the test stops and starts again.
 
 use crate::harness::{
-    clip, eventually, fingerprint, submit, tempdir::TempDir, test_control_config,
+    clip, eventually, fingerprint, submit, tempdir::TempDir, test_control_config, OwnCluster,
 };
 use mpegflow::client::ApiClient;
-use mpegflow::pg::Cluster;
 use mpegflow::platform::{Platform, PlatformConfig};
 use mpegflow_api as api;
 use mpegflow_proto as pb;
 use std::time::{Duration, Instant};
-
-/// Stops the cluster when the test ends, panicking or not.
-struct Stopped(Cluster);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        self.0.stop();
-    }
-}
 
 /// What a client sees of one GET.
 struct Answer {
@@ -75,12 +65,7 @@ fn assert_database_unavailable(a: &Answer, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_outage_answers_503_fast_and_recovers() {
     let dir = TempDir::new("mpegflow-it-outage");
-    let pg_dir = dir.path().join("pg");
-    let cluster = Stopped(Cluster::start(&pg_dir, None, true).expect("start a private cluster"));
-    let port = cluster.0.port;
-    let url = mpegflow_store::create_database(&cluster.0.database_url("postgres"), "outage")
-        .await
-        .expect("create the database");
+    let (mut cluster, url) = OwnCluster::start(&dir.path().join("pg"), "outage").await;
     let platform = Platform::start(PlatformConfig {
         data_dir: dir.path().join("data"),
         database_url: Some(url),
@@ -127,7 +112,7 @@ async fn database_outage_answers_503_fast_and_recovers() {
         200
     );
 
-    tokio::task::block_in_place(|| drop(cluster));
+    cluster.stop();
 
     // The first call after the outage starts meets a pool full of dead connections; later
     // ones know the database is down. Both answer 503, neither waits out a long pool timeout.
@@ -165,9 +150,7 @@ async fn database_outage_answers_503_fast_and_recovers() {
     assert_database_unavailable(&ready, "readyz");
 
     // Back on the same port, the same data.
-    let cluster = tokio::task::block_in_place(|| Cluster::start(&pg_dir, Some(port), true))
-        .map(Stopped)
-        .expect("restart the cluster");
+    cluster.restart();
     let recovered = Instant::now();
     eventually(
         "readyz after the restart",
@@ -191,7 +174,7 @@ async fn database_outage_answers_503_fast_and_recovers() {
         .expect("a worker registers once the database is back");
 
     platform.stop(Duration::from_secs(5)).await;
-    tokio::task::block_in_place(|| drop(cluster));
+    cluster.stop();
 }
 
 /// A database outage longer than the lease while a job runs: heartbeats and the finished
@@ -201,12 +184,7 @@ async fn database_outage_answers_503_fast_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_running_through_an_outage_longer_than_its_lease_completes_on_its_first_attempt() {
     let dir = TempDir::new("mpegflow-it-outage-lease");
-    let pg_dir = dir.path().join("pg");
-    let cluster = Stopped(Cluster::start(&pg_dir, None, true).expect("start a private cluster"));
-    let port = cluster.0.port;
-    let url = mpegflow_store::create_database(&cluster.0.database_url("postgres"), "outage")
-        .await
-        .expect("create the database");
+    let (mut cluster, url) = OwnCluster::start(&dir.path().join("pg"), "outage").await;
     let lease = Duration::from_secs(3);
     let platform = Platform::start(PlatformConfig {
         data_dir: dir.path().join("data"),
@@ -242,12 +220,10 @@ async fn a_job_running_through_an_outage_longer_than_its_lease_completes_on_its_
     })
     .await;
 
-    tokio::task::block_in_place(|| drop(cluster));
+    cluster.stop();
     let outage = lease * 3;
     tokio::time::sleep(outage).await;
-    let cluster = tokio::task::block_in_place(|| Cluster::start(&pg_dir, Some(port), true))
-        .map(Stopped)
-        .expect("restart the cluster");
+    cluster.restart();
     let recovered = Instant::now();
     let job = client.wait(id, |_| {}).await.unwrap();
     eprintln!(
@@ -262,5 +238,5 @@ async fn a_job_running_through_an_outage_longer_than_its_lease_completes_on_its_
         "the outage cost nothing: {job:#?}"
     );
     platform.stop(Duration::from_secs(5)).await;
-    tokio::task::block_in_place(|| drop(cluster));
+    cluster.stop();
 }

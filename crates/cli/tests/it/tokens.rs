@@ -292,12 +292,7 @@ async fn ordinary_crashes_do_not_suspend_a_token() {
         }
     }
     assert!(audit_rows(&tp, "worker_token.suspended").await.is_empty());
-    let strikes: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE token_id = $1 AND strike")
-            .bind(token_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let strikes = strikes(&tp, token_id).await;
     assert!(strikes >= 19, "{strikes}");
     tp.stop().await;
 }
