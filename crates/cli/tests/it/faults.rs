@@ -93,6 +93,20 @@ async fn a_worker_that_gave_up_a_job_hands_its_lease_back_and_gets_work_at_once(
     let held = r.poll_dropping(&w, 0, Some(&forged)).await.unwrap_err();
     assert_eq!(held.code(), Code::FailedPrecondition, "{held:?}");
 
+    // Nor does the right fencing token from a worker of another token.
+    let (_, other) = tp.worker_token_with("default", max_workers(1)).await;
+    let mut stranger = RawWorker::connect(&tp, &other).await;
+    let s = stranger.register().await.unwrap();
+    assert!(
+        stranger
+            .poll_dropping(&s, 0, Some(&dropped))
+            .await
+            .unwrap()
+            .is_none(),
+        "another token's worker released the lease (and got the job)"
+    );
+    assert_eq!(job(&client, id).await.attempts, 1, "the lease was released");
+
     // The worker gave the job up (its report could not get through) and registered again:
     // handing back the lease of its earlier registration, it gets work at once — the same
     // job, in its old place, under a new fencing token.
