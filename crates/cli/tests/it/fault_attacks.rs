@@ -406,3 +406,83 @@ async fn a_refuted_blame_is_a_strike_against_the_blamer() {
     assert_eq!(refuted, vec![w.clone()]);
     tp.stop().await;
 }
+
+/// adv9b: code run inside FFmpeg by a crafted input chooses by itself whether the attempt
+/// blames the tenant: it kills its process with SIGSYS (what the seccomp tripwire's kill looks
+/// like: `security_violation`) before a time the tenant picked, and encodes after it. The
+/// honest worker that met it first reported the truth; the honest worker that met it later
+/// succeeds, and the first one's blame is "refuted": a strike against the honest fleet token.
+/// A tenant repeating this (or failing at random: a quarter of its jobs strike) suspends the
+/// fleet — what 1db592b meant to end. (Here both workers share the fleet's token, as `up`
+/// runs them; the success alone cannot tell a lying blamer from a tenant's flaky input.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_input_that_fails_only_on_the_first_worker_does_not_strike_it() {
+    let config = ControlConfig {
+        throttle_after_strikes: 100,
+        suspend_after_strikes: 1,
+        ..test_control_config()
+    };
+    let mut tp = TestPlatform::start(0, config).await;
+    let client = tp.org("acme").await;
+    let clip = clip(tp.dir.path(), "in.mp4", 1, "160x120").await;
+    let (token_id, token) = tp.worker_token("default").await;
+    let ffmpeg = ["--ffmpeg", hostile().to_str().unwrap()];
+    tp.platform
+        .spawn_worker_with(&token, &ffmpeg, false)
+        .await
+        .unwrap();
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 15;
+    let id = submit_attack(&client, &clip, &format!("sigsys_before:{until}"), 30).await;
+    // The first worker meets it (before `until`) and blames the tenant, truthfully.
+    let start = Instant::now();
+    let first = loop {
+        let job = client.job(id).await.unwrap();
+        if let Some(a) = history(&job).iter().find(|a| a.outcome.is_some()) {
+            break a.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{job:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        first.error_code.as_deref(),
+        Some("security_violation"),
+        "{first:#?}"
+    );
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= until
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A second honest worker of the fleet joins and runs it to success.
+    tp.platform
+        .spawn_worker_with(&token, &ffmpeg, false)
+        .await
+        .unwrap();
+    let job = client.wait(id, |_| {}).await.unwrap();
+    eprintln!(
+        "state {} attempts {:?} strikes {} suspended {}",
+        job.state,
+        attempts_of(&job),
+        strikes(&tp, token_id).await,
+        suspended(&tp, token_id).await
+    );
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}");
+    assert_eq!(
+        strikes(&tp, token_id).await,
+        0,
+        "the tenant's own flaky input struck the honest fleet token: {:?}",
+        attempts_of(&job)
+    );
+    assert!(
+        !suspended(&tp, token_id).await,
+        "the fleet token is suspended"
+    );
+    tp.stop().await;
+}

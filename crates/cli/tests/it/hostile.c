@@ -24,6 +24,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *out_path;
@@ -399,6 +400,14 @@ int main(int argc, char **argv) {
             close(fd);
         }
         verdict("OK %s: %d files", name, n);
+    }
+    else if (!strcmp(name, "sigsys_before")) {
+        /* Code run inside FFmpeg by a crafted input kills its process with SIGSYS (what the
+         * seccomp tripwire's kill looks like) while the clock is before `arg` (a Unix time
+         * the tenant chose), and encodes normally after it: the first worker blames the
+         * tenant, a later one succeeds. */
+        if (time(NULL) < atol(arg)) raise(SIGSYS);
+        verdict("OK %s: encoded", name);
     }
     else if (!strcmp(name, "sleep")) { sleep(atoi(arg)); verdict("ESCAPED %s: slept", name); }
     else { fprintf(stderr, "unknown attack %s\n", name); return 2; }
