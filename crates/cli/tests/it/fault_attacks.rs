@@ -6,6 +6,7 @@
 use crate::harness::*;
 use mpegflow_api::{self as api, JobState};
 use mpegflow_control::ControlConfig;
+use mpegflow_proto as pb;
 use std::time::{Duration, Instant};
 
 async fn suspended(tp: &TestPlatform, token_id: uuid::Uuid) -> bool {
@@ -484,5 +485,108 @@ async fn a_tenants_input_that_fails_only_on_the_first_worker_does_not_strike_it(
         !suspended(&tp, token_id).await,
         "the fleet token is suspended"
     );
+    tp.stop().await;
+}
+
+/// adv9b: a rogue worker (its own token) turns an honest worker's true blame into a strike.
+/// A tenant's input is garbage; the honest fleet worker says `invalid_input`, unconfirmed, and
+/// the job is requeued for a worker of another token — the rogue's, preferred for it. The
+/// rogue uploads any bytes as the output and reports success: the honest blame is "refuted",
+/// a strike against the honest fleet's token. Every bad input the fleet meets becomes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_workers_fake_success_does_not_strike_the_honest_blamer() {
+    let config = ControlConfig {
+        throttle_after_strikes: 100,
+        suspend_after_strikes: 1,
+        ..test_control_config()
+    };
+    let mut tp = TestPlatform::start(0, config).await;
+    let client = tp.org("acme").await;
+    let (honest_id, honest) = tp.worker_token("default").await;
+    tp.platform.spawn_worker(&honest).await.unwrap();
+    let bad = tp.path("bad.mp4");
+    std::fs::write(&bad, b"not a video").unwrap();
+    let job = submit(&client, &bad, &[("out", "o.mp4")], "-i {{in}} {{out}}").await;
+    let start = Instant::now();
+    loop {
+        let j = client.job(job.id).await.unwrap();
+        if history(&j).iter().any(|a| a.outcome.is_some()) {
+            assert_eq!(
+                attempts_of(&j)[0],
+                "failed:invalid_input:None",
+                "the honest worker blames the garbage input: {j:#?}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{j:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The rogue, with a token of its own, takes the requeued job and "encodes" it.
+    let (_, rogue_token) = tp.worker_token("default").await;
+    let mut r = RawWorker::connect(&tp, &rogue_token).await;
+    let w = r.register().await.unwrap();
+    let mut a = None;
+    for _ in 0..20 {
+        if let Some(got) = r.poll(&w, 2).await.unwrap() {
+            a = Some(got);
+            break;
+        }
+    }
+    let a = a.expect("the rogue gets the requeued job");
+    let bytes: &[u8] = b"anything at all";
+    let files = vec![pb::ProducedFile {
+        path: "out/o.mp4".into(),
+        size: bytes.len() as u64,
+        sha256: sha256_hex(bytes),
+    }];
+    let req = r.req(pb::RequestUploadUrlsRequest {
+        worker_id: w.clone(),
+        job_id: a.job_id.clone(),
+        fencing_token: a.fencing_token.clone(),
+        files: files.clone(),
+    });
+    let urls = r
+        .client
+        .request_upload_urls(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .uploads;
+    let mut put = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .put(&urls[0].url)
+        .body(bytes.to_vec());
+    for (k, v) in &urls[0].headers {
+        if k != "content-length" {
+            put = put.header(k, v);
+        }
+    }
+    assert!(put.send().await.unwrap().status().is_success());
+    let req = r.req(pb::ReportJobStatusRequest {
+        worker_id: w.clone(),
+        job_id: a.job_id.clone(),
+        fencing_token: a.fencing_token.clone(),
+        outcome: pb::Outcome::Succeeded as i32,
+        outputs: files,
+        ..Default::default()
+    });
+    r.client.report_job_status(req).await.unwrap();
+    let j = client.job(job.id).await.unwrap();
+    eprintln!(
+        "state {} attempts {:?} honest strikes {} suspended {}",
+        j.state,
+        attempts_of(&j),
+        strikes(&tp, honest_id).await,
+        suspended(&tp, honest_id).await
+    );
+    assert_eq!(
+        strikes(&tp, honest_id).await,
+        0,
+        "a rogue's word struck the honest fleet token: {:?}",
+        attempts_of(&j)
+    );
+    assert!(!suspended(&tp, honest_id).await);
     tp.stop().await;
 }
