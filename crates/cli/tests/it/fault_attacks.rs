@@ -590,3 +590,79 @@ async fn a_rogue_workers_fake_success_does_not_strike_the_honest_blamer() {
     assert!(!suspended(&tp, honest_id).await);
     tp.stop().await;
 }
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+/// adv9b: a819f9a raised the coordinator's decoding limit to 32 MiB for every RPC, and the
+/// token is checked in the handlers, after tonic has buffered and decoded the message: a peer
+/// with no token at all makes the coordinator hold 32 MiB (plus its decoded copy) per request
+/// in flight, with no limit on concurrent streams. 24 such requests, sent by curl processes
+/// (so that the attacker's own buffers are not in this process's figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_peer_cannot_make_the_coordinator_buffer_32_mib_messages() {
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    // ReportJobStatusRequest { error_message (field 7) = 31 MiB of "x" }, encoded by hand.
+    let n = 31 * 1024 * 1024usize;
+    let mut msg = vec![7 << 3 | 2];
+    let mut len = n;
+    while len >= 0x80 {
+        msg.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    msg.push(len as u8);
+    msg.resize(msg.len() + n, b'x');
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    drop(msg);
+    let body = tp.path("frame.bin");
+    std::fs::write(&body, &frame).unwrap();
+    drop(frame);
+    let before = peak_rss_mib();
+    let url = format!(
+        "{}/mpegflow.coordinator.v1.Coordinator/ReportJobStatus",
+        tp.platform.coordinator_url
+    );
+    let curls: Vec<_> = (0..24)
+        .map(|_| {
+            std::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} ",
+                    "--http2-prior-knowledge",
+                ])
+                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+                .arg("--data-binary")
+                .arg(format!("@{}", body.display()))
+                .arg(&url)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut codes = String::new();
+    for c in curls {
+        let out = tokio::task::spawn_blocking(move || c.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        codes.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    let grown = peak_rss_mib().saturating_sub(before);
+    eprintln!("http codes {codes}; coordinator peak RSS grew {grown} MiB");
+    assert!(
+        grown < 256,
+        "the coordinator buffered 24 unauthenticated 31 MiB messages: peak RSS +{grown} MiB"
+    );
+    tp.stop().await;
+}
