@@ -299,6 +299,10 @@ pub fn reclaim_work_dir(work_dir: &Path) {
 /// Detaches every mount at or below `dir` (deepest first), from this mount namespace.
 fn detach_mounts_under(dir: &Path) {
     use std::os::unix::ffi::OsStrExt;
+    // mountinfo names mount points by their resolved paths: compare like with like.
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return;
+    };
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
@@ -313,15 +317,16 @@ fn detach_mounts_under(dir: &Path) {
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| PathBuf::from(unescape(p)))
-        .filter(|p| p.starts_with(dir))
+        .filter(|p| p.starts_with(&dir))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     for p in points {
         let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
             continue;
         };
-        // SAFETY: a NUL-terminated path; detaching is all this does.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        // SAFETY: a NUL-terminated path; detaching is all this does, and a link swapped in
+        // for the mount point's last component is not followed.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
             tracing::warn!(
                 "detaching {} under a dead worker's work directory: {}",
                 p.display(),

@@ -21,8 +21,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Largest message a worker may send the coordinator (a report of a job with many outputs).
-pub const MAX_WORKER_MESSAGE: usize = 32 * 1024 * 1024;
+/// Largest message a worker may send the coordinator. A report's worst case: 10,000 output
+/// files of ≤ 250 bytes each (path, size, SHA-256), the media of 256 of them (≤ 32 streams of
+/// ≤ 200 bytes), and ≤ 512 KiB of stderr — about 4.6 MB, past gRPC's 4 MiB default. The
+/// buffer is taken before the token is checked, so no more than that.
+pub const MAX_WORKER_MESSAGE: usize = 6 * 1024 * 1024;
+/// Calls one connection may have open at once (a worker needs about three: its long-poll or
+/// report, its heartbeat, its upload-URL requests): bounds what one peer makes the coordinator
+/// buffer before any token is checked.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 
 /// Tunables of the control plane. Defaults suit production; tests shorten the timings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,6 +353,7 @@ pub async fn run(
         let shutdown = shutdown.clone();
         async move {
             tonic::transport::Server::builder()
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     tokio_stream::StreamExt::map(

@@ -703,8 +703,8 @@ impl Store {
         // Counted against the token: an attempt that ended without a finished encode by the
         // worker's doing (infrastructure trouble it reported, an unasked cancellation). The
         // tenant's own failures are not, and neither is a blame nobody confirmed yet: a crafted
-        // input earns one from every honest worker. A blame becomes a strike once another
-        // worker runs the job to success (below).
+        // input earns one from every honest worker (and one contradicted later stays no strike:
+        // see `audit_refuted_blames`).
         let strike = live
             && match &report {
                 Report::Succeeded { .. } => false,
@@ -798,7 +798,7 @@ impl Store {
                 .await?;
         }
         if let Report::Succeeded { result, outputs } = &report {
-            self.strike_refuted_blames(&mut tx, &job).await?;
+            self.audit_refuted_blames(&mut tx, &job, worker_id).await?;
             sqlx::query("UPDATE jobs SET result = $2, progress = 1 WHERE id = $1")
                 .bind(job_id)
                 .bind(result)
@@ -908,25 +908,28 @@ impl Store {
         }
     }
 
-    /// The job succeeded: an earlier attempt that blamed the tenant (unconfirmed, so charged to
-    /// nobody) was wrong, and becomes a strike against its worker's token.
-    async fn strike_refuted_blames(
+    /// The job succeeded on `worker_id`: earlier attempts that blamed the tenant (unconfirmed,
+    /// so charged to nobody) are contradicted, and audited so (`job.blame_refuted`) for an
+    /// operator to weigh. Never a strike: either worker may be the wrong one (a compromised
+    /// worker can fake a success; a crafted input can fail on one worker and not another), so
+    /// one worker's word must not count against another's token.
+    async fn audit_refuted_blames(
         &self,
         tx: &mut sqlx::PgTransaction<'_>,
         job: &Job,
+        worker_id: Uuid,
     ) -> Result<()> {
-        let refuted: Vec<(Option<Uuid>, Uuid)> = sqlx::query_as(
-            "UPDATE job_attempts SET strike = true
-             WHERE job_id = $1 AND attempt < $2 AND outcome = 'failed' AND fault IS NULL AND NOT strike
-               AND error_code = ANY($3)
-             RETURNING token_id, worker_id",
+        let refuted: Vec<(Option<Uuid>, Uuid, i32)> = sqlx::query_as(
+            "SELECT token_id, worker_id, attempt FROM job_attempts
+             WHERE job_id = $1 AND attempt < $2 AND outcome = 'failed' AND fault IS NULL
+               AND error_code = ANY($3)",
         )
         .bind(job.id)
         .bind(job.attempts)
         .bind([error_code::INVALID_INPUT, error_code::SECURITY_VIOLATION])
         .fetch_all(&mut **tx)
         .await?;
-        for (token_id, worker_id) in refuted {
+        for (token_id, blamer, attempt) in refuted {
             insert_audit(
                 &mut **tx,
                 &AuditEntry {
@@ -934,14 +937,12 @@ impl Store {
                     actor: "system:coordinator".into(),
                     action: "job.blame_refuted",
                     job_id: Some(job.id),
-                    subject: Some(worker_id.to_string()),
-                    details: json!({ "token_id": token_id }),
+                    subject: Some(blamer.to_string()),
+                    details: json!({ "token_id": token_id, "attempt": attempt,
+                                     "succeeded_on": worker_id }),
                 },
             )
             .await?;
-            if let Some(token_id) = token_id {
-                crate::admin::suspend_if_struck_out(tx, token_id, &self.token_policy).await?;
-            }
         }
         Ok(())
     }

@@ -361,11 +361,11 @@ async fn crafted_bad_inputs_confirmed_by_a_second_worker_strike_no_one() {
     tp.stop().await;
 }
 
-/// A rogue worker blames a good job on its tenant. Unconfirmed, that costs it nothing at first;
-/// once an honest worker runs the job to success, the blame is refuted: a strike against the
-/// rogue's token, and an audit row naming its worker.
+/// A rogue worker blames a good job on its tenant, and an honest worker then runs it to success.
+/// The contradiction is audited (`job.blame_refuted`, naming the blamer) for an operator, but is
+/// no strike: one worker's success cannot prove another worker wrong (see the two tests above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refuted_blame_is_a_strike_against_the_blamer() {
+async fn a_refuted_blame_is_audited_and_strikes_no_one() {
     let Queued {
         mut tp,
         client,
@@ -394,8 +394,8 @@ async fn a_refuted_blame_is_a_strike_against_the_blamer() {
     assert_eq!((job.job_faults, job.platform_faults), (0, 0), "{job:#?}");
     assert_eq!(
         strikes(&tp, rogue_token).await,
-        1,
-        "the refuted blame is a strike"
+        0,
+        "one worker's word struck another"
     );
     let refuted: Vec<String> = sqlx::query_scalar(
         "SELECT subject FROM audit_logs WHERE job_id = $1 AND action = 'job.blame_refuted'",

@@ -178,8 +178,8 @@ async fn a_token_failing_fast_is_throttled_then_suspended_and_its_jobs_stay_runn
     let w = r.register().await.unwrap();
 
     // Drain attempt: take every job and fail it at once as infrastructure trouble, until the
-    // coordinator stops answering. (Blaming the tenant instead is a strike only once another
-    // worker runs the job to success: `fault_attacks::a_refuted_blame_is_a_strike_…`.)
+    // coordinator stops answering. (Blaming the tenant instead is no strike at all: a
+    // second worker must confirm it, see `fault_attacks`.)
     let mut failed = 0;
     let refusal = loop {
         assert!(failed <= 5, "the token was never suspended");
