@@ -2,11 +2,12 @@
 //! from the process is read in fixed-size chunks into fixed-size buffers: a jailed process
 //! cannot make the worker's memory grow, whatever it writes.
 
+use crate::ffmpeg_log::InputLog;
 use mpegflow_jail::spawner::SpawnerClient;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -118,6 +119,15 @@ impl BoundedLines {
             }
         }
     }
+}
+
+/// How a run's progress is followed: FFmpeg's `-progress` lines on stdout, against the output
+/// duration expected from what its log (stderr) tells of the inputs.
+pub struct Watch {
+    pub progress: Progress,
+    pub inputs: InputLog,
+    /// The output's expected duration (µs, 0 unknown) from the inputs' durations known so far.
+    pub expected_us: Box<dyn Fn(&InputLog) -> u64 + Send>,
 }
 
 /// Applies one `-progress` line to `progress`.
@@ -298,6 +308,8 @@ pub struct Finished {
     pub exit: Exit,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// What the log told of the inputs, when the run was watched.
+    pub inputs: Option<InputLog>,
 }
 
 /// Progress in millionths, shared with the heartbeat task.
@@ -525,33 +537,51 @@ impl Running {
 }
 
 /// Runs `program argv` in `dir` with an empty environment, no stdin, in its own process group
-/// (or pid namespace), killed (all of it) on timeout or cancellation. With `progress`, stdout
-/// is read as FFmpeg `-progress` output against `duration_us`.
+/// (or pid namespace), killed (all of it) on timeout or cancellation. With `watch`, stderr is
+/// read line by line as FFmpeg's log and stdout as its `-progress` output.
 pub async fn run(
     program: &Path,
     argv: &[String],
     dir: &Path,
     timeout: Duration,
     cancel: &CancellationToken,
-    progress: Option<(&Progress, u64)>,
+    watch: Option<Watch>,
     launch: Launch,
 ) -> std::io::Result<Finished> {
     let (mut child, mut stdout, mut stderr) = Running::start(program, argv, dir, launch).await?;
 
     // Both pipes are read to their end in fixed chunks (a writer never blocks on us, so the
     // timeout and the kill below stay in charge) and kept only within fixed bounds.
+    let expected_us = Arc::new(AtomicU64::new(0));
+    let (progress, log) = match watch {
+        Some(w) => (
+            Some(w.progress),
+            Some((w.inputs, w.expected_us, expected_us.clone())),
+        ),
+        None => (None, None),
+    };
     let stderr_task = tokio::spawn(async move {
         let mut kept = HeadTail::new(STDERR_HEAD, STDERR_TAIL);
+        let mut lines = BoundedLines::new(MAX_PROGRESS_LINE);
+        let mut log = log;
         let mut chunk = vec![0u8; CHUNK];
         loop {
             match stderr.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => kept.push(&chunk[..n]),
+                Ok(n) => {
+                    kept.push(&chunk[..n]);
+                    if let Some((inputs, expected, cell)) = &mut log {
+                        lines.feed(&chunk[..n], |line| {
+                            if inputs.line(line) {
+                                cell.store(expected(inputs), Ordering::Relaxed);
+                            }
+                        });
+                    }
+                }
             }
         }
-        kept.into_bytes()
+        (kept.into_bytes(), log.map(|(inputs, _, _)| inputs))
     });
-    let progress_owned = progress.map(|(p, d)| (p.clone(), d));
     let stdout_task = tokio::spawn(async move {
         let mut kept = Vec::new();
         let mut lines = BoundedLines::new(MAX_PROGRESS_LINE);
@@ -561,10 +591,10 @@ pub async fn run(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            match &progress_owned {
-                Some((p, duration_us)) => {
-                    lines.feed(&chunk[..n], |line| progress_line(line, p, *duration_us))
-                }
+            match &progress {
+                Some(p) => lines.feed(&chunk[..n], |line| {
+                    progress_line(line, p, expected_us.load(Ordering::Relaxed))
+                }),
                 None => {
                     let room = MAX_STDOUT.saturating_sub(kept.len()).min(n);
                     kept.extend_from_slice(&chunk[..room]);
@@ -581,12 +611,13 @@ pub async fn run(
     };
     // Reap anything left (a process that forked and left).
     child.reap_rest();
-    let stderr = stderr_task.await.unwrap_or_default();
+    let (stderr, inputs) = stderr_task.await.unwrap_or_default();
     let stdout = stdout_task.await.unwrap_or_default();
     Ok(Finished {
         exit,
         stdout,
         stderr,
+        inputs,
     })
 }
 
@@ -603,47 +634,6 @@ fn probe_argv(show: &[&str], rel: &str) -> Vec<String> {
         .chain([rel])
         .map(str::to_owned)
         .collect()
-}
-
-/// Duration of a media file in microseconds, from ffprobe; `Err` carries ffprobe's complaint,
-/// or says the file holds no stream or no packet at all (an MP4 cut inside its index probes as
-/// a container whose streams have no data: FFmpeg would only fail on it later). Reading the
-/// first packet costs next to nothing beside ffprobe's start.
-pub async fn probe_duration_us(
-    ffprobe: &Path,
-    dir: &Path,
-    rel: &str,
-    cancel: &CancellationToken,
-    launch: Launch,
-) -> Result<Option<u64>, String> {
-    let argv = probe_argv(
-        &[
-            "-read_intervals",
-            "%+#1",
-            "-show_entries",
-            "format=nb_streams,duration:packet=stream_index",
-            "-of",
-            "default=nw=1",
-        ],
-        rel,
-    );
-    let stdout = run_probe(ffprobe, &argv, dir, cancel, launch).await?;
-    let text = String::from_utf8_lossy(&stdout);
-    let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(str::trim)
-    };
-    if field("nb_streams").and_then(|n| n.parse::<u32>().ok()) == Some(0) {
-        return Err("ffprobe found no audio, video or subtitle stream in it".into());
-    }
-    if field("stream_index").is_none() {
-        return Err("ffprobe read no packet of it: its streams hold no data".into());
-    }
-    Ok(field("duration")
-        .and_then(|d| d.parse::<f64>().ok())
-        .filter(|d| d.is_finite() && *d > 0.0)
-        .map(|d| (d * 1e6) as u64))
 }
 
 /// What a file the job wrote is, as media: `Ok(None)` when ffprobe does not read it as media

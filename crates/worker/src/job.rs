@@ -1,14 +1,15 @@
 //! One job, start to end: fetch inputs, validate, encode, upload, report.
 
 use crate::ffmpeg::{self, Exit, Progress};
+use crate::ffmpeg_log::InputLog;
 use crate::transfer::{self, Digested};
 use crate::{Client, Worker};
 use mpegflow_domain::command::timing::expected_output_us;
-use mpegflow_domain::command::{check_rendered, parse_rendered, subtitle_inputs, IoSpec};
+use mpegflow_domain::command::{check_rendered, parse_rendered, subtitle_inputs, IoSpec, Target};
 use mpegflow_domain::job::error_code;
 use mpegflow_jail::spawner::{OutAccess, Program};
 use mpegflow_proto as pb;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -469,48 +470,34 @@ impl Run<'_> {
             self.begin_identity(spawner, &spec).await?;
         }
 
-        self.stages.start("validate");
-        self.progress.set_stage("validate");
+        // FFmpeg validates the media inputs itself, in the encode's own run: it opens every
+        // input before it writes anything, and its log (at the platform's level) says which
+        // one it could not open. Only the subtitle files a filter opens are checked first.
         let limits = self.a.limits.unwrap_or_default();
-        let mut durations = BTreeMap::new();
-        for input in &self.a.inputs {
-            let probed = match subtitles.get(&input.alias) {
-                Some(demuxer) => self.check_subtitles(&input.path, demuxer).await?,
-                None => {
-                    let jail = self.jail_for(&self.worker.ffprobe, &limits, OutAccess::None)?;
-                    let jail = self.launch_for(Program::Ffprobe, jail, &limits, OutAccess::None);
-                    ffmpeg::probe_duration_us(
-                        &self.worker.ffprobe,
-                        &self.dir,
-                        &input.path,
-                        &self.cancel,
-                        jail,
-                    )
-                    .await
-                    .map(|d| {
-                        if let Some(d) = d {
-                            durations.insert(input.alias.clone(), d);
-                        }
-                    })
-                }
-            };
-            if let Err(message) = probed {
-                self.stderr = message.clone().into_bytes();
-                if message.starts_with(ffmpeg::SECURITY_PREFIX) {
-                    return Err(JobFailure::security(message));
-                }
-                let kind = match subtitles.get(&input.alias) {
-                    Some(demuxer) => format!("a subtitle file ({demuxer})"),
-                    None => "valid media".to_owned(),
+        if !subtitles.is_empty() {
+            self.stages.start("validate");
+            self.progress.set_stage("validate");
+            for input in &self.a.inputs {
+                let Some(demuxer) = subtitles.get(&input.alias) else {
+                    continue;
                 };
-                return Err(JobFailure::new(
-                    error_code::INVALID_INPUT,
-                    format!("input {:?} is not {kind}: {message}", input.alias),
-                    false,
-                ));
+                if let Err(message) = self.check_subtitles(&input.path, demuxer).await? {
+                    self.stderr = message.clone().into_bytes();
+                    if message.starts_with(ffmpeg::SECURITY_PREFIX) {
+                        return Err(JobFailure::security(message));
+                    }
+                    return Err(JobFailure::new(
+                        error_code::INVALID_INPUT,
+                        format!(
+                            "input {:?} is not a subtitle file ({demuxer}): {message}",
+                            input.alias
+                        ),
+                        false,
+                    ));
+                }
             }
+            self.stages.end();
         }
-        self.stages.end();
 
         self.stages.start("encode");
         self.progress.set_stage("encode");
@@ -546,11 +533,27 @@ impl Run<'_> {
             &self.dir,
             timeout,
             &encode,
-            // Against what the output runs: `-t`, `-ss` and `-to` cut the inputs.
-            Some((
-                &self.progress,
-                expected_output_us(&cmd, &durations).unwrap_or(0),
-            )),
+            Some(ffmpeg::Watch {
+                progress: self.progress.clone(),
+                inputs: InputLog::new(
+                    cmd.files
+                        .iter()
+                        .filter_map(|f| match &f.target {
+                            Target::Input { alias } => {
+                                Some((alias.clone(), spec.input_path(alias)?))
+                            }
+                            Target::Output { .. } => None,
+                        })
+                        .collect(),
+                ),
+                // Against what the output runs: `-t`, `-ss` and `-to` cut the inputs.
+                expected_us: {
+                    let cmd = cmd.clone();
+                    Box::new(move |log: &InputLog| {
+                        expected_output_us(&cmd, &log.durations()).unwrap_or(0)
+                    })
+                },
+            }),
             jail,
         )
         .await;
@@ -581,6 +584,32 @@ impl Run<'_> {
         }
         if let Some(why) = tripped.lock().ok().and_then(|mut t| t.take()) {
             return Err(JobFailure::new(error_code::OUTPUT_LIMIT, why, false));
+        }
+        if let (ffmpeg::Exit::Code(c @ 1..), Some(failed)) = (
+            &finished.exit,
+            finished.inputs.as_ref().and_then(InputLog::failure),
+        ) {
+            return Err(if failed.os_error {
+                // The worker downloaded it: its own file it could not read.
+                JobFailure::new(
+                    error_code::WORKER_ERROR,
+                    format!(
+                        "ffmpeg could not read input {:?}: {}",
+                        failed.alias, failed.why
+                    ),
+                    true,
+                )
+            } else {
+                JobFailure {
+                    code: error_code::INVALID_INPUT,
+                    message: format!(
+                        "input {:?} is not valid media: {}",
+                        failed.alias, failed.why
+                    ),
+                    retryable: false,
+                    exit_code: *c,
+                }
+            });
         }
         // The CPU limit's SIGKILL needs that much CPU time: with every core busy since the
         // start, could the job have used it? If not, someone else killed it.

@@ -4,6 +4,7 @@
 //! CI checks that from `cargo tree`.
 
 pub mod ffmpeg;
+pub mod ffmpeg_log;
 mod job;
 pub mod rpc;
 pub mod selftest;

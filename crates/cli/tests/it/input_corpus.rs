@@ -96,6 +96,12 @@ async fn every_malformed_input_fails_with_its_own_code() {
             want: Some("invalid_input"),
         },
         Case {
+            name: "random bytes, the command asking FFmpeg to be quiet",
+            input: write(dir, "random-quiet.mp4", &random),
+            command: "-v quiet -i {{in}} -c:v libx264 -preset veryfast {{out}}",
+            want: Some("invalid_input"),
+        },
+        Case {
             name: "a zip archive named .mp4",
             input: write(dir, "archive.mp4", &zip),
             command: encode,
@@ -164,6 +170,14 @@ async fn every_malformed_input_fails_with_its_own_code() {
                 assert_eq!(job.job_faults, 1, "{name}: {job:#?}");
                 assert_eq!(job.platform_faults, 0, "{name}: {job:#?}");
                 let runs = if code == "invalid_input" { 2 } else { 1 };
+                if code == "invalid_input" {
+                    // The input is named, in FFmpeg's words.
+                    let message = job.error.as_ref().unwrap().message.as_deref().unwrap_or("");
+                    assert!(
+                        message.starts_with("input \"in\" is not valid media: "),
+                        "{name}: {message}"
+                    );
+                }
                 assert_eq!(job.attempts, runs, "{name}: {job:#?}");
                 // Nothing of a failed job was uploaded.
                 let stored: i64 =

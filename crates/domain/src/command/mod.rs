@@ -30,8 +30,13 @@ use options::{Kind, Match, OptSpec, Scope};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Arguments every rendered command starts with. `-progress pipe:1` is how the worker reads
-/// progress; tenants may not set it themselves.
+/// progress; tenants may not set it themselves. The log level is the platform's too: the worker
+/// reads which input FFmpeg could not open, and each input's duration, from FFmpeg's own
+/// `info`-level log, tagged by level, so a tenant's `-v quiet` cannot blind it (a tenant's
+/// `-v`/`-loglevel` is accepted and left out of the rendered command).
 pub const FORCED_PREFIX: &[&str] = &[
+    "-loglevel",
+    FORCED_LOG_LEVEL,
     "-hide_banner",
     "-nostdin",
     "-nostats",
@@ -39,6 +44,10 @@ pub const FORCED_PREFIX: &[&str] = &[
     "-progress",
     "pipe:1",
 ];
+
+/// The log level every command runs at: `info` (input durations, stream dumps), each line
+/// tagged with its level.
+pub const FORCED_LOG_LEVEL: &str = "level+info";
 
 /// Demuxers an input may be read with (forced per input as `-format_whitelist`). Playlist and
 /// indirection formats (hls, dash, concat, image2 patterns, ffmetadata…) are absent, so a crafted
@@ -814,6 +823,16 @@ impl<'s> Parser<'s> {
                     self.value(spec, arg, v)?
                 }
             };
+            if matches!(spec.name, "v" | "loglevel") {
+                // The platform's level (FORCED_PREFIX) holds; a rendered argv has no other.
+                if self.mode == Mode::Rendered {
+                    return Err(CommandError::ForbiddenOption {
+                        arg: arg.to_owned(),
+                        why: "the platform sets the log level",
+                    });
+                }
+                continue;
+            }
             let opt = Opt {
                 name: spec.name,
                 stream: stream.map(str::to_owned),
@@ -1029,10 +1048,40 @@ mod tests {
         -map 0:v -f hls -hls_time 2 -hls_segment_filename {{hls}}/seg_%03d.ts {{hls}}/index.m3u8";
 
     #[test]
+    fn a_tenants_log_level_is_accepted_and_never_reaches_ffmpeg() {
+        for level in ["-v quiet", "-loglevel error", "-v panic"] {
+            let t = format!("{level} -i {{{{in}}}} -i {{{{logo}}}} -map 0:v {{{{out}}}} -map 0:v -f hls {{{{hls}}}}/index.m3u8");
+            let argv = render(&t, &spec(), DEFAULT_THREADS).unwrap();
+            assert_eq!(argv[..2], ["-loglevel", FORCED_LOG_LEVEL]);
+            assert!(!argv[2..].iter().any(|a| a == "-v" || a == "-loglevel"));
+            check_rendered(&argv, &spec()).unwrap();
+            // A rendered argv carrying a second level is not the platform's.
+            let mut sneaked = argv.clone();
+            let n = FORCED_PREFIX.len();
+            sneaked.splice(n..n, ["-v".to_owned(), "quiet".to_owned()]);
+            assert!(matches!(
+                check_rendered(&sneaked, &spec()),
+                Err(CommandError::ForbiddenOption { .. })
+            ));
+        }
+        // Values outside the allowed levels are still refused, as before.
+        assert!(matches!(
+            render(
+                "-v debug -i {{in}} -i {{logo}} -map 0:v {{out}} -map 0:v -f hls {{hls}}/i.m3u8",
+                &spec(),
+                2
+            ),
+            Err(CommandError::BadValue { .. })
+        ));
+    }
+
+    #[test]
     fn valid_templates_render_to_fixed_paths() {
         let argv = render(VALID, &spec(), DEFAULT_THREADS).unwrap();
         let joined = argv.join(" ");
-        assert!(joined.starts_with("-hide_banner -nostdin -nostats -y -progress pipe:1 "));
+        assert!(joined.starts_with(
+            "-loglevel level+info -hide_banner -nostdin -nostats -y -progress pipe:1 "
+        ));
         let forced = forced_input_flags().join(" ");
         assert!(
             joined.contains(&format!(

@@ -3,6 +3,7 @@
 
 use mpegflow_domain::command::{
     filtergraph::Graph, forced_input_flags, parse_rendered, render, Command, IoSpec, Target, Value,
+    FORCED_LOG_LEVEL,
 };
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -159,11 +160,15 @@ pub fn run(job: &Job, argv: &[String]) -> Run {
     } else {
         Process::new("ffmpeg")
     };
+    // `-loglevel debug` first (FFmpeg's early pass takes the first one), in place of the
+    // platform's level that every rendered argv starts with.
+    let rest = match argv {
+        [flag, level, rest @ ..] if flag == "-loglevel" && level == FORCED_LOG_LEVEL => rest,
+        _ => argv,
+    };
     let out = cmd
-        // `-loglevel` first: FFmpeg's early pass takes the first -loglevel, so a tenant's
-        // -v/-loglevel cannot silence the split trace.
         .args(["-loglevel", "debug"])
-        .args(argv)
+        .args(rest)
         // The worker runs FFmpeg with an empty environment (no HOME: fontconfig has no user
         // configuration or cache to look for).
         .env_clear()
