@@ -82,14 +82,12 @@ impl InputLog {
         match (level, context) {
             ("info", None) => return self.info(text),
             ("error" | "fatal" | "panic", None) => self.ffmpeg_error(text),
-            ("error" | "fatal" | "panic", Some(_)) => {
-                if self.failure.is_none() {
-                    if self.complaints.len() == COMPLAINTS {
-                        self.complaints.pop_front();
-                    }
-                    self.complaints
-                        .push_back(text.chars().take(COMPLAINT_LEN).collect());
+            ("error" | "fatal" | "panic", Some(_)) if self.failure.is_none() => {
+                if self.complaints.len() == COMPLAINTS {
+                    self.complaints.pop_front();
                 }
+                self.complaints
+                    .push_back(text.chars().take(COMPLAINT_LEN).collect());
             }
             _ => {}
         }
