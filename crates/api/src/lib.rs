@@ -387,12 +387,17 @@ pub struct JobOutput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptStage {
-    /// `download`, `validate`, `encode`, `measure`, `upload`.
+    /// `download`, `validate` (only for subtitle files a filter reads; FFmpeg validates media
+    /// inputs in the encode's own run), `encode`, `measure`, `upload`.
     pub name: String,
     #[schema(required = true)]
     pub started_at: Option<Timestamp>,
     #[schema(required = true)]
     pub finished_at: Option<Timestamp>,
+    /// CPU time (user + system, milliseconds) the worker and the stage's FFmpeg/ffprobe
+    /// processes used: the worker's word. Absent for attempts recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<f64>,
 }
 
 /// An input as the attempt's worker received it (the worker's word).

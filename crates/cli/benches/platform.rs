@@ -233,7 +233,19 @@ async fn sqlx_inputs(store: &mpegflow_store::Store, job_id: uuid::Uuid) -> serde
 
 const COMMAND: &str = "-i {{in}} -c:v libx264 -preset veryfast {{out}}";
 
-async fn direct(clips: &[PathBuf], out_dir: &Path, parallel: usize) -> f64 {
+/// CPU seconds used by this process's waited-for children.
+fn children_cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The same FFmpeg command run directly on local files, `parallel` at a time: wall seconds and
+/// FFmpeg's CPU seconds.
+async fn direct(clips: &[PathBuf], out_dir: &Path, parallel: usize) -> (f64, f64) {
+    let cpu0 = children_cpu_seconds();
     let t0 = Instant::now();
     let queue = Arc::new(Mutex::new(
         clips.iter().cloned().enumerate().collect::<Vec<_>>(),
@@ -271,19 +283,73 @@ async fn direct(clips: &[PathBuf], out_dir: &Path, parallel: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    t0.elapsed().as_secs_f64()
+    (t0.elapsed().as_secs_f64(), children_cpu_seconds() - cpu0)
 }
 
+/// Sums of wall and CPU milliseconds by name, and their means.
+#[derive(Default)]
+struct Tally(BTreeMap<String, (f64, f64, usize)>);
+
+impl Tally {
+    fn add(&mut self, name: &str, wall_ms: f64, cpu_ms: Option<f64>) {
+        let e = self.0.entry(name.to_owned()).or_default();
+        e.0 += wall_ms;
+        e.1 += cpu_ms.unwrap_or(f64::NAN);
+        e.2 += 1;
+    }
+    fn cpu_total(&self) -> f64 {
+        self.0
+            .values()
+            .filter(|(_, c, _)| c.is_finite())
+            .map(|(_, c, _)| c)
+            .sum()
+    }
+    fn means(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, (w, c, n))| {
+                let n = *n as f64;
+                if c.is_finite() {
+                    format!("{k} {:.1} ms wall / {:.1} ms CPU", w / n, c / n)
+                } else {
+                    format!("{k} {:.1} ms", w / n)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What one job cost, as the client saw it.
+struct Lane {
+    job: api::Job,
+    upload_ms: f64,
+    /// Submission answered → job record says finished.
+    run_ms: f64,
+    download_ms: f64,
+}
+
+/// `mpegflow up`'s shipped defaults (as root: per-job uids, namespaces, bounded outputs,
+/// store-verified hashes), two workers, against plain FFmpeg with the same parallelism. The
+/// clock starts before the first upload and stops when the last output is downloaded.
 async fn overhead_bench(dir: &Path, cluster: &Cluster, clip_seconds: u32) {
     const JOBS: usize = 20;
     let parallel = 2;
-    let platform = start(
-        dir,
-        cluster,
-        &format!("bench_overhead_{clip_seconds}"),
-        parallel,
-    )
-    .await;
+    let db = format!("bench_overhead_{clip_seconds}");
+    let url = mpegflow_store::create_database(&cluster.database_url("postgres"), &db)
+        .await
+        .unwrap();
+    let platform = Platform::start(PlatformConfig {
+        data_dir: dir.join(&db),
+        database_url: Some(url),
+        api_addr: "127.0.0.1:0".into(),
+        grpc_addr: "127.0.0.1:0".into(),
+        s3_addr: "127.0.0.1:0".into(),
+        workers: parallel,
+        ..PlatformConfig::default()
+    })
+    .await
+    .unwrap();
     let (_, key) = platform.store().create_org("bench").await.unwrap();
     let client = ApiClient::new(&platform.api_url, key.expose());
     let mut clips = Vec::new();
@@ -294,68 +360,114 @@ async fn overhead_bench(dir: &Path, cluster: &Cluster, clip_seconds: u32) {
             .unwrap();
         clips.push(p);
     }
-    // Warm both paths once (page cache, worker registration).
-    direct(&clips[..1], dir, 1).await;
     let out_dir = dir.join(format!("platform-out-{clip_seconds}"));
     std::fs::create_dir_all(&out_dir).unwrap();
+    // Warm both paths once (page cache, worker registration, connections).
+    direct(&clips[..1], dir, 1).await;
+    let one = |client: ApiClient, clip: PathBuf, out: PathBuf| async move {
+        let t = Instant::now();
+        let asset = client.upload(&clip).await.unwrap();
+        let upload_ms = t.elapsed().as_secs_f64() * 1e3;
+        let job = client
+            .submit(&one_input_job(asset.id, COMMAND))
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let job = client.wait(job.id, |_| {}).await.unwrap();
+        let run_ms = t.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(job.state, api::JobState::Succeeded, "{job:#?}");
+        let t = Instant::now();
+        client
+            .download_outputs(&job, &BTreeMap::from([("out".to_owned(), out)]))
+            .await
+            .unwrap();
+        Lane {
+            job,
+            upload_ms,
+            run_ms,
+            download_ms: t.elapsed().as_secs_f64() * 1e3,
+        }
+    };
+    one(client.clone(), clips[0].clone(), out_dir.join("warm.mp4")).await;
 
-    let direct_s = direct(&clips, dir, parallel).await;
+    let (direct_s, direct_cpu) = direct(&clips, dir, parallel).await;
 
-    // Inputs are uploaded before the clock starts: the target is submission to download.
-    let mut assets = Vec::new();
-    for clip in &clips {
-        assets.push(client.upload(clip).await.unwrap());
-    }
+    let pg0 = postgres_cpu_seconds(&cluster.data);
+    let cpu0 = cpu_seconds();
     let t0 = Instant::now();
+    let queue = Arc::new(Mutex::new(
+        clips.iter().cloned().enumerate().collect::<Vec<_>>(),
+    ));
     let mut tasks = Vec::new();
-    for (i, asset) in assets.into_iter().enumerate() {
-        let (client, out) = (client.clone(), out_dir.join(format!("p-{i}.mp4")));
+    for _ in 0..parallel {
+        let (queue, client, out_dir) = (queue.clone(), client.clone(), out_dir.clone());
         tasks.push(tokio::spawn(async move {
-            let job = client
-                .submit(&one_input_job(asset.id, COMMAND))
-                .await
-                .unwrap();
-            let job = client.wait(job.id, |_| {}).await.unwrap();
-            assert_eq!(job.state, api::JobState::Succeeded, "{job:#?}");
-            client
-                .download_outputs(&job, &BTreeMap::from([("out".to_owned(), out)]))
-                .await
-                .unwrap();
-            job
+            let mut done = Vec::new();
+            loop {
+                // (A `while let` would hold the lock through the job: one lane at a time.)
+                let Some((i, clip)) = queue.lock().await.pop() else {
+                    return done;
+                };
+                done.push(one(client.clone(), clip, out_dir.join(format!("p-{i}.mp4"))).await);
+            }
         }));
     }
-    let mut stage_ms: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut lanes = Vec::new();
+    for t in tasks {
+        lanes.extend(t.await.unwrap());
+    }
+    let platform_s = t0.elapsed().as_secs_f64();
+    let bench_cpu = cpu_seconds() - cpu0;
+    let pg_cpu = postgres_cpu_seconds(&cluster.data) - pg0;
+
     let ms = |t: Option<api::Timestamp>| {
         t.map(|t| (t.get().unix_timestamp_nanos() / 1_000_000) as f64)
             .unwrap_or(0.0)
     };
-    let mut add = |k: &str, d: f64| {
-        let e = stage_ms.entry(k.to_owned()).or_default();
-        e.0 += d;
-        e.1 += 1;
-    };
-    for t in tasks {
-        let job = t.await.unwrap();
-        let a = &job.history.as_deref().unwrap_or_default()[0];
+    let (mut stages, mut around) = (Tally::default(), Tally::default());
+    for lane in &lanes {
+        let a = &lane.job.history.as_deref().unwrap_or_default()[0];
         let first = ms(a.stages.first().and_then(|s| s.started_at));
         let last = ms(a.stages.last().and_then(|s| s.finished_at));
-        add("~assigned->first stage", first - ms(Some(a.assigned_at)));
-        add("~last stage->recorded", ms(a.finished_at) - last);
+        around.add("client upload", lane.upload_ms, None);
+        around.add(
+            "submitted->assigned",
+            ms(Some(a.assigned_at)) - ms(Some(lane.job.created_at)),
+            None,
+        );
+        around.add(
+            "assigned->first stage",
+            first - ms(Some(a.assigned_at)),
+            None,
+        );
+        around.add("last stage->recorded", ms(a.finished_at) - last, None);
+        around.add(
+            "recorded->client saw it",
+            lane.run_ms - (ms(a.finished_at) - ms(Some(lane.job.created_at))),
+            None,
+        );
+        around.add("client download", lane.download_ms, None);
         for s in &a.stages {
-            add(&s.name, ms(s.finished_at) - ms(s.started_at));
+            stages.add(&s.name, ms(s.finished_at) - ms(s.started_at), s.cpu_ms);
         }
     }
-    let platform_s = t0.elapsed().as_secs_f64();
-    let stages: Vec<String> = stage_ms
-        .iter()
-        .map(|(k, (sum, n))| format!("{k} {:.0} ms", sum / *n as f64))
-        .collect();
+    let n = JOBS as f64;
+    let tag = format!("overhead ({clip_seconds} s clips)");
+    println!("{tag}: {JOBS} jobs ({clip_seconds} s 640x360 25 fps H.264 + AAC -> libx264 veryfast), parallelism {parallel}, `mpegflow up` defaults{}", if mpegflow::pg::is_root() { " as root (per-job uids)" } else { " unprivileged" });
     println!(
-        "overhead ({clip_seconds} s clips): mean worker stage times: {}",
-        stages.join(", ")
+        "{tag}: worker stages per job (worker + its FFmpeg/ffprobe processes): {}",
+        stages.means()
     );
-    println!("overhead ({clip_seconds} s clips): {JOBS} jobs ({clip_seconds} s 640x360 25 fps H.264 -> libx264 veryfast), parallelism {parallel}");
-    println!("overhead ({clip_seconds} s clips): direct ffmpeg {direct_s:.2} s, platform (upload+submit+run+download) {platform_s:.2} s, ratio {:.3}", platform_s / direct_s);
+    println!("{tag}: around the stages per job: {}", around.means());
+    println!(
+        "{tag}: CPU per job: direct ffmpeg {:.1} ms; platform {:.1} ms = worker stages {:.1} + control plane, embedded store and client (one process) {:.1} + PostgreSQL {:.1}",
+        direct_cpu * 1e3 / n,
+        (stages.cpu_total() + (bench_cpu + pg_cpu) * 1e3) / n,
+        stages.cpu_total() / n,
+        bench_cpu * 1e3 / n,
+        pg_cpu * 1e3 / n
+    );
+    println!("{tag}: direct ffmpeg {direct_s:.2} s, platform (upload+submit+run+download) {platform_s:.2} s, ratio {:.3}", platform_s / direct_s);
     platform.stop(Duration::from_secs(5)).await;
 }
 

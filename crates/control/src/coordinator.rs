@@ -332,6 +332,7 @@ fn worker_report(r: pb::ReportJobStatusRequest) -> report::WorkerReport {
                     name: s.name,
                     started_at_ms: s.started_at_ms,
                     finished_at_ms: s.finished_at_ms,
+                    cpu_us: s.cpu_us,
                 })
                 .collect(),
             inputs: r

@@ -552,8 +552,12 @@ impl std::fmt::Debug for SpawnerClient {
     }
 }
 
+/// What the status pipe carries: the raw wait status (4 bytes) and the CPU time the program
+/// used, user and system, in microseconds (8 bytes), both native endian.
+pub const STATUS_LEN: usize = 12;
+
 /// A process the helper started: its output pipes and a status pipe. The status pipe yields
-/// the raw wait status (4 bytes, native endian) and then end-of-file once nothing of the job's
+/// [`STATUS_LEN`] bytes (wait status, CPU time) and then end-of-file once nothing of the job's
 /// pid namespace is left; end-of-file without a status means the namespace was killed.
 #[derive(Debug)]
 pub struct Spawned {
@@ -1481,10 +1485,11 @@ unsafe fn namespace_init(
     libc::close(life);
     libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     let mut reported: libc::c_int = 127 << 8;
+    let mut usage: libc::rusage = std::mem::zeroed();
     if child > 0 {
         loop {
             let mut st = 0;
-            let r = libc::waitpid(-1, &mut st, 0);
+            let r = libc::wait4(-1, &mut st, 0, &mut usage);
             if r == child {
                 reported = st;
                 break;
@@ -1494,7 +1499,10 @@ unsafe fn namespace_init(
             }
         }
     }
-    let bytes = reported.to_ne_bytes();
+    let micros = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    let mut bytes = [0u8; STATUS_LEN];
+    bytes[..4].copy_from_slice(&reported.to_ne_bytes());
+    bytes[4..].copy_from_slice(&(micros(usage.ru_utime) + micros(usage.ru_stime)).to_ne_bytes());
     libc::write(keep, bytes.as_ptr().cast(), bytes.len());
     libc::_exit(0)
 }

@@ -135,7 +135,7 @@ fn main() {
     let probe = client
         .spawn(uid, Program::SelfTestProbe, &[], OutAccess::None, &limits)
         .expect("probe before seal");
-    assert_eq!(read_all(&probe.status), 0i32.to_ne_bytes());
+    assert_eq!(read_all(&probe.status)[..4], 0i32.to_ne_bytes());
     client.seal().unwrap();
     refused(
         client.spawn(uid, Program::SelfTestProbe, &[], OutAccess::None, &limits),
@@ -168,7 +168,9 @@ fn main() {
         .expect("spawn");
     let out = read_all(&s.stdout);
     assert_eq!(String::from_utf8_lossy(&out).trim(), uid.to_string());
-    assert_eq!(read_all(&s.status), 0i32.to_ne_bytes());
+    let status = read_all(&s.status);
+    assert_eq!(status.len(), mpegflow_jail::spawner::STATUS_LEN);
+    assert_eq!(status[..4], 0i32.to_ne_bytes());
     let s = client
         .spawn(
             uid,
@@ -522,7 +524,9 @@ fn out_is_listed_and_read_only_before_the_handover(client: &spawner::SpawnerClie
             &limits,
         )
         .expect("an ffprobe that reads out/");
-    assert_eq!(read_all(&s.status), 0i32.to_ne_bytes());
+    let status = read_all(&s.status);
+    assert_eq!(status.len(), mpegflow_jail::spawner::STATUS_LEN);
+    assert_eq!(status[..4], 0i32.to_ne_bytes());
     refused(
         client.spawn_raw(uid, Program::Ffprobe as u8, &[], 9, &limits),
         "unknown out/ access",

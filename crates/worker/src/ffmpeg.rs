@@ -294,6 +294,24 @@ pub async fn version(ffmpeg: &Path) -> std::io::Result<String> {
     Ok(text.lines().next().unwrap_or("unknown").to_owned())
 }
 
+/// CPU time (µs) of the job processes the spawn helper ran, as it reported them: they are not
+/// this process's children, so `RUSAGE_CHILDREN` does not see them.
+static JAILED_CPU_US: AtomicU64 = AtomicU64::new(0);
+
+/// CPU time used so far by this worker and every job process it ran (its own children and the
+/// helper's), in microseconds. A worker runs one job at a time: the difference across a stage
+/// is that stage's CPU.
+pub fn cpu_used_us() -> u64 {
+    let usage = |who| {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct we own.
+        unsafe { libc::getrusage(who, &mut u) };
+        let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        us(u.ru_utime) + us(u.ru_stime)
+    };
+    usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN) + JAILED_CPU_US.load(Ordering::Relaxed)
+}
+
 /// How a process ended.
 #[derive(Debug)]
 pub enum Exit {
@@ -489,6 +507,9 @@ impl Running {
             Running::Helper { status, .. } => {
                 let mut raw = Vec::new();
                 (&mut *status).take(64).read_to_end(&mut raw).await?;
+                if let Some(cpu) = raw.get(4..12).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                    JAILED_CPU_US.fetch_add(u64::from_ne_bytes(cpu), Ordering::Relaxed);
+                }
                 Ok(
                     match <[u8; 4]>::try_from(raw.get(..4).unwrap_or_default()) {
                         Ok(b) => {

@@ -63,19 +63,22 @@ fn now_ms() -> i64 {
 
 /// Records the start and end of each stage, for the provenance record.
 #[derive(Default)]
-struct Stages(Vec<pb::Stage>);
+struct Stages(Vec<pb::Stage>, u64);
 
 impl Stages {
     fn start(&mut self, name: &str) {
+        self.1 = ffmpeg::cpu_used_us();
         self.0.push(pb::Stage {
             name: name.into(),
             started_at_ms: now_ms(),
             finished_at_ms: 0,
+            cpu_us: 0,
         });
     }
     fn end(&mut self) {
         if let Some(s) = self.0.last_mut() {
             s.finished_at_ms = now_ms();
+            s.cpu_us = ffmpeg::cpu_used_us().saturating_sub(self.1);
         }
     }
 }

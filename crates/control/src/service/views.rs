@@ -134,6 +134,8 @@ struct RecordedStage {
     started_at_ms: i64,
     #[serde(default)]
     finished_at_ms: i64,
+    #[serde(default)]
+    cpu_us: Option<u64>,
 }
 
 /// Provenance recorded from a worker's report. A record that does not read as expected is
@@ -167,6 +169,7 @@ fn attempt(a: &Attempt) -> api::Attempt {
                 name: s.name,
                 started_at: ms(s.started_at_ms),
                 finished_at: ms(s.finished_at_ms),
+                cpu_ms: s.cpu_us.map(|us| us as f64 / 1e3),
             })
             .collect(),
         inputs: recorded(&a.input_hashes),

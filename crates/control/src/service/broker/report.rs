@@ -24,6 +24,8 @@ use uuid::Uuid;
 const MAX_STDERR_ZSTD: usize = 8 * 1024 * 1024;
 /// Stages and input hashes kept from one report (a worker has a handful of each).
 const MAX_STAGES: usize = 32;
+/// Longest CPU time a stage record keeps (30 days, µs): a bound on the worker's word.
+const MAX_STAGE_CPU_US: u64 = 30 * 24 * 3600 * 1_000_000;
 const MAX_INPUT_HASHES: usize = 64;
 /// How much of stderr's end is kept readable on the job.
 const STDERR_TAIL: usize = 4 * 1024;
@@ -80,6 +82,8 @@ pub struct StageTiming {
     pub name: String,
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
+    /// CPU the worker says the stage used (its word), µs.
+    pub cpu_us: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -325,7 +329,7 @@ fn record_of(p: &Provenance) -> AttemptRecord {
         stderr_tail: stderr.as_deref().and_then(stderr_tail),
         stderr_zstd: stderr,
         ffmpeg_version: Some(worker_text(&p.ffmpeg_version, 255)),
-        stages: json!(p.stages.iter().take(MAX_STAGES).map(|s| json!({ "name": worker_text(&s.name, 32), "started_at_ms": s.started_at_ms, "finished_at_ms": s.finished_at_ms })).collect::<Vec<_>>()),
+        stages: json!(p.stages.iter().take(MAX_STAGES).map(|s| json!({ "name": worker_text(&s.name, 32), "started_at_ms": s.started_at_ms, "finished_at_ms": s.finished_at_ms, "cpu_us": s.cpu_us.min(MAX_STAGE_CPU_US) })).collect::<Vec<_>>()),
         input_hashes: json!(p.inputs.iter().take(MAX_INPUT_HASHES).map(|i| json!({ "alias": worker_text(&i.alias, 32), "size": i.size, "sha256": worker_text(&i.sha256, 64) })).collect::<Vec<_>>()),
         // Shown only once verified against the grants and the store (see `apply`).
         output_hashes: json!([]),
@@ -518,6 +522,7 @@ mod tests {
                     name: format!("stage\u{1b}{i}"),
                     started_at_ms: i,
                     finished_at_ms: i + 1,
+                    cpu_us: u64::MAX,
                 })
                 .collect(),
             inputs: (0..70)
@@ -539,6 +544,7 @@ mod tests {
         let stages = r.stages.as_array().unwrap();
         assert_eq!(stages.len(), MAX_STAGES);
         assert!(!stages[0]["name"].as_str().unwrap().contains('\u{1b}'));
+        assert_eq!(stages[0]["cpu_us"], MAX_STAGE_CPU_US);
         let inputs = r.input_hashes.as_array().unwrap();
         assert_eq!(inputs.len(), MAX_INPUT_HASHES);
         assert_eq!(inputs[0]["sha256"].as_str().unwrap().len(), 64);
