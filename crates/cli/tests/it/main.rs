@@ -23,6 +23,7 @@ mod identity;
 mod input_corpus;
 mod isolation;
 mod jail;
+mod log_attacks;
 mod media_inputs;
 mod outage;
 mod output_media;
