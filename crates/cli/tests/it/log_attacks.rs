@@ -103,3 +103,38 @@ async fn a_forged_os_error_in_ffmpegs_log_strikes_no_honest_worker() {
     assert_eq!(job.platform_faults, 0, "{job:#?}");
     tp.stop().await;
 }
+
+/// FFmpeg opened and read the tenant's input; the command itself failed. A forged
+/// `[error] in/in.mkv: Invalid data found when processing input` line makes the worker blame
+/// the input: `invalid_input`, a blame one worker's word cannot settle, so the job runs again,
+/// in full, on a second worker (its first run not counted as a job fault). Any failing job,
+/// however long its encode, costs the platform two runs where its own failure costs one; the
+/// probe it replaced blamed inputs only before the encode, in milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_input_error_does_not_buy_a_failing_command_a_second_run() {
+    let tp = TestPlatform::start(2, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let forged = mkv_with_language(
+        tp.dir.path(),
+        "forged.mkv",
+        "eng\n[error] in/in.mkv: Invalid data found when processing input\n[info] x",
+    )
+    .await;
+    let job = run_job(
+        &client,
+        &forged,
+        &[("out", "o.m4a")],
+        "-i {{in}} -map 0:a -c:a aac {{out}}",
+    )
+    .await;
+    eprintln!(
+        "forged input error: {} {:?} after {} attempt(s)",
+        job.state,
+        job.error.as_ref().map(|e| &e.code),
+        job.attempts
+    );
+    assert_eq!(job.state, JobState::Failed, "{job:#?}");
+    assert_eq!(job_error(&job).code, "ffmpeg_failed", "{job:#?}");
+    assert_eq!(job.attempts, 1, "the command's own failure ran twice");
+    tp.stop().await;
+}
