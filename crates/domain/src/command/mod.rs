@@ -1075,6 +1075,23 @@ mod tests {
         ));
     }
 
+    /// Jobs queued before the forced log level were rendered without it, and a fleet mid-upgrade
+    /// has workers of both kinds; the command grammar (`5.1`) that routes jobs to workers did
+    /// not change. A new worker refuses an old argv, an old worker a new one, as
+    /// `command_rejected`: not retryable, the tenant's fault, for the platform's upgrade.
+    #[test]
+    fn an_argv_rendered_before_the_forced_log_level_still_runs_or_is_routed_apart() {
+        let argv = render(VALID, &spec(), DEFAULT_THREADS).unwrap();
+        // What the control plane rendered before: the same argv, without `-loglevel level+info`.
+        let old: Vec<String> = argv[2..].to_vec();
+        assert!(
+            check_rendered(&old, &spec()).is_ok() || crate::fingerprint::COMMAND_GRAMMAR != "5.1",
+            "an argv rendered before the upgrade fails command_rejected on an upgraded worker, \
+             and the grammar that routes it is unchanged: {:?}",
+            check_rendered(&old, &spec())
+        );
+    }
+
     #[test]
     fn valid_templates_render_to_fixed_paths() {
         let argv = render(VALID, &spec(), DEFAULT_THREADS).unwrap();
