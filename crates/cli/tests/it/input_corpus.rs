@@ -192,3 +192,83 @@ async fn every_malformed_input_fails_with_its_own_code() {
     }
     tp.stop().await;
 }
+
+/// Inputs whose header FFmpeg reads but which hold no sample at all. The separate probe failed
+/// them `invalid_input` ("ffprobe read no packet of it: its streams hold no data"); read from
+/// the encode's log, their streams look readable, so a WAV header without samples encodes to
+/// an empty output that is uploaded as a success, an MP4 cut where its `mdat` begins fails
+/// `ffmpeg_failed` when encoded and succeeds (an empty MP4 uploaded) when stream-copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_only_inputs_still_fail_invalid_input() {
+    let tp = TestPlatform::start(2, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let dir = tp.dir.path();
+    let faststart = mp4(dir, "faststart.mp4", true).await;
+    let bytes = std::fs::read(&faststart).unwrap();
+    let mdat = bytes.windows(4).position(|w| w == b"mdat").unwrap() - 4;
+    // The whole index, and the `mdat` box header with none of its samples.
+    let no_samples = write(dir, "no-samples.mp4", &bytes[..mdat + 8]);
+    let wav = dir.join("tone.wav");
+    let made = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=0.01",
+        ])
+        .args(["-c:a", "pcm_s16le"])
+        .arg(&wav)
+        .status()
+        .await
+        .unwrap();
+    assert!(made.success());
+    let bytes = std::fs::read(&wav).unwrap();
+    let data = bytes.windows(4).position(|w| w == b"data").unwrap();
+    let header_only_wav = write(dir, "header-only.wav", &bytes[..data + 8]);
+    let cases = [
+        (
+            "WAV header without samples",
+            &header_only_wav,
+            "-i {{in}} -c:a aac {{out}}",
+            "o.m4a",
+        ),
+        (
+            "MP4 index without samples, encoded",
+            &no_samples,
+            "-i {{in}} -c:v libx264 -preset veryfast {{out}}",
+            "o.mp4",
+        ),
+        (
+            "MP4 index without samples, stream-copied",
+            &no_samples,
+            "-i {{in}} -c copy {{out}}",
+            "o.mp4",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, input, command, out) in cases {
+        let job = run_job(&client, input, &[("out", out)], command).await;
+        let code = job.error.as_ref().map(|e| e.code.clone());
+        let stored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM upload_grants WHERE job_id = $1")
+                .bind(job.id)
+                .fetch_one(tp.platform.store().pool())
+                .await
+                .unwrap();
+        eprintln!(
+            "corpus: {name}: {} {code:?} after {} attempt(s), {stored} upload grant(s)",
+            job.state, job.attempts
+        );
+        if code.as_deref() != Some("invalid_input") || stored != 0 {
+            wrong.push(format!(
+                "{name}: {} {code:?}, {stored} upload(s)",
+                job.state
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "not failed invalid_input: {wrong:#?}");
+    tp.stop().await;
+}
