@@ -179,4 +179,21 @@ mod tests {
         // Past the end: nothing to show progress against.
         assert_eq!(expected("-ss 70 -i {{in}} {{out}}", 60), None);
     }
+    /// The worker now learns each input's duration from FFmpeg's log while it runs: a header
+    /// claiming a very long duration (or a line a tenant forged) gives any value up to
+    /// `i64::MAX` µs. With `-sseof` positive (the grammar allows it), `t + from_end` overflows:
+    /// a panic in a debug build (in the worker's stderr reader, which then stops reading).
+    #[test]
+    fn a_huge_logged_duration_with_sseof_never_panics() {
+        let mut spec = IoSpec::default();
+        spec.add_input("in", "in.mp4").unwrap();
+        spec.add_output("out", "out.mp4").unwrap();
+        let cmd = validate("-sseof 1000 -i {{in}} {{out}}", &spec).unwrap();
+        let long = BTreeMap::from([("in".to_owned(), i64::MAX as u64 - 1)]);
+        let got = std::panic::catch_unwind(|| expected_output_us(&cmd, &long));
+        assert!(
+            got.is_ok(),
+            "expected_output_us panicked on a logged duration"
+        );
+    }
 }
