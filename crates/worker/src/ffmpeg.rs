@@ -328,6 +328,8 @@ pub struct Finished {
     pub stderr: Vec<u8>,
     /// What the log told of the inputs, when the run was watched.
     pub inputs: Option<InputLog>,
+    /// FFmpeg reported progress on stdout (it got past opening its inputs and outputs).
+    pub progressed: bool,
 }
 
 /// Progress in millionths, shared with the heartbeat task.
@@ -603,6 +605,8 @@ pub async fn run(
         }
         (kept.into_bytes(), log.map(|(inputs, _, _)| inputs))
     });
+    let progressed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progressed_seen = progressed.clone();
     let stdout_task = tokio::spawn(async move {
         let mut kept = Vec::new();
         let mut lines = BoundedLines::new(MAX_PROGRESS_LINE);
@@ -614,6 +618,9 @@ pub async fn run(
             };
             match &progress {
                 Some(p) => lines.feed(&chunk[..n], |line| {
+                    if line.starts_with(b"progress=") {
+                        progressed_seen.store(true, Ordering::Relaxed);
+                    }
                     progress_line(line, p, expected_us.load(Ordering::Relaxed))
                 }),
                 None => {
@@ -639,6 +646,7 @@ pub async fn run(
         stdout,
         stderr,
         inputs,
+        progressed: progressed.load(Ordering::Relaxed),
     })
 }
 

@@ -1,7 +1,7 @@
 //! One job, start to end: fetch inputs, validate, encode, upload, report.
 
 use crate::ffmpeg::{self, Exit, Progress};
-use crate::ffmpeg_log::InputLog;
+use crate::ffmpeg_log::{InputFailure, InputLog, InputSpec};
 use crate::transfer::{self, Digested};
 use crate::{Client, Worker};
 use mpegflow_domain::command::timing::expected_output_us;
@@ -542,9 +542,11 @@ impl Run<'_> {
                     cmd.files
                         .iter()
                         .filter_map(|f| match &f.target {
-                            Target::Input { alias } => {
-                                Some((alias.clone(), spec.input_path(alias)?))
-                            }
+                            Target::Input { alias } => Some(InputSpec {
+                                alias: alias.clone(),
+                                path: spec.input_path(alias)?,
+                                seeks: f.options.iter().any(|o| matches!(o.name, "ss" | "sseof")),
+                            }),
                             Target::Output { .. } => None,
                         })
                         .collect(),
@@ -570,9 +572,13 @@ impl Run<'_> {
         })?;
         self.stderr = finished.stderr;
         self.stages.end();
-        if matches!(finished.exit, ffmpeg::Exit::Code(0))
-            && tripped.lock().is_ok_and(|t| t.is_none())
-        {
+        let exited_ok = matches!(finished.exit, ffmpeg::Exit::Code(0));
+        // An input FFmpeg's log shows to be why the run failed or produced nothing.
+        let blamed = finished
+            .inputs
+            .as_ref()
+            .and_then(|log| log.blame(exited_ok, finished.progressed));
+        if exited_ok && blamed.is_none() && tripped.lock().is_ok_and(|t| t.is_none()) {
             self.stages.start("measure");
             self.progress.set_stage("measure");
             self.media = self.measure_outputs(&spec, &limits).await?;
@@ -588,32 +594,6 @@ impl Run<'_> {
         if let Some(why) = tripped.lock().ok().and_then(|mut t| t.take()) {
             return Err(JobFailure::new(error_code::OUTPUT_LIMIT, why, false));
         }
-        if let (ffmpeg::Exit::Code(c @ 1..), Some(failed)) = (
-            &finished.exit,
-            finished.inputs.as_ref().and_then(InputLog::failure),
-        ) {
-            return Err(if failed.os_error {
-                // The worker downloaded it: its own file it could not read.
-                JobFailure::new(
-                    error_code::WORKER_ERROR,
-                    format!(
-                        "ffmpeg could not read input {:?}: {}",
-                        failed.alias, failed.why
-                    ),
-                    true,
-                )
-            } else {
-                JobFailure {
-                    code: error_code::INVALID_INPUT,
-                    message: format!(
-                        "input {:?} is not valid media: {}",
-                        failed.alias, failed.why
-                    ),
-                    retryable: false,
-                    exit_code: *c,
-                }
-            });
-        }
         // The CPU limit's SIGKILL needs that much CPU time: with every core busy since the
         // start, could the job have used it? If not, someone else killed it.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -623,13 +603,27 @@ impl Run<'_> {
             (oom_kills_before, oom_kills(&self.worker.config.oom_events)),
             (Some(before), Some(after)) if after > before
         );
-        if let Err(f) = classify_exit(
+        let invalid = |failed: InputFailure, exit_code| JobFailure {
+            code: error_code::INVALID_INPUT,
+            message: format!(
+                "input {:?} is not valid media: {}",
+                failed.alias, failed.why
+            ),
+            retryable: false,
+            exit_code,
+        };
+        let classified = classify_exit(
             &finished.exit,
             &self.stderr,
             timeout,
             cpu_limit_reachable,
             oom_seen,
-        ) {
+        );
+        if let Err(f) = classified {
+            // Limits first: a run the platform stopped is never the input's fault.
+            if let (error_code::FFMPEG_FAILED, Some(failed)) = (f.code, blamed) {
+                return Err(invalid(failed, f.exit_code));
+            }
             if self.job_uid.is_some() && output_fs_full(&self.dir.join("out")) {
                 return Err(JobFailure {
                     code: error_code::OUTPUT_LIMIT,
@@ -641,6 +635,9 @@ impl Run<'_> {
                 });
             }
             return Err(f);
+        }
+        if let Some(failed) = blamed {
+            return Err(invalid(failed, 0));
         }
 
         self.stages.start("upload");

@@ -31,8 +31,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Arguments every rendered command starts with. `-progress pipe:1` is how the worker reads
 /// progress; tenants may not set it themselves. The log level is the platform's too: the worker
-/// reads which input FFmpeg could not open, and each input's duration, from FFmpeg's own
-/// `info`-level log, tagged by level, so a tenant's `-v quiet` cannot blind it (a tenant's
+/// reads which input FFmpeg could not open or read nothing from, and each input's duration,
+/// from FFmpeg's own level-tagged log, so a tenant's `-v quiet` cannot blind it (a tenant's
 /// `-v`/`-loglevel` is accepted and left out of the rendered command).
 pub const FORCED_PREFIX: &[&str] = &[
     "-loglevel",
@@ -45,9 +45,10 @@ pub const FORCED_PREFIX: &[&str] = &[
     "pipe:1",
 ];
 
-/// The log level every command runs at: `info` (input durations, stream dumps), each line
-/// tagged with its level.
-pub const FORCED_LOG_LEVEL: &str = "level+info";
+/// The log level every command runs at: `verbose` (input descriptions with their durations and
+/// streams, and the packets each input and output file carried at the end), each line tagged
+/// with its level.
+pub const FORCED_LOG_LEVEL: &str = "level+verbose";
 
 /// Demuxers an input may be read with (forced per input as `-format_whitelist`). Playlist and
 /// indirection formats (hls, dash, concat, image2 patterns, ffmetadata…) are absent, so a crafted
@@ -1006,10 +1007,7 @@ pub fn subtitle_inputs(cmd: &Command, spec: &IoSpec) -> BTreeMap<String, &'stati
 
 /// Parses a rendered argv (without the program name) into its tree.
 pub fn parse_rendered(argv: &[String], spec: &IoSpec) -> Result<Command, CommandError> {
-    let n = FORCED_PREFIX.len();
-    if argv.len() < n || argv[..n].iter().zip(FORCED_PREFIX).any(|(a, b)| a != b) {
-        return Err(CommandError::MissingForcedPrefix);
-    }
+    let n = forced_prefix_len(argv)?;
     Parser {
         spec,
         mode: Mode::Rendered,
@@ -1019,11 +1017,30 @@ pub fn parse_rendered(argv: &[String], spec: &IoSpec) -> Result<Command, Command
     .parse(&argv[n..])
 }
 
+/// How many of `argv`'s first arguments are the forced prefix: [`FORCED_PREFIX`], or the one
+/// before the forced log level (jobs queued before the upgrade; the worker reads no input
+/// failure from such a run, and FFmpeg's errors stay `ffmpeg_failed`).
+fn forced_prefix_len(argv: &[String]) -> Result<usize, CommandError> {
+    let starts = |prefix: &[&str]| {
+        argv.len() >= prefix.len() && argv.iter().zip(prefix).all(|(a, b)| a == b)
+    };
+    if starts(FORCED_PREFIX) {
+        Ok(FORCED_PREFIX.len())
+    } else if starts(&FORCED_PREFIX[2..]) {
+        Ok(FORCED_PREFIX.len() - 2)
+    } else {
+        Err(CommandError::MissingForcedPrefix)
+    }
+}
+
 /// The worker's second check of a rendered argv (without the program name): it must parse into
 /// an allowed tree, and rendering that tree must give back exactly this argv.
 pub fn check_rendered(argv: &[String], spec: &IoSpec) -> Result<(), CommandError> {
     let cmd = parse_rendered(argv, spec)?;
-    if render_tree(&cmd, spec, None) != argv {
+    let rendered = render_tree(&cmd, spec, None);
+    // An argv of the earlier prefix is the same render without the forced log level.
+    let skip = FORCED_PREFIX.len() - forced_prefix_len(argv)?;
+    if rendered[skip..] != *argv {
         return Err(CommandError::NotCanonical);
     }
     Ok(())
@@ -1084,6 +1101,14 @@ mod tests {
         let argv = render(VALID, &spec(), DEFAULT_THREADS).unwrap();
         // What the control plane rendered before: the same argv, without `-loglevel level+info`.
         let old: Vec<String> = argv[2..].to_vec();
+        assert_eq!(
+            parse_rendered(&old, &spec()).unwrap(),
+            parse_rendered(&argv, &spec()).unwrap()
+        );
+        // Only exactly the earlier prefix: not a level of the tenant's in its place.
+        let mut swapped = argv.clone();
+        swapped[1] = "quiet".into();
+        assert!(check_rendered(&swapped, &spec()).is_err());
         assert!(
             check_rendered(&old, &spec()).is_ok() || crate::fingerprint::COMMAND_GRAMMAR != "5.1",
             "an argv rendered before the upgrade fails command_rejected on an upgraded worker, \
@@ -1097,7 +1122,7 @@ mod tests {
         let argv = render(VALID, &spec(), DEFAULT_THREADS).unwrap();
         let joined = argv.join(" ");
         assert!(joined.starts_with(
-            "-loglevel level+info -hide_banner -nostdin -nostats -y -progress pipe:1 "
+            "-loglevel level+verbose -hide_banner -nostdin -nostats -y -progress pipe:1 "
         ));
         let forced = forced_input_flags().join(" ");
         assert!(

@@ -69,15 +69,15 @@ fn cut(total: Option<i64>, options: &[Opt], input: bool) -> Option<i64> {
     let sseof = input.then(|| time_of(options, "sseof")).flatten();
     let start = match (time_of(options, "ss"), sseof, total) {
         (Some(ss), _, _) => ss.max(0),
-        (None, Some(from_end), Some(t)) => (t + from_end).max(0),
+        (None, Some(from_end), Some(t)) => t.saturating_add(from_end).max(0),
         _ => 0,
     };
-    let mut length = total.map(|t| (t - start).max(0));
+    let mut length = total.map(|t| t.saturating_sub(start).max(0));
     if let Some(t) = time_of(options, "t").filter(|t| *t >= 0) {
         length = Some(length.map_or(t, |l| l.min(t)));
     }
     if let Some(to) = time_of(options, "to") {
-        let until = (to - start).max(0);
+        let until = to.saturating_sub(start).max(0);
         length = Some(length.map_or(until, |l| l.min(until)));
     }
     length
