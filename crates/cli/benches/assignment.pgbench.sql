@@ -18,23 +18,22 @@ ORDER BY w.id OFFSET :client_id LIMIT 1 \gset
 \set ready 1
 \endif
 
--- The worker token (Store::authenticate_worker_token).
-SELECT t.id AS token_id, t.pool_id, p.name AS pool_name, t.max_workers, t.leases_per_minute,
-       t.suspended_at IS NOT NULL AS suspended, t.strikes_since
-FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
-WHERE t.hash = :token_hash AND t.revoked_at IS NULL \gset tok_
-
--- The registration, touched (Store::touch_worker).
-WITH w AS (
+-- The worker token and its registration, touched (Store::authenticate_worker_call).
+WITH t AS (
+    SELECT t.id AS token_id, t.pool_id, p.name AS pool_name, t.max_workers, t.leases_per_minute,
+           t.suspended_at IS NOT NULL AS suspended, t.strikes_since
+    FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
+    WHERE t.hash = :token_hash AND t.revoked_at IS NULL
+ ), w AS (
     SELECT ffmpeg_grammar, last_seen_at > now() - make_interval(secs => :ttl) AS live
-    FROM workers WHERE id = :worker_id AND token_id = :tok_token_id
+    FROM workers WHERE id = :worker_id AND token_id = (SELECT token_id FROM t)
  ), touched AS (
     UPDATE workers SET last_seen_at = now()
-    WHERE id = :worker_id AND token_id = :tok_token_id
+    WHERE id = :worker_id AND token_id = (SELECT token_id FROM t WHERE NOT suspended)
       AND last_seen_at > now() - make_interval(secs => :ttl)
       AND last_seen_at <= now() - make_interval(secs => :ttl / 3)
  )
- SELECT ffmpeg_grammar, live FROM w \gset w_
+ SELECT t.*, w.ffmpeg_grammar, w.live FROM t LEFT JOIN w ON true \gset tok_
 
 -- Store::claim_job, in one transaction.
 BEGIN;
@@ -46,9 +45,9 @@ WHERE w.id = :worker_id AND w.token_id = :tok_token_id FOR UPDATE OF w;
 SELECT id FROM jobs WHERE lease_worker_id = :worker_id AND state = 'running' LIMIT 1;
 
 SELECT id, state FROM jobs j
-WHERE pool_id = :tok_pool_id AND state = 'queued' AND run_after <= now() AND grammar = :w_ffmpeg_grammar
+WHERE pool_id = :tok_pool_id AND state = 'queued' AND run_after <= now() AND grammar = :tok_ffmpeg_grammar
   AND (blame_worker_id IS NULL OR (blame_worker_id <> :worker_id AND (blame_token_id IS DISTINCT FROM :tok_token_id OR NOT EXISTS (
-       SELECT 1 FROM workers w WHERE w.pool_id = :tok_pool_id AND w.token_id <> :tok_token_id AND w.ffmpeg_grammar = :w_ffmpeg_grammar
+       SELECT 1 FROM workers w WHERE w.pool_id = :tok_pool_id AND w.token_id <> :tok_token_id AND w.ffmpeg_grammar = :tok_ffmpeg_grammar
          AND w.last_seen_at > now() - make_interval(secs => :ttl)))))
 ORDER BY run_after, created_at LIMIT 1 FOR UPDATE SKIP LOCKED \gset c_
 

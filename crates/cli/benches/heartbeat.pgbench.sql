@@ -14,21 +14,22 @@ ORDER BY w.id OFFSET :client_id LIMIT 1 \gset
 \set ready 1
 \endif
 
-SELECT t.id AS token_id, t.pool_id, p.name AS pool_name, t.max_workers, t.leases_per_minute,
-       t.suspended_at IS NOT NULL AS suspended, t.strikes_since
-FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
-WHERE t.hash = :token_hash AND t.revoked_at IS NULL \gset tok_
-
-WITH w AS (
+-- The worker token and its registration (Store::authenticate_worker_call).
+WITH t AS (
+    SELECT t.id AS token_id, t.pool_id, p.name AS pool_name, t.max_workers, t.leases_per_minute,
+           t.suspended_at IS NOT NULL AS suspended, t.strikes_since
+    FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
+    WHERE t.hash = :token_hash AND t.revoked_at IS NULL
+ ), w AS (
     SELECT ffmpeg_grammar, last_seen_at > now() - make_interval(secs => :ttl) AS live
-    FROM workers WHERE id = :worker_id AND token_id = :tok_token_id
+    FROM workers WHERE id = :worker_id AND token_id = (SELECT token_id FROM t)
  ), touched AS (
     UPDATE workers SET last_seen_at = now()
-    WHERE id = :worker_id AND token_id = :tok_token_id
+    WHERE id = :worker_id AND token_id = (SELECT token_id FROM t WHERE NOT suspended)
       AND last_seen_at > now() - make_interval(secs => :ttl)
       AND last_seen_at <= now() - make_interval(secs => :ttl / 3)
  )
- SELECT ffmpeg_grammar, live FROM w \gset w_
+ SELECT t.*, w.ffmpeg_grammar, w.live FROM t LEFT JOIN w ON true \gset tok_
 
 -- Store::heartbeat.
 WITH deadline AS (

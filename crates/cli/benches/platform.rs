@@ -431,12 +431,13 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let pg = postgres_cpu_seconds(&cluster.data) - pg0;
-    let heartbeats = beats.load(Ordering::Relaxed);
-    let grpc_stmts = statements(&pool).await;
+    // Heartbeats stop here; those under way finish, so the count matches the database's.
     stop.cancel();
     for b in beaters.lock().await.drain(..) {
         b.await.unwrap();
     }
+    let heartbeats = beats.load(Ordering::Relaxed);
+    let grpc_stmts = statements(&pool).await;
     let failed = failures.load(Ordering::Relaxed);
     let audits: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_logs WHERE action IN ('job.assigned', 'presign.get')",
