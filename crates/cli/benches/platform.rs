@@ -1,7 +1,9 @@
 //! Benchmarks of the issue-2 targets, printed as figures (record them in BENCHMARKS.md):
 //!
 //! 1. Coordinator assignments per second (claim with SKIP LOCKED + presign + audit), with many
-//!    concurrent simulated workers over real gRPC, and CPU time per assignment.
+//!    concurrent simulated workers over real gRPC, each leased job heartbeating once a second,
+//!    and CPU time per assignment; against `pgbench` running the coordinator's own statements
+//!    (`assignment.pgbench.sql`, `heartbeat.pgbench.sql`) on the same cluster (issue 8).
 //! 2. Platform overhead: 20 real transcodes through the platform (2 workers) against the same
 //!    FFmpeg command run directly with the same parallelism.
 //!
@@ -17,6 +19,7 @@ use mpegflow_store::NewJob;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +33,8 @@ fn cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// CPU seconds used so far by every process of the PostgreSQL cluster (postmaster's children).
+/// CPU seconds used so far by every process of the PostgreSQL cluster: the postmaster, its
+/// children, and those of its children that have exited.
 fn postgres_cpu_seconds(data: &Path) -> f64 {
     let pid: i32 = std::fs::read_to_string(data.join("postmaster.pid"))
         .ok()
@@ -54,6 +58,12 @@ fn postgres_cpu_seconds(data: &Path) -> f64 {
             let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
             let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
             total += (ut + st) / tick;
+        }
+        if own_pid == Some(pid) {
+            // The postmaster's waited-for children: backends that have exited (pgbench's).
+            let cut: f64 = f.get(13).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let cst: f64 = f.get(14).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            total += (cut + cst) / tick;
         }
     }
     total
@@ -82,24 +92,33 @@ async fn start(dir: &Path, cluster: &Cluster, db: &str, workers: usize) -> Platf
     Platform::start(cfg).await.unwrap()
 }
 
-async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
-    const JOBS: usize = 3000;
-    const CONCURRENCY: usize = 64;
-    let platform = start(dir, cluster, "bench_coordinator", 0).await;
+/// A database seeded for the coordinator bench: `jobs` queued jobs of one 1-s input, and a
+/// worker token allowed thousands of workers.
+struct Seeded {
+    auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    token_id: uuid::Uuid,
+    asset_id: uuid::Uuid,
+    object_key: String,
+}
+
+async fn seed(dir: &Path, platform: &Platform, jobs: usize) -> Seeded {
     let store = platform.store().clone();
     let (org, key) = store.create_org("bench").await.unwrap();
     let client = ApiClient::new(&platform.api_url, key.expose());
     let clip = dir.join("tiny.mp4");
-    mpegflow::sample::make_clip(&clip, 1, "160x120")
-        .await
-        .unwrap();
+    if !clip.exists() {
+        mpegflow::sample::make_clip(&clip, 1, "160x120")
+            .await
+            .unwrap();
+    }
     let asset = client.upload(&clip).await.unwrap();
     let template = client
         .submit(&one_input_job(asset.id, "-i {{in}} {{out}}"))
         .await
         .unwrap();
     let inputs = sqlx_inputs(&store, template.id).await;
-    for _ in 0..JOBS {
+    // The template is queued too: claimed like the others.
+    for _ in 1..jobs {
         store
             .submit_job(NewJob {
                 id: uuid::Uuid::now_v7(),
@@ -121,58 +140,287 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
             .await
             .unwrap();
     }
-    let (_, token) = store
+    let (token_id, token) = store
         .create_worker_token("default", "bench", bench_limits())
         .await
         .unwrap();
-    let auth: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {}", token.expose()).parse().unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(platform.coordinator_url.clone())
-        .unwrap()
-        .connect()
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(store.pool())
         .await
         .unwrap();
-    // One registered worker per assignment: a worker holds one lease at a time.
-    let mut ids = Vec::with_capacity(JOBS + 1);
+    Seeded {
+        auth: format!("Bearer {}", token.expose()).parse().unwrap(),
+        token_id,
+        asset_id: asset.id,
+        object_key: inputs[0]["object_key"].as_str().unwrap_or("").to_owned(),
+    }
+}
+
+/// Registers `n` workers with the token (a worker holds one lease at a time).
+async fn register_workers(
+    channel: &tonic::transport::Channel,
+    seeded: &Seeded,
+    n: usize,
+) -> Vec<String> {
     let mut c = pb::CoordinatorClient::new(channel.clone());
-    for _ in 0..=JOBS {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
         let mut r = tonic::Request::new(register_request());
-        r.metadata_mut().insert("authorization", auth.clone());
+        r.metadata_mut()
+            .insert("authorization", seeded.auth.clone());
         ids.push(c.register_worker(r).await.unwrap().into_inner().worker_id);
     }
+    ids
+}
+
+async fn channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// One statement as pg_stat_statements saw it in a database since the last reset.
+#[derive(Debug, Clone)]
+struct Statement {
+    query: String,
+    calls: i64,
+    mean_ms: f64,
+    total_ms: f64,
+}
+
+async fn statements(pool: &sqlx::PgPool) -> Vec<Statement> {
+    let rows: Vec<(String, i64, f64, f64)> = sqlx::query_as(
+        "SELECT query, calls, mean_exec_time, total_exec_time FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+         ORDER BY total_exec_time DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(query, calls, mean_ms, total_ms)| Statement {
+            query,
+            calls,
+            mean_ms,
+            total_ms,
+        })
+        .collect()
+}
+
+async fn reset_statements(pool: &sqlx::PgPool) {
+    sqlx::query("SELECT pg_stat_statements_reset()")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// A statement's text with every parameter and constant as `$` and no layout: the form in
+/// which the coordinator's statements and the pgbench scripts' (both as pg_stat_statements
+/// normalised them) are compared. pgbench numbers each use of a variable as a parameter of its
+/// own, so the numbers go.
+fn shape(sql: &str) -> String {
+    let mut flat = String::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                chars.next();
+            }
+            flat.push('$');
+        } else if c.is_whitespace() {
+            while chars.peek().is_some_and(|d| d.is_whitespace()) {
+                chars.next();
+            }
+            flat.push(' ');
+        } else {
+            flat.push(c);
+        }
+    }
+    let v: Vec<char> = flat
+        .trim()
+        .trim_end_matches(';')
+        .trim_end()
+        .chars()
+        .collect();
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    v.iter()
+        .enumerate()
+        .filter(|&(i, &c)| c != ' ' || (word(v[i - 1]) && word(v[i + 1])))
+        .map(|(_, &c)| c)
+        .collect()
+}
+
+/// Transaction control: pgbench in prepared mode has pg_stat_statements count these once per
+/// connection, so only their presence is compared.
+fn is_transaction_control(shape: &str) -> bool {
+    matches!(shape, "BEGIN" | "COMMIT")
+}
+
+/// The statements that run for assignments and heartbeats (at least half as often as the
+/// rarer of the two), by shape, with their calls.
+fn per_unit(stmts: &[Statement], assignments: u64, heartbeats: u64) -> BTreeMap<String, Statement> {
+    let unit = if heartbeats > 0 {
+        assignments.min(heartbeats)
+    } else {
+        assignments
+    };
+    let mut out: BTreeMap<String, Statement> = BTreeMap::new();
+    for s in stmts {
+        let k = shape(&s.query);
+        if k.contains("bench_setup") || k.contains("pg_stat_statements") {
+            continue;
+        }
+        if s.calls as f64 >= unit as f64 / 2.0 || (is_transaction_control(&k) && s.calls > 0) {
+            let e = out.entry(k).or_insert(Statement {
+                calls: 0,
+                total_ms: 0.0,
+                ..s.clone()
+            });
+            e.calls += s.calls;
+            e.total_ms += s.total_ms;
+            e.mean_ms = e.total_ms / e.calls.max(1) as f64;
+        }
+    }
+    out
+}
+
+fn one_line(sql: &str, max: usize) -> String {
+    let s: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// CPU seconds of this process's waited-for children (pgbench).
+fn children_cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// What pgbench printed: per script, its transactions and their rate.
+fn pgbench_scripts(out: &str) -> Vec<(u64, f64)> {
+    out.lines()
+        .filter(|l| l.starts_with(" - ") && l.contains(" transactions (") && l.contains("tps = "))
+        .map(|l| {
+            let n = l[3..].split_whitespace().next().unwrap().parse().unwrap();
+            let tps = l.rsplit("tps = ").next().unwrap().trim_end_matches(')');
+            (n, tps.trim().parse().unwrap())
+        })
+        .collect()
+}
+
+/// Issue 8: assignments per second over real gRPC with every leased job heartbeating once a
+/// second, against `pgbench -c 64 -M prepared` running the coordinator's own statements for
+/// one assignment (`assignment.pgbench.sql`) and, weighted to the same mix, for one heartbeat
+/// (`heartbeat.pgbench.sql`), on the same cluster.
+async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
+    const JOBS: usize = 3000;
+    const CONCURRENCY: usize = 64;
+    let platform = start(dir, cluster, "bench_coordinator", 0).await;
+    let seeded = seed(dir, &platform, JOBS).await;
+    let pool = platform.store().pool().clone();
+    // One connection per simulated worker, as real workers have: the coordinator allows 16
+    // open calls per connection.
+    let mut channels = Vec::with_capacity(CONCURRENCY);
+    for _ in 0..CONCURRENCY {
+        channels.push(channel(&platform.coordinator_url).await);
+    }
+    let ids = register_workers(&channels[0], &seeded, JOBS + 1).await;
     let queue = Arc::new(Mutex::new(ids));
+    let beats = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let beaters = Arc::new(Mutex::new(Vec::new()));
+    reset_statements(&pool).await;
     let pg0 = postgres_cpu_seconds(&cluster.data);
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (queue, auth, channel) = (queue.clone(), auth.clone(), channel.clone());
+    for channel in &channels {
+        let (queue, auth, channel) = (queue.clone(), seeded.auth.clone(), channel.clone());
+        let (beats, failures, first_failure, stop, beaters) = (
+            beats.clone(),
+            failures.clone(),
+            first_failure.clone(),
+            stop.clone(),
+            beaters.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let mut c = pb::CoordinatorClient::new(channel);
+            let mut c = pb::CoordinatorClient::new(channel.clone());
             let mut got = 0usize;
             loop {
                 let Some(worker_id) = queue.lock().await.pop() else {
                     return got;
                 };
                 let mut r = tonic::Request::new(pb::GetWorkAssignmentRequest {
-                    worker_id,
+                    worker_id: worker_id.clone(),
                     wait_seconds: 0,
                     dropped: None,
                 });
                 r.metadata_mut().insert("authorization", auth.clone());
-                match c
+                let Some(a) = c
                     .get_work_assignment(r)
                     .await
                     .unwrap()
                     .into_inner()
                     .assignment
-                {
-                    Some(a) => {
-                        assert!(a.inputs[0].url.contains("X-Amz-Signature"));
-                        got += 1
+                else {
+                    return got;
+                };
+                assert!(a.inputs[0].url.contains("X-Amz-Signature"));
+                got += 1;
+                // The leased job's worker heartbeats it every second until the bench ends.
+                let beat = pb::HeartbeatRequest {
+                    worker_id,
+                    job_id: a.job_id,
+                    fencing_token: a.fencing_token,
+                    progress: 0.5,
+                    stage: "encode".into(),
+                    refresh_input_urls: false,
+                    speed: 1.0,
+                    fps: 25.0,
+                };
+                let (mut c, auth) = (pb::CoordinatorClient::new(channel.clone()), auth.clone());
+                let (beats, failures, first_failure, stop) = (
+                    beats.clone(),
+                    failures.clone(),
+                    first_failure.clone(),
+                    stop.clone(),
+                );
+                beaters.lock().await.push(tokio::spawn(async move {
+                    let second = Duration::from_secs(1);
+                    let mut tick =
+                        tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            _ = tick.tick() => {}
+                        }
+                        let mut r = tonic::Request::new(beat.clone());
+                        r.metadata_mut().insert("authorization", auth.clone());
+                        let failed = match c.heartbeat(r).await {
+                            Ok(resp) if !resp.get_ref().cancel => None,
+                            Ok(_) => Some("the lease was cancelled".to_owned()),
+                            Err(s) => Some(format!("{s:?}")),
+                        };
+                        match failed {
+                            None => beats.fetch_add(1, Ordering::Relaxed),
+                            Some(e) => {
+                                first_failure.lock().unwrap().get_or_insert(e);
+                                failures.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
                     }
-                    None => return got,
-                }
+                }));
             }
         }));
     }
@@ -183,16 +431,196 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let pg = postgres_cpu_seconds(&cluster.data) - pg0;
+    // Heartbeats stop here; those under way finish, so the count matches the database's.
+    stop.cancel();
+    for b in beaters.lock().await.drain(..) {
+        b.await.unwrap();
+    }
+    let heartbeats = beats.load(Ordering::Relaxed);
+    let grpc_stmts = statements(&pool).await;
+    let failed = failures.load(Ordering::Relaxed);
     let audits: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_logs WHERE action IN ('job.assigned', 'presign.get')",
     )
-    .fetch_one(store.pool())
+    .fetch_one(&pool)
     .await
     .unwrap();
-    println!("coordinator: {assigned} assignments by {CONCURRENCY} concurrent workers in {elapsed:.2} s = {:.0} assignments/s", assigned as f64 / elapsed);
+    let grpc_rate = assigned as f64 / elapsed;
+    let a = assigned as u64;
+    println!("coordinator: {assigned} assignments by {CONCURRENCY} concurrent workers in {elapsed:.2} s = {grpc_rate:.0} assignments/s, with every leased job heartbeating once a second: {heartbeats} heartbeats ({:.2} per assignment), {failed} failed", heartbeats as f64 / assigned as f64);
     println!("coordinator: control-plane process CPU {:.3} ms/assignment (includes the simulated gRPC clients); PostgreSQL CPU {:.3} ms/assignment", cpu * 1e3 / assigned as f64, pg * 1e3 / assigned as f64);
     println!("coordinator: {audits} audit rows (job.assigned + presign.get)");
     platform.stop(Duration::from_secs(5)).await;
+
+    // The baseline: the same statements from pgbench, in a database seeded the same way.
+    let weight = (1000.0 * heartbeats as f64 / a as f64).round() as u64;
+    let per_client = (a + heartbeats).div_ceil(CONCURRENCY as u64);
+    let expected = (per_client * CONCURRENCY as u64) as f64 * 1000.0 / (1000 + weight) as f64;
+    let base = start(dir, cluster, "bench_coordinator_pgbench", 0).await;
+    let seeded_b = seed(dir, &base, (expected * 1.15) as usize + 200).await;
+    register_workers(
+        &channel(&base.coordinator_url).await,
+        &seeded_b,
+        CONCURRENCY,
+    )
+    .await;
+    let base_url = base.database_url.clone();
+    base.stop(Duration::from_secs(5)).await;
+    let base_pool = sqlx::PgPool::connect(&base_url).await.unwrap();
+    let cfg = ControlConfig::default();
+    let mut vars: Vec<(&str, String)> = vec![
+        ("ready", "0".into()),
+        ("ttl", "3600".into()),
+        ("lease", cfg.lease_seconds.to_string()),
+        ("grace", cfg.attempt_grace_seconds.to_string()),
+        ("strike_window", cfg.strike_window_seconds.to_string()),
+        ("no_strikes_since", "-infinity".into()),
+        ("now", "now".into()),
+        ("fencing", hex::encode([7u8; 16])),
+        ("assigned_action", "job.assigned".into()),
+        ("presign_action", "presign.get".into()),
+        ("asset_subject", seeded_b.asset_id.to_string()),
+        ("hb_progress", "0.5".into()),
+        (
+            "hb_live",
+            json!({ "stage": "encode", "speed": 1.0f32, "fps": 25.0f32 }).to_string(),
+        ),
+    ];
+    vars.push((
+        "assigned_details",
+        json!({ "attempt": 1, "lease_seconds": cfg.lease_seconds, "token_id": seeded_b.token_id,
+                "grammar": mpegflow_domain::fingerprint::COMMAND_GRAMMAR })
+        .to_string(),
+    ));
+    vars.push((
+        "presign_details",
+        json!({ "key": seeded_b.object_key, "method": "GET", "expires_at": "2026-12-01T00:00:00Z",
+                "worker_id": uuid::Uuid::now_v7(), "attempt": 1 })
+        .to_string(),
+    ));
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
+    let pgbench = mpegflow::pg::find_bin("pgbench").expect("pgbench not found: install postgresql");
+    let password = cluster
+        .url
+        .split_once("mpegflow:")
+        .and_then(|(_, r)| r.split_once('@'))
+        .map(|(p, _)| p.to_owned())
+        .unwrap();
+    let mut cmd = std::process::Command::new(&pgbench);
+    cmd.env("PGPASSWORD", password)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "mpegflow",
+        ])
+        .args([
+            "-n",
+            "-c",
+            &CONCURRENCY.to_string(),
+            "-j",
+            "2",
+            "-M",
+            "prepared",
+        ])
+        .arg("-f")
+        .arg(format!(
+            "{}@1000",
+            scripts.join("assignment.pgbench.sql").display()
+        ))
+        .arg("-f")
+        .arg(format!(
+            "{}@{weight}",
+            scripts.join("heartbeat.pgbench.sql").display()
+        ))
+        .args(["-t", &per_client.to_string()]);
+    for (k, v) in &vars {
+        cmd.arg("-D").arg(format!("{k}={v}"));
+    }
+    cmd.arg("bench_coordinator_pgbench");
+    reset_statements(&base_pool).await;
+    let pg0 = postgres_cpu_seconds(&cluster.data);
+    let cpu0 = children_cpu_seconds();
+    let out = cmd.output().expect("running pgbench");
+    let bench_cpu = children_cpu_seconds() - cpu0;
+    let pg = postgres_cpu_seconds(&cluster.data) - pg0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("aborted"),
+        "pgbench failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let per_script = pgbench_scripts(&text);
+    let [(base_a, base_rate), (base_h, _)] = per_script[..] else {
+        panic!("unexpected pgbench output: {text}");
+    };
+    let base_stmts = statements(&base_pool).await;
+    base_pool.close().await;
+    println!("coordinator (pgbench -c {CONCURRENCY} -j 2 -M prepared, assignment.pgbench.sql@1000 + heartbeat.pgbench.sql@{weight}, -t {per_client}): {base_a} assignments + {base_h} heartbeats at {base_rate:.0} assignments/s");
+    println!("coordinator (pgbench): pgbench process CPU {:.3} ms/assignment; PostgreSQL CPU {:.3} ms/assignment (includes the 64 connections' start)", bench_cpu * 1e3 / base_a as f64, pg * 1e3 / base_a as f64);
+
+    // What one assignment (with its share of heartbeats) costs the database, side by side.
+    let g = per_unit(&grpc_stmts, a, heartbeats);
+    let b = per_unit(&base_stmts, base_a, base_h);
+    println!("coordinator: statements per assignment, gRPC run | pgbench run (calls per assignment, mean ms):");
+    let (mut g_sum, mut b_sum) = (0.0, 0.0);
+    for s in grpc_stmts
+        .iter()
+        .filter(|s| g.contains_key(&shape(&s.query)))
+    {
+        let k = shape(&s.query);
+        let (gs, bs) = (&g[&k], b.get(&k));
+        g_sum += gs.calls as f64 / a as f64;
+        b_sum += bs.map_or(0.0, |b| b.calls as f64 / base_a as f64);
+        println!(
+            "  {:5.2} {:7.3} ms | {} | {}",
+            gs.calls as f64 / a as f64,
+            gs.mean_ms,
+            bs.map_or("  —".into(), |b| format!(
+                "{:5.2} {:7.3} ms",
+                b.calls as f64 / base_a as f64,
+                b.mean_ms
+            )),
+            one_line(&s.query, 110)
+        );
+    }
+    println!("coordinator: {g_sum:.2} statements per assignment in the gRPC run, {b_sum:.2} in pgbench's (BEGIN/COMMIT counted once per connection there)");
+
+    // The baseline must be the coordinator's statements: the same set, each as often per
+    // assignment (within the sampling of the weighted scripts).
+    let missing: Vec<&String> = g.keys().filter(|k| !b.contains_key(*k)).collect();
+    let extra: Vec<&String> = b.keys().filter(|k| !g.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the pgbench scripts no longer run the coordinator's statements: update crates/cli/benches/*.pgbench.sql\n\
+         run by the coordinator, not by the scripts: {missing:#?}\nrun by the scripts, not by the coordinator: {extra:#?}"
+    );
+    for (k, gs) in &g {
+        if is_transaction_control(k) {
+            continue;
+        }
+        let (x, y) = (
+            gs.calls as f64 / a as f64,
+            b[k].calls as f64 / base_a as f64,
+        );
+        assert!(
+            (x - y).abs() <= 0.1 * x.max(y) + 0.05,
+            "the coordinator runs {k} {x:.2} times per assignment, the pgbench scripts {y:.2}: update crates/cli/benches/*.pgbench.sql"
+        );
+    }
+    assert_eq!(
+        failed,
+        0,
+        "heartbeats failed: {:?}",
+        first_failure.lock().unwrap()
+    );
+    // Only once the baseline is known to be the coordinator's statements, and no heartbeat failed.
+    println!(
+        "coordinator: gRPC {grpc_rate:.0} assignments/s ÷ pgbench {base_rate:.0} assignments/s = ratio {:.3} (issue 8 goal ≥ 0.8)",
+        grpc_rate / base_rate
+    );
 }
 
 /// One token plays thousands of workers here.
@@ -638,23 +1066,42 @@ fn main() {
         .unwrap();
     let dir = std::env::temp_dir().join(format!("mpegflow-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cluster = Cluster::start(&dir.join("pg"), None, false).expect("PostgreSQL cluster");
+    let mut cluster = Cluster::start(&dir.join("pg"), None, false).expect("PostgreSQL cluster");
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    if only.as_deref().is_none_or(|o| o == "coordinator") {
+        // The coordinator bench reads pg_stat_statements, which must be preloaded.
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&cluster.url).await.unwrap();
+            sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+                .execute(&mut c)
+                .await
+                .unwrap();
+        });
+        cluster.stop();
+        cluster = Cluster::start(&dir.join("pg"), None, false).expect("PostgreSQL cluster");
+    }
     if only.as_deref().is_none_or(|o| o == "jail") {
         jail_bench(&dir);
     }
-    rt.block_on(async {
-        if only.as_deref().is_none_or(|o| o == "coordinator") {
-            coordinator_bench(&dir, &cluster).await;
-        }
-        if only.as_deref() == Some("latency") {
-            latency_bench(&dir, &cluster).await;
-        }
-        if only.as_deref().is_none_or(|o| o == "overhead") {
-            overhead_bench(&dir, &cluster, 1).await;
-            overhead_bench(&dir, &cluster, 10).await;
-        }
-    });
+    // A failed bench (the coordinator's drift check, a failed heartbeat) still stops the cluster.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            if only.as_deref().is_none_or(|o| o == "coordinator") {
+                coordinator_bench(&dir, &cluster).await;
+            }
+            if only.as_deref() == Some("latency") {
+                latency_bench(&dir, &cluster).await;
+            }
+            if only.as_deref().is_none_or(|o| o == "overhead") {
+                overhead_bench(&dir, &cluster, 1).await;
+                overhead_bench(&dir, &cluster, 10).await;
+            }
+        })
+    }));
     cluster.stop();
     let _ = std::fs::remove_dir_all(&dir);
+    if let Err(panic) = ran {
+        std::panic::resume_unwind(panic);
+    }
 }

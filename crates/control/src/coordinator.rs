@@ -130,6 +130,16 @@ impl CoordinatorService {
     }
 
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<WorkerTokenInfo> {
+        Ok(self.authenticate_as(req, None).await?.0)
+    }
+
+    /// Authenticates the token and, given the worker a call names, looks its registration up
+    /// in the same round trip (recording the contact).
+    async fn authenticate_as<T>(
+        &self,
+        req: &Request<T>,
+        worker_id: Option<Uuid>,
+    ) -> Result<(WorkerTokenInfo, Option<WorkerContact>)> {
         let peer = req
             .remote_addr()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
@@ -158,12 +168,18 @@ impl CoordinatorService {
         let Ok(secret) = Secret::parse(TokenKind::WorkerToken, token) else {
             return Err(fail());
         };
-        let info = self
-            .state
-            .store
-            .authenticate_worker_token(&secret.hash())
-            .await?
-            .ok_or_else(fail)?;
+        let store = &self.state.store;
+        let found = match worker_id {
+            None => store
+                .authenticate_worker_token(&secret.hash())
+                .await?
+                .map(|info| (info, None)),
+            Some(worker_id) => store
+                .authenticate_worker_call(&secret.hash(), worker_id)
+                .await?
+                .map(|(info, contact)| (info, Some(contact))),
+        };
+        let (info, contact) = found.ok_or_else(fail)?;
         if info.suspended {
             return Err(ControlError::PermissionDenied(format!(
                 "worker token {} is suspended: too many of its leases ended without a finished encode; \
@@ -171,7 +187,7 @@ impl CoordinatorService {
                 info.token_id, info.token_id
             )));
         }
-        Ok(info)
+        Ok((info, contact))
     }
 
     /// Authenticates the token and checks that `worker_id` was registered with it, recording the
@@ -182,17 +198,17 @@ impl CoordinatorService {
         req: &Request<T>,
         worker_id: &str,
     ) -> Result<(WorkerTokenInfo, Uuid, WorkerContact)> {
-        let token = self.authenticate(req).await?;
-        let worker_id = Uuid::parse_str(worker_id)
-            .map_err(|_| ControlError::PermissionDenied("unknown worker".into()))?;
-        match self
-            .state
-            .store
-            .touch_worker(worker_id, token.token_id)
-            .await?
-        {
-            WorkerContact::Unknown => Err(ControlError::PermissionDenied("unknown worker".into())),
-            contact => Ok((token, worker_id, contact)),
+        let unknown = || ControlError::PermissionDenied("unknown worker".into());
+        // An id that is no UUID names no worker; the token is still checked first.
+        let Ok(worker_id) = Uuid::parse_str(worker_id) else {
+            self.authenticate(req).await?;
+            return Err(unknown());
+        };
+        match self.authenticate_as(req, Some(worker_id)).await? {
+            (token, Some(contact)) if contact != WorkerContact::Unknown => {
+                Ok((token, worker_id, contact))
+            }
+            _ => Err(unknown()),
         }
     }
 

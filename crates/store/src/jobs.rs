@@ -405,16 +405,6 @@ impl Store {
         Ok(job)
     }
 
-    /// The job `worker_id` currently holds a live lease on, if any.
-    pub async fn lease_held_by(&self, worker_id: Uuid) -> Result<Option<Uuid>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE lease_worker_id = $1 AND state = 'running' LIMIT 1",
-        )
-        .bind(worker_id)
-        .fetch_optional(&mut *self.conn().await?)
-        .await?)
-    }
-
     /// Claims the oldest runnable job of the claimant's pool whose grammar its FFmpeg
     /// implements, or says why not. `presign` builds what the worker receives from the claimed
     /// job, with the audit lines that record it; they commit together with the claim.

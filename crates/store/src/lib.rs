@@ -130,6 +130,8 @@ const PROBE_REUSE: Duration = Duration::from_millis(250);
 pub const BUSY_WAIT: Duration = Duration::from_secs(10);
 /// A lease's length until the control plane sets its own ([`Store::set_lease`]).
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// A pooled connection idle at least this long is pinged before a query uses it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long [`Store::connect`] waits for the server to accept connections (it may be starting).
 const STARTUP_WAIT: Duration = Duration::from_secs(10);
 
@@ -182,6 +184,19 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // sqlx pings every connection it hands out by default: a round trip more per query
+            // (it pings again as the connection goes back, which cannot be turned off). One
+            // that went back a moment ago after a successful ping is alive; one that sat idle
+            // longer is checked, as a restart of the server may have closed it since.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_CHECK {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         Ok(Store {
             pool,

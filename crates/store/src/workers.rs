@@ -1,5 +1,6 @@
 use crate::audit::insert_audit;
 use crate::{AuditEntry, Result, Store, WorkerTokenInfo};
+use mpegflow_domain::token::TokenHash;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -133,6 +134,55 @@ impl Store {
             Some((_, false)) => WorkerContact::Expired,
             None => WorkerContact::Unknown,
         })
+    }
+
+    /// A worker's call, authenticated in one round trip: the valid token of `hash` (as
+    /// [`Store::authenticate_worker_token`]) and the contact of its registration `worker_id`
+    /// (as [`Store::touch_worker`], which a suspended token's worker does not refresh).
+    /// `None`: no valid token has that hash.
+    pub async fn authenticate_worker_call(
+        &self,
+        hash: &TokenHash,
+        worker_id: Uuid,
+    ) -> Result<Option<(WorkerTokenInfo, WorkerContact)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            token: WorkerTokenInfo,
+            ffmpeg_grammar: Option<String>,
+            live: Option<bool>,
+        }
+        let ttl = self.token_policy.worker_ttl.as_secs_f64();
+        let row: Option<Row> = sqlx::query_as(
+            "WITH t AS (
+                SELECT t.id AS token_id, t.pool_id, p.name AS pool_name, t.max_workers, t.leases_per_minute,
+                       t.suspended_at IS NOT NULL AS suspended, t.strikes_since
+                FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
+                WHERE t.hash = $1 AND t.revoked_at IS NULL
+             ), w AS (
+                SELECT ffmpeg_grammar, last_seen_at > now() - make_interval(secs => $3) AS live
+                FROM workers WHERE id = $2 AND token_id = (SELECT token_id FROM t)
+             ), touched AS (
+                UPDATE workers SET last_seen_at = now()
+                WHERE id = $2 AND token_id = (SELECT token_id FROM t WHERE NOT suspended)
+                  AND last_seen_at > now() - make_interval(secs => $3)
+                  AND last_seen_at <= now() - make_interval(secs => $3 / 3)
+             )
+             SELECT t.*, w.ffmpeg_grammar, w.live FROM t LEFT JOIN w ON true",
+        )
+        .bind(hash.as_bytes())
+        .bind(worker_id)
+        .bind(ttl)
+        .fetch_optional(&mut *self.conn().await?)
+        .await?;
+        Ok(row.map(|r| {
+            let contact = match (r.ffmpeg_grammar, r.live) {
+                (Some(grammar), Some(true)) => WorkerContact::Live { grammar },
+                (Some(_), _) => WorkerContact::Expired,
+                (None, _) => WorkerContact::Unknown,
+            };
+            (r.token, contact)
+        }))
     }
 
     /// How many registrations of `token_id` are live (in touch, or holding a lease).

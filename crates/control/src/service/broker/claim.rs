@@ -125,9 +125,8 @@ pub async fn claim(state: &AppState, req: WorkRequest<'_>) -> Result<Option<Assi
                 }
             }
         }
-        if let Some(job_id) = state.store.lease_held_by(worker_id).await? {
-            return Err(lease_held(job_id));
-        }
+        // A worker still holding a lease is refused by the claim itself (`Claim::LeaseHeld`),
+        // which checks under the lock on the worker's row: no separate round trip first.
         let wait = wait.min(Duration::from_secs(state.config.max_poll_seconds.into()));
         let deadline = Instant::now() + wait;
         // An open long-poll is contact: keep the registration alive while it waits.
