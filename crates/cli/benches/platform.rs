@@ -661,15 +661,6 @@ async fn sqlx_inputs(store: &mpegflow_store::Store, job_id: uuid::Uuid) -> serde
 
 const COMMAND: &str = "-i {{in}} -c:v libx264 -preset veryfast {{out}}";
 
-/// CPU seconds used by this process's waited-for children.
-fn children_cpu_seconds() -> f64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
 /// The same FFmpeg command run directly on local files, `parallel` at a time: wall seconds and
 /// FFmpeg's CPU seconds.
 async fn direct(clips: &[PathBuf], out_dir: &Path, parallel: usize) -> (f64, f64) {

@@ -16,6 +16,7 @@
 //!   while starting: a blame's confirming second run costs a start, not an encode);
 //! - the run produced nothing (every output's one end-of-run summary says 0 packets) and an
 //!   input's one summary says it gave 0 packets without a seek asking for that.
+//!
 //! A second summary or description of the same file (a forged one beside FFmpeg's) voids the
 //! evidence. Progress comes from stdout, where tenant bytes do not go. At worst a tenant buys
 //! its own failing job one more start on a second worker; nothing here strikes a worker or
@@ -492,14 +493,12 @@ mod tests {
         let mut l = log();
         feed(
             &mut l,
-            &format!(
-                "[info] Input #0, matroska, from 'in/in/clip.mp4':\n\
+            "[info] Input #0, matroska, from 'in/in/clip.mp4':\n\
                  [info]   Stream #0:0(eng\n\
                  [info] Input #1, png_pipe, from 'in/logo/logo':\n\
                  ): Video: h264\n\
                  [info] Input #1, png_pipe, from 'in/logo/logo':\n\
-                 [info]   Stream #1:0: Video: png, rgba, 64x64\n"
-            ),
+                 [info]   Stream #1:0: Video: png, rgba, 64x64\n",
         );
         assert_eq!(l.seen("logo").unwrap().described, 2);
         assert_eq!(
