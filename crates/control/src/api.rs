@@ -43,7 +43,69 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ControlError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ControlError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .with_state(state)
+}
+
+/// A request refused before its body was read (unauthenticated, wrong content type, …) ends
+/// its connection: hyper cannot tell where the next request on it would start until the body
+/// arrived, and closes it once the answer is out — a client that had already reused the
+/// connection would see it cut. `Connection: close` says so first.
+async fn close_if_body_unread(req: Request, next: axum::middleware::Next) -> Response {
+    use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+    let empty = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0")
+        || (!req.headers().contains_key(CONTENT_LENGTH)
+            && !req.headers().contains_key(TRANSFER_ENCODING));
+    if empty {
+        return next.run(req).await;
+    }
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.map(|body| {
+        axum::body::Body::new(ReadToEnd {
+            inner: body,
+            read: read.clone(),
+        })
+    });
+    let mut resp = next.run(req).await;
+    if !read.load(std::sync::atomic::Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// A request body that notes when it was read to its end.
+struct ReadToEnd {
+    inner: axum::body::Body,
+    read: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>>
+    {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 // ---------------------------------------------------------------- the document

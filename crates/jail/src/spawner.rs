@@ -1485,11 +1485,19 @@ unsafe fn namespace_init(
     libc::close(life);
     libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     let mut reported: libc::c_int = 127 << 8;
-    let mut usage: libc::rusage = std::mem::zeroed();
+    let micros = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    // CPU of the program and of every process of its namespace reaped before it ended.
+    let mut cpu_us: u64 = 0;
     if child > 0 {
         loop {
             let mut st = 0;
+            let mut usage: libc::rusage = std::mem::zeroed();
             let r = libc::wait4(-1, &mut st, 0, &mut usage);
+            if r > 0 {
+                cpu_us = cpu_us
+                    .saturating_add(micros(usage.ru_utime))
+                    .saturating_add(micros(usage.ru_stime));
+            }
             if r == child {
                 reported = st;
                 break;
@@ -1499,10 +1507,9 @@ unsafe fn namespace_init(
             }
         }
     }
-    let micros = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
     let mut bytes = [0u8; STATUS_LEN];
     bytes[..4].copy_from_slice(&reported.to_ne_bytes());
-    bytes[4..].copy_from_slice(&(micros(usage.ru_utime) + micros(usage.ru_stime)).to_ne_bytes());
+    bytes[4..].copy_from_slice(&cpu_us.to_ne_bytes());
     libc::write(keep, bytes.as_ptr().cast(), bytes.len());
     libc::_exit(0)
 }

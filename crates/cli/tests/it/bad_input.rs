@@ -207,3 +207,49 @@ async fn bad_input_gets_problem_json_never_5xx() {
     assert!(list.jobs.is_empty(), "{list:?}");
     tp.stop().await;
 }
+
+/// A request refused before its body was read (here: a wrong content type) is answered with
+/// `Connection: close`: the server cannot reuse a connection whose body is still on its way,
+/// and a client that reused it anyway saw its next request cut (`IncompleteMessage`). The body
+/// is sent after the answer, as a slow client's would be; one the handler reads keeps the
+/// connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_its_body_is_read_closes_its_connection_saying_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tp = TestPlatform::start(0, test_control_config()).await;
+    let (_, key) = tp.platform.store().create_org("acme").await.unwrap();
+    let addr = tp.platform.api_url.trim_start_matches("http://").to_owned();
+    let body = r#"{"filename":"a.mp4","size":1}"#;
+    let head = |content_type: &str| {
+        format!(
+            "POST /v1/assets HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            key.expose(),
+            body.len()
+        )
+    };
+    let answer_head = |raw: &[u8]| {
+        let text = String::from_utf8_lossy(raw).to_ascii_lowercase();
+        text[..text.find("\r\n\r\n").unwrap_or(text.len())].to_owned()
+    };
+    // Refused before the body: the answer comes first and says the connection ends.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(head("text/plain").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let refused = answer_head(&buf[..n]);
+    assert!(refused.starts_with("http/1.1 415"), "{refused}");
+    assert!(refused.contains("connection: close"), "{refused}");
+    let _ = s.write_all(body.as_bytes()).await;
+    // A body the handler read: the connection stays open for the next request.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(head("application/json").as_bytes())
+        .await
+        .unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    let accepted = answer_head(&buf[..n]);
+    assert!(accepted.starts_with("http/1.1 201"), "{accepted}");
+    assert!(!accepted.contains("connection: close"), "{accepted}");
+    tp.stop().await;
+}

@@ -107,6 +107,16 @@ async fn outputs_carry_their_media(as_root: bool) {
         .map(|s| s.name.as_str())
         .collect();
     assert!(stages.contains(&"measure"), "{stages:?}");
+    // Each stage says what CPU it used: the encode's FFmpeg (the job's uid's, through the spawn
+    // helper, as root) and the measuring ffprobe each at least a few milliseconds.
+    for name in ["encode", "measure"] {
+        let cpu = history(&job)[0]
+            .stages
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.cpu_ms);
+        assert!(cpu.is_some_and(|ms| ms > 5.0), "{name}: {cpu:?} ms of CPU");
+    }
 
     let dir = tp.path("downloads");
     std::fs::create_dir_all(&dir).unwrap();
