@@ -185,6 +185,12 @@ fn main() {
         std::process::exit(2);
     }
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Up { .. } | Cmd::Control { .. }) {
+        // A client command piped into `head` ends quietly when the pipe closes, as other CLI
+        // tools do, instead of panicking on its next print. (The servers keep ignoring it.)
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
