@@ -25,12 +25,22 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-fn cpu_seconds() -> f64 {
+/// User + system CPU seconds of `who` (`RUSAGE_SELF`, or `RUSAGE_CHILDREN`: waited-for ones).
+fn rusage_seconds(who: libc::c_int) -> f64 {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    unsafe { libc::getrusage(who, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_SELF)
+}
+
+/// CPU seconds of this process's waited-for children (pgbench, direct FFmpeg runs).
+fn children_cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_CHILDREN)
 }
 
 /// CPU seconds used so far by every process of the PostgreSQL cluster: the postmaster, its
@@ -293,15 +303,6 @@ fn one_line(sql: &str, max: usize) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s,
     }
-}
-
-/// CPU seconds of this process's waited-for children (pgbench).
-fn children_cpu_seconds() -> f64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// What pgbench printed: per script, its transactions and their rate.

@@ -44,20 +44,20 @@ pub struct InputSpec {
 
 /// What the log told of one input.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InputSeen {
+struct InputSeen {
     /// Descriptions (`Input #N, …, from 'path':`) printed: FFmpeg opened it (once, unless forged).
-    pub described: u32,
-    pub duration_us: Option<u64>,
+    described: u32,
+    duration_us: Option<u64>,
     /// Streams listed in its description that FFmpeg may read: all but data, attachments and
     /// streams of no codec (an MP4 cut inside its index lists its video as `Video: none`).
-    pub streams: u32,
+    streams: u32,
     /// FFmpeg's own words on failing to open it.
-    pub open_failed: Option<String>,
+    open_failed: Option<String>,
     /// FFmpeg read it to its end without learning a stream's format.
-    pub undetermined: bool,
+    undetermined: bool,
     /// End-of-run summaries printed, and the packets the first said it gave.
-    pub summaries: u32,
-    pub packets: Option<u64>,
+    summaries: u32,
+    packets: Option<u64>,
 }
 
 /// An input FFmpeg could not use, in its words.
@@ -312,7 +312,8 @@ impl InputLog {
             .collect()
     }
 
-    pub fn seen(&self, alias: &str) -> Option<&InputSeen> {
+    #[cfg(test)]
+    fn seen(&self, alias: &str) -> Option<&InputSeen> {
         self.inputs
             .iter()
             .position(|i| i.alias == alias)

@@ -166,6 +166,20 @@ pub async fn clip(dir: &Path, name: &str, seconds: u32, size: &str) -> PathBuf {
     p
 }
 
+/// `dir/name` made by FFmpeg from a lavfi `source` with `encode` options (codec, metadata…).
+pub async fn lavfi(dir: &Path, name: &str, source: &str, encode: &[&str]) -> PathBuf {
+    let p = dir.join(name);
+    let status = tokio::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", source])
+        .args(encode)
+        .arg(&p)
+        .status()
+        .await
+        .expect("ffmpeg runs");
+    assert!(status.success(), "ffmpeg made no {name} from {source}");
+    p
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where

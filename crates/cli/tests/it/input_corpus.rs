@@ -57,23 +57,13 @@ async fn every_malformed_input_fails_with_its_own_code() {
     let faststart = mp4(dir, "faststart.mp4", true).await;
     let moov_last = mp4(dir, "moov-last.mp4", false).await;
     // 321×241 in 4:4:4: libx264 cannot encode it as 4:2:0 (odd sizes).
-    let odd = dir.join("odd.mp4");
-    let made = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=321x241:duration=1",
-        ])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv444p"])
-        .arg(&odd)
-        .status()
-        .await
-        .unwrap();
-    assert!(made.success());
+    let odd = lavfi(
+        dir,
+        "odd.mp4",
+        "testsrc=size=321x241:duration=1",
+        &["-c:v", "libx264", "-pix_fmt", "yuv444p"],
+    )
+    .await;
     let encode = "-i {{in}} -c:v libx264 -preset veryfast {{out}}";
     let random: Vec<u8> = (0..64 * 1024u32)
         .map(|i| (i.wrapping_mul(7919) % 251) as u8)
@@ -193,11 +183,11 @@ async fn every_malformed_input_fails_with_its_own_code() {
     tp.stop().await;
 }
 
-/// Inputs whose header FFmpeg reads but which hold no sample at all. The separate probe failed
-/// them `invalid_input` ("ffprobe read no packet of it: its streams hold no data"); read from
-/// the encode's log, their streams look readable, so a WAV header without samples encodes to
-/// an empty output that is uploaded as a success, an MP4 cut where its `mdat` begins fails
-/// `ffmpeg_failed` when encoded and succeeds (an empty MP4 uploaded) when stream-copied.
+/// Inputs whose header FFmpeg reads but which hold no sample at all fail `invalid_input` with
+/// nothing uploaded, as the separate probe failed them: their streams look readable in the
+/// encode's log, but a WAV header without samples once encoded to an empty output uploaded as
+/// a success, and an MP4 cut where its `mdat` begins failed `ffmpeg_failed` when encoded and
+/// succeeded (an empty MP4 uploaded) when stream-copied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_only_inputs_still_fail_invalid_input() {
     let tp = TestPlatform::start(2, test_control_config()).await;
@@ -208,23 +198,13 @@ async fn header_only_inputs_still_fail_invalid_input() {
     let mdat = bytes.windows(4).position(|w| w == b"mdat").unwrap() - 4;
     // The whole index, and the `mdat` box header with none of its samples.
     let no_samples = write(dir, "no-samples.mp4", &bytes[..mdat + 8]);
-    let wav = dir.join("tone.wav");
-    let made = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=duration=0.01",
-        ])
-        .args(["-c:a", "pcm_s16le"])
-        .arg(&wav)
-        .status()
-        .await
-        .unwrap();
-    assert!(made.success());
+    let wav = lavfi(
+        dir,
+        "tone.wav",
+        "sine=duration=0.01",
+        &["-c:a", "pcm_s16le"],
+    )
+    .await;
     let bytes = std::fs::read(&wav).unwrap();
     let data = bytes.windows(4).position(|w| w == b"data").unwrap();
     let header_only_wav = write(dir, "header-only.wav", &bytes[..data + 8]);

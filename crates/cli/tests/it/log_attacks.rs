@@ -5,7 +5,6 @@ use crate::harness::*;
 use mpegflow_api::JobState;
 use mpegflow_control::ControlConfig;
 use std::time::{Duration, Instant};
-use tokio::process::Command;
 
 /// A 1 s MKV whose video track's language tag carries newlines. FFmpeg prints that tag with
 /// `%s` in the stream's description line, so the text after each newline starts a log line of
@@ -15,18 +14,18 @@ async fn mkv_with_language(
     name: &str,
     language: &str,
 ) -> std::path::PathBuf {
-    let p = dir.join(name);
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc=size=64x64:rate=10:duration=1")
-        .args(["-c:v", "libx264", "-metadata:s:v:0"])
-        .arg(format!("language={language}"))
-        .arg(&p)
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    p
+    lavfi(
+        dir,
+        name,
+        "testsrc=size=64x64:rate=10:duration=1",
+        &[
+            "-c:v",
+            "libx264",
+            "-metadata:s:v:0",
+            &format!("language={language}"),
+        ],
+    )
+    .await
 }
 
 /// A tenant's MKV forges `[error] in/in.mkv: Permission denied` in FFmpeg's log, and its command

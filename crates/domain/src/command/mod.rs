@@ -1007,7 +1007,10 @@ pub fn subtitle_inputs(cmd: &Command, spec: &IoSpec) -> BTreeMap<String, &'stati
 
 /// Parses a rendered argv (without the program name) into its tree.
 pub fn parse_rendered(argv: &[String], spec: &IoSpec) -> Result<Command, CommandError> {
-    let n = forced_prefix_len(argv)?;
+    parse_after_prefix(argv, forced_prefix_len(argv)?, spec)
+}
+
+fn parse_after_prefix(argv: &[String], n: usize, spec: &IoSpec) -> Result<Command, CommandError> {
     Parser {
         spec,
         mode: Mode::Rendered,
@@ -1036,11 +1039,11 @@ fn forced_prefix_len(argv: &[String]) -> Result<usize, CommandError> {
 /// The worker's second check of a rendered argv (without the program name): it must parse into
 /// an allowed tree, and rendering that tree must give back exactly this argv.
 pub fn check_rendered(argv: &[String], spec: &IoSpec) -> Result<(), CommandError> {
-    let cmd = parse_rendered(argv, spec)?;
+    let n = forced_prefix_len(argv)?;
+    let cmd = parse_after_prefix(argv, n, spec)?;
     let rendered = render_tree(&cmd, spec, None);
     // An argv of the earlier prefix is the same render without the forced log level.
-    let skip = FORCED_PREFIX.len() - forced_prefix_len(argv)?;
-    if rendered[skip..] != *argv {
+    if rendered[FORCED_PREFIX.len() - n..] != *argv {
         return Err(CommandError::NotCanonical);
     }
     Ok(())
