@@ -331,15 +331,10 @@ impl Store {
         &self,
         hash: &TokenHash,
     ) -> Result<Option<WorkerTokenInfo>> {
-        Ok(sqlx::query_as(
-            "SELECT t.id AS token_id, t.pool_id, p.name AS pool_name, t.max_workers, t.leases_per_minute,
-                    t.suspended_at IS NOT NULL AS suspended, t.strikes_since
-             FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
-             WHERE t.hash = $1 AND t.revoked_at IS NULL",
-        )
-        .bind(hash.as_bytes())
-        .fetch_optional(&mut *self.conn().await?)
-        .await?)
+        Ok(sqlx::query_as(worker_token_by_hash!())
+            .bind(hash.as_bytes())
+            .fetch_optional(&mut *self.conn().await?)
+            .await?)
     }
 }
 

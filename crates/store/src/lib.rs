@@ -5,6 +5,18 @@
 //! exactly like a missing one. Every state change of a running job is fenced by its lease's
 //! fencing token.
 
+/// The valid worker token whose hash is `$1`, with its pool: one statement's text, shared by
+/// [`Store::authenticate_worker_token`] and [`Store::authenticate_worker_call`] so the two
+/// cannot drift apart on what a valid token is.
+macro_rules! worker_token_by_hash {
+    () => {
+        "SELECT t.id AS token_id, t.pool_id, p.name AS pool_name, t.max_workers, t.leases_per_minute,
+                t.suspended_at IS NOT NULL AS suspended, t.strikes_since
+         FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
+         WHERE t.hash = $1 AND t.revoked_at IS NULL"
+    };
+}
+
 mod admin;
 mod assets;
 mod audit;

@@ -153,13 +153,10 @@ impl Store {
             live: Option<bool>,
         }
         let ttl = self.token_policy.worker_ttl.as_secs_f64();
-        let row: Option<Row> = sqlx::query_as(
-            "WITH t AS (
-                SELECT t.id AS token_id, t.pool_id, p.name AS pool_name, t.max_workers, t.leases_per_minute,
-                       t.suspended_at IS NOT NULL AS suspended, t.strikes_since
-                FROM worker_tokens t JOIN pools p ON p.id = t.pool_id
-                WHERE t.hash = $1 AND t.revoked_at IS NULL
-             ), w AS (
+        let row: Option<Row> = sqlx::query_as(concat!(
+            "WITH t AS (",
+            worker_token_by_hash!(),
+            "), w AS (
                 SELECT ffmpeg_grammar, last_seen_at > now() - make_interval(secs => $3) AS live
                 FROM workers WHERE id = $2 AND token_id = (SELECT token_id FROM t)
              ), touched AS (
@@ -169,7 +166,7 @@ impl Store {
                   AND last_seen_at <= now() - make_interval(secs => $3 / 3)
              )
              SELECT t.*, w.ffmpeg_grammar, w.live FROM t LEFT JOIN w ON true",
-        )
+        ))
         .bind(hash.as_bytes())
         .bind(worker_id)
         .bind(ttl)
