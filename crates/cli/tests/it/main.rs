@@ -19,6 +19,7 @@ mod fault_attacks;
 mod faults;
 mod fencing;
 mod fleet;
+mod hotpath_attacks;
 mod identity;
 mod input_corpus;
 mod isolation;
