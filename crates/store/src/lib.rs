@@ -35,7 +35,7 @@ use mpegflow_domain::lease::LeaseClock;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -71,10 +71,39 @@ impl From<sqlx::Error> for StoreError {
             return StoreError::UnstorableText;
         }
         if unavailable(&e) {
+            connection_lost();
             return StoreError::Unavailable(e);
         }
         StoreError::Db(e)
     }
+}
+
+/// When a query last found its connection lost (ms on the monotonic [`process_clock_ms`]; 0:
+/// never). Process-wide: errors become [`StoreError`] without their store, and a pool that
+/// pings a while for nothing costs a round trip per query, not a failure.
+static CONNECTION_LOST_MS: AtomicU64 = AtomicU64::new(0);
+
+/// For this long after a query found its connection lost, every pooled connection is pinged
+/// before use: the server restarted or killed its backends, and the others are likely dead too.
+const SUSPECT_AFTER_LOSS: Duration = Duration::from_secs(5);
+
+fn process_clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // +1: 0 means "never".
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+fn connection_lost() {
+    CONNECTION_LOST_MS.store(process_clock_ms(), Ordering::Relaxed);
+}
+
+/// Whether a pooled connection must be checked before use: idle long enough to have missed a
+/// restart of the server, or handed out soon after another one was found lost.
+fn check_before_use(idle_for: Duration) -> bool {
+    let lost = CONNECTION_LOST_MS.load(Ordering::Relaxed);
+    idle_for >= IDLE_CHECK
+        || (lost != 0
+            && process_clock_ms().saturating_sub(lost) < SUSPECT_AFTER_LOSS.as_millis() as u64)
 }
 
 /// Whether `e` says the database cannot be reached (rather than that it refused a query).
@@ -198,12 +227,14 @@ impl Store {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // sqlx pings every connection it hands out by default: a round trip more per query
             // (it pings again as the connection goes back, which cannot be turned off). One
-            // that went back a moment ago after a successful ping is alive; one that sat idle
-            // longer is checked, as a restart of the server may have closed it since.
+            // that went back a moment ago after a successful ping is alive, unless a query has
+            // just found its own connection lost (a fast restart, killed backends): then, as
+            // for one idle long enough to have missed a restart, it is checked first, and a
+            // dead one is replaced instead of failing a call.
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
-                    if meta.idle_for >= IDLE_CHECK {
+                    if check_before_use(meta.idle_for) {
                         conn.ping().await?;
                     }
                     Ok(true)
