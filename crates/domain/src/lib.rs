@@ -7,6 +7,8 @@
 //! * [`names`]: aliases, file names and object keys.
 //! * [`media`]: what a media file is, as ffprobe reads it (untrusted output, checked).
 //! * [`fingerprint`]: which FFmpeg a worker runs, and the command grammar it implements.
+//! * [`webhook`]: signed webhooks: event types, signatures, retry schedule, circuit breaker,
+//!   endpoint URL rules against SSRF, sealing of signing secrets at rest.
 
 pub mod backoff;
 pub mod command;
@@ -16,3 +18,4 @@ pub mod lease;
 pub mod media;
 pub mod names;
 pub mod token;
+pub mod webhook;
