@@ -11,4 +11,11 @@ if [ -n "$found" ]; then
 fi
 # Prove the check can fail: the control plane does link them.
 cargo tree -p mpegflow-control -e normal --prefix none | grep -qE '^sqlx ' || { echo "check is broken: sqlx not seen in mpegflow-control" >&2; exit 1; }
-echo "worker dependency check: no database driver, no S3 signing code"
+# The webhook dispatcher (open egress, hostile responses) links no S3 signing or credential code.
+s3='^(aws-sigv4|aws-sdk-s3|aws-credential-types|rusty-s3|rust-s3|object_store|s3s[a-z-]*|mpegflow-objstore) '
+found=$(cargo tree -p mpegflow-dispatcher -e normal --prefix none | grep -oE "$s3" | sort -u || true)
+if [ -n "$found" ]; then
+  echo "mpegflow-dispatcher depends on forbidden crates: $found" >&2
+  exit 1
+fi
+echo "worker dependency check: no database driver, no S3 signing code (dispatcher: no S3 signing code)"

@@ -8,6 +8,7 @@
 mod metadata;
 pub mod newtypes;
 mod timestamp;
+pub mod webhooks;
 pub mod whole_number;
 
 pub use metadata::{MetadataValue, NO_NUL_PATTERN};
@@ -17,6 +18,7 @@ pub use newtypes::{
     MAX_TIMEOUT_SECONDS,
 };
 pub use timestamp::Timestamp;
+pub use webhooks::*;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

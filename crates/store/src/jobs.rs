@@ -2,6 +2,7 @@
 //! cancellation and the lease reaper.
 
 use crate::audit::insert_audit;
+use crate::webhooks::insert_job_event;
 use crate::{AuditEntry, Result, Store, StoreError};
 use mpegflow_domain::job::{
     error_code, transition, Event, Failure, Fault, JobState, RetryPolicy, Spent, Transition,
@@ -389,6 +390,7 @@ impl Store {
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
+        insert_job_event(&mut tx, self.job_snapshot, &job).await?;
         insert_audit(
             &mut *tx,
             &AuditEntry {
@@ -508,6 +510,9 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
+        insert_job_event(&mut tx, self.job_snapshot, &job)
+            .await
+            .map_err(E::from)?;
         sqlx::query(
             "INSERT INTO job_attempts (job_id, attempt, worker_id, token_id) VALUES ($1, $2, $3, $4)",
         )
@@ -624,7 +629,9 @@ impl Store {
             "WITH deadline AS (
                SELECT a.assigned_at + make_interval(secs => j.timeout_seconds + $6) AS at
                FROM jobs j JOIN job_attempts a ON a.job_id = j.id AND a.attempt = j.attempts
-               WHERE j.id = $1)
+               WHERE j.id = $1),
+             before AS (SELECT progress FROM jobs WHERE id = $1),
+             updated AS (
              UPDATE jobs SET lease_expires_at = CASE WHEN state = 'running'
                         THEN LEAST(now() + make_interval(secs => $4), (SELECT at FROM deadline)) ELSE lease_expires_at END,
                     progress = CASE WHEN state = 'running' THEN COALESCE($5, progress) ELSE progress END,
@@ -632,7 +639,17 @@ impl Store {
              WHERE id = $1 AND lease_worker_id = $2 AND fencing_token = $3
                AND (state = 'canceled' OR (state = 'running' AND now() < (SELECT at FROM deadline)
                                            AND lease_expires_at > COALESCE($8, now())))
-             RETURNING state",
+             RETURNING id, org_id, state, progress, attempts),
+             -- job.progress, only when it moved and an endpoint of the org asked for it.
+             announced AS (
+               INSERT INTO webhook_events (id, org_id, job_id, type, data)
+               SELECT $9, u.org_id, u.id, 'job.progress',
+                      jsonb_build_object('id', u.id, 'state', 'running', 'progress', u.progress, 'attempt', u.attempts)
+               FROM updated u
+               WHERE u.state = 'running' AND u.progress IS DISTINCT FROM (SELECT progress FROM before)
+                 AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.org_id = u.org_id
+                               AND e.deleted_at IS NULL AND 'job.progress' = ANY(e.events)))
+             SELECT state FROM updated",
         )
         .bind(lease_ref.job_id)
         .bind(lease_ref.worker_id)
@@ -642,6 +659,7 @@ impl Store {
         .bind(grace.as_secs_f64())
         .bind(live)
         .bind(self.lease_cutoff())
+        .bind(Uuid::now_v7())
         .fetch_optional(&mut *conn)
         .await?;
         Ok(match row.as_deref() {
@@ -811,6 +829,9 @@ impl Store {
                 .await?;
             }
         }
+        if new_state.is_terminal() {
+            self.announce(&mut tx, job_id).await?;
+        }
         insert_audit(
             &mut *tx,
             &AuditEntry {
@@ -896,6 +917,15 @@ impl Store {
             }
             Transition::StartAttempt => Err(StoreError::Conflict("unexpected transition".into())),
         }
+    }
+
+    /// Writes the event announcing the job's state as it now is (in `tx`) into the outbox.
+    async fn announce(&self, tx: &mut sqlx::PgTransaction<'_>, job_id: Uuid) -> Result<()> {
+        let job: Job = sqlx::query_as("SELECT * FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        insert_job_event(tx, self.job_snapshot, &job).await
     }
 
     /// The job succeeded on `worker_id`: earlier attempts that blamed the tenant (unconfirmed,
@@ -1025,6 +1055,9 @@ impl Store {
         }
         self.collect_attempt_uploads(tx, job).await?;
         let state = self.apply(tx, job, &t, None).await?;
+        if state.is_terminal() {
+            self.announce(tx, job.id).await?;
+        }
         insert_audit(
             &mut **tx,
             &AuditEntry {

@@ -22,6 +22,7 @@ mod assets;
 mod audit;
 mod grants;
 mod jobs;
+mod webhooks;
 mod workers;
 
 pub use admin::*;
@@ -29,6 +30,7 @@ pub use assets::*;
 pub use audit::*;
 pub use grants::*;
 pub use jobs::*;
+pub use webhooks::*;
 pub use workers::*;
 
 use mpegflow_domain::lease::LeaseClock;
@@ -149,6 +151,8 @@ pub struct Store {
     /// How long after an attempt ended without success the objects it was granted to upload
     /// are deleted: once no upload URL signed for them can still be used.
     unused_outputs_after: Duration,
+    /// How job events render their `data` (see [`JobSnapshot`]).
+    job_snapshot: JobSnapshot,
 }
 
 /// How long a query waits for a pooled connection before the database is probed.
@@ -211,6 +215,16 @@ impl Default for TokenPolicy {
 impl Store {
     /// Connects and applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        Self::open(url, max_connections, true).await
+    }
+
+    /// Connects without migrating, for a process whose role may not change the schema (the
+    /// webhook dispatcher): the schema must already be this build's, or it refuses to start.
+    pub async fn connect_unmigrated(url: &str, max_connections: u32) -> Result<Self> {
+        Self::open(url, max_connections, false).await
+    }
+
+    async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<Self> {
         let options: PgConnectOptions = url.parse()?;
         // Migrations run on a pool of their own that waits for a starting server; the pool
         // queries use gives up fast (see ACQUIRE_TIMEOUT).
@@ -219,9 +233,13 @@ impl Store {
             .acquire_timeout(STARTUP_WAIT)
             .connect_with(options.clone())
             .await?;
-        let migrated = MIGRATOR.run(&boot).await;
+        let ready = if migrate {
+            MIGRATOR.run(&boot).await.map_err(StoreError::from)
+        } else {
+            schema_is_current(&boot).await
+        };
         boot.close().await;
-        migrated?;
+        ready?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -251,6 +269,7 @@ impl Store {
                 SystemTime::now(),
             ))),
             unused_outputs_after: Duration::from_secs(3600 + 300),
+            job_snapshot: webhooks::minimal_snapshot,
         })
     }
 
@@ -365,6 +384,32 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Whether every migration of this build has been applied (by a control plane).
+async fn schema_is_current(pool: &PgPool) -> Result<()> {
+    let newest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
+    match applied {
+        Some(v) if v >= newest => Ok(()),
+        v => Err(StoreError::Conflict(format!(
+            "the database schema is at version {} and this build needs {newest}: start the control plane (which migrates) first",
+            v.unwrap_or(0)
+        ))),
+    }
+}
+
+/// The webhook dispatcher's database role in the database `pool` is connected to (see
+/// migration 0008): the database's name, cut to 54 bytes, and `_webhooks`.
+pub async fn dispatcher_role(pool: &PgPool) -> Result<String> {
+    Ok(
+        sqlx::query_scalar("SELECT left(current_database(), 54) || '_webhooks'")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 pub(crate) fn unique_violation(e: &sqlx::Error) -> bool {

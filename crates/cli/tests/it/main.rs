@@ -37,3 +37,4 @@ mod store_attacks;
 mod store_restart;
 mod tokens;
 mod up;
+mod webhooks;

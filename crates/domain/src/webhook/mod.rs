@@ -27,3 +27,27 @@ pub use signature::{
     TOLERANCE_SECS,
 };
 pub use ssrf::{check_ip, EndpointUrl, TargetHost, UrlError, UrlPolicy};
+
+/// The associated data a sealed signing secret is bound to: its endpoint, so a ciphertext
+/// moved to another endpoint's row does not open.
+pub fn endpoint_secret_aad(endpoint_id: uuid::Uuid) -> Vec<u8> {
+    format!("mpegflow webhook secret {endpoint_id}").into_bytes()
+}
+
+/// The body of a delivery: the Standard Webhooks envelope, so the event type is signed too.
+/// Rendered from the stored event alone, the same bytes on every attempt and replay.
+#[derive(Debug, serde::Serialize)]
+pub struct Envelope<'a> {
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    /// When the event happened (RFC 3339, UTC).
+    pub timestamp: &'a str,
+    pub data: &'a serde_json::Value,
+}
+
+impl Envelope<'_> {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising borrowed strings and a JSON value cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
