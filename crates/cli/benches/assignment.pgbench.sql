@@ -66,6 +66,9 @@ UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_worker_id = :w
        started_at = COALESCE(started_at, now()), progress = 0
 WHERE id = :c_id RETURNING * \gset j_
 
+-- job.started into the webhook outbox (the job id stands in for the event's fresh UUID).
+INSERT INTO webhook_events (id, org_id, job_id, type, data) VALUES (:j_id, :j_org_id, :j_id, :started_type, :started_data);
+
 INSERT INTO job_attempts (job_id, attempt, worker_id, token_id) VALUES (:j_id, :j_attempts, :worker_id, :tok_token_id);
 
 -- job.assigned and the input's presign.get, one statement.

@@ -31,16 +31,27 @@ WITH t AS (
  )
  SELECT t.*, w.ffmpeg_grammar, w.live FROM t LEFT JOIN w ON true \gset tok_
 
--- Store::heartbeat.
+-- Store::heartbeat (the job.progress outbox insert matches nothing: no endpoint asks for it).
 WITH deadline AS (
-  SELECT a.assigned_at + make_interval(secs => j.timeout_seconds + :grace) AS at
-  FROM jobs j JOIN job_attempts a ON a.job_id = j.id AND a.attempt = j.attempts
-  WHERE j.id = :j_id)
-UPDATE jobs SET lease_expires_at = CASE WHEN state = 'running'
-           THEN LEAST(now() + make_interval(secs => :lease), (SELECT at FROM deadline)) ELSE lease_expires_at END,
-       progress = CASE WHEN state = 'running' THEN COALESCE(:hb_progress, progress) ELSE progress END,
-       live = CASE WHEN state = 'running' THEN :hb_live ELSE live END
-WHERE id = :j_id AND lease_worker_id = :worker_id AND fencing_token = :j_fencing_token
-  AND (state = 'canceled' OR (state = 'running' AND now() < (SELECT at FROM deadline)
-                              AND lease_expires_at > COALESCE(:now, now())))
-RETURNING state;
+               SELECT a.assigned_at + make_interval(secs => j.timeout_seconds + :grace) AS at
+               FROM jobs j JOIN job_attempts a ON a.job_id = j.id AND a.attempt = j.attempts
+               WHERE j.id = :j_id),
+             before AS (SELECT progress FROM jobs WHERE id = :j_id),
+             updated AS (
+             UPDATE jobs SET lease_expires_at = CASE WHEN state = 'running'
+                        THEN LEAST(now() + make_interval(secs => :lease), (SELECT at FROM deadline)) ELSE lease_expires_at END,
+                    progress = CASE WHEN state = 'running' THEN COALESCE(:hb_progress, progress) ELSE progress END,
+                    live = CASE WHEN state = 'running' THEN :hb_live ELSE live END
+             WHERE id = :j_id AND lease_worker_id = :worker_id AND fencing_token = :j_fencing_token
+               AND (state = 'canceled' OR (state = 'running' AND now() < (SELECT at FROM deadline)
+                                           AND lease_expires_at > COALESCE(:now, now())))
+             RETURNING id, org_id, state, progress, attempts),
+             announced AS (
+               INSERT INTO webhook_events (id, org_id, job_id, type, data)
+               SELECT :hb_event_id, u.org_id, u.id, 'job.progress',
+                      jsonb_build_object('id', u.id, 'state', 'running', 'progress', u.progress, 'attempt', u.attempts)
+               FROM updated u
+               WHERE u.state = 'running' AND u.progress IS DISTINCT FROM (SELECT progress FROM before)
+                 AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.org_id = u.org_id
+                               AND e.deleted_at IS NULL AND 'job.progress' = ANY(e.events)))
+             SELECT state FROM updated;

@@ -482,6 +482,9 @@ async fn coordinator_bench(dir: &Path, cluster: &Cluster) {
         ("presign_action", "presign.get".into()),
         ("asset_subject", seeded_b.asset_id.to_string()),
         ("hb_progress", "0.5".into()),
+        ("hb_event_id", uuid::Uuid::nil().to_string()),
+        ("started_type", "job.started".into()),
+        ("started_data", json!({ "state": "running" }).to_string()),
         (
             "hb_live",
             json!({ "stage": "encode", "speed": 1.0f32, "fps": 25.0f32 }).to_string(),

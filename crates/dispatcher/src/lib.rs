@@ -99,10 +99,13 @@ impl Dispatcher {
     /// and sends each in a task of its own. Woken by committed events (LISTEN), else polls.
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        // Each finished attempt wakes the loop: room for another claim at once, instead of at
+        // the next poll (a busy endpoint's cap would otherwise pace it to the poll interval).
+        let finished = Arc::new(tokio::sync::Notify::new());
         let mut listener = self.listen().await;
         let mut outage = false;
         loop {
-            match self.round(&permits).await {
+            match self.round(&permits, &finished).await {
                 Ok(()) => {
                     if outage {
                         tracing::info!("database reachable again");
@@ -120,6 +123,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = wait => {}
+                _ = finished.notified() => {}
                 woke = async {
                     match listener.as_mut() {
                         Some(l) => l.recv().await.map(|_| ()),
@@ -154,7 +158,11 @@ impl Dispatcher {
 
     /// One round: every new event fanned out, then as many due deliveries claimed as there is
     /// room for.
-    async fn round(&self, permits: &Arc<Semaphore>) -> Result<(), DispatcherError> {
+    async fn round(
+        &self,
+        permits: &Arc<Semaphore>,
+        finished: &Arc<tokio::sync::Notify>,
+    ) -> Result<(), DispatcherError> {
         while self.store.fan_out_events(self.clock.now(), 500).await? > 0 {}
         loop {
             let room = permits.available_permits();
@@ -181,10 +189,11 @@ impl Dispatcher {
                     // taken again.
                     break;
                 };
-                let this = self.clone();
+                let (this, finished) = (self.clone(), finished.clone());
                 tokio::spawn(async move {
                     this.deliver(claim).await;
                     drop(permit);
+                    finished.notify_one();
                 });
             }
         }
