@@ -41,13 +41,13 @@ pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 /// The request of one attempt, as it goes out: body and headers.
-pub struct SignedRequest {
-    pub body: Vec<u8>,
-    pub headers: Vec<(&'static str, String)>,
+pub(crate) struct SignedRequest {
+    pub(crate) body: Vec<u8>,
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 /// Renders and signs a delivery of `claim`'s event at `now` with every secret given.
-pub fn signed_request(
+pub(crate) fn signed_request(
     claim: &ClaimedDelivery,
     secrets: &[SigningSecret],
     now: SystemTime,

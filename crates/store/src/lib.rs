@@ -402,16 +402,6 @@ async fn schema_is_current(pool: &PgPool) -> Result<()> {
     }
 }
 
-/// The webhook dispatcher's database role in the database `pool` is connected to (see
-/// migration 0008): the database's name, cut to 54 bytes, and `_webhooks`.
-pub async fn dispatcher_role(pool: &PgPool) -> Result<String> {
-    Ok(
-        sqlx::query_scalar("SELECT left(current_database(), 54) || '_webhooks'")
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
 pub(crate) fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
 }

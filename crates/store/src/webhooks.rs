@@ -113,18 +113,6 @@ pub struct WebhookAttempt {
     pub response_body: Option<String>,
 }
 
-/// An event of an org, as `webhook listen` streams it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct WebhookEvent {
-    pub seq: i64,
-    pub id: Uuid,
-    pub job_id: Option<Uuid>,
-    #[sqlx(rename = "type")]
-    pub event_type: String,
-    pub data: Value,
-    pub created_at: OffsetDateTime,
-}
-
 /// A delivery the dispatcher claimed: everything it needs to send one attempt.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedDelivery {
@@ -599,33 +587,6 @@ impl Store {
         Ok(n)
     }
 
-    /// The org's events after `after_seq`, oldest first (for `webhook listen`).
-    pub async fn webhook_events_after(
-        &self,
-        org_id: Uuid,
-        after_seq: i64,
-        limit: i64,
-    ) -> Result<Vec<WebhookEvent>> {
-        Ok(sqlx::query_as(
-            "SELECT seq, id, job_id, type, data, created_at FROM webhook_events
-             WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(org_id)
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&mut *self.conn().await?)
-        .await?)
-    }
-
-    /// The newest event's position (0: none), where a new `webhook listen` starts.
-    pub async fn webhook_events_head(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(max(seq), 0) FROM webhook_events")
-                .fetch_one(&mut *self.conn().await?)
-                .await?,
-        )
-    }
-
     // ---- the dispatcher's side ----
 
     /// Turns up to `limit` new events into deliveries, one per subscribed endpoint of the
@@ -810,21 +771,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let failures_now = claim.failures.saturating_add(1);
-        let recorded = if outcome.succeeded {
-            Recorded::Succeeded
+        let (recorded, new_state, next) = if outcome.succeeded {
+            (Recorded::Succeeded, "succeeded", now)
         } else if !enabled || disable {
-            Recorded::Held
+            (Recorded::Held, "held", now)
         } else {
             match hooks::next_retry(failures_now.max(0) as u32, jitter, outcome.retry_after) {
-                Some(delay) => Recorded::Retrying(now + delay),
-                None => Recorded::Exhausted,
+                Some(delay) => (Recorded::Retrying(now + delay), "pending", now + delay),
+                None => (Recorded::Exhausted, "failed", now),
             }
-        };
-        let (new_state, next) = match recorded {
-            Recorded::Succeeded => ("succeeded", now),
-            Recorded::Retrying(t) => ("pending", t),
-            Recorded::Exhausted => ("failed", now),
-            Recorded::Held | Recorded::Stale => ("held", now),
         };
         sqlx::query(
             "UPDATE webhook_deliveries SET state = $2, failures = $3, next_attempt_at = $4, claimed_until = NULL,
@@ -886,23 +841,23 @@ impl Store {
 }
 
 impl Store {
-    /// Lets the dispatcher's role (see [`crate::dispatcher_role`]) log in with a fresh random
+    /// Lets the dispatcher's role (migration 0008: the database's name, cut to 54 bytes, and
+    /// `_webhooks`) log in with a fresh random
     /// password, returned once: for a platform that starts its own dispatcher. Needs a
     /// connection allowed to alter roles (the cluster's owner under `mpegflow up`).
     pub async fn grant_dispatcher_login(&self) -> Result<(String, String)> {
-        let role = crate::dispatcher_role(&self.pool).await?;
         let password = hex::encode(rand::random::<[u8; 32]>());
-        // Utility statements take no parameters; both values are quoted by PostgreSQL.
-        let statement: String = sqlx::query_scalar(
-            "SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
+        let mut conn = self.conn().await?;
+        // The role's name as migration 0008 made it. Utility statements take no parameters:
+        // PostgreSQL quotes both values into the statement.
+        let (role, statement): (String, String) = sqlx::query_as(
+            "SELECT r, format('ALTER ROLE %I LOGIN PASSWORD %L', r, $1::text)
+             FROM (SELECT left(current_database(), 54) || '_webhooks' AS r) AS role",
         )
-        .bind(&role)
         .bind(&password)
-        .fetch_one(&mut *self.conn().await?)
+        .fetch_one(&mut *conn)
         .await?;
-        sqlx::query(&statement)
-            .execute(&mut *self.conn().await?)
-            .await?;
+        sqlx::query(&statement).execute(&mut *conn).await?;
         Ok((role, password))
     }
 }
