@@ -272,3 +272,31 @@ pub struct WebhookDisabledData {
     pub url: String,
     pub reason: String,
 }
+
+/// One event of `GET /v1/webhook-events` (the `data` of a server-sent event whose `id` is the
+/// event's position, to resume from with `Last-Event-ID`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamedEvent {
+    /// What deliveries of this event carry as `X-MpegFlow-Id`.
+    pub message_id: String,
+    /// The body deliveries of this event carry.
+    #[schema(value_type = Object)]
+    pub envelope: WebhookEnvelope<Value>,
+}
+
+/// `GET /v1/webhook-events`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamEventsQuery {
+    /// Resume after this position (the `id` of the last event received; `Last-Event-ID` does
+    /// the same). Default: from now on.
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+}
+
+/// Event streams an org may hold open at once (per control-plane replica).
+pub const MAX_EVENT_STREAMS_PER_ORG: usize = 4;
+/// A stream ends after this long; clients reconnect with `Last-Event-ID`.
+pub const MAX_EVENT_STREAM_SECONDS: u64 = 3600;

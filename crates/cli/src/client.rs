@@ -264,19 +264,7 @@ impl ApiClient {
     }
 
     pub async fn delete_asset(&self, id: Uuid) -> Result<()> {
-        let answer = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/assets/{id}"),
-                None::<&()>,
-                &[],
-            )
-            .await?;
-        if (200..300).contains(&answer.status) {
-            Ok(())
-        } else {
-            Err(ApiError(answer.problem()).into())
-        }
+        self.delete(&format!("/v1/assets/{id}")).await
     }
 
     pub async fn cancel(&self, id: Uuid) -> Result<api::Job> {
@@ -301,6 +289,136 @@ impl ApiClient {
             format!("/v1/jobs?{}", query.join("&"))
         };
         self.get(&path).await
+    }
+
+    // ---- webhooks ----
+
+    pub async fn create_webhook(&self, req: &api::WebhookIn) -> Result<api::WebhookWithSecret> {
+        self.post("/v1/webhooks", Some(req)).await
+    }
+
+    pub async fn webhooks(&self) -> Result<api::WebhookList> {
+        self.get("/v1/webhooks").await
+    }
+
+    pub async fn webhook(&self, id: Uuid) -> Result<api::Webhook> {
+        self.get(&format!("/v1/webhooks/{id}")).await
+    }
+
+    pub async fn update_webhook(
+        &self,
+        id: Uuid,
+        patch: &api::WebhookPatch,
+    ) -> Result<api::Webhook> {
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{id}"),
+            Some(patch),
+            &[],
+        )
+        .await?
+        .into_result()
+    }
+
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<()> {
+        self.delete(&format!("/v1/webhooks/{id}")).await
+    }
+
+    pub async fn rotate_webhook_secret(
+        &self,
+        id: Uuid,
+        overlap_seconds: Option<u32>,
+    ) -> Result<api::WebhookWithSecret> {
+        let query = overlap_seconds.map_or(String::new(), |s| format!("?overlap_seconds={s}"));
+        self.post(
+            &format!("/v1/webhooks/{id}/rotate-secret{query}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn enable_webhook(&self, id: Uuid) -> Result<api::WebhookEnabled> {
+        self.post(&format!("/v1/webhooks/{id}/enable"), None::<&()>)
+            .await
+    }
+
+    pub async fn recover_webhook(&self, id: Uuid, req: &api::RecoverIn) -> Result<api::RecoverOut> {
+        self.post(&format!("/v1/webhooks/{id}/recover"), Some(req))
+            .await
+    }
+
+    pub async fn webhook_deliveries(
+        &self,
+        id: Uuid,
+        q: &api::ListDeliveriesQuery,
+    ) -> Result<api::WebhookDeliveryList> {
+        let mut query = Vec::new();
+        if let Some(c) = q.cursor {
+            query.push(format!("cursor={c}"));
+        }
+        if let Some(l) = q.limit {
+            query.push(format!("limit={l}"));
+        }
+        self.get(&format!("/v1/webhooks/{id}/deliveries?{}", query.join("&")))
+            .await
+    }
+
+    pub async fn webhook_delivery(&self, id: Uuid) -> Result<api::WebhookDelivery> {
+        self.get(&format!("/v1/webhook-deliveries/{id}")).await
+    }
+
+    pub async fn replay_delivery(&self, id: Uuid) -> Result<api::WebhookDelivery> {
+        self.post(&format!("/v1/webhook-deliveries/{id}/replay"), None::<&()>)
+            .await
+    }
+
+    /// The org's event stream (server-sent events) from after `after`; an error answer is
+    /// returned as [`ApiError`].
+    pub async fn event_stream(&self, after: Option<i64>) -> Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .get(format!("{}/v1/webhook-events", self.base))
+            .bearer_auth(&self.key)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(after) = after {
+            req = req.header("last-event-id", after.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {}/v1/webhook-events", self.base))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = resp.text().await?;
+        Err(ApiError(
+            Answer {
+                status,
+                content_type,
+                body,
+                retry_after: None,
+            }
+            .problem(),
+        )
+        .into())
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        let answer = self
+            .call(reqwest::Method::DELETE, path, None::<&()>, &[])
+            .await?;
+        if (200..300).contains(&answer.status) {
+            Ok(())
+        } else {
+            Err(ApiError(answer.problem()).into())
+        }
     }
 
     /// FFmpeg's full stderr of one attempt.

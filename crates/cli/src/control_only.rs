@@ -8,8 +8,8 @@
 
 use crate::layout::DataDirLock;
 use crate::platform::{
-    apply_control_env, check_external_store, embedded_key, load_toml, PlatformInfo,
-    EMBEDDED_KEY_FILE, PLATFORM_FILE,
+    apply_control_env, apply_webhook_env, check_external_store, embedded_key, load_toml,
+    webhook_keys, PlatformInfo, EMBEDDED_KEY_FILE, PLATFORM_FILE, WEBHOOK_KEYS_FILE,
 };
 use anyhow::{bail, Context, Result};
 use mpegflow_control::{AppState, ControlConfig};
@@ -35,6 +35,9 @@ pub struct ControlOnlyConfig {
     /// Attach to the platform `mpegflow up` serves from this data directory (instead of
     /// `database_url` and `s3`).
     pub join: Option<PathBuf>,
+    /// The keys sealing webhook signing secrets (`--join`: the data directory's). Without
+    /// them the webhook API answers 503.
+    pub webhook_keys_file: Option<PathBuf>,
 }
 
 impl Default for ControlOnlyConfig {
@@ -46,6 +49,7 @@ impl Default for ControlOnlyConfig {
             s3: None,
             control: ControlConfig::default(),
             join: None,
+            webhook_keys_file: None,
         }
     }
 }
@@ -59,6 +63,10 @@ impl ControlOnlyConfig {
             &mut cfg.grpc_addr,
             &mut cfg.s3,
         )?;
+        if let Some(v) = std::env::var_os("MPEGFLOW_WEBHOOK_KEYS_FILE").filter(|v| !v.is_empty()) {
+            cfg.webhook_keys_file = Some(v.into());
+        }
+        apply_webhook_env(&mut cfg.control)?;
         Ok(cfg)
     }
 }
@@ -227,7 +235,17 @@ pub async fn run(
     let store = Store::connect(&at.database_url, 32)
         .await
         .context("connecting to PostgreSQL")?;
-    let state = AppState::new(store.clone(), presigner, cfg.control.clone());
+    let mut state = AppState::new(store.clone(), presigner, cfg.control.clone());
+    let keys_file = cfg
+        .webhook_keys_file
+        .clone()
+        .or_else(|| at.joined.as_ref().map(|d| d.join(WEBHOOK_KEYS_FILE)));
+    match keys_file {
+        Some(path) => state = state.with_webhook_keys(webhook_keys(&path, false)?),
+        None => tracing::warn!(
+            "no webhook key file (MPEGFLOW_WEBHOOK_KEYS_FILE): the webhook API answers 503"
+        ),
+    }
     crate::logging::status(format_args!(
         "control plane serving: API {}  coordinator {}  object store {}",
         listeners.api_url()?,

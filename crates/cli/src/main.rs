@@ -80,6 +80,15 @@ enum Cmd {
         #[command(flatten)]
         conn: tenant::Connection,
     },
+    /// Webhook endpoints, their deliveries, replay and recover; `verify` checks a delivery's
+    /// signature as a receiver should.
+    #[command(alias = "webhook")]
+    Webhooks {
+        #[command(subcommand)]
+        cmd: tenant::webhooks::WebhooksCmd,
+        #[command(flatten)]
+        conn: tenant::Connection,
+    },
     /// Check an API URL and key, and save them for later commands (in
     /// $XDG_CONFIG_HOME/mpegflow/config.toml, mode 0600). The key is read from
     /// MPEGFLOW_API_KEY, --api-key or stdin.
@@ -213,6 +222,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             Cmd::Jobs { cmd, conn } => Some(tenant::jobs::jobs(conn, cmd).await),
             Cmd::Assets { cmd, conn } => Some(tenant::jobs::assets(conn, cmd).await),
             Cmd::Pools { cmd, conn } => Some(tenant::jobs::pools(conn, cmd).await),
+            Cmd::Webhooks { cmd, conn } => Some(tenant::webhooks::webhooks(conn, cmd).await),
             Cmd::Login { conn } => Some(tenant::login(conn).await),
             _ => None,
         }
@@ -247,6 +257,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         | Cmd::Jobs { .. }
         | Cmd::Assets { .. }
         | Cmd::Pools { .. }
+        | Cmd::Webhooks { .. }
         | Cmd::Login { .. } => {
             unreachable!("handled above")
         }

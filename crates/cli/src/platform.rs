@@ -50,6 +50,16 @@ pub struct PlatformConfig {
     /// Replace a worker of the fleet that exits while the platform runs (after removing its
     /// work directory). Workers started with [`Platform::spawn_worker`] are never replaced.
     pub supervise_workers: bool,
+    /// The keys sealing webhook signing secrets (default: `DATA_DIR/webhook-keys`, created
+    /// with one fresh key, mode 0600, when missing).
+    pub webhook_keys_file: Option<PathBuf>,
+    /// Start the webhook dispatcher process (`mpegflow-dispatcher`), supervised.
+    pub dispatcher: bool,
+    pub dispatcher_bin: Option<PathBuf>,
+    /// The dispatcher's database URL. Default: a fresh login for the dispatcher's own role
+    /// (migration 0008), granted at start, which needs the platform's connection to be allowed
+    /// to alter roles.
+    pub dispatcher_database_url: Option<String>,
 }
 
 impl Default for PlatformConfig {
@@ -72,6 +82,10 @@ impl Default for PlatformConfig {
             s3_body_idle_timeout_secs: mpegflow_objstore::embedded::DEFAULT_BODY_IDLE_TIMEOUT
                 .as_secs(),
             supervise_workers: true,
+            webhook_keys_file: None,
+            dispatcher: true,
+            dispatcher_bin: None,
+            dispatcher_database_url: None,
         }
     }
 }
@@ -100,6 +114,20 @@ impl PlatformConfig {
         if let Some(v) = env("MPEGFLOW_WORKERS") {
             cfg.workers = v.parse().context("MPEGFLOW_WORKERS must be a number")?;
         }
+        if let Some(v) = env("MPEGFLOW_WEBHOOK_KEYS_FILE") {
+            cfg.webhook_keys_file = Some(v.into());
+        }
+        if let Some(v) = env("MPEGFLOW_DISPATCHER_DATABASE_URL") {
+            cfg.dispatcher_database_url = Some(v);
+        }
+        if let Some(v) = env("MPEGFLOW_DISPATCHER") {
+            cfg.dispatcher = match v.as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => bail!("MPEGFLOW_DISPATCHER must be true or false"),
+            };
+        }
+        apply_webhook_env(&mut cfg.control)?;
         Ok(cfg)
     }
 }
@@ -126,6 +154,44 @@ pub(crate) fn apply_control_env(
         *s3 = Some(v);
     }
     Ok(())
+}
+
+/// `MPEGFLOW_WEBHOOK_ALLOW_LOOPBACK` and `MPEGFLOW_WEBHOOK_RESOLVE_NAMES` (`1`/`true` or
+/// `0`/`false`) over what the file said.
+pub(crate) fn apply_webhook_env(control: &mut ControlConfig) -> Result<()> {
+    if let Ok(v) = std::env::var("MPEGFLOW_WEBHOOK_ALLOW_LOOPBACK") {
+        control.webhook_allow_loopback = match v.as_str() {
+            "1" | "true" => true,
+            "" | "0" | "false" => false,
+            _ => bail!("MPEGFLOW_WEBHOOK_ALLOW_LOOPBACK must be true or false"),
+        };
+    }
+    if let Ok(v) = std::env::var("MPEGFLOW_WEBHOOK_RESOLVE_NAMES") {
+        control.webhook_resolve_names = match v.as_str() {
+            "" | "1" | "true" => true,
+            "0" | "false" => false,
+            _ => bail!("MPEGFLOW_WEBHOOK_RESOLVE_NAMES must be true or false"),
+        };
+    }
+    Ok(())
+}
+
+/// The key file in a data directory that seals webhook signing secrets.
+pub const WEBHOOK_KEYS_FILE: &str = "webhook-keys";
+
+/// Reads the webhook key file; with `create`, writes one with a fresh key (mode 0600) first
+/// when it is missing.
+pub(crate) fn webhook_keys(path: &Path, create: bool) -> Result<mpegflow_domain::webhook::Keyring> {
+    if create && !path.exists() {
+        let id = format!("k{}", time::OffsetDateTime::now_utc().unix_timestamp());
+        let text = format!(
+            "# Keys sealing webhook signing secrets (ID:BASE64 of 32 bytes). The first seals, all\n\
+             # open: to rotate, add a new first line and keep the old ones.\n{}",
+            mpegflow_domain::webhook::Keyring::generate_line(&id)
+        );
+        crate::write_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(mpegflow_dispatcher::read_keyring(path)?)
 }
 
 /// A config file's settings over `T`'s defaults (`T` ignores keys it does not know, so `up`
@@ -401,23 +467,151 @@ pub(crate) fn embedded_key(path: &Path, create: bool) -> Result<EmbeddedKey> {
 
 /// The worker binary: next to this executable (or its parent, for test binaries in deps/).
 pub fn default_worker_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MPEGFLOW_WORKER_BIN") {
+    sibling_bin("mpegflow-worker", "MPEGFLOW_WORKER_BIN")
+}
+
+/// A binary of the platform: named by `variable`, else next to this executable (or its
+/// parent, for test binaries in deps/).
+fn sibling_bin(name: &str, variable: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(variable) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable has no directory")?;
-    for candidate in [
-        dir.join("mpegflow-worker"),
-        dir.join("..").join("mpegflow-worker"),
-    ] {
+    for candidate in [dir.join(name), dir.join("..").join(name)] {
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
     bail!(
-        "mpegflow-worker not found next to {} (build it with `cargo build -p mpegflow-worker`)",
+        "{name} not found next to {} (build it with `cargo build --workspace --bins`)",
         exe.display()
     )
+}
+
+/// A database URL for the dispatcher: the platform's, as the dispatcher's own role with a fresh
+/// password.
+async fn dispatcher_login(store: &Store, database_url: &str) -> Result<String> {
+    let (role, password) = store.grant_dispatcher_login().await.context(
+        "granting the webhook dispatcher's role a login (the database user must be allowed to \
+         alter roles; or set MPEGFLOW_DISPATCHER_DATABASE_URL to a login of that role)",
+    )?;
+    let mut url = url::Url::parse(database_url).context("DATABASE_URL is not a URL")?;
+    let parts = url
+        .set_username(&role)
+        .and_then(|()| url.set_password(Some(&password)));
+    if parts.is_err() {
+        bail!("DATABASE_URL cannot carry a user name");
+    }
+    Ok(url.into())
+}
+
+/// Everything starting the dispatcher process takes.
+struct DispatcherLaunch {
+    bin: PathBuf,
+    /// Its role's login: given on its standard input, never in its arguments or environment.
+    database_url: Arc<String>,
+    keys_file: PathBuf,
+    allow_loopback: bool,
+    resolve_names: bool,
+    log: PathBuf,
+}
+
+impl DispatcherLaunch {
+    async fn spawn(&self) -> Result<tokio::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("--database-url-file")
+            .arg("-")
+            .arg("--keys-file")
+            .arg(&self.keys_file)
+            // It holds its role's login and the keys file, nothing of ours: no S3 key, no
+            // superuser URL.
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env(
+                "MPEGFLOW_LOG",
+                std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .env(
+                "MPEGFLOW_LOG_FORMAT",
+                match crate::logging::format() {
+                    crate::logging::LogFormat::Json => "json",
+                    crate::logging::LogFormat::Text => "text",
+                },
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        if self.allow_loopback {
+            cmd.arg("--allow-loopback");
+        }
+        if !self.resolve_names {
+            cmd.arg("--no-resolve");
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let mut stdin = child.stdin.take().context("dispatcher stdin")?;
+        stdin.write_all(self.database_url.as_bytes()).await?;
+        drop(stdin);
+        Ok(child)
+    }
+}
+
+/// Keeps the dispatcher running until the platform stops, as [`supervise`] does a worker.
+async fn supervise_dispatcher(
+    launch: DispatcherLaunch,
+    mut child: tokio::process::Child,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
+    let mut backoff = RESTART_FIRST;
+    loop {
+        let started = Instant::now();
+        let exit = tokio::select! {
+            status = child.wait() => Ok(status),
+            grace = stop.wait_for(Option::is_some) => {
+                Err(grace.map(|g| (*g).unwrap_or_default()).unwrap_or_default())
+            }
+        };
+        let status = match exit {
+            Ok(status) => status,
+            Err(grace) => {
+                terminate(&mut child, grace).await;
+                return;
+            }
+        };
+        if started.elapsed() >= RESTART_STABLE {
+            backoff = RESTART_FIRST;
+        }
+        tracing::warn!(
+            status = %status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+            "the webhook dispatcher exited while the platform runs: starting it again"
+        );
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(Option::is_some) => return,
+            }
+            backoff = (backoff * 2).min(RESTART_MAX);
+            match launch.spawn().await {
+                Ok(c) => {
+                    child = c;
+                    break;
+                }
+                Err(e) => tracing::error!("starting the webhook dispatcher: {e:#}"),
+            }
+        }
+    }
 }
 
 /// The unprivileged user workers run as, created on first use when we are root.
@@ -659,7 +853,13 @@ impl Platform {
             .await
             .context("connecting to PostgreSQL")?;
         parts.store = Some(store.clone());
-        let state = AppState::new(store, presigner, cfg.control.clone());
+        let keys_file = cfg
+            .webhook_keys_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join(WEBHOOK_KEYS_FILE));
+        let keys = webhook_keys(&keys_file, cfg.webhook_keys_file.is_none())?;
+        let state =
+            AppState::new(store.clone(), presigner, cfg.control.clone()).with_webhook_keys(keys);
 
         let api = TcpListener::bind(&cfg.api_addr).await.with_context(|| {
             format!(
@@ -682,6 +882,31 @@ impl Platform {
                     tracing::error!("control plane stopped: {e}");
                 }
             }));
+        }
+        if cfg.dispatcher {
+            let url = match &cfg.dispatcher_database_url {
+                Some(url) => url.clone(),
+                None => dispatcher_login(&store, &database_url).await?,
+            };
+            let launch = DispatcherLaunch {
+                bin: match &cfg.dispatcher_bin {
+                    Some(b) => b.clone(),
+                    None => sibling_bin("mpegflow-dispatcher", "MPEGFLOW_DISPATCHER_BIN")?,
+                },
+                database_url: Arc::new(url),
+                keys_file: std::path::absolute(&keys_file)?,
+                allow_loopback: cfg.control.webhook_allow_loopback,
+                resolve_names: cfg.control.webhook_resolve_names,
+                log: data_dir.join("logs").join("dispatcher.log"),
+            };
+            let child = launch.spawn().await?;
+            let stop = parts
+                .fleet_stop
+                .get_or_insert_with(|| watch::channel(None).0)
+                .subscribe();
+            parts
+                .fleet
+                .push(tokio::spawn(supervise_dispatcher(launch, child, stop)));
         }
         let worker_uid = if pg::is_root() {
             Some(worker_user()?)

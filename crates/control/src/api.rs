@@ -40,6 +40,26 @@ pub fn router(state: AppState) -> Router {
             "/v1/jobs/{id}/attempts/{attempt}/stderr",
             get(attempt_stderr),
         )
+        .route("/v1/webhooks", post(create_webhook).get(list_webhooks))
+        .route(
+            "/v1/webhooks/{id}",
+            get(get_webhook)
+                .patch(update_webhook)
+                .delete(delete_webhook),
+        )
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(rotate_webhook_secret),
+        )
+        .route("/v1/webhooks/{id}/enable", post(enable_webhook))
+        .route("/v1/webhooks/{id}/recover", post(recover_webhook))
+        .route("/v1/webhooks/{id}/deliveries", get(list_webhook_deliveries))
+        .route("/v1/webhook-deliveries/{id}", get(get_webhook_delivery))
+        .route("/v1/webhook-events", get(stream_webhook_events))
+        .route(
+            "/v1/webhook-deliveries/{id}/replay",
+            post(replay_webhook_delivery),
+        )
         .fallback(|| async { ControlError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ControlError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
@@ -122,14 +142,19 @@ impl http_body::Body for ReadToEnd {
     paths(
         healthz, readyz, create_asset, list_assets, get_asset, delete_asset, complete_asset,
         download_asset, submit_job, validate_job, list_jobs, get_job, cancel_job,
-        attempt_stderr, list_pools
+        attempt_stderr, list_pools, create_webhook, list_webhooks, get_webhook, update_webhook,
+        delete_webhook, rotate_webhook_secret, enable_webhook, recover_webhook,
+        list_webhook_deliveries, get_webhook_delivery, replay_webhook_delivery,
+        stream_webhook_events
     ),
-    components(schemas(api::IdempotencyKey, api::MetadataValue, api::Problem)),
+    components(schemas(api::IdempotencyKey, api::MetadataValue, api::Problem, api::JobEventData,
+        api::JobProgressData, api::WebhookDisabledData, api::StreamedEvent)),
     modifiers(&ApiKeyAuth, &AtLeastOneInputAndOutput),
     tags(
         (name = "assets", description = "Uploaded inputs and produced outputs"),
         (name = "jobs", description = "FFmpeg jobs"),
         (name = "pools", description = "Where jobs run"),
+        (name = "webhooks", description = "Signed event deliveries to your endpoints"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -180,7 +205,60 @@ pub fn openapi_document() -> String {
     let mut doc = ApiDoc::openapi();
     // One version for the document and the code, whatever the crate's own version says.
     doc.info.version = "1".into();
-    doc.to_pretty_json().unwrap_or_default() + "\n"
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    if let Some(map) = doc.as_object_mut() {
+        map.insert("webhooks".into(), webhooks_section());
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+}
+
+/// OpenAPI 3.1's `webhooks`: what each event's delivery carries (utoipa cannot generate the
+/// section, so it is written here from the same schemas).
+fn webhooks_section() -> Value {
+    use mpegflow_domain::webhook::EventType;
+    let header = |name: &str, description: &str| {
+        serde_json::json!({ "name": name, "in": "header", "required": true,
+                            "description": description, "schema": { "type": "string" } })
+    };
+    let parameters = [
+        header("X-MpegFlow-Id", "The message id (`msg_…`): the same on every attempt and replay; de-duplicate on it. Also sent as `webhook-id`."),
+        header("X-MpegFlow-Timestamp", "Unix seconds of this attempt; refuse ones older than 5 minutes. Also sent as `webhook-timestamp`."),
+        header("X-MpegFlow-Event", "The event type, also in the signed body's `type`."),
+        header("X-MpegFlow-Signature", "`v1,<base64 HMAC-SHA256 of id.timestamp.body>` under the endpoint's secret (the decoded bytes of `whsec_…`); space-separated when a rotation overlaps. Also sent as `webhook-signature` (Standard Webhooks)."),
+    ];
+    let mut section = serde_json::Map::new();
+    for event in EventType::ALL {
+        let data = match event {
+            EventType::JobProgress => "JobProgressData",
+            EventType::WebhookDisabled => "WebhookDisabledData",
+            _ => "JobEventData",
+        };
+        section.insert(
+            event.as_str().into(),
+            serde_json::json!({ "post": {
+                "summary": format!("`{}`", event.as_str()),
+                "description": format!(
+                    "Sent to endpoints subscribed to `{}`{}. Any 2xx acknowledges it; anything else, or no answer within 15 s, is retried after 1 min, 5 min, 30 min, 2 h, 5 h, then every 10 h (9 attempts over about 38 h; a `Retry-After` is honoured).",
+                    event.as_str(),
+                    if event.subscribed_by_default() { "" } else { " (not subscribed by default)" }),
+                "tags": ["webhooks"],
+                "parameters": parameters,
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "required": ["type", "timestamp", "data"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "type": { "const": event.as_str() },
+                        "timestamp": { "type": "string", "format": "date-time",
+                                       "description": "When the event happened" },
+                        "data": { "$ref": format!("#/components/schemas/{data}") },
+                    },
+                } } } },
+                "responses": { "2XX": { "description": "Acknowledged" } },
+            } }),
+        );
+    }
+    Value::Object(section)
 }
 
 async fn openapi_json() -> Response {
@@ -599,6 +677,210 @@ async fn cancel_job(
     responses((status = 200, body = api::PoolList), Errors))]
 async fn list_pools(State(state): State<AppState>, tenant: Tenant) -> Result<Json<api::PoolList>> {
     Ok(Json(service::pools::list(&state, &tenant).await?))
+}
+
+// ---------------------------------------------------------------- webhooks
+
+/// Add an endpoint. The answer holds its signing secret (`whsec_…`), shown this once.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = api::WebhookIn,
+    security(("api_key" = [])),
+    responses((status = 201, body = api::WebhookWithSecret), Errors))]
+async fn create_webhook(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Body(req): Body<api::WebhookIn>,
+) -> Result<(StatusCode, Json<api::WebhookWithSecret>)> {
+    let created = service::webhooks::create(&state, &tenant, req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The org's endpoints, oldest first.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("api_key" = [])),
+    responses((status = 200, body = api::WebhookList), Errors))]
+async fn list_webhooks(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<Json<api::WebhookList>> {
+    Ok(Json(service::webhooks::list(&state, &tenant).await?))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id")), security(("api_key" = [])),
+    responses((status = 200, body = api::Webhook), Errors))]
+async fn get_webhook(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+) -> Result<Json<api::Webhook>> {
+    let id = parse_id(&id, "webhook")?;
+    Ok(Json(service::webhooks::get(&state, &tenant, id).await?))
+}
+
+/// Change an endpoint's URL, events or description (fields left out stay as they are).
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", request_body = api::WebhookPatch,
+    params(("id" = Uuid, Path, description = "Endpoint id")), security(("api_key" = [])),
+    responses((status = 200, body = api::Webhook), Errors))]
+async fn update_webhook(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+    Body(req): Body<api::WebhookPatch>,
+) -> Result<Json<api::Webhook>> {
+    let id = parse_id(&id, "webhook")?;
+    Ok(Json(
+        service::webhooks::update(&state, &tenant, id, req).await?,
+    ))
+}
+
+/// Remove an endpoint: nothing more is sent to it; what was pending or held ends `failed`.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id")), security(("api_key" = [])),
+    responses((status = 204, description = "Deleted"), Errors))]
+async fn delete_webhook(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+) -> Result<StatusCode> {
+    let id = parse_id(&id, "webhook")?;
+    service::webhooks::delete(&state, &tenant, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replace the signing secret (shown this once). For `overlap_seconds` (default 24 h) every
+/// delivery carries a signature with the previous secret too.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id"), api::RotateSecretQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = api::WebhookWithSecret), Errors))]
+async fn rotate_webhook_secret(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+    Params(q): Params<api::RotateSecretQuery>,
+) -> Result<Json<api::WebhookWithSecret>> {
+    let id = parse_id(&id, "webhook")?;
+    Ok(Json(
+        service::webhooks::rotate_secret(&state, &tenant, id, &q).await?,
+    ))
+}
+
+/// Enable an endpoint the circuit breaker disabled: its held deliveries are sent now.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id")), security(("api_key" = [])),
+    responses((status = 200, body = api::WebhookEnabled), Errors))]
+async fn enable_webhook(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+) -> Result<Json<api::WebhookEnabled>> {
+    let id = parse_id(&id, "webhook")?;
+    Ok(Json(service::webhooks::enable(&state, &tenant, id).await?))
+}
+
+/// Send again every delivery of the endpoint that failed or is held, created since `since`
+/// (same `X-MpegFlow-Id` as before). 409 while the endpoint is disabled: enable it.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/recover", tag = "webhooks", request_body = api::RecoverIn,
+    params(("id" = Uuid, Path, description = "Endpoint id")), security(("api_key" = [])),
+    responses((status = 200, body = api::RecoverOut), Errors))]
+async fn recover_webhook(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+    Body(req): Body<api::RecoverIn>,
+) -> Result<Json<api::RecoverOut>> {
+    let id = parse_id(&id, "webhook")?;
+    Ok(Json(
+        service::webhooks::recover(&state, &tenant, id, &req).await?,
+    ))
+}
+
+/// The endpoint's deliveries with every attempt, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id"), api::ListDeliveriesQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = api::WebhookDeliveryList), Errors))]
+async fn list_webhook_deliveries(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+    Params(q): Params<api::ListDeliveriesQuery>,
+) -> Result<Json<api::WebhookDeliveryList>> {
+    let id = parse_id(&id, "webhook")?;
+    Ok(Json(
+        service::webhooks::deliveries(&state, &tenant, id, &q).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/webhook-deliveries/{id}", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Delivery id")), security(("api_key" = [])),
+    responses((status = 200, body = api::WebhookDelivery), Errors))]
+async fn get_webhook_delivery(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+) -> Result<Json<api::WebhookDelivery>> {
+    let id = parse_id(&id, "webhook delivery")?;
+    Ok(Json(
+        service::webhooks::delivery(&state, &tenant, id).await?,
+    ))
+}
+
+/// Send a delivery again now, with a fresh retry schedule and the same `X-MpegFlow-Id`.
+#[utoipa::path(post, path = "/v1/webhook-deliveries/{id}/replay", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Delivery id")), security(("api_key" = [])),
+    responses((status = 200, body = api::WebhookDelivery), Errors))]
+async fn replay_webhook_delivery(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Segments(id): Segments<String>,
+) -> Result<Json<api::WebhookDelivery>> {
+    let id = parse_id(&id, "webhook delivery")?;
+    Ok(Json(service::webhooks::replay(&state, &tenant, id).await?))
+}
+
+/// The org's events as they happen, as server-sent events (`text/event-stream`): each `data` a
+/// `StreamedEvent`, each `id` its position (reconnect with `Last-Event-ID` to miss nothing). For
+/// developing a receiver without a public endpoint (`mpegflow webhooks listen`). A stream
+/// ends after an hour; an org may hold 4 open at once.
+#[utoipa::path(get, path = "/v1/webhook-events", tag = "webhooks",
+    params(api::StreamEventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this position")),
+    security(("api_key" = [])),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "Server-sent events, each `data` a `StreamedEvent`"), Errors))]
+async fn stream_webhook_events(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    headers: HeaderMap,
+    Params(q): Params<api::StreamEventsQuery>,
+) -> Result<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|&n| n >= 0)
+                .ok_or_else(|| {
+                    ControlError::invalid("invalid_header", "Last-Event-ID must be a position")
+                })?,
+        ),
+        None => None,
+    };
+    let rx = service::webhooks::stream_events(&state, &tenant, resume.or(q.after)).await?;
+    let events = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        |(seq, event)| {
+            Event::default()
+                .id(seq.to_string())
+                .event(event.envelope.event_type.as_str())
+                .json_data(&event)
+                .map_err(std::io::Error::other)
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 #[cfg(test)]

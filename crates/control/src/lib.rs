@@ -10,7 +10,9 @@ mod objects;
 mod outputs;
 pub mod service;
 
+use mpegflow_dispatcher::{Resolver, SystemResolver};
 use mpegflow_domain::job::RetryPolicy;
+use mpegflow_domain::webhook::Keyring;
 use mpegflow_objstore::Presigner;
 use mpegflow_store::Store;
 use serde::{Deserialize, Serialize};
@@ -93,6 +95,13 @@ pub struct ControlConfig {
     /// A deleted object is removed from the store this long after the last URL signed for it
     /// expired (clocks of the store and the control plane may differ).
     pub deletion_grace_seconds: u64,
+    /// Let webhook endpoints be loopback IP literals (`http://127.0.0.1:…`): for development
+    /// and tests on one machine. Names resolving to loopback stay refused.
+    pub webhook_allow_loopback: bool,
+    /// Resolve endpoint host names (when saved and at every delivery). Off, only IP-address
+    /// endpoints are accepted and DNS is never asked: for platforms that must not resolve
+    /// outside names.
+    pub webhook_resolve_names: bool,
 }
 
 impl Default for ControlConfig {
@@ -130,6 +139,8 @@ impl Default for ControlConfig {
             ffmpeg_grammar: mpegflow_domain::fingerprint::COMMAND_GRAMMAR.to_owned(),
             unused_asset_ttl_seconds: 24 * 3600,
             deletion_grace_seconds: 300,
+            webhook_allow_loopback: false,
+            webhook_resolve_names: true,
         }
     }
 }
@@ -175,6 +186,11 @@ impl ControlConfig {
         time::OffsetDateTime::now_utc()
             + self.presign_ttl()
             + Duration::from_secs(self.deletion_grace_seconds)
+    }
+    pub fn webhook_url_policy(&self) -> mpegflow_domain::webhook::UrlPolicy {
+        mpegflow_domain::webhook::UrlPolicy {
+            allow_loopback_literals: self.webhook_allow_loopback,
+        }
     }
     pub fn token_policy(&self) -> mpegflow_store::TokenPolicy {
         mpegflow_store::TokenPolicy {
@@ -252,6 +268,12 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// For reading whole objects: no total timeout, but a stalled read fails.
     pub http_streaming: reqwest::Client,
+    /// The keys that seal webhook signing secrets; without them the webhook API answers 503.
+    pub webhook_keys: Option<Arc<Keyring>>,
+    /// Resolves endpoint hosts when they are saved (injectable: tests answer without DNS).
+    pub resolver: Arc<dyn Resolver>,
+    /// Event streams open per org on this replica (`GET /v1/webhook-events`).
+    pub event_streams: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, usize>>>,
 }
 
 impl AppState {
@@ -261,6 +283,7 @@ impl AppState {
         store.set_unused_outputs_after(
             config.upload_url_ttl() + Duration::from_secs(config.deletion_grace_seconds),
         );
+        store.set_job_snapshot(service::views::job_event_data);
         AppState {
             store,
             presigner,
@@ -279,7 +302,22 @@ impl AppState {
                 .no_proxy()
                 .build()
                 .expect("a default reqwest client builds"),
+            webhook_keys: None,
+            resolver: Arc::new(SystemResolver),
+            event_streams: Arc::default(),
         }
+    }
+
+    /// With the keys that seal webhook signing secrets (see [`Keyring::parse`]).
+    pub fn with_webhook_keys(mut self, keys: Keyring) -> Self {
+        self.webhook_keys = Some(Arc::new(keys));
+        self
+    }
+
+    /// With another resolver for endpoint hosts.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = resolver;
+        self
     }
 }
 

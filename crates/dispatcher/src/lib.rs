@@ -13,11 +13,13 @@
 //! connection goes to exactly the addresses checked ([`resolve::CheckedResolver`]).
 
 pub mod clock;
+pub mod keyfile;
 pub mod resolve;
 mod send;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use resolve::{Resolver, SystemResolver};
+pub use keyfile::{read_keyring, KeyFileError};
+pub use resolve::{check_endpoint, NoResolver, Refused, Resolver, SystemResolver};
 
 use mpegflow_domain::webhook::{BreakerPolicy, Keyring, UrlPolicy};
 use mpegflow_store::{ClaimLimits, Store};

@@ -3,7 +3,7 @@
 //! connects to exactly those addresses — a name that answered "public" when the endpoint was
 //! created and "private" now is refused, and no second lookup can answer differently.
 
-use mpegflow_domain::webhook::{check_ip, UrlError, UrlPolicy};
+use mpegflow_domain::webhook::{check_ip, EndpointUrl, TargetHost, UrlError, UrlPolicy};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +32,24 @@ impl Resolver for SystemResolver {
                 .await?
                 .map(|a| a.ip())
                 .collect())
+        })
+    }
+}
+
+/// A resolver that resolves nothing: for platforms that deliver to IP addresses only
+/// (`MPEGFLOW_WEBHOOK_RESOLVE_NAMES=false`), e.g. ones that must never ask DNS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoResolver;
+
+impl Resolver for NoResolver {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
+        Box::pin(async move {
+            Err(io::Error::other(format!(
+                "{host} not resolved: this platform delivers to IP addresses only"
+            )))
         })
     }
 }
@@ -73,3 +91,31 @@ impl reqwest::dns::Resolve for CheckedResolver {
         })
     }
 }
+
+/// Resolves an endpoint's host as a delivery would and checks every address, for the API to
+/// refuse at creation what no delivery could reach. A name that does not resolve (yet) passes:
+/// DNS may be set up later, and every delivery checks again.
+pub async fn check_endpoint(
+    url: &EndpointUrl,
+    resolver: &dyn Resolver,
+    policy: &UrlPolicy,
+) -> Result<(), Refused> {
+    let TargetHost::Name(host) = url.host() else {
+        // A literal was judged when the URL was parsed.
+        return Ok(());
+    };
+    let ips = match tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup(host)).await {
+        Ok(Ok(ips)) => ips,
+        Ok(Err(_)) | Err(_) => return Ok(()),
+    };
+    for ip in ips {
+        check_ip(ip, false, policy).map_err(|error| Refused::Address {
+            host: host.clone(),
+            error,
+        })?;
+    }
+    Ok(())
+}
+
+/// How long the API waits for a name to resolve when an endpoint is saved.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -100,6 +100,16 @@ const DELIVERY_SELECT: &str = "SELECT d.id, d.endpoint_id, d.event_id, ev.type A
     (d.claimed_until IS NOT NULL) AS in_flight, d.created_at, d.updated_at
     FROM webhook_deliveries d JOIN webhook_events ev ON ev.id = d.event_id";
 
+/// An event of an org's outbox, for its own stream.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrgEvent {
+    pub seq: i64,
+    pub id: Uuid,
+    pub event_type: String,
+    pub created_at: OffsetDateTime,
+    pub data: Value,
+}
+
 /// One attempt to deliver, as recorded.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebhookAttempt {
@@ -585,6 +595,37 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(n)
+    }
+
+    /// The org's events with a sequence number above `after`, oldest first (for streams:
+    /// `mpegflow webhooks listen`).
+    pub async fn org_webhook_events(
+        &self,
+        org_id: Uuid,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OrgEvent>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, id, type AS event_type, created_at, data FROM webhook_events
+             WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(org_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *self.conn().await?)
+        .await?)
+    }
+
+    /// The sequence number of the org's latest event (0 when it has none).
+    pub async fn latest_org_webhook_event(&self, org_id: Uuid) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT COALESCE(max(seq), 0) FROM webhook_events WHERE org_id = $1",
+            )
+            .bind(org_id)
+            .fetch_one(&mut *self.conn().await?)
+            .await?,
+        )
     }
 
     // ---- the dispatcher's side ----

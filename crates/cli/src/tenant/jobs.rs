@@ -121,13 +121,13 @@ pub enum PoolsCmd {
     },
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(super) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
 /// A page of a cursor-paged list, as `jobs list` and `assets list` print it.
-trait Listing: serde::Serialize {
+pub(super) trait Listing: serde::Serialize {
     /// The command that prints the next page with `--cursor`.
     const COMMAND: &'static str;
     /// The table's header line.
@@ -208,7 +208,7 @@ impl Listing for api::AssetList {
 /// Prints a list from `cursor` on, each page fetched by `fetch` (given the page's cursor): the
 /// header once (after the first page arrived) and a line an item, or each page as JSON with
 /// `json`. With `all` every page; otherwise the first, and on stderr the command for the next.
-async fn print_pages<P, F, Fut>(
+pub(super) async fn print_pages<P, F, Fut>(
     mut cursor: Option<Uuid>,
     all: bool,
     json: bool,

@@ -2,7 +2,9 @@
 //! exit codes, and how an error is told.
 
 pub mod jobs;
+mod listen;
 pub mod run;
+pub mod webhooks;
 
 use crate::client::{ApiClient, ApiError};
 use anyhow::{anyhow, bail, Context, Result};

@@ -117,6 +117,8 @@ impl TestPlatform {
             worker_bin: None,
             control,
             pg_for_tests: true,
+            // Tests that deliver webhooks run a dispatcher of their own, on a manual clock.
+            dispatcher: false,
             ..PlatformConfig::default()
         };
         let platform = Platform::start(cfg).await.expect("platform starts");

@@ -8,7 +8,8 @@ pub mod assets;
 pub mod broker;
 pub mod jobs;
 pub mod pools;
-mod views;
+pub(crate) mod views;
+pub mod webhooks;
 
 use crate::error::{ControlError, Result};
 use mpegflow_api as api;

@@ -4,7 +4,7 @@ use crate::error::{ControlError, Result};
 use crate::outputs::{stored_inputs, stored_outputs};
 use mpegflow_api as api;
 use mpegflow_domain::job::JobState;
-use mpegflow_store::{Asset, Attempt, Job};
+use mpegflow_store::{Asset, Attempt, Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -175,4 +175,131 @@ fn attempt(a: &Attempt) -> api::Attempt {
         inputs: recorded(&a.input_hashes),
         outputs: recorded(&a.output_hashes),
     }
+}
+
+// ---- webhooks ----
+
+pub fn webhook(ep: &WebhookEndpoint) -> Result<api::Webhook> {
+    let events = ep
+        .events
+        .iter()
+        .map(|e| api::EventType::parse(e).map_err(|e| corrupt("webhook", ep.id, e)))
+        .collect::<Result<_>>()?;
+    Ok(api::Webhook {
+        id: ep.id,
+        url: ep.url.clone(),
+        description: ep.description.clone(),
+        events,
+        state: if ep.enabled() {
+            api::WebhookState::Enabled
+        } else {
+            api::WebhookState::Disabled
+        },
+        disabled_at: ep.disabled_at.map(Into::into),
+        disabled_reason: ep.disabled_reason.clone(),
+        previous_secret_until: ep
+            .previous_secret_expires_at
+            .filter(|t| *t > time::OffsetDateTime::now_utc())
+            .map(Into::into),
+        created_at: ep.created_at.into(),
+        updated_at: ep.updated_at.into(),
+    })
+}
+
+fn delivery_attempt(a: &WebhookAttempt) -> api::DeliveryAttempt {
+    api::DeliveryAttempt {
+        attempted_at: a.attempted_at.into(),
+        succeeded: a.succeeded,
+        status_code: a.status_code.and_then(|c| u16::try_from(c).ok()),
+        latency_ms: a.latency_ms.max(0) as u32,
+        error: a.error.clone(),
+        response_body: a.response_body.clone(),
+    }
+}
+
+/// A delivery with its attempts (`attempts` may hold other deliveries' too).
+pub fn delivery(d: &WebhookDelivery, attempts: &[WebhookAttempt]) -> Result<api::WebhookDelivery> {
+    let event_type =
+        api::EventType::parse(&d.event_type).map_err(|e| corrupt("delivery", d.id, e))?;
+    let state = match d.state.as_str() {
+        "pending" => api::DeliveryState::Pending,
+        "succeeded" => api::DeliveryState::Succeeded,
+        "failed" => api::DeliveryState::Failed,
+        "held" => api::DeliveryState::Held,
+        other => return Err(corrupt("delivery", d.id, format!("state {other:?}"))),
+    };
+    let event_timestamp: api::Timestamp = d.event_created_at.into();
+    // The body exactly as the dispatcher signs it (the same envelope, the same time format).
+    let payload = serde_json::to_value(api::WebhookEnvelope {
+        event_type,
+        timestamp: event_timestamp,
+        data: d.data.clone(),
+    })
+    .map_err(|e| corrupt("delivery", d.id, e))?;
+    Ok(api::WebhookDelivery {
+        id: d.id,
+        webhook_id: d.endpoint_id,
+        message_id: mpegflow_domain::webhook::message_id(d.event_id),
+        event_type,
+        event_timestamp,
+        job_id: d.job_id,
+        state,
+        next_attempt_at: (state == api::DeliveryState::Pending).then(|| d.next_attempt_at.into()),
+        in_flight: d.in_flight,
+        attempts: attempts
+            .iter()
+            .filter(|a| a.delivery_id == d.id)
+            .map(delivery_attempt)
+            .collect(),
+        payload,
+        created_at: d.created_at.into(),
+        updated_at: d.updated_at.into(),
+    })
+}
+
+/// `data` of a job's state-change events: the job right after the change, kept well under
+/// the Standard Webhooks guidance of ~20 kB (at most [`api::MAX_EVENT_OUTPUT_FILES`] output
+/// files, metadata up to [`api::MAX_EVENT_METADATA_BYTES`]); `url` leads to the rest.
+/// Written by the store in the change's own transaction, so it cannot fail: a row that does not
+/// render (it would be a bug) is announced with its id and state only.
+pub fn job_event_data(row: &Job) -> Value {
+    let Ok(full) = job(row, "", None) else {
+        return serde_json::json!({ "id": row.id, "state": row.state });
+    };
+    let mut budget = api::MAX_EVENT_OUTPUT_FILES;
+    let mut outputs_truncated = false;
+    let outputs = full
+        .outputs
+        .into_iter()
+        .map(|(alias, mut out)| {
+            if out.files.len() > budget {
+                outputs_truncated = true;
+                out.files.truncate(budget);
+            }
+            budget -= out.files.len();
+            (alias, out)
+        })
+        .collect();
+    let metadata_bytes = serde_json::to_vec(&full.metadata).map_or(usize::MAX, |b| b.len());
+    let metadata_omitted = metadata_bytes > api::MAX_EVENT_METADATA_BYTES;
+    let data = api::JobEventData {
+        id: full.id,
+        workflow_id: full.workflow_id,
+        state: full.state,
+        attempts: full.attempts,
+        error: full.error.map(|e| api::JobEventError {
+            code: e.code,
+            message: e.message,
+        }),
+        outputs,
+        outputs_truncated,
+        metadata: (!metadata_omitted).then_some(full.metadata),
+        metadata_omitted,
+        created_at: full.created_at,
+        started_at: full.started_at,
+        finished_at: full.finished_at,
+        url: format!("/v1/jobs/{}", full.id),
+    };
+    serde_json::to_value(data)
+        .unwrap_or_else(|_| serde_json::json!({ "id": row.id, "state": row.state }))
 }
