@@ -60,6 +60,23 @@ pub struct PlatformConfig {
     /// (migration 0008), granted at start, which needs the platform's connection to be allowed
     /// to alter roles.
     pub dispatcher_database_url: Option<String>,
+    /// How the API resolves endpoint hosts when they are saved (tests inject their own).
+    #[serde(skip)]
+    pub webhook_resolver: WebhookResolver,
+}
+
+/// The resolver the control plane checks endpoint hosts with: the system's unless injected.
+#[derive(Clone, Default)]
+pub struct WebhookResolver(pub Option<Arc<dyn mpegflow_dispatcher::Resolver>>);
+
+impl std::fmt::Debug for WebhookResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "injected"
+        } else {
+            "system"
+        })
+    }
 }
 
 impl Default for PlatformConfig {
@@ -86,6 +103,7 @@ impl Default for PlatformConfig {
             dispatcher: true,
             dispatcher_bin: None,
             dispatcher_database_url: None,
+            webhook_resolver: WebhookResolver::default(),
         }
     }
 }
@@ -858,8 +876,11 @@ impl Platform {
             .clone()
             .unwrap_or_else(|| data_dir.join(WEBHOOK_KEYS_FILE));
         let keys = webhook_keys(&keys_file, cfg.webhook_keys_file.is_none())?;
-        let state =
+        let mut state =
             AppState::new(store.clone(), presigner, cfg.control.clone()).with_webhook_keys(keys);
+        if let Some(resolver) = &cfg.webhook_resolver.0 {
+            state = state.with_resolver(resolver.clone());
+        }
 
         let api = TcpListener::bind(&cfg.api_addr).await.with_context(|| {
             format!(

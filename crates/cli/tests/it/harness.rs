@@ -105,8 +105,17 @@ pub mod tempdir {
 
 impl TestPlatform {
     pub async fn start(workers: usize, control: ControlConfig) -> TestPlatform {
+        Self::start_with(workers, control, |_| {}).await
+    }
+
+    /// [`TestPlatform::start`] with settings changed by `customize` first.
+    pub async fn start_with(
+        workers: usize,
+        control: ControlConfig,
+        customize: impl FnOnce(&mut PlatformConfig),
+    ) -> TestPlatform {
         let dir = tempdir::TempDir::new("mpegflow-it");
-        let cfg = PlatformConfig {
+        let mut cfg = PlatformConfig {
             data_dir: dir.path().join("data"),
             database_url: Some(fresh_database().await),
             api_addr: "127.0.0.1:0".into(),
@@ -121,6 +130,7 @@ impl TestPlatform {
             dispatcher: false,
             ..PlatformConfig::default()
         };
+        customize(&mut cfg);
         let platform = Platform::start(cfg).await.expect("platform starts");
         TestPlatform { platform, dir }
     }

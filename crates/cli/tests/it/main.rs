@@ -37,4 +37,5 @@ mod store_attacks;
 mod store_restart;
 mod tokens;
 mod up;
+mod webhook_api;
 mod webhooks;
