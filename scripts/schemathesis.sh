@@ -76,6 +76,9 @@ trap 'exit 143' TERM
 # to demo.env. A workers' count of 2 keeps the seeding jobs quick on a small machine.
 export MPEGFLOW_API_ADDR=127.0.0.1:0 MPEGFLOW_GRPC_ADDR=127.0.0.1:0 MPEGFLOW_S3_ADDR=127.0.0.1:0
 export NO_COLOR=1
+# Schemathesis creates webhook endpoints with any URL it likes: the platform must neither
+# resolve their names nor send them anything (no dispatcher runs).
+export MPEGFLOW_DISPATCHER=false MPEGFLOW_WEBHOOK_RESOLVE_NAMES=false
 unset DATABASE_URL MPEGFLOW_S3_ENDPOINT MPEGFLOW_API_URL MPEGFLOW_API_KEY
 setsid "$root/target/debug/mpegflow" up --data-dir "$data/platform" --no-sample --workers 2 \
     >"$data/up.log" 2>&1 &
@@ -105,11 +108,18 @@ http://127.0.0.1:*) ;;
 esac
 
 # Real resources for the ids in paths: a finished job (with an input asset, an output asset and
-# an attempt's stderr), a queued or running job, and a pending upload. The hooks substitute them
+# an attempt's stderr), a queued or running job, a pending upload, a webhook endpoint and its
+# deliveries. The hooks substitute them
 # for generated ids part of the time, so those operations are exercised on existing resources
 # too, not only answering 404.
 export XDG_CONFIG_HOME=$data/config HOME=$data/home
 mkdir -p "$data/home" "$data/seed"
+# A webhook endpoint first, so the seeding jobs' events become its deliveries (pending: no
+# dispatcher runs, nothing is ever sent).
+hook=$(curl -fsS -H "Authorization: Bearer $MPEGFLOW_API_KEY" -H 'Content-Type: application/json' \
+    -d '{"url":"https://93.184.216.34/hook","events":["job.started","job.completed","job.progress"]}' \
+    "$MPEGFLOW_API_URL/v1/webhooks")
+hook_id=$(jq -r '.webhook.id' <<<"$hook")
 ffmpeg -nostdin -hide_banner -loglevel error -y -f lavfi -i testsrc2=duration=1:size=160x90:rate=10 \
     -c:v libx264 -preset ultrafast -pix_fmt yuv420p "$data/seed/in.mp4"
 run "$root/target/debug/mpegflow" run --json -i in="$data/seed/in.mp4" -o out="$data/seed/out.mp4" \
@@ -132,6 +142,9 @@ pending=$(curl -fsS -H "Authorization: Bearer $MPEGFLOW_API_KEY" -H 'Content-Typ
     jq -r '.inputs[]' "$data/seed/done.json" | sed 's/^/ready_asset /'
     jq -r '.outputs[].files[].asset_id' "$data/seed/done.json" | sed 's/^/asset /'
     jq -r '.id' <<<"$pending" | sed 's/^/asset /'
+    echo "webhook $hook_id"
+    curl -fsS -H "Authorization: Bearer $MPEGFLOW_API_KEY" "$MPEGFLOW_API_URL/v1/webhooks/$hook_id/deliveries" |
+        jq -r '.deliveries[].id' | sed 's/^/delivery /'
 } >"$data/seed/ids"
 export MPEGFLOW_SCHEMATHESIS_IDS=$data/seed/ids
 

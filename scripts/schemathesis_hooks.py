@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 
 def _seeded_ids():
-    ids = {"job": [], "asset": [], "ready_asset": []}
+    ids = {"job": [], "asset": [], "ready_asset": [], "webhook": [], "delivery": []}
     path = os.environ.get("MPEGFLOW_SCHEMATHESIS_IDS")
     if path:
         with open(path) as f:
@@ -43,7 +43,9 @@ def _is_uuid(value):
 @schemathesis.hook
 def flatmap_path_parameters(context, path_parameters):
     path = context.operation.path if context.operation is not None else ""
-    kind = "job" if path.startswith("/v1/jobs/") else "asset" if path.startswith("/v1/assets/") else None
+    kinds = {"/v1/jobs/": "job", "/v1/assets/": "asset", "/v1/webhooks/": "webhook",
+             "/v1/webhook-deliveries/": "delivery"}
+    kind = next((k for prefix, k in kinds.items() if path.startswith(prefix)), None)
     value = path_parameters.get("id") if path_parameters else None
     if kind is None or not SEEDED[kind] or not _is_uuid(value):
         return st.just(path_parameters)
@@ -60,7 +62,7 @@ def flatmap_path_parameters(context, path_parameters):
     return strategy.map(lambda ids: {**path_parameters, **ids})
 
 
-# Refusals on grounds JSON Schema cannot state, of otherwise schema-valid job requests: the FFmpeg
+# Refusals on grounds JSON Schema cannot state, of otherwise schema-valid requests: the FFmpeg
 # command template's grammar and allowlists (`invalid_command`, which also covers an alias used
 # for both an input and an output), and whether the named input assets and pool exist for the
 # caller's org (`unknown_asset`, `unknown_pool`). Only these codes, only these operations, only the positive-data check: any
@@ -69,6 +71,10 @@ def flatmap_path_parameters(context, path_parameters):
 SEMANTIC_REFUSALS = {
     ("POST", "/v1/jobs"): {"invalid_command", "unknown_asset", "unknown_pool"},
     ("POST", "/v1/jobs/validate"): {"invalid_command", "unknown_pool"},
+    # Endpoint URLs: the SSRF rules (schemes, credentials, internal names and address ranges,
+    # every spelling of an address) and, under this run's settings, no host names at all.
+    ("POST", "/v1/webhooks"): {"invalid_url"},
+    ("PATCH", "/v1/webhooks/{id}"): {"invalid_url"},
 }
 
 

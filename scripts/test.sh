@@ -7,6 +7,15 @@ scripts/deps.sh
 scripts/check-worker-deps.sh
 # The integration tests start worker processes from target/debug/mpegflow-worker.
 cargo build -j2 --workspace --bins
+# A Standard Webhooks library from another language checks a delivery (webhook_api.rs): the
+# reference Python one, pinned, in a venv under target/.
+venv=target/standardwebhooks-venv
+if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("standardwebhooks"))' 2>/dev/null)" != 1.1.0 ]; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "standardwebhooks==1.1.0"
+fi
+export MPEGFLOW_STANDARDWEBHOOKS_PYTHON=$PWD/$venv/bin/python
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

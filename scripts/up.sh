@@ -8,5 +8,5 @@ data_dir="$(realpath -m -- "${1:-mpegflow-data}")"
 if [ $# -gt 0 ]; then shift; fi
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-cargo build --release -j2 -p mpegflow -p mpegflow-worker
+cargo build --release -j2 -p mpegflow -p mpegflow-worker -p mpegflow-dispatcher
 exec target/release/mpegflow up --data-dir "$data_dir" "$@"

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-/// Longest endpoint description, in bytes.
-pub const MAX_WEBHOOK_DESCRIPTION_BYTES: usize = 512;
+/// Longest endpoint description, in characters.
+pub const MAX_WEBHOOK_DESCRIPTION_CHARS: usize = 512;
 /// Endpoints per org.
 pub const MAX_WEBHOOKS_PER_ORG: usize = 50;
 /// Longest rotation overlap: 7 days.
@@ -27,13 +27,14 @@ pub const MAX_EVENT_METADATA_BYTES: usize = 4 * 1024;
 pub struct WebhookIn {
     /// Where deliveries go: `https://…` (or `http://…`). Addresses in private, loopback,
     /// link-local and other internal ranges are refused, when created and at every delivery.
-    #[schema(max_length = 2048)]
+    #[schema(max_length = 2048, pattern = "^[^\\u0000]*$")]
     pub url: String,
     /// Events to send. Default: every type but `job.progress`.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub events: Option<Vec<EventType>>,
     #[serde(default)]
-    #[schema(max_length = 512)]
+    #[schema(max_length = 512, pattern = "^[^\\u0000]*$")]
     pub description: Option<String>,
 }
 
@@ -42,12 +43,13 @@ pub struct WebhookIn {
 #[serde(deny_unknown_fields)]
 pub struct WebhookPatch {
     #[serde(default)]
-    #[schema(max_length = 2048)]
+    #[schema(max_length = 2048, pattern = "^[^\\u0000]*$")]
     pub url: Option<String>,
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub events: Option<Vec<EventType>>,
     #[serde(default)]
-    #[schema(max_length = 512)]
+    #[schema(max_length = 512, pattern = "^[^\\u0000]*$")]
     pub description: Option<String>,
 }
 

@@ -527,9 +527,11 @@ async fn dispatcher_login(store: &Store, database_url: &str) -> Result<String> {
 /// Everything starting the dispatcher process takes.
 struct DispatcherLaunch {
     bin: PathBuf,
-    /// Its role's login: given on its standard input, never in its arguments or environment.
-    database_url: Arc<String>,
-    keys_file: PathBuf,
+    /// Its role's login and the keyring's text: given on its standard input, never in its
+    /// arguments, environment or a file it must be able to read.
+    secrets: Arc<String>,
+    /// The unprivileged user it runs as when the platform runs as root.
+    user: Option<(u32, u32)>,
     allow_loopback: bool,
     resolve_names: bool,
     log: PathBuf,
@@ -543,10 +545,7 @@ impl DispatcherLaunch {
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
         let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.arg("--database-url-file")
-            .arg("-")
-            .arg("--keys-file")
-            .arg(&self.keys_file)
+        cmd.args(["--database-url-file", "-", "--keys-file", "-"])
             // It holds its role's login and the keys file, nothing of ours: no S3 key, no
             // superuser URL.
             .env_clear()
@@ -576,11 +575,14 @@ impl DispatcherLaunch {
         if !self.resolve_names {
             cmd.arg("--no-resolve");
         }
+        if let Some((uid, gid)) = self.user {
+            cmd.as_std_mut().uid(uid).gid(gid);
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
         let mut stdin = child.stdin.take().context("dispatcher stdin")?;
-        stdin.write_all(self.database_url.as_bytes()).await?;
+        stdin.write_all(self.secrets.as_bytes()).await?;
         drop(stdin);
         Ok(child)
     }
@@ -634,7 +636,16 @@ async fn supervise_dispatcher(
 
 /// The unprivileged user workers run as, created on first use when we are root.
 fn worker_user() -> Result<(u32, u32)> {
-    if let Some(ids) = pg::lookup_user(WORKER_USER) {
+    system_user(WORKER_USER)
+}
+
+/// The user the webhook dispatcher runs as when the platform runs as root: it holds no file
+/// of ours (its secrets come on its standard input) and none of the workers' ids.
+pub const DISPATCHER_USER: &str = "mpegflow-webhooks";
+
+/// A system user without a home or shell, created on first use (we are root).
+fn system_user(name: &str) -> Result<(u32, u32)> {
+    if let Some(ids) = pg::lookup_user(name) {
         return Ok(ids);
     }
     let status = std::process::Command::new("useradd")
@@ -643,12 +654,13 @@ fn worker_user() -> Result<(u32, u32)> {
             "--no-create-home",
             "--shell",
             "/usr/sbin/nologin",
-            WORKER_USER,
+            name,
         ])
         .status();
-    match (status, pg::lookup_user(WORKER_USER)) {
+    match (status, pg::lookup_user(name)) {
         (_, Some(ids)) => Ok(ids),
-        _ => pg::lookup_user("nobody").context("no unprivileged user to run workers as"),
+        _ => pg::lookup_user("nobody")
+            .with_context(|| format!("no unprivileged user to run as instead of {name}")),
     }
 }
 
@@ -909,13 +921,19 @@ impl Platform {
                 Some(url) => url.clone(),
                 None => dispatcher_login(&store, &database_url).await?,
             };
+            let keys_text = std::fs::read_to_string(&keys_file)
+                .with_context(|| format!("reading {}", keys_file.display()))?;
             let launch = DispatcherLaunch {
                 bin: match &cfg.dispatcher_bin {
                     Some(b) => b.clone(),
                     None => sibling_bin("mpegflow-dispatcher", "MPEGFLOW_DISPATCHER_BIN")?,
                 },
-                database_url: Arc::new(url),
-                keys_file: std::path::absolute(&keys_file)?,
+                secrets: Arc::new(format!("{}\n{keys_text}", url.trim())),
+                user: if pg::is_root() {
+                    Some(system_user(DISPATCHER_USER)?)
+                } else {
+                    None
+                },
                 allow_loopback: cfg.control.webhook_allow_loopback,
                 resolve_names: cfg.control.webhook_resolve_names,
                 log: data_dir.join("logs").join("dispatcher.log"),

@@ -368,6 +368,13 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
             })?;
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ControlError::invalid("invalid_body", format!("malformed JSON: {e}")))?;
+        // Every body is an object; serde would also read a struct from an array of its fields.
+        if !value.is_object() {
+            return Err(ControlError::invalid(
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
+        }
         if contains_nul(&value) {
             return Err(ControlError::invalid(
                 "invalid_body",

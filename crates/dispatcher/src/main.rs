@@ -5,7 +5,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use mpegflow_dispatcher::{Dispatcher, DispatcherConfig, NoResolver, SystemClock, SystemResolver};
-use mpegflow_domain::webhook::UrlPolicy;
+use mpegflow_domain::webhook::{Keyring, UrlPolicy};
 use mpegflow_store::Store;
 use std::io::Read;
 use std::path::PathBuf;
@@ -23,7 +23,8 @@ struct Args {
     /// DATABASE_URL is used.
     #[arg(long)]
     database_url_file: Option<PathBuf>,
-    /// The keys that open signing secrets (mode 0600, lines `ID:BASE64`).
+    /// The keys that open signing secrets (mode 0600, lines `ID:BASE64`). "-" reads them from
+    /// standard input (after the database URL's line, when that comes from there too).
     #[arg(long, env = "MPEGFLOW_WEBHOOK_KEYS_FILE")]
     keys_file: PathBuf,
     /// Allow endpoints that are loopback IP literals (development and tests only).
@@ -58,28 +59,44 @@ fn init_logging() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn database_url(args: &Args) -> anyhow::Result<String> {
-    let url = match &args.database_url_file {
-        Some(p) if p.as_os_str() == "-" => {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s)?;
-            s
+/// The database URL and the keyring, from files, the environment or standard input.
+fn secrets(args: &Args) -> anyhow::Result<(String, Keyring)> {
+    let url_on_stdin = args
+        .database_url_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str() == "-");
+    let keys_on_stdin = args.keys_file.as_os_str() == "-";
+    let mut stdin = String::new();
+    if url_on_stdin || keys_on_stdin {
+        std::io::stdin().read_to_string(&mut stdin)?;
+    }
+    let (url, keys_text) = match (url_on_stdin, keys_on_stdin) {
+        (true, true) => {
+            let (url, keys) = stdin.split_once('\n').unwrap_or((&stdin, ""));
+            (url.to_owned(), Some(keys.to_owned()))
         }
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
-        }
-        None => {
-            std::env::var("DATABASE_URL").context("give --database-url-file or set DATABASE_URL")?
+        (true, false) => (stdin.clone(), None),
+        (false, keys_on_stdin) => {
+            let url = match &args.database_url_file {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => std::env::var("DATABASE_URL")
+                    .context("give --database-url-file or set DATABASE_URL")?,
+            };
+            (url, keys_on_stdin.then(|| stdin.clone()))
         }
     };
-    Ok(url.trim().to_owned())
+    let keys = match keys_text {
+        Some(text) => Keyring::parse(&text).context("the webhook keys on standard input")?,
+        None => mpegflow_dispatcher::read_keyring(&args.keys_file)?,
+    };
+    Ok((url.trim().to_owned(), keys))
 }
 
 fn main() -> anyhow::Result<()> {
     init_logging()?;
     let args = Args::parse();
-    let url = database_url(&args)?;
-    let keys = mpegflow_dispatcher::read_keyring(&args.keys_file)?;
+    let (url, keys) = secrets(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

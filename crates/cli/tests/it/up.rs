@@ -311,9 +311,11 @@ async fn up_from_a_data_dir_under_a_private_parent_runs_its_sample_job() {
     let bin = place.parent.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let worker = Path::new(BIN).with_file_name("mpegflow-worker");
+    let dispatcher = Path::new(BIN).with_file_name("mpegflow-dispatcher");
     for (from, name) in [
         (Path::new(BIN), "mpegflow"),
         (worker.as_path(), "mpegflow-worker"),
+        (dispatcher.as_path(), "mpegflow-dispatcher"),
     ] {
         if std::fs::hard_link(from, bin.join(name)).is_err() {
             std::fs::copy(from, bin.join(name)).unwrap();
@@ -881,4 +883,102 @@ async fn up_replaces_a_worker_that_dies_and_a_ctrl_c_replaces_none() {
         "a worker stopped by Ctrl-C was replaced:\n{log}"
     );
     assert_nothing_left(&place, &mut up);
+}
+
+/// `up` starts the webhook dispatcher as a process of its own (as its own unprivileged user
+/// when root, with nothing of the platform's in its environment), and it delivers a tenant's
+/// event signed; stopping `up` stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_webhook_dispatcher_as_its_own_process_and_it_delivers_signed_events() {
+    use crate::webhook_api::{Answer, Receiver};
+    use mpegflow_api as api;
+    let place = Place::new();
+    let mut up = Up::start(
+        &place,
+        &["--workers", "1", "--no-sample"],
+        &[("MPEGFLOW_WEBHOOK_ALLOW_LOOPBACK", "true")],
+    );
+    up.wait_serving();
+    let keys = place.data().join(mpegflow::platform::WEBHOOK_KEYS_FILE);
+    assert_eq!(std::fs::metadata(&keys).unwrap().mode() & 0o777, 0o600);
+    let client = mpegflow::client::ApiClient::new(
+        &place.env_value("MPEGFLOW_API_URL"),
+        &place.env_value("MPEGFLOW_API_KEY"),
+    );
+    let mut rx = Receiver::start(Answer::Ok).await;
+    let created = client
+        .create_webhook(&api::WebhookIn {
+            url: rx.url.clone(),
+            events: Some(vec![api::EventType::JobCanceled]),
+            description: None,
+        })
+        .await
+        .unwrap();
+    let dir = place.parent.path().join("clips");
+    std::fs::create_dir_all(&dir).unwrap();
+    let clip = crate::harness::clip(&dir, "in.mp4", 1, "160x120").await;
+    let job = crate::harness::submit(
+        &client,
+        &clip,
+        &[("out", "o.mp4")],
+        "-stream_loop 50 -i {{in}} -c:v libx264 -preset veryslow {{out}}",
+    )
+    .await;
+    client.cancel(job.id).await.unwrap();
+    let got = rx.next("the job.canceled delivery").await;
+    assert_eq!(got.json()["data"]["id"], job.id.to_string());
+    let secret = mpegflow_domain::webhook::SigningSecret::parse(&created.secret).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    mpegflow_domain::webhook::verify(&secret, &got.signed(), &got.body, now)
+        .expect("the delivery verifies");
+
+    // The process: a child of `up`, holding none of the platform's secrets in its environment,
+    // and not root when `up` is.
+    let dispatcher = dispatcher_pids(up.pid());
+    assert_eq!(dispatcher.len(), 1, "one dispatcher process");
+    let pid = dispatcher[0];
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let environ = String::from_utf8_lossy(&environ);
+    for secret_name in ["DATABASE_URL", "MPEGFLOW_S3", "MPEGFLOW_API_KEY"] {
+        assert!(
+            !environ.contains(secret_name),
+            "{secret_name} in its environment"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|u| u.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    if mpegflow::pg::is_root() {
+        assert_ne!(uid, 0, "the dispatcher runs as root");
+    }
+    assert!(up.stop().success(), "{}", up.log());
+    assert!(!alive(pid), "the dispatcher outlived up");
+    assert_nothing_left(&place, &mut up);
+}
+
+/// The `mpegflow-dispatcher` processes whose parent is `parent`.
+fn dispatcher_pids(parent: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        if field("Name:").starts_with("mpegflow-dispat") && field("PPid:") == parent.to_string() {
+            pids.push(pid);
+        }
+    }
+    pids
 }

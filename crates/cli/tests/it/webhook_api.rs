@@ -29,9 +29,9 @@ use uuid::Uuid;
 // ---------------------------------------------------------------- receivers
 
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     headers: HeaderMap,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Received {
@@ -41,10 +41,10 @@ impl Received {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("the body is JSON")
     }
-    fn signed(&self) -> SignedHeaders<'_> {
+    pub(crate) fn signed(&self) -> SignedHeaders<'_> {
         SignedHeaders {
             id: self.header("webhook-id"),
             timestamp: self.header("webhook-timestamp"),
@@ -55,7 +55,7 @@ impl Received {
 
 /// How a receiver answers.
 #[derive(Debug, Clone, Copy)]
-enum Answer {
+pub(crate) enum Answer {
     Ok,
     Fail,
     /// Holds the request this long, then answers 200.
@@ -63,14 +63,14 @@ enum Answer {
 }
 
 /// An HTTP receiver on loopback whose answer the test changes as it goes.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     rx: mpsc::UnboundedReceiver<Received>,
     answer: Arc<Mutex<Answer>>,
 }
 
 impl Receiver {
-    async fn start(answer: Answer) -> Receiver {
+    pub(crate) async fn start(answer: Answer) -> Receiver {
         let (tx, rx) = mpsc::unbounded_channel();
         let answer = Arc::new(Mutex::new(answer));
         let current = answer.clone();
@@ -105,7 +105,7 @@ impl Receiver {
         *self.answer.lock().unwrap() = answer;
     }
 
-    async fn next(&mut self, what: &str) -> Received {
+    pub(crate) async fn next(&mut self, what: &str) -> Received {
         tokio::time::timeout(Duration::from_secs(20), self.rx.recv())
             .await
             .unwrap_or_else(|_| panic!("no delivery: {what}"))

@@ -63,13 +63,15 @@ fn event_types(events: Option<Vec<api::EventType>>) -> Result<Option<Vec<api::Ev
 
 fn description(d: Option<String>) -> Result<Option<String>> {
     match d {
-        Some(d) if d.len() > api::MAX_WEBHOOK_DESCRIPTION_BYTES => Err(ControlError::invalid(
-            "invalid_description",
-            format!(
-                "description must be at most {} bytes",
-                api::MAX_WEBHOOK_DESCRIPTION_BYTES
-            ),
-        )),
+        Some(d) if d.chars().count() > api::MAX_WEBHOOK_DESCRIPTION_CHARS => {
+            Err(ControlError::invalid(
+                "invalid_description",
+                format!(
+                    "description must be at most {} characters",
+                    api::MAX_WEBHOOK_DESCRIPTION_CHARS
+                ),
+            ))
+        }
         d => Ok(d),
     }
 }
