@@ -7,7 +7,9 @@
 //! 2. Platform overhead: 20 real transcodes through the platform (2 workers) against the same
 //!    FFmpeg command run directly with the same parallelism.
 //!
-//! Run: `cargo build --release -j2 -p mpegflow-worker && cargo bench -j2 -p mpegflow --bench platform`
+//! 3. Webhooks: completion-to-delivery latency and deliveries per second (issue 10).
+//!
+//! Run: `cargo build --release -j2 -p mpegflow-worker -p mpegflow-dispatcher && cargo bench -j2 -p mpegflow --bench platform`
 
 use mpegflow::client::ApiClient;
 use mpegflow::pg::Cluster;
@@ -974,6 +976,182 @@ async fn latency_bench(dir: &Path, cluster: &Cluster) {
     platform.stop(Duration::from_secs(5)).await;
 }
 
+/// A receiver on loopback answering 200 to every POST: each arrival's wall time and body.
+async fn hook_receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(std::time::SystemTime, Vec<u8>)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((std::time::SystemTime::now(), body.to_vec()));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Webhooks under `up`'s defaults (the `mpegflow-dispatcher` process, its own role): latency
+/// from a real job's completion (its `finished_at`, set in the transaction that commits it and
+/// its event) to the delivery's arrival at a loopback receiver; then deliveries per second for
+/// 5,000 events committed at once for 10 orgs (one endpoint each).
+async fn webhooks_bench(dir: &Path, cluster: &Cluster) {
+    let db = "bench_webhooks";
+    let url = mpegflow_store::create_database(&cluster.database_url("postgres"), db)
+        .await
+        .unwrap();
+    let platform = Platform::start(PlatformConfig {
+        data_dir: dir.join(db),
+        database_url: Some(url),
+        api_addr: "127.0.0.1:0".into(),
+        grpc_addr: "127.0.0.1:0".into(),
+        s3_addr: "127.0.0.1:0".into(),
+        workers: 2,
+        control: ControlConfig {
+            webhook_allow_loopback: true,
+            ..ControlConfig::default()
+        },
+        ..PlatformConfig::default()
+    })
+    .await
+    .unwrap();
+    let (hook_url, mut rx) = hook_receiver().await;
+
+    // Latency: completion → delivery, 30 real jobs one after another.
+    let (_, key) = platform.store().create_org("latency").await.unwrap();
+    let client = ApiClient::new(&platform.api_url, key.expose());
+    client
+        .create_webhook(&api::WebhookIn {
+            url: hook_url.clone(),
+            events: Some(vec![api::EventType::JobCompleted]),
+            description: None,
+        })
+        .await
+        .unwrap();
+    let clip = dir.join("tiny-w.mp4");
+    mpegflow::sample::make_clip(&clip, 1, "160x120")
+        .await
+        .unwrap();
+    let asset = client.upload(&clip).await.unwrap();
+    let mut latencies = Vec::new();
+    for _ in 0..30 {
+        let job = client
+            .submit(&one_input_job(asset.id, "-i {{in}} -c copy {{out}}"))
+            .await
+            .unwrap();
+        let (arrived, body) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("a delivery within 60 s")
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(event["data"]["id"], job.id.to_string());
+        let finished: api::Timestamp =
+            serde_json::from_value(event["data"]["finished_at"].clone()).unwrap();
+        let finished = std::time::SystemTime::from(finished.get());
+        latencies.push(
+            arrived
+                .duration_since(finished)
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3,
+        );
+    }
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "webhooks: job completion -> delivery over 30 jobs: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+
+    // Throughput: 5,000 events committed in one transaction, 10 orgs with an endpoint each.
+    const ORGS: usize = 10;
+    const PER_ORG: usize = 500;
+    let mut orgs = Vec::new();
+    for n in 0..ORGS {
+        let (org, key) = platform
+            .store()
+            .create_org(&format!("tp{n}"))
+            .await
+            .unwrap();
+        ApiClient::new(&platform.api_url, key.expose())
+            .create_webhook(&api::WebhookIn {
+                url: hook_url.clone(),
+                events: Some(vec![api::EventType::JobCanceled]),
+                description: None,
+            })
+            .await
+            .unwrap();
+        orgs.push(org);
+    }
+    let pool = platform.store().pool().clone();
+    let cpu0 = cpu_seconds();
+    let pg0 = postgres_cpu_seconds(&cluster.data);
+    let t0 = Instant::now();
+    let committed = std::time::SystemTime::now();
+    sqlx::query(
+        "INSERT INTO webhook_events (id, org_id, type, data)
+         SELECT gen_random_uuid(), org, 'job.canceled', jsonb_build_object('id', gen_random_uuid(), 'state', 'canceled')
+         FROM unnest($1::uuid[]) AS org, generate_series(1, $2)",
+    )
+    .bind(&orgs)
+    .bind(PER_ORG as i32)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut lag = Vec::new();
+    while lag.len() < ORGS * PER_ORG {
+        let (arrived, _) = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .expect("deliveries keep arriving")
+            .unwrap();
+        lag.push(
+            arrived
+                .duration_since(committed)
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3,
+        );
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    // Recorded too, not only received.
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE state = 'succeeded'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if done as usize >= ORGS * PER_ORG + 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recorded = t0.elapsed().as_secs_f64();
+    let control_cpu = cpu_seconds() - cpu0;
+    let pg_cpu = postgres_cpu_seconds(&cluster.data) - pg0;
+    let n = (ORGS * PER_ORG) as f64;
+    println!(
+        "webhooks: {} deliveries (10 endpoints) in {:.2} s = {:.0}/s received, {:.0}/s recorded; commit -> arrival p50 {:.0} ms, p99 {:.0} ms; CPU per delivery: PostgreSQL {:.2} ms, this process (receiver, control plane) {:.2} ms",
+        ORGS * PER_ORG, elapsed, n / elapsed, n / recorded,
+        percentile(&lag, 0.5), percentile(&lag, 0.99), pg_cpu * 1e3 / n, control_cpu * 1e3 / n
+    );
+    platform.stop(Duration::from_secs(5)).await;
+}
+
 /// Jail cost: spawn overhead against a plain spawn of the same binary, and a short real
 /// transcode jailed against unjailed.
 fn jail_bench(dir: &Path) {
@@ -1087,6 +1265,9 @@ fn main() {
             }
             if only.as_deref() == Some("latency") {
                 latency_bench(&dir, &cluster).await;
+            }
+            if only.as_deref().is_none_or(|o| o == "webhooks") {
+                webhooks_bench(&dir, &cluster).await;
             }
             if only.as_deref().is_none_or(|o| o == "overhead") {
                 overhead_bench(&dir, &cluster, 1).await;

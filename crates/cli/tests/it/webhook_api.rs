@@ -1077,3 +1077,90 @@ async fn recorded(client: &ApiClient, endpoint: Uuid, attempts: usize) {
     )
     .await;
 }
+
+/// How a [`slow_receiver`] is doing: requests held now, most held at once, answered.
+#[derive(Default)]
+struct SlowStats {
+    held: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    answered: std::sync::atomic::AtomicUsize,
+}
+
+/// A receiver that holds every request `hold` before answering 200.
+async fn slow_receiver(hold: Duration) -> (String, Arc<SlowStats>) {
+    use std::sync::atomic::Ordering;
+    let stats = Arc::new(SlowStats::default());
+    let s = stats.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let s = s.clone();
+            async move {
+                let held = s.held.fetch_add(1, Ordering::SeqCst) + 1;
+                s.most.fetch_max(held, Ordering::SeqCst);
+                tokio::time::sleep(hold).await;
+                s.held.fetch_sub(1, Ordering::SeqCst);
+                s.answered.fetch_add(1, Ordering::SeqCst);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, stats)
+}
+
+/// 500 deliveries to a receiver that takes 14 s to answer each: it holds at most the
+/// per-endpoint cap of attempts, and another org's delivery goes out at once meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_with_500_deliveries_delays_no_other_orgs_delivery() {
+    use std::sync::atomic::Ordering;
+    let hooks = Hooks::start().await;
+    let slow_org = hooks.org("slow").await;
+    let (slow_url, slow) = slow_receiver(Duration::from_secs(14)).await;
+    create(&slow_org, &slow_url, None).await;
+    // 500 events for the slow org, committed at once (as many job changes would).
+    let slow_org_id: Uuid = sqlx::query_scalar("SELECT id FROM orgs WHERE name = 'slow'")
+        .fetch_one(hooks.tp.platform.store().pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_events (id, org_id, type, data)
+         SELECT gen_random_uuid(), $1, 'job.canceled', jsonb_build_object('id', gen_random_uuid())
+         FROM generate_series(1, 500)",
+    )
+    .bind(slow_org_id)
+    .execute(hooks.tp.platform.store().pool())
+    .await
+    .unwrap();
+    eventually(
+        "the slow receiver to be busy",
+        Duration::from_secs(10),
+        || {
+            let busy = slow.held.load(Ordering::SeqCst) > 0;
+            async move { busy.then_some(()) }
+        },
+    )
+    .await;
+
+    let other = hooks.org("other").await;
+    let mut rx = Receiver::start(Answer::Ok).await;
+    create(&other, &rx.url, None).await;
+    let job = hooks.canceled_job(&other).await;
+    let got = rx.next("the other org's delivery").await;
+    assert_eq!(got.json()["data"]["id"], job.to_string());
+    // It went out before the slow receiver answered even its first requests.
+    assert_eq!(
+        slow.answered.load(Ordering::SeqCst),
+        0,
+        "the other org's delivery waited for the slow receiver"
+    );
+    let cap = DispatcherConfig::default().per_endpoint;
+    assert_eq!(
+        slow.most.load(Ordering::SeqCst),
+        cap,
+        "one endpoint holds at most the cap"
+    );
+    hooks.stop().await;
+}
