@@ -130,6 +130,23 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// The keys sealing webhook signing secrets (`DIR/webhook-keys` with --data-dir, else
+    /// MPEGFLOW_WEBHOOK_KEYS_FILE). To rotate: `rotate` (a new primary key first in the file),
+    /// restart the platform's processes, `reseal`, then remove the old line and restart again.
+    WebhookKeys {
+        #[command(subcommand)]
+        cmd: WebhookKeysCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookKeysCmd {
+    /// Put a fresh key first in the key file (it seals from the next start on; the others
+    /// keep opening).
+    Rotate,
+    /// Re-seal every stored signing secret with the key file's first key, so older keys can be
+    /// removed; prints {"resealed","primary"}.
+    Reseal,
 }
 
 #[derive(Subcommand)]
@@ -382,7 +399,25 @@ fn database_url(data_dir: Option<&Path>) -> Result<String> {
     std::env::var("DATABASE_URL").context("give --data-dir or set DATABASE_URL")
 }
 
+fn webhook_keys_file(data_dir: Option<&Path>) -> Result<PathBuf> {
+    match data_dir {
+        Some(dir) => Ok(dir.join(mpegflow::platform::WEBHOOK_KEYS_FILE)),
+        None => std::env::var_os("MPEGFLOW_WEBHOOK_KEYS_FILE")
+            .map(PathBuf::from)
+            .context("give --data-dir or set MPEGFLOW_WEBHOOK_KEYS_FILE"),
+    }
+}
+
 async fn admin(data_dir: Option<PathBuf>, cmd: AdminCmd) -> Result<i32> {
+    if let AdminCmd::WebhookKeys {
+        cmd: WebhookKeysCmd::Rotate,
+    } = cmd
+    {
+        let path = webhook_keys_file(data_dir.as_deref())?;
+        let id = mpegflow::platform::rotate_webhook_keys(&path)?;
+        println!("{}", json!({ "primary": id, "file": path }));
+        return Ok(0);
+    }
     let store = Store::connect(&database_url(data_dir.as_deref())?, 2).await?;
     let parse_id = |s: &str| uuid::Uuid::parse_str(s).map_err(|_| anyhow!("{s:?} is not an id"));
     let out = match cmd {
@@ -459,6 +494,17 @@ async fn admin(data_dir: Option<PathBuf>, cmd: AdminCmd) -> Result<i32> {
                 .map_err(|_| anyhow!("no suspended live worker token {id}"))?;
             json!({ "unsuspended": id })
         }
+        AdminCmd::WebhookKeys {
+            cmd: WebhookKeysCmd::Reseal,
+        } => {
+            let path = webhook_keys_file(data_dir.as_deref())?;
+            let keys = mpegflow_dispatcher::read_keyring(&path)?;
+            let resealed = mpegflow::platform::reseal_webhook_secrets(&store, &keys).await?;
+            json!({ "resealed": resealed, "primary": keys.primary_id() })
+        }
+        AdminCmd::WebhookKeys {
+            cmd: WebhookKeysCmd::Rotate,
+        } => unreachable!("handled above"),
         AdminCmd::WorkerToken {
             cmd: TokenCmd::Revoke { id },
         } => {

@@ -212,6 +212,87 @@ pub(crate) fn webhook_keys(path: &Path, create: bool) -> Result<mpegflow_domain:
     Ok(mpegflow_dispatcher::read_keyring(path)?)
 }
 
+/// Puts a fresh key first in the key file (written anew, mode 0600); returns its id.
+pub fn rotate_webhook_keys(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // Refuses a file others can read, or one that does not parse, before touching it.
+    mpegflow_dispatcher::read_keyring(path)?;
+    let id = format!("k{}", time::OffsetDateTime::now_utc().unix_timestamp());
+    let line = mpegflow_domain::webhook::Keyring::generate_line(&id);
+    // The new key goes before the first key line (comments at the top stay on top).
+    let mut out = String::new();
+    let mut placed = false;
+    for l in text.lines() {
+        let trimmed = l.trim();
+        if !placed && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            out.push_str(&line);
+            placed = true;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    if !placed {
+        out.push_str(&line);
+    }
+    let keys = mpegflow_domain::webhook::Keyring::parse(&out)?;
+    if keys.primary_id() != id {
+        bail!("key id {id} is already in {}", path.display());
+    }
+    crate::write_private(path, &out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// Re-seals every stored signing secret not sealed with the keyring's first key; returns how
+/// many endpoints changed. A secret that does not open with any key is an error (nothing of
+/// it is lost: it stays as it was).
+pub async fn reseal_webhook_secrets(
+    store: &Store,
+    keys: &mpegflow_domain::webhook::Keyring,
+) -> Result<u64> {
+    use mpegflow_domain::webhook::endpoint_secret_aad;
+    let mut resealed = 0;
+    for _round in 0..5 {
+        let mut raced = false;
+        for old in store.sealed_webhook_secrets().await? {
+            let current = |sealed: &str| keys.sealed_with_primary(sealed);
+            if current(&old.secret_sealed)
+                && old.previous_secret_sealed.as_deref().is_none_or(current)
+            {
+                continue;
+            }
+            let aad = endpoint_secret_aad(old.id);
+            let again = |sealed: &str| -> Result<String> {
+                if keys.sealed_with_primary(sealed) {
+                    return Ok(sealed.to_owned());
+                }
+                let secret = keys
+                    .open(sealed, &aad)
+                    .with_context(|| format!("webhook endpoint {}", old.id))?;
+                Ok(keys.seal(&secret, &aad))
+            };
+            let new = mpegflow_store::SealedSecrets {
+                id: old.id,
+                secret_sealed: again(&old.secret_sealed)?,
+                previous_secret_sealed: old
+                    .previous_secret_sealed
+                    .as_deref()
+                    .map(again)
+                    .transpose()?,
+            };
+            if store.replace_sealed_webhook_secrets(&old, &new).await? {
+                resealed += 1;
+            } else {
+                raced = true;
+            }
+        }
+        if !raced {
+            return Ok(resealed);
+        }
+    }
+    bail!("endpoints kept changing while re-sealing: run it again")
+}
+
 /// A config file's settings over `T`'s defaults (`T` ignores keys it does not know, so `up`
 /// and `control` can share one file).
 pub(crate) fn load_toml<T: serde::de::DeserializeOwned + Default>(

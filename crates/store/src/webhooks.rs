@@ -881,6 +881,47 @@ impl Store {
     }
 }
 
+/// An endpoint's sealed secrets, for re-sealing under a new key.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SealedSecrets {
+    pub id: Uuid,
+    pub secret_sealed: String,
+    pub previous_secret_sealed: Option<String>,
+}
+
+impl Store {
+    /// Every endpoint's sealed secrets (deleted endpoints' too: they stay in the database).
+    pub async fn sealed_webhook_secrets(&self) -> Result<Vec<SealedSecrets>> {
+        Ok(sqlx::query_as(
+            "SELECT id, secret_sealed, previous_secret_sealed FROM webhook_endpoints ORDER BY id",
+        )
+        .fetch_all(&mut *self.conn().await?)
+        .await?)
+    }
+
+    /// Replaces an endpoint's sealed secrets with `new` if they are still `old` (a rotation in
+    /// between wins; the caller reads again). Returns whether they were replaced.
+    pub async fn replace_sealed_webhook_secrets(
+        &self,
+        old: &SealedSecrets,
+        new: &SealedSecrets,
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE webhook_endpoints SET secret_sealed = $4, previous_secret_sealed = $5
+             WHERE id = $1 AND secret_sealed = $2 AND previous_secret_sealed IS NOT DISTINCT FROM $3",
+        )
+        .bind(old.id)
+        .bind(&old.secret_sealed)
+        .bind(&old.previous_secret_sealed)
+        .bind(&new.secret_sealed)
+        .bind(&new.previous_secret_sealed)
+        .execute(&mut *self.conn().await?)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+}
+
 impl Store {
     /// Lets the dispatcher's role (migration 0008: the database's name, cut to 54 bytes, and
     /// `_webhooks`) log in with a fresh random

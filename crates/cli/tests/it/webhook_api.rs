@@ -1164,3 +1164,73 @@ async fn a_slow_receiver_with_500_deliveries_delays_no_other_orgs_delivery() {
     );
     hooks.stop().await;
 }
+
+/// Rotating the key that seals signing secrets: `admin webhook-keys rotate` puts a new key
+/// first, `reseal` re-seals every secret with it, and with the old key gone from the file a
+/// dispatcher still signs with the endpoint's unchanged secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sealing_key_rotates_and_secrets_survive_the_old_keys_removal() {
+    let hooks = Hooks::without_dispatcher().await;
+    let client = hooks.org("acme").await;
+    let mut rx = Receiver::start(Answer::Ok).await;
+    let created = create(&client, &rx.url, None).await;
+    let rotated = client
+        .rotate_webhook_secret(created.webhook.id, Some(600))
+        .await
+        .unwrap();
+    let keys_file = hooks.tp.platform.data_dir.join(WEBHOOK_KEYS_FILE);
+    let old_id = keys(&hooks.tp.platform.data_dir).primary_id().to_owned();
+    let admin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mpegflow"))
+            .arg("admin")
+            .args(["webhook-keys"])
+            .args(args)
+            .env("DATABASE_URL", &hooks.tp.platform.database_url)
+            .env("MPEGFLOW_WEBHOOK_KEYS_FILE", &keys_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    // Distinct key ids need distinct seconds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let new_id = admin(&["rotate"])["primary"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, old_id);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&keys_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = admin(&["reseal"]);
+    assert_eq!(out["resealed"], 1);
+    assert_eq!(out["primary"], new_id.as_str());
+    assert_eq!(admin(&["reseal"])["resealed"], 0, "nothing left to re-seal");
+    let stored: (String, String) =
+        sqlx::query_as("SELECT secret_sealed, previous_secret_sealed FROM webhook_endpoints")
+            .fetch_one(hooks.tp.platform.store().pool())
+            .await
+            .unwrap();
+    for sealed in [&stored.0, &stored.1] {
+        assert!(sealed.starts_with(&format!("v1.{new_id}.")), "{sealed}");
+    }
+    // The old key leaves the file; a dispatcher with the new one alone signs with both the
+    // current and the previous secret.
+    let text = std::fs::read_to_string(&keys_file).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{old_id}:")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    mpegflow::write_private(&keys_file, &kept).unwrap();
+    let hooks = hooks.with_dispatcher().await;
+    hooks.canceled_job(&client).await;
+    let got = rx.next("a delivery after the key rotation").await;
+    let now = unix_seconds(hooks.clock.now());
+    verify(&secret(&rotated), &got.signed(), &got.body, now).expect("the current secret verifies");
+    verify(&secret(&created), &got.signed(), &got.body, now).expect("the previous secret verifies");
+    hooks.stop().await;
+}
