@@ -1234,3 +1234,51 @@ async fn the_sealing_key_rotates_and_secrets_survive_the_old_keys_removal() {
     verify(&secret(&created), &got.signed(), &got.body, now).expect("the previous secret verifies");
     hooks.stop().await;
 }
+
+/// A job with 31 output files and 5 KiB of metadata: its `job.completed` event lists 20 files
+/// without their media, says the list is truncated, leaves the metadata out, and stays under
+/// 16 KiB; `url` leads to the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_jobs_event_is_summarised_under_the_size_bound() {
+    let tp = TestPlatform::start(1, test_control_config()).await;
+    let client = tp.org("acme").await;
+    let input = clip(tp.dir.path(), "clip.mp4", 3, "160x120").await;
+    let asset = client.upload(&input).await.unwrap();
+    let mut job = api::JobIn::new(
+        [("in", asset.id)],
+        [("frames", "frames/")],
+        "-i {{in}} -vf fps=10 {{frames}}/f_%03d.png",
+    )
+    .unwrap();
+    let mut metadata = serde_json::Map::new();
+    for n in 0..50 {
+        metadata.insert(format!("k{n}"), Value::String("x".repeat(100)));
+    }
+    job.metadata = Some(metadata);
+    let job = client.submit(&job).await.unwrap();
+    let done = client.wait(job.id, |_| {}).await.unwrap();
+    assert_eq!(done.state, api::JobState::Succeeded, "{done:#?}");
+    let files = done.outputs.values().map(|o| o.files.len()).sum::<usize>();
+    assert!(files > api::MAX_EVENT_OUTPUT_FILES, "{files} files");
+    let data: Value = sqlx::query_scalar(
+        "SELECT data FROM webhook_events WHERE job_id = $1 AND type = 'job.completed'",
+    )
+    .bind(job.id)
+    .fetch_one(tp.platform.store().pool())
+    .await
+    .unwrap();
+    let event: api::JobEventData =
+        serde_json::from_value(data.clone()).expect("the documented shape");
+    let listed: usize = event.outputs.values().map(|o| o.files.len()).sum();
+    assert_eq!(listed, api::MAX_EVENT_OUTPUT_FILES);
+    assert!(event.outputs_truncated);
+    assert!(event
+        .outputs
+        .values()
+        .flat_map(|o| &o.files)
+        .all(|f| f.media.is_none()));
+    assert!(event.metadata_omitted && event.metadata.is_none());
+    assert_eq!(event.url, format!("/v1/jobs/{}", job.id));
+    assert!(serde_json::to_vec(&data).unwrap().len() < 16 * 1024);
+    tp.stop().await;
+}

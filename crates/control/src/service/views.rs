@@ -277,6 +277,10 @@ pub fn job_event_data(row: &Job) -> Value {
                 out.files.truncate(budget);
             }
             budget -= out.files.len();
+            // Media is the bulk of a file's entry (up to 32 streams): `url` has it.
+            for f in &mut out.files {
+                f.media = None;
+            }
             (alias, out)
         })
         .collect();
@@ -289,7 +293,9 @@ pub fn job_event_data(row: &Job) -> Value {
         attempts: full.attempts,
         error: full.error.map(|e| api::JobEventError {
             code: e.code,
-            message: e.message,
+            message: e
+                .message
+                .map(|m| truncate_chars(&m, EVENT_ERROR_MESSAGE_CHARS)),
         }),
         outputs,
         outputs_truncated,
@@ -300,6 +306,30 @@ pub fn job_event_data(row: &Job) -> Value {
         finished_at: full.finished_at,
         url: format!("/v1/jobs/{}", full.id),
     };
-    serde_json::to_value(data)
-        .unwrap_or_else(|_| serde_json::json!({ "id": row.id, "state": row.state }))
+    let mut value = serde_json::to_value(&data)
+        .unwrap_or_else(|_| serde_json::json!({ "id": row.id, "state": row.state }));
+    // Many declared outputs with long names could still add up: past the bound, the lists go.
+    if serde_json::to_vec(&value).map_or(usize::MAX, |b| b.len()) > MAX_EVENT_DATA_BYTES {
+        let mut data = data;
+        data.outputs.clear();
+        data.outputs_truncated = true;
+        data.metadata = None;
+        data.metadata_omitted = true;
+        value = serde_json::to_value(&data)
+            .unwrap_or_else(|_| serde_json::json!({ "id": row.id, "state": row.state }));
+    }
+    value
+}
+
+/// The most a job event's `data` may take, as JSON: well under the ~20 kB Standard Webhooks
+/// advises for a whole payload.
+pub const MAX_EVENT_DATA_BYTES: usize = 16 * 1024;
+/// An error message in an event is cut to this many characters (the job has all of it).
+const EVENT_ERROR_MESSAGE_CHARS: usize = 1024;
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
 }
