@@ -1282,3 +1282,93 @@ async fn a_large_jobs_event_is_summarised_under_the_size_bound() {
     assert!(serde_json::to_vec(&data).unwrap().len() < 16 * 1024);
     tp.stop().await;
 }
+
+/// The CLI's webhook commands against a live API: create prints the secret once, list and
+/// show find the endpoint, update changes it, deliveries lists what was sent, a refused URL
+/// exits 2 with the problem's code, delete removes it and show then exits 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhooks_commands_manage_endpoints_and_show_deliveries() {
+    let hooks = Hooks::start().await;
+    let (_, key) = hooks.tp.platform.store().create_org("acme").await.unwrap();
+    let client = ApiClient::new(&hooks.tp.platform.api_url, key.expose());
+    let mut rx = Receiver::start(Answer::Ok).await;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mpegflow"))
+            .args(args)
+            .env("MPEGFLOW_API_URL", &hooks.tp.platform.api_url)
+            .env("MPEGFLOW_API_KEY", key.expose())
+            .env("XDG_CONFIG_HOME", hooks.tp.path("config"))
+            .output()
+            .unwrap()
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let created = cli(&[
+        "webhooks",
+        "create",
+        &rx.url,
+        "--event",
+        "job.canceled",
+        "--description",
+        "ci",
+    ]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let secret = text(&created.stdout).trim().to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let id = client.webhooks().await.unwrap().webhooks[0].id.to_string();
+    let list = cli(&["webhooks", "list"]);
+    assert!(text(&list.stdout).contains(&id) && text(&list.stdout).contains("job.canceled"));
+    assert!(
+        !text(&list.stdout).contains(&secret),
+        "list shows no secret"
+    );
+    let updated = cli(&[
+        "webhooks",
+        "update",
+        &id,
+        "--event",
+        "job.canceled",
+        "--event",
+        "job.completed",
+    ]);
+    assert!(updated.status.success(), "{}", text(&updated.stderr));
+    let shown: api::Webhook =
+        serde_json::from_slice(&cli(&["webhooks", "show", &id]).stdout).unwrap();
+    assert_eq!(
+        shown.events,
+        [api::EventType::JobCompleted, api::EventType::JobCanceled]
+    );
+    assert_eq!(shown.description, "ci");
+
+    hooks.canceled_job(&client).await;
+    let got = rx.next("the delivery").await;
+    verify(
+        &SigningSecret::parse(&secret).unwrap(),
+        &got.signed(),
+        &got.body,
+        unix_seconds(hooks.clock.now()),
+    )
+    .expect("signed with the secret create printed");
+    let listed = eventually(
+        "the delivery to be listed",
+        Duration::from_secs(10),
+        || async {
+            let out = cli(&["webhooks", "deliveries", &id]);
+            let t = text(&out.stdout);
+            t.contains("succeeded").then_some(t)
+        },
+    )
+    .await;
+    assert!(listed.contains(got.header("webhook-id")), "{listed}");
+
+    let refused = cli(&["webhooks", "create", "http://169.254.169.254/"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused.stderr).contains("invalid_url"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let deleted = cli(&["webhooks", "delete", &id]);
+    assert!(deleted.status.success(), "{}", text(&deleted.stderr));
+    assert_eq!(cli(&["webhooks", "show", &id]).status.code(), Some(4));
+    hooks.stop().await;
+}
