@@ -1005,10 +1005,15 @@ impl Platform {
             let keys_text = std::fs::read_to_string(&keys_file)
                 .with_context(|| format!("reading {}", keys_file.display()))?;
             let launch = DispatcherLaunch {
-                bin: match &cfg.dispatcher_bin {
-                    Some(b) => b.clone(),
-                    None => sibling_bin("mpegflow-dispatcher", "MPEGFLOW_DISPATCHER_BIN")?,
-                },
+                // Run as its own user: a binary under a directory that user cannot traverse
+                // (a checkout in root's home) is run from a copy it can reach.
+                bin: reachable_bin(
+                    &layout,
+                    &match &cfg.dispatcher_bin {
+                        Some(b) => b.clone(),
+                        None => sibling_bin("mpegflow-dispatcher", "MPEGFLOW_DISPATCHER_BIN")?,
+                    },
+                )?,
                 secrets: Arc::new(format!("{}\n{keys_text}", url.trim())),
                 user: if pg::is_root() {
                     Some(system_user(DISPATCHER_USER)?)
@@ -1185,13 +1190,21 @@ impl Platform {
     /// uid must reach it: a binary under a directory other users cannot traverse (a checkout
     /// in root's home) is copied to the shared directory's `bin/` (root's, 0711/0755) first.
     fn reachable_worker_bin(&self, bin: &Path) -> Result<PathBuf> {
+        reachable_bin(&self.layout, bin)
+    }
+}
+
+/// `bin`, or as root when other uids cannot traverse to it, a copy in the shared directory's
+/// `bin/` (root's, 0711/0755) that they can run.
+fn reachable_bin(layout: &Layout, bin: &Path) -> Result<PathBuf> {
+    {
         if !pg::is_root() {
             return Ok(bin.to_owned());
         }
         let Some(closed) = crate::layout::first_closed_ancestor(bin)? else {
             return Ok(bin.to_owned());
         };
-        let dir = self.layout.shared.join("bin");
+        let dir = layout.shared.join("bin");
         mkdir(&dir, 0o711)?;
         let name = bin
             .file_name()
@@ -1206,12 +1219,14 @@ impl Platform {
         tracing::info!(
             from = %bin.display(),
             to = %dest.display(),
-            "running a copy of the worker binary: worker uids cannot traverse {}",
+            "running a copy of the binary: other uids cannot traverse {}",
             closed.display()
         );
         Ok(dest)
     }
+}
 
+impl Platform {
     /// Whether the worker with this pid is still running.
     pub fn worker_alive(&mut self, pid: u32) -> bool {
         self.fleet_pids().contains(&pid)

@@ -699,6 +699,9 @@ impl Store {
                 SELECT d.id, d.endpoint_id, d.next_attempt_at,
                        row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS rank
                 FROM webhook_deliveries d
+                -- A delivery fanned out while its endpoint was being deleted or disabled is
+                -- not sent.
+                JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.deleted_at IS NULL AND e.state = 'enabled'
                 WHERE d.state = 'pending' AND d.next_attempt_at <= $1
                   AND (d.claimed_until IS NULL OR d.claimed_until <= $1))
              SELECT due.id FROM due LEFT JOIN busy ON busy.endpoint_id = due.endpoint_id

@@ -395,10 +395,12 @@ pub async fn stream_events(
                 }
             };
             let settled = time::OffsetDateTime::now_utc() - LATE_COMMIT;
+            let mut fresh = 0;
             for row in &rows {
                 if sent.contains(&row.seq) {
                     continue;
                 }
+                fresh += 1;
                 let Ok(event_type) = api::EventType::parse(&row.event_type) else {
                     continue;
                 };
@@ -425,7 +427,9 @@ pub async fn stream_events(
                 floor = floor.max(top);
                 sent = sent.split_off(&(floor + 1));
             }
-            if rows.len() == 200 {
+            // A full page with something new: read on at once. A page of rows already sent
+            // waits like an empty one (they are only being held for late commits).
+            if rows.len() == 200 && fresh > 0 {
                 continue;
             }
             tokio::select! {
