@@ -45,6 +45,26 @@ impl Answer {
     }
 
     /// The body as a problem (for non-2xx answers); a body that is not one is described as one.
+    /// A whole response: status, content type, `Retry-After` and body.
+    async fn read(resp: reqwest::Response) -> Result<Answer> {
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+        let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
+        let status = resp.status().as_u16();
+        let body = resp.text().await?;
+        Ok(Answer {
+            status,
+            content_type,
+            body,
+            retry_after,
+        })
+    }
+
     pub fn problem(&self) -> api::Problem {
         serde_json::from_str(&self.body).unwrap_or_else(|_| api::Problem {
             type_: "about:blank".into(),
@@ -125,24 +145,7 @@ impl ApiClient {
             .send()
             .await
             .with_context(|| format!("calling {}{path}", self.base))?;
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.trim().parse().ok());
-        let body = resp.text().await?;
-        Ok(Answer {
-            status,
-            content_type,
-            body,
-            retry_after,
-        })
+        Answer::read(resp).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -390,24 +393,7 @@ impl ApiClient {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let body = resp.text().await?;
-        Err(ApiError(
-            Answer {
-                status,
-                content_type,
-                body,
-                retry_after: None,
-            }
-            .problem(),
-        )
-        .into())
+        Err(ApiError(Answer::read(resp).await?.problem()).into())
     }
 
     async fn delete(&self, path: &str) -> Result<()> {

@@ -626,26 +626,10 @@ impl DispatcherLaunch {
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
         let mut cmd = tokio::process::Command::new(&self.bin);
+        // It holds its role's login and the keys (on stdin), nothing of ours: no S3 key, no
+        // superuser URL.
+        child_environment(&mut cmd);
         cmd.args(["--database-url-file", "-", "--keys-file", "-"])
-            // It holds its role's login and the keys file, nothing of ours: no S3 key, no
-            // superuser URL.
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env(
-                "MPEGFLOW_LOG",
-                std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .env(
-                "MPEGFLOW_LOG_FORMAT",
-                match crate::logging::format() {
-                    crate::logging::LogFormat::Json => "json",
-                    crate::logging::LogFormat::Text => "text",
-                },
-            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
@@ -667,6 +651,29 @@ impl DispatcherLaunch {
         drop(stdin);
         Ok(child)
     }
+}
+
+/// The whole environment of a process `up` starts (a worker, the dispatcher): `PATH` and how to
+/// log, nothing else of ours. Their stderr is a log file: no colour codes; JSON lines when `up`
+/// logs JSON.
+fn child_environment(cmd: &mut tokio::process::Command) {
+    cmd.env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env(
+            "MPEGFLOW_LOG",
+            std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .env(
+            "MPEGFLOW_LOG_FORMAT",
+            match crate::logging::format() {
+                crate::logging::LogFormat::Json => "json",
+                crate::logging::LogFormat::Text => "text",
+            },
+        );
 }
 
 /// Keeps the dispatcher running until the platform stops, as [`supervise`] does a worker.
@@ -1288,6 +1295,8 @@ impl WorkerLaunch {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = tokio::process::Command::new(&self.bin);
+        // The credential vacuum starts with the environment: nothing of ours is inherited.
+        child_environment(&mut cmd);
         cmd.arg("--coordinator")
             .arg(&self.coordinator_url)
             .arg("--token-file")
@@ -1297,25 +1306,6 @@ impl WorkerLaunch {
             .arg("--poll-seconds")
             .arg("5")
             .args(&self.extra_args)
-            // The credential vacuum starts with the environment: nothing of ours is inherited.
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env(
-                "MPEGFLOW_LOG",
-                std::env::var("MPEGFLOW_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            // Their stderr is a log file: no colour codes; JSON lines when `up` logs JSON.
-            .env("NO_COLOR", "1")
-            .env(
-                "MPEGFLOW_LOG_FORMAT",
-                match crate::logging::format() {
-                    crate::logging::LogFormat::Json => "json",
-                    crate::logging::LogFormat::Text => "text",
-                },
-            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)

@@ -455,7 +455,8 @@ impl Store {
         Ok((ep, released))
     }
 
-    /// The endpoint's deliveries, newest first, before the cursor `before` (a delivery id).
+    /// The endpoint's deliveries, newest first (by creation; ties by id), after the cursor
+    /// `before` (the last delivery id of the previous page).
     pub async fn list_webhook_deliveries(
         &self,
         org_id: Uuid,
@@ -466,8 +467,10 @@ impl Store {
         // The endpoint must be the org's: another org's looks missing.
         self.get_webhook_endpoint(org_id, endpoint_id).await?;
         Ok(sqlx::query_as(&format!(
-            "{DELIVERY_SELECT} WHERE d.endpoint_id = $1 AND d.org_id = $2 AND ($3::uuid IS NULL OR d.id < $3)
-             ORDER BY d.id DESC LIMIT $4"
+            "{DELIVERY_SELECT} WHERE d.endpoint_id = $1 AND d.org_id = $2
+               AND ($3::uuid IS NULL OR (d.created_at, d.id) <
+                    (SELECT c.created_at, c.id FROM webhook_deliveries c WHERE c.id = $3 AND c.endpoint_id = $1))
+             ORDER BY d.created_at DESC, d.id DESC LIMIT $4"
         ))
         .bind(endpoint_id)
         .bind(org_id)

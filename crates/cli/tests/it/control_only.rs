@@ -123,28 +123,7 @@ async fn a_control_plane_killed_mid_job_and_restarted_serves_again_with_database
     let mut tp = TestPlatform::start(0, test_control_config()).await;
     let (_, key) = tp.platform.store().create_org("acme").await.unwrap();
     // The platform's embedded store as an external one: its endpoint and key pair.
-    let s3_key: toml::Table = toml::from_str(
-        &std::fs::read_to_string(
-            tp.platform
-                .data_dir
-                .join(mpegflow::platform::EMBEDDED_KEY_FILE),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let env = [
-        ("DATABASE_URL", tp.platform.database_url.clone()),
-        ("MPEGFLOW_S3_ENDPOINT", tp.platform.s3_endpoint.clone()),
-        ("MPEGFLOW_S3_BUCKET", "mpegflow".to_owned()),
-        (
-            "MPEGFLOW_S3_ACCESS_KEY",
-            s3_key["access_key"].as_str().unwrap().to_owned(),
-        ),
-        (
-            "MPEGFLOW_S3_SECRET_KEY",
-            s3_key["secret_key"].as_str().unwrap().to_owned(),
-        ),
-    ];
+    let env = tp.external_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let config = control_config_file(tp.dir.path(), test_control_config());
     let args = ["--config", config.to_str().unwrap()];

@@ -164,6 +164,33 @@ impl TestPlatform {
         self.dir.path().join(name)
     }
 
+    /// The variables that point `mpegflow control` at this platform's database and at its
+    /// embedded store as an external one (its endpoint and key pair).
+    pub fn external_env(&self) -> Vec<(&'static str, String)> {
+        let s3_key: toml::Table = toml::from_str(
+            &std::fs::read_to_string(
+                self.platform
+                    .data_dir
+                    .join(mpegflow::platform::EMBEDDED_KEY_FILE),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        vec![
+            ("DATABASE_URL", self.platform.database_url.clone()),
+            ("MPEGFLOW_S3_ENDPOINT", self.platform.s3_endpoint.clone()),
+            ("MPEGFLOW_S3_BUCKET", "mpegflow".to_owned()),
+            (
+                "MPEGFLOW_S3_ACCESS_KEY",
+                s3_key["access_key"].as_str().unwrap().to_owned(),
+            ),
+            (
+                "MPEGFLOW_S3_SECRET_KEY",
+                s3_key["secret_key"].as_str().unwrap().to_owned(),
+            ),
+        ]
+    }
+
     pub async fn stop(self) {
         self.platform.stop(Duration::from_secs(5)).await;
     }

@@ -440,7 +440,28 @@ async fn ten_failures_spanning_an_hour_disable_the_endpoint_hold_its_deliveries_
         d.len() == 11 && d.iter().all(|d| d.state == api::DeliveryState::Held)
     })
     .await;
-    assert!(held.iter().any(|d| d.job_id == Some(later)));
+    assert_eq!(held[0].job_id, Some(later), "newest first");
+    assert!(held.windows(2).all(|w| w[0].created_at >= w[1].created_at));
+    // Pages of 4 follow the same order, each delivery once.
+    let (mut paged, mut cursor) = (Vec::new(), None);
+    loop {
+        let page = client
+            .webhook_deliveries(
+                endpoint,
+                &api::ListDeliveriesQuery {
+                    cursor,
+                    limit: Some(4),
+                },
+            )
+            .await
+            .unwrap();
+        paged.extend(page.deliveries.iter().map(|d| d.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c.parse().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, held.iter().map(|d| d.id).collect::<Vec<_>>());
     // Replay and recover are refused while it is disabled: enable releases.
     let refused = refused(client.replay_delivery(held[0].id).await);
     assert_eq!(refused.status, 409);
@@ -769,34 +790,13 @@ async fn a_control_plane_killed_mid_burst_leaves_exactly_its_committed_events_to
     let hooks = Hooks::without_dispatcher().await;
     let tp = &hooks.tp;
     let (_, key) = tp.platform.store().create_org("acme").await.unwrap();
-    let s3_key: toml::Table = toml::from_str(
-        &std::fs::read_to_string(
-            tp.platform
-                .data_dir
-                .join(mpegflow::platform::EMBEDDED_KEY_FILE),
-        )
-        .unwrap(),
-    )
-    .unwrap();
     let keys_file = tp.platform.data_dir.join(WEBHOOK_KEYS_FILE);
-    let env = [
-        ("DATABASE_URL", tp.platform.database_url.clone()),
-        ("MPEGFLOW_S3_ENDPOINT", tp.platform.s3_endpoint.clone()),
-        ("MPEGFLOW_S3_BUCKET", "mpegflow".to_owned()),
-        (
-            "MPEGFLOW_S3_ACCESS_KEY",
-            s3_key["access_key"].as_str().unwrap().to_owned(),
-        ),
-        (
-            "MPEGFLOW_S3_SECRET_KEY",
-            s3_key["secret_key"].as_str().unwrap().to_owned(),
-        ),
-        (
-            "MPEGFLOW_WEBHOOK_KEYS_FILE",
-            keys_file.to_str().unwrap().to_owned(),
-        ),
-        ("MPEGFLOW_WEBHOOK_ALLOW_LOOPBACK", "true".to_owned()),
-    ];
+    let mut env = tp.external_env();
+    env.push((
+        "MPEGFLOW_WEBHOOK_KEYS_FILE",
+        keys_file.to_str().unwrap().to_owned(),
+    ));
+    env.push(("MPEGFLOW_WEBHOOK_ALLOW_LOOPBACK", "true".to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let config = control_config_file(tp.dir.path(), hooks_config());
     let mut control =

@@ -114,11 +114,19 @@ async fn a_jobs_events_arrive_signed_and_a_failed_delivery_is_retried_on_the_rea
         .await
         .expect_err("the dispatcher's role cannot read jobs");
     assert!(denied.to_string().contains("permission denied"), "{denied}");
-    let denied = sqlx::query("SELECT count(*) FROM api_keys")
-        .execute(store.pool())
-        .await
-        .expect_err("the dispatcher's role cannot read API keys");
-    assert!(denied.to_string().contains("permission denied"), "{denied}");
+    for (statement, what) in [
+        ("SELECT count(*) FROM api_keys", "read API keys"),
+        ("SELECT count(*) FROM assets", "read assets"),
+        ("SELECT count(*) FROM audit_logs", "read the audit trail"),
+        ("DELETE FROM audit_logs", "delete from the audit trail"),
+        ("UPDATE jobs SET state = 'failed'", "change jobs"),
+    ] {
+        let denied = sqlx::query(statement)
+            .execute(store.pool())
+            .await
+            .expect_err(what);
+        assert!(denied.to_string().contains("permission denied"), "{what}: {denied}");
+    }
 
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let dispatcher = Dispatcher::new(
